@@ -33,6 +33,7 @@ void om_log_internal(int level, const char *fmt, ...) __attribute__((format(prin
 #define om_log_debug(...) om_log(OM_LOG_DEBUG, __VA_ARGS__)
 
 /* Logs at err and returns r (a negative errno). */
-#define om_log_errno(r, ...) (om_log(OM_LOG_ERR, __VA_ARGS__), (r))
+#define om_log_errno(r, ...)                                                                       \
+    ((OM_LOG_ERR <= om_log_max_level ? om_log_internal(OM_LOG_ERR, __VA_ARGS__) : (void)0), (r))
 
 #endif

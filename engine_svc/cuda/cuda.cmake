@@ -1,0 +1,31 @@
+# cuda.cmake: the CUDA backend (included by engine_svc/CMakeLists.txt when present).
+# Builds eng_cuda (kernels, the vtable backend, the fast model runner) and links it into eng_core
+# with OM_HAVE_CUDA defined; registers the gpu-labelled tests and the engine benchmark.
+if(OM_CUDA)
+  add_library(eng_cuda STATIC
+    ${CMAKE_CURRENT_LIST_DIR}/eng_cuda_kern.cu
+    ${CMAKE_CURRENT_LIST_DIR}/eng_cuda_attn.cu
+    ${CMAKE_CURRENT_LIST_DIR}/eng_cuda_moe.cu
+    ${CMAKE_CURRENT_LIST_DIR}/eng_cuda_backend.cu
+    ${CMAKE_CURRENT_LIST_DIR}/eng_cuda_model.cu)
+  target_include_directories(eng_cuda PUBLIC ${CMAKE_CURRENT_LIST_DIR} ${CMAKE_CURRENT_SOURCE_DIR})
+  target_compile_options(eng_cuda PRIVATE $<$<COMPILE_LANGUAGE:CUDA>:-O3 --expt-relaxed-constexpr -Xcompiler=-Wall>)
+  set_target_properties(eng_cuda PROPERTIES CUDA_SEPARABLE_COMPILATION OFF POSITION_INDEPENDENT_CODE ON)
+  target_link_libraries(eng_cuda PUBLIC CUDA::cudart CUDA::cublas CUDA::cublasLt PkgConfig::JANSSON)
+  target_link_libraries(eng_core PUBLIC eng_cuda)
+  target_compile_definitions(eng_core PUBLIC OM_HAVE_CUDA)
+  target_compile_definitions(eng_cuda PUBLIC OM_HAVE_CUDA)
+
+  if(BUILD_TESTING)
+    om_add_test(NAME cuda_ops SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/tests/test_cuda_ops.c
+                LIBS eng_core LABELS gpu TIMEOUT 300)
+    om_add_test(NAME cuda_model SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/tests/test_cuda_model.c
+                LIBS eng_core LABELS gpu TIMEOUT 300)
+  endif()
+  add_executable(eng_bench_cuda ${CMAKE_SOURCE_DIR}/bench/eng_bench_cuda.c)
+  om_warnings(eng_bench_cuda)
+  target_link_libraries(eng_bench_cuda PRIVATE eng_cuda m)
+endif()
+if(OM_CUDA AND BUILD_TESTING)
+  set_tests_properties(cuda_ops cuda_model PROPERTIES SKIP_RETURN_CODE 77)
+endif()

@@ -1,0 +1,87 @@
+/* cuda_common.cuh: shared device helpers of the CUDA backend (C++ only, never included from C):
+ * the CUDA_CHECK/CUBLAS_CHECK macros that turn a CUDA error into -EIO/-ENOMEM (recording file:line
+ * and the CUDA string), the sticky-error test, and load/store/rounding helpers that let one kernel
+ * template serve f32 activations (the vtable path) and bf16 activations (the fast model path).
+ *
+ * Invariants: every launch is followed by CUDA_CHECK(cudaGetLastError()); no helper allocates. */
+#pragma once
+
+#include <cerrno>
+#include <cstdint>
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+#include <cublas_v2.h>
+
+typedef __nv_bfloat16 bf16;
+
+/* Records the last CUDA failure (file:line: message) for the log; defined in eng_cuda_kern.cu. */
+void eng_cuda_note_error(const char *file, int line, const char *what, int code);
+/* -EIO for a sticky error (the context is unusable), else the mapped errno. */
+int eng_cuda_errno(cudaError_t e);
+
+#define CUDA_CHECK(expr)                                                                           \
+    do {                                                                                           \
+        cudaError_t e_ = (expr);                                                                   \
+        if (e_ != cudaSuccess) {                                                                   \
+            eng_cuda_note_error(__FILE__, __LINE__, cudaGetErrorString(e_), (int)e_);              \
+            return eng_cuda_errno(e_);                                                             \
+        }                                                                                          \
+    } while (0)
+
+#define CUBLAS_CHECK(expr)                                                                         \
+    do {                                                                                           \
+        cublasStatus_t s_ = (expr);                                                                \
+        if (s_ != CUBLAS_STATUS_SUCCESS) {                                                         \
+            eng_cuda_note_error(__FILE__, __LINE__, cublasGetStatusString(s_), (int)s_);           \
+            return s_ == CUBLAS_STATUS_ALLOC_FAILED ? -ENOMEM : -EIO;                              \
+        }                                                                                          \
+    } while (0)
+
+#define CUDA_LAUNCH_CHECK() CUDA_CHECK(cudaGetLastError())
+
+/* --- element helpers ---------------------------------------------------------------------- */
+
+__device__ __forceinline__ float ld(const float *p) { return *p; }
+__device__ __forceinline__ float ld(const bf16 *p) { return __bfloat162float(*p); }
+__device__ __forceinline__ void st(float *p, float v) { *p = v; }
+__device__ __forceinline__ void st(bf16 *p, float v) { *p = __float2bfloat16(v); }
+
+/* Rounds v to the storage precision of T: identity for f32, round-to-nearest-even for bf16. This is
+ * how the bf16 path reproduces PyTorch's per-op rounding points. */
+template <typename T> __device__ __forceinline__ float rnd(float v);
+template <> __device__ __forceinline__ float rnd<float>(float v) { return v; }
+template <> __device__ __forceinline__ float rnd<bf16>(float v) {
+    return __bfloat162float(__float2bfloat16(v));
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1)
+        v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1)
+        v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+/* 8 bf16 in one 16-byte load, widened to f32. */
+__device__ __forceinline__ void ld8(const bf16 *p, float *f) {
+    uint4 u = *reinterpret_cast<const uint4 *>(p);
+    const __nv_bfloat162 *h = reinterpret_cast<const __nv_bfloat162 *>(&u);
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        float2 t = __bfloat1622float2(h[i]);
+        f[2 * i] = t.x;
+        f[2 * i + 1] = t.y;
+    }
+}
+__device__ __forceinline__ void ld8(const float *p, float *f) {
+    float4 a = *reinterpret_cast<const float4 *>(p);
+    float4 b = *reinterpret_cast<const float4 *>(p + 4);
+    f[0] = a.x; f[1] = a.y; f[2] = a.z; f[3] = a.w;
+    f[4] = b.x; f[5] = b.y; f[6] = b.z; f[7] = b.w;
+}

@@ -1,0 +1,109 @@
+/* eng_cuda.h: the C face of the CUDA backend (extern "C", opaque types; C files never include
+ * cuda_runtime.h).
+ *
+ * Two parts:
+ *  - the vtable backend, eng_backend_cuda_new() (declared in eng_backend.h): f32 activations, bf16
+ *    weights, one CUDA stream, the ops of eng_ops.h one for one (eng_cuda_backend.cu);
+ *  - the fast model runner eng_cuda_model_*: the Qwen3 / Qwen3-MoE / Qwen3-Omni thinker text
+ *    decoder with bf16 activations, fused kernels, paged KV in device memory, greedy argmax on the
+ *    GPU and CUDA graphs for decode steps by batch-size bucket (eng_cuda_model.cu). It consumes the
+ *    scheduler's eng_batch_t directly.
+ *
+ * Errors: 0 or -errno (-EINVAL bad argument, -ENOMEM device memory, -EOPNOTSUPP unsupported
+ * model/dtype, -EIO device failure). After -EIO the CUDA context may be poisoned:
+ * eng_cuda_error_is_sticky() tells, and the caller must end the process (DESIGN.md). Not
+ * thread-safe: one thread drives one backend or model. */
+#ifndef ENG_CUDA_H
+#define ENG_CUDA_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "eng_batch.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* "file:line: message (code)" of the last CUDA/cuBLAS failure seen by this process (borrowed,
+ * valid until the next failure). */
+const char *eng_cuda_last_error(void);
+/* True when the device reported an error that poisons the context (illegal address, ...). */
+bool eng_cuda_error_is_sticky(void);
+
+/* MoE expert path of the vtable backend: 0 auto, 1 GEMV (routed rows only), 2 grouped GEMM. */
+struct eng_backend;
+int eng_backend_cuda_set_moe_mode(struct eng_backend *b, int mode);
+
+/* --- model runner ------------------------------------------------------------------------- */
+
+typedef struct eng_cuda_model eng_cuda_model_t;
+
+typedef struct eng_cuda_model_opts {
+    int device;                 /* CUDA device index */
+    bool dummy;                 /* random weights from config.json alone, generated on the GPU */
+    uint64_t seed;              /* dummy weights seed */
+    double kv_fraction;         /* fraction of device memory left after weights+scratch that
+                                   becomes KV blocks; 0 = 0.90 */
+    uint32_t block_size;        /* tokens per KV block; 0 = 16 */
+    uint32_t max_batch_tokens;  /* tokens per step; 0 = 4096 */
+    uint32_t max_seqs;          /* sequences per step; 0 = 256 */
+    uint32_t max_ctx;           /* longest sequence, tokens; 0 = 32768 */
+    bool no_graphs;             /* disable CUDA graphs for decode steps */
+    int moe_mode;               /* 0 auto, 1 GEMV, 2 grouped */
+} eng_cuda_model_opts_t;
+
+typedef struct eng_cuda_model_info {
+    uint32_t vocab;             /* V */
+    uint32_t hidden;            /* D */
+    uint32_t n_layers;
+    uint32_t n_heads, n_kv_heads, head_dim;
+    uint32_t n_experts, top_k, moe_inter; /* dense models: 1, 1, intermediate_size */
+    uint32_t n_blocks;          /* usable KV blocks (ids 0 .. n_blocks-1) */
+    uint32_t block_size;        /* tokens per block */
+    uint64_t weight_bytes;      /* device bytes of weights */
+    uint64_t active_bytes;      /* weight bytes one batch-1 decode step reads (top-k experts) */
+    uint64_t kv_bytes;          /* device bytes of the KV pools */
+    double load_seconds;        /* weight load/generation wall time */
+    double load_gbps;           /* weight bytes / load_seconds / 1e9 */
+} eng_cuda_model_info_t;
+
+/* Loads DIR/config.json and, unless opts->dummy, the safetensors in DIR straight to the GPU
+ * (bf16 only). On failure err holds a message naming the field, tensor or allocation
+ * ("KV cache: 0 blocks fit ..."). Caller owns *ret; free with eng_cuda_model_free(). */
+int eng_cuda_model_load(const char *dir, const eng_cuda_model_opts_t *opts, eng_cuda_model_t **ret,
+                        char *err, size_t errlen);
+eng_cuda_model_t *eng_cuda_model_free(eng_cuda_model_t *m);
+void eng_cuda_model_get_info(const eng_cuda_model_t *m, eng_cuda_model_info_t *ret);
+
+/* Runs one step. Writes the KV of every token of the batch into its slots and, for each sequence
+ * with want_logits (in sequence order), the logits of its last token: ret_logits (n_logits, V)
+ * f32 host memory (NULL: logits stay on the GPU) and ret_ids (n_logits) greedy argmax (lowest id
+ * on ties; NULL: not copied). Block ids must be < info.n_blocks. -EINVAL (err says which field)
+ * for a batch that breaks eng_batch.h's contract or the limits in opts. */
+int eng_cuda_model_forward(eng_cuda_model_t *m, const eng_batch_t *b, float *ret_logits,
+                           int32_t *ret_ids, char *err, size_t errlen);
+
+/* Debug/test hook: while ret_hidden is set, every eager forward writes the final-norm output
+ * (T, D) f32 to ret_hidden (layer must be n_layers; other layers are not captured yet). NULL
+ * disables. Capture turns CUDA graphs off. */
+int eng_cuda_model_capture_hidden(eng_cuda_model_t *m, int layer, float *ret_hidden);
+
+/* Switches the MoE expert path (0 auto, 1 GEMV, 2 grouped); drops captured graphs. */
+int eng_cuda_model_set_moe_mode(eng_cuda_model_t *m, int mode);
+
+/* Device-to-device copy bandwidth of `bytes` (read + written bytes counted), GB/s, median of 10. */
+int eng_cuda_measure_d2d_gbps(int device, size_t bytes, double *ret_gbps);
+
+/* Starts/stops the profiler range (ncu --profile-from-start off); bench use. */
+int eng_cuda_profiler(bool on);
+
+/* Blocks until the device is idle; 0 or -EIO. */
+int eng_cuda_model_sync(eng_cuda_model_t *m);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,441 @@
+/* eng_cuda_attn.cu: paged causal GQA attention for the CUDA backend.
+ *
+ *  - k_attn: any head_dim <= 256, one block per (key split, query head, token). Each lane scores
+ *    one key (a whole row, 16-byte loads), the warp keeps an online softmax and accumulates V with
+ *    lanes over head_dim. With n_splits > 1 the keys are split over blocks and k_attn_combine
+ *    merges the partial (o, m, l) (flash-decoding), so a batch-1 decode step at a long context
+ *    still fills the GPU. Used for decode and for the vtable's ATTENTION op.
+ *  - k_attn_prefill: tiled flash-style prefill on tensor cores (WMMA bf16, f32 accumulate):
+ *    64 queries of one sequence per block, 64-key tiles gathered through the block table, online
+ *    softmax in f32, O kept in shared memory in f32.
+ * Both read K/V from the paged pools (n_slots, Hk·hd) through block tables (eng_batch.h). */
+#include <mma.h>
+
+#include "eng_cuda_kern.cuh"
+
+using namespace nvcuda;
+
+/* --- split-K decode / generic attention --------------------------------------------------- */
+
+template <int NI, typename Q, typename KV>
+__global__ void __launch_bounds__(128)
+    k_attn(float *out_f, bf16 *out_b, const Q *q, const KV *kpool, const KV *vpool,
+           const int32_t *tok_seq, const int32_t *tok_pos, const int32_t *bt, int Hq, int Hk,
+           int hd, int max_blocks, int bs, float scale, int n_splits, float *partial,
+           int q_stride, int *counters) {
+    const int split = blockIdx.x, h = blockIdx.y, t = blockIdx.z;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int len = tok_pos[t] + 1, s = tok_seq[t];
+    const int chunk = (((len + n_splits - 1) / n_splits) + 31) & ~31;
+    const int k0 = split * chunk;
+    const int k1 = min(len, k0 + chunk);
+    const int kvh = h / (Hq / Hk);
+    __shared__ float qs[256];
+    __shared__ float wm[4], wl[4];
+    __shared__ float wo[4][256];
+    for (int d = threadIdx.x; d < hd; d += blockDim.x)
+        qs[d] = ld(&q[(int64_t)t * q_stride + (int64_t)h * hd + d]);
+    __syncthreads();
+    float m = -INFINITY, l = 0.0f, o[NI];
+#pragma unroll
+    for (int i = 0; i < NI; i++)
+        o[i] = 0.0f;
+    const int32_t *tab = bt + (int64_t)s * max_blocks;
+    const bool vec = (hd % 8) == 0 && sizeof(KV) == 2;
+    for (int base = k0 + warp * 32; base < k1; base += 128) {
+        int p = base + lane;
+        bool valid = p < k1;
+        float score = -INFINITY;
+        int64_t slot = 0;
+        if (valid) {
+            slot = (int64_t)tab[p / bs] * bs + p % bs;
+            const KV *kr = kpool + (slot * Hk + kvh) * hd;
+            float dot = 0.0f;
+            if (vec) {
+                for (int d = 0; d < hd; d += 8) {
+                    float kf[8];
+                    ld8(reinterpret_cast<const bf16 *>(kr) + d, kf);
+#pragma unroll
+                    for (int i = 0; i < 8; i++)
+                        dot = fmaf(qs[d + i], kf[i], dot);
+                }
+            } else {
+                for (int d = 0; d < hd; d++)
+                    dot = fmaf(qs[d], ld(&kr[d]), dot);
+            }
+            score = dot * scale;
+        }
+        float cmax = warp_max(score);
+        float m_new = fmaxf(m, cmax);
+        float alpha, pj;
+        if (m_new == -INFINITY) {
+            alpha = 1.0f;
+            pj = 0.0f;
+        } else {
+            alpha = __expf(m - m_new);
+            pj = valid ? __expf(score - m_new) : 0.0f;
+        }
+        l = l * alpha + warp_sum(pj);
+#pragma unroll
+        for (int i = 0; i < NI; i++)
+            o[i] *= alpha;
+        int nvalid = min(32, k1 - base);
+        for (int j = 0; j < nvalid; j++) {
+            float pjj = __shfl_sync(0xffffffffu, pj, j);
+            int64_t sj = __shfl_sync(0xffffffffu, slot, j);
+            const KV *vr = vpool + (sj * Hk + kvh) * hd;
+#pragma unroll
+            for (int i = 0; i < NI; i++) {
+                int d = lane + 32 * i;
+                if (d < hd)
+                    o[i] = fmaf(pjj, ld(&vr[d]), o[i]);
+            }
+        }
+        m = m_new;
+    }
+    if (lane == 0) {
+        wm[warp] = m;
+        wl[warp] = l;
+    }
+#pragma unroll
+    for (int i = 0; i < NI; i++) {
+        int d = lane + 32 * i;
+        if (d < hd)
+            wo[warp][d] = o[i];
+    }
+    __syncthreads();
+    float M = fmaxf(fmaxf(wm[0], wm[1]), fmaxf(wm[2], wm[3]));
+    float sc[4], L = 0.0f;
+#pragma unroll
+    for (int w = 0; w < 4; w++) {
+        sc[w] = (M == -INFINITY || wm[w] == -INFINITY) ? 0.0f : __expf(wm[w] - M);
+        L += wl[w] * sc[w];
+    }
+    for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+        float acc = 0.0f;
+#pragma unroll
+        for (int w = 0; w < 4; w++)
+            acc += wo[w][d] * sc[w];
+        if (n_splits == 1) {
+            float v = L > 0.0f ? acc / L : 0.0f;
+            int64_t oi = ((int64_t)t * Hq + h) * hd + d;
+            if (out_f)
+                out_f[oi] = v;
+            else
+                out_b[oi] = __float2bfloat16(v);
+        } else {
+            float *pp = partial + (((int64_t)t * Hq + h) * n_splits + split) * (hd + 2);
+            pp[d] = acc;
+            if (d == 0) {
+                pp[hd] = M;
+                pp[hd + 1] = L;
+            }
+        }
+    }
+    if (n_splits == 1 || !counters)
+        return;
+    /* last split block of this (token, head) merges the partials */
+    __threadfence();
+    __syncthreads();
+    __shared__ int last;
+    if (threadIdx.x == 0)
+        last = atomicAdd(&counters[(int64_t)t * Hq + h], 1) == n_splits - 1;
+    __syncthreads();
+    if (!last)
+        return;
+    __threadfence();
+    const float *pp = partial + ((int64_t)t * Hq + h) * n_splits * (hd + 2);
+    float MM = -INFINITY;
+    for (int sp = 0; sp < n_splits; sp++)
+        MM = fmaxf(MM, __ldcg(&pp[sp * (hd + 2) + hd]));
+    for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+        float acc = 0.0f, LL = 0.0f;
+        for (int sp = 0; sp < n_splits; sp++) {
+            const float *q2 = pp + sp * (hd + 2);
+            float mm = __ldcg(&q2[hd]);
+            float w = (MM == -INFINITY || mm == -INFINITY) ? 0.0f : __expf(mm - MM);
+            acc += __ldcg(&q2[d]) * w;
+            LL += __ldcg(&q2[hd + 1]) * w;
+        }
+        float v = LL > 0.0f ? acc / LL : 0.0f;
+        int64_t oi = ((int64_t)t * Hq + h) * hd + d;
+        if (out_f)
+            out_f[oi] = v;
+        else
+            out_b[oi] = __float2bfloat16(v);
+    }
+    if (threadIdx.x == 0)
+        counters[(int64_t)t * Hq + h] = 0;
+}
+
+__global__ void k_attn_combine(float *out_f, bf16 *out_b, const float *partial, int Hq, int hd,
+                               int n_splits) {
+    int h = blockIdx.x, t = blockIdx.y;
+    const float *pp = partial + ((int64_t)t * Hq + h) * n_splits * (hd + 2);
+    float M = -INFINITY;
+    for (int sp = 0; sp < n_splits; sp++)
+        M = fmaxf(M, pp[sp * (hd + 2) + hd]);
+    for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+        float acc = 0.0f, L = 0.0f;
+        for (int sp = 0; sp < n_splits; sp++) {
+            const float *q = pp + sp * (hd + 2);
+            float w = (M == -INFINITY || q[hd] == -INFINITY) ? 0.0f : __expf(q[hd] - M);
+            acc += q[d] * w;
+            L += q[hd + 1] * w;
+        }
+        float v = L > 0.0f ? acc / L : 0.0f;
+        int64_t oi = ((int64_t)t * Hq + h) * hd + d;
+        if (out_f)
+            out_f[oi] = v;
+        else
+            out_b[oi] = __float2bfloat16(v);
+    }
+}
+
+template <typename O> static float *s_of(O *p);
+template <> float *s_of<float>(float *p) { return p; }
+template <> float *s_of<bf16>(bf16 *) { return nullptr; }
+template <typename O> static bf16 *s_ob(O *p);
+template <> bf16 *s_ob<float>(float *) { return nullptr; }
+template <> bf16 *s_ob<bf16>(bf16 *p) { return p; }
+
+template <typename Q, typename KV, typename O>
+int ek_attention(cudaStream_t s, O *out, const Q *q, const KV *kpool, const KV *vpool,
+                 const int32_t *tok_seq, const int32_t *tok_pos, const int32_t *block_tables,
+                 int T, int Hq, int Hk, int hd, int max_blocks, int block_size, float scale,
+                 int n_splits, float *partial, int q_stride, int *counters) {
+    if (T == 0)
+        return 0;
+    if (hd > 256 || Hk <= 0 || Hq % Hk || n_splits < 1 || (n_splits > 1 && !partial))
+        return -EINVAL;
+    dim3 grid(n_splits, Hq, T);
+    float *of = s_of<O>(out);
+    bf16 *ob = s_ob<O>(out);
+    if (hd <= 32)
+        k_attn<1, Q, KV><<<grid, 128, 0, s>>>(of, ob, q, kpool, vpool, tok_seq, tok_pos,
+                                              block_tables, Hq, Hk, hd, max_blocks, block_size,
+                                              scale, n_splits, partial, q_stride, counters);
+    else if (hd <= 64)
+        k_attn<2, Q, KV><<<grid, 128, 0, s>>>(of, ob, q, kpool, vpool, tok_seq, tok_pos,
+                                              block_tables, Hq, Hk, hd, max_blocks, block_size,
+                                              scale, n_splits, partial, q_stride, counters);
+    else if (hd <= 128)
+        k_attn<4, Q, KV><<<grid, 128, 0, s>>>(of, ob, q, kpool, vpool, tok_seq, tok_pos,
+                                              block_tables, Hq, Hk, hd, max_blocks, block_size,
+                                              scale, n_splits, partial, q_stride, counters);
+    else
+        k_attn<8, Q, KV><<<grid, 128, 0, s>>>(of, ob, q, kpool, vpool, tok_seq, tok_pos,
+                                              block_tables, Hq, Hk, hd, max_blocks, block_size,
+                                              scale, n_splits, partial, q_stride, counters);
+    CUDA_LAUNCH_CHECK();
+    if (n_splits > 1 && !counters) {
+        k_attn_combine<<<dim3(Hq, T), hd <= 128 ? 128 : 256, 0, s>>>(of, ob, partial, Hq, hd,
+                                                                     n_splits);
+        CUDA_LAUNCH_CHECK();
+    }
+    return 0;
+}
+
+template int ek_attention<float, float, float>(cudaStream_t, float *, const float *, const float *,
+                                               const float *, const int32_t *, const int32_t *,
+                                               const int32_t *, int, int, int, int, int, int,
+                                               float, int, float *, int, int *);
+template int ek_attention<float, bf16, float>(cudaStream_t, float *, const float *, const bf16 *,
+                                              const bf16 *, const int32_t *, const int32_t *,
+                                              const int32_t *, int, int, int, int, int, int, float,
+                                              int, float *, int, int *);
+template int ek_attention<bf16, bf16, bf16>(cudaStream_t, bf16 *, const bf16 *, const bf16 *,
+                                            const bf16 *, const int32_t *, const int32_t *,
+                                            const int32_t *, int, int, int, int, int, int, float,
+                                            int, float *, int, int *);
+
+/* --- flash-style prefill on tensor cores -------------------------------------------------- */
+
+#define PF_BM 64 /* queries per block */
+#define PF_BN 64 /* keys per tile */
+
+template <int HD> struct pf_layout {
+    static constexpr int LDQ = HD + 8;      /* bf16 */
+    static constexpr int LDS = PF_BN + 4;   /* f32 */
+    static constexpr int LDP = PF_BN + 8;   /* bf16 */
+    static constexpr int LDO = HD + 4;      /* f32 */
+    static constexpr size_t q_off = 0;
+    static constexpr size_t k_off = q_off + (size_t)PF_BM * LDQ * 2;
+    static constexpr size_t v_off = k_off + (size_t)PF_BN * LDQ * 2;
+    static constexpr size_t s_off = v_off + (size_t)PF_BN * LDQ * 2;
+    static constexpr size_t p_off = s_off + (size_t)PF_BM * LDS * 4;
+    static constexpr size_t o_off = p_off + (size_t)PF_BM * LDP * 2;
+    static constexpr size_t r_off = o_off + (size_t)PF_BM * LDO * 4;
+    static constexpr size_t bytes = r_off + (size_t)PF_BM * 3 * 4;
+};
+
+template <int HD>
+__global__ void __launch_bounds__(128)
+    k_attn_prefill(bf16 *out, const bf16 *q, const bf16 *kpool, const bf16 *vpool,
+                   const int32_t *tok_pos, const int32_t *bt, const int32_t *tiles, int Hq, int Hk,
+                   int max_blocks, int bs, float scale, int q_stride) {
+    typedef pf_layout<HD> LY;
+    extern __shared__ __align__(128) unsigned char smem[];
+    bf16 *Qs = (bf16 *)(smem + LY::q_off);
+    bf16 *Ks = (bf16 *)(smem + LY::k_off);
+    bf16 *Vs = (bf16 *)(smem + LY::v_off);
+    float *S = (float *)(smem + LY::s_off);
+    bf16 *P = (bf16 *)(smem + LY::p_off);
+    float *O = (float *)(smem + LY::o_off);
+    float *Mr = (float *)(smem + LY::r_off);
+    float *Lr = Mr + PF_BM;
+    float *Ar = Lr + PF_BM;
+
+    const int tile = blockIdx.x, h = blockIdx.y;
+    const int t0 = tiles[3 * tile], nq = tiles[3 * tile + 1], sq = tiles[3 * tile + 2];
+    const int kvh = h / (Hq / Hk);
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    const int32_t *tab = bt + (int64_t)sq * max_blocks;
+    constexpr int CPR = HD / 8; /* 16-byte chunks per row */
+
+    for (int idx = tid; idx < PF_BM * CPR; idx += 128) {
+        int r = idx / CPR, c = (idx % CPR) * 8;
+        uint4 v = make_uint4(0, 0, 0, 0);
+        if (r < nq)
+            v = *reinterpret_cast<const uint4 *>(q + (int64_t)(t0 + r) * q_stride + h * HD + c);
+        *reinterpret_cast<uint4 *>(Qs + r * LY::LDQ + c) = v;
+    }
+    for (int idx = tid; idx < PF_BM * HD; idx += 128)
+        O[(idx / HD) * LY::LDO + idx % HD] = 0.0f;
+    if (tid < PF_BM) {
+        Mr[tid] = -INFINITY;
+        Lr[tid] = 0.0f;
+    }
+    const int posmax = tok_pos[t0 + nq - 1];
+
+    for (int kb = 0; kb <= posmax; kb += PF_BN) {
+        __syncthreads();
+        for (int idx = tid; idx < PF_BN * CPR; idx += 128) {
+            int r = idx / CPR, c = (idx % CPR) * 8;
+            int p = kb + r;
+            uint4 kv = make_uint4(0, 0, 0, 0), vv = make_uint4(0, 0, 0, 0);
+            if (p <= posmax) {
+                int64_t slot = (int64_t)tab[p / bs] * bs + p % bs;
+                int64_t o = (slot * Hk + kvh) * HD + c;
+                kv = *reinterpret_cast<const uint4 *>(kpool + o);
+                vv = *reinterpret_cast<const uint4 *>(vpool + o);
+            }
+            *reinterpret_cast<uint4 *>(Ks + r * LY::LDQ + c) = kv;
+            *reinterpret_cast<uint4 *>(Vs + r * LY::LDQ + c) = vv;
+        }
+        __syncthreads();
+        /* S (16 rows of this warp, 64 keys) = Q Kᵀ */
+#pragma unroll
+        for (int cc = 0; cc < PF_BN / 16; cc++) {
+            wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
+            wmma::fill_fragment(acc, 0.0f);
+#pragma unroll
+            for (int kk = 0; kk < HD / 16; kk++) {
+                wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major> a;
+                wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::col_major> b;
+                wmma::load_matrix_sync(a, Qs + warp * 16 * LY::LDQ + kk * 16, LY::LDQ);
+                wmma::load_matrix_sync(b, Ks + cc * 16 * LY::LDQ + kk * 16, LY::LDQ);
+                wmma::mma_sync(acc, a, b, acc);
+            }
+            wmma::store_matrix_sync(S + warp * 16 * LY::LDS + cc * 16, acc, LY::LDS,
+                                    wmma::mem_row_major);
+        }
+        __syncwarp();
+        /* online softmax over this warp's 16 rows */
+        for (int r = 0; r < 16; r++) {
+            int row = warp * 16 + r;
+            int qp = row < nq ? tok_pos[t0 + row] : -1;
+            int p0 = kb + lane, p1 = kb + lane + 32;
+            float v0 = p0 <= qp ? S[row * LY::LDS + lane] * scale : -INFINITY;
+            float v1 = p1 <= qp ? S[row * LY::LDS + lane + 32] * scale : -INFINITY;
+            float mx = warp_max(fmaxf(v0, v1));
+            float m_old = Mr[row];
+            float m_new = fmaxf(m_old, mx);
+            float alpha, e0, e1;
+            if (m_new == -INFINITY) {
+                alpha = 1.0f;
+                e0 = e1 = 0.0f;
+            } else {
+                alpha = __expf(m_old - m_new);
+                e0 = __expf(v0 - m_new);
+                e1 = __expf(v1 - m_new);
+            }
+            bf16 b0 = __float2bfloat16(e0), b1 = __float2bfloat16(e1);
+            P[row * LY::LDP + lane] = b0;
+            P[row * LY::LDP + lane + 32] = b1;
+            float sum = warp_sum(__bfloat162float(b0) + __bfloat162float(b1));
+            __syncwarp();
+            if (lane == 0) {
+                Mr[row] = m_new;
+                Lr[row] = Lr[row] * alpha + sum;
+                Ar[row] = alpha;
+            }
+        }
+        __syncwarp();
+        for (int idx = lane; idx < 16 * HD; idx += 32) {
+            int r = warp * 16 + idx / HD;
+            O[r * LY::LDO + idx % HD] *= Ar[r];
+        }
+        __syncwarp();
+        /* O (16 rows) += P V */
+#pragma unroll
+        for (int cc = 0; cc < HD / 16; cc++) {
+            wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
+            float *op = O + warp * 16 * LY::LDO + cc * 16;
+            wmma::load_matrix_sync(acc, op, LY::LDO, wmma::mem_row_major);
+#pragma unroll
+            for (int kk = 0; kk < PF_BN / 16; kk++) {
+                wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major> a;
+                wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::row_major> b;
+                wmma::load_matrix_sync(a, P + warp * 16 * LY::LDP + kk * 16, LY::LDP);
+                wmma::load_matrix_sync(b, Vs + kk * 16 * LY::LDQ + cc * 16, LY::LDQ);
+                wmma::mma_sync(acc, a, b, acc);
+            }
+            wmma::store_matrix_sync(op, acc, LY::LDO, wmma::mem_row_major);
+        }
+    }
+    __syncthreads();
+    for (int idx = tid; idx < nq * HD; idx += 128) {
+        int r = idx / HD, d = idx % HD;
+        float L = Lr[r];
+        float v = L > 0.0f ? O[r * LY::LDO + d] / L : 0.0f;
+        out[((int64_t)(t0 + r) * Hq + h) * HD + d] = __float2bfloat16(v);
+    }
+}
+
+bool ek_attention_prefill_supported(int hd) { return hd == 16 || hd == 32 || hd == 64 || hd == 128; }
+
+template <int HD>
+static int s_prefill(cudaStream_t s, bf16 *out, const bf16 *q, const bf16 *kpool,
+                     const bf16 *vpool, const int32_t *tok_pos, const int32_t *bt,
+                     const int32_t *tiles, int n_tiles, int Hq, int Hk, int max_blocks, int bs,
+                     float scale, int q_stride) {
+    static bool attr_set = false;
+    size_t bytes = pf_layout<HD>::bytes;
+    if (!attr_set) {
+        CUDA_CHECK(cudaFuncSetAttribute(k_attn_prefill<HD>,
+                                        cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
+        attr_set = true;
+    }
+    k_attn_prefill<HD><<<dim3(n_tiles, Hq), 128, bytes, s>>>(out, q, kpool, vpool, tok_pos, bt,
+                                                              tiles, Hq, Hk, max_blocks, bs, scale, q_stride);
+    CUDA_LAUNCH_CHECK();
+    return 0;
+}
+
+int ek_attention_prefill(cudaStream_t s, bf16 *out, const bf16 *q, const bf16 *kpool,
+                         const bf16 *vpool, const int32_t *tok_pos, const int32_t *block_tables,
+                         const int32_t *tiles, int n_tiles, int Hq, int Hk, int hd,
+                         int max_blocks, int block_size, float scale, int q_stride) {
+    if (n_tiles == 0)
+        return 0;
+    if (Hk <= 0 || Hq % Hk)
+        return -EINVAL;
+    switch (hd) {
+    case 16: return s_prefill<16>(s, out, q, kpool, vpool, tok_pos, block_tables, tiles, n_tiles, Hq, Hk, max_blocks, block_size, scale, q_stride);
+    case 32: return s_prefill<32>(s, out, q, kpool, vpool, tok_pos, block_tables, tiles, n_tiles, Hq, Hk, max_blocks, block_size, scale, q_stride);
+    case 64: return s_prefill<64>(s, out, q, kpool, vpool, tok_pos, block_tables, tiles, n_tiles, Hq, Hk, max_blocks, block_size, scale, q_stride);
+    case 128: return s_prefill<128>(s, out, q, kpool, vpool, tok_pos, block_tables, tiles, n_tiles, Hq, Hk, max_blocks, block_size, scale, q_stride);
+    default: return -EOPNOTSUPP;
+    }
+}

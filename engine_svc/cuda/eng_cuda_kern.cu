@@ -1,0 +1,526 @@
+/* eng_cuda_kern.cu: the element-wise, normalisation, RoPE, GEMV/GEMM and argmax kernels of the CUDA
+ * backend, each as static __global__ kernel + launcher (declared in eng_cuda_kern.cuh).
+ *
+ * Not here: attention (eng_cuda_attn.cu), the MoE block (eng_cuda_moe.cu), the vtable
+ * (eng_cuda_backend.cu), the model runner (eng_cuda_model.cu).
+ * Invariants: no launcher synchronises or allocates; every launch is checked. */
+#include <cstdio>
+#include <cstring>
+
+#include "eng_cuda_kern.cuh"
+
+/* --- error bookkeeping ------------------------------------------------------------------- */
+
+static char s_last_error[256];
+
+void eng_cuda_note_error(const char *file, int line, const char *what, int code) {
+    snprintf(s_last_error, sizeof s_last_error, "%s:%d: %s (%d)", file, line, what, code);
+}
+
+extern "C" const char *eng_cuda_last_error(void) { return s_last_error; }
+
+int eng_cuda_errno(cudaError_t e) {
+    switch (e) {
+    case cudaErrorMemoryAllocation: return -ENOMEM;
+    case cudaErrorInvalidValue: return -EINVAL;
+    case cudaErrorNotSupported: return -EOPNOTSUPP;
+    default: return -EIO;
+    }
+}
+
+/* --- embed -------------------------------------------------------------------------------- */
+
+template <typename A>
+__global__ void k_embed(A *out, const int32_t *ids, const bf16 *w, int D, int V) {
+    int t = blockIdx.x;
+    int id = ids[t];
+    bool ok = id >= 0 && id < V;
+    for (int d = threadIdx.x; d < D; d += blockDim.x)
+        st(&out[(int64_t)t * D + d], ok ? ld(&w[(int64_t)id * D + d]) : 0.0f);
+}
+
+template <typename A>
+int ek_embed(cudaStream_t s, A *out, const int32_t *ids, const bf16 *w, int T, int D, int V) {
+    if (T == 0)
+        return 0;
+    k_embed<A><<<T, 256, 0, s>>>(out, ids, w, D, V);
+    CUDA_LAUNCH_CHECK();
+    return 0;
+}
+
+/* --- add + rmsnorm ------------------------------------------------------------------------ */
+
+template <typename A, typename W>
+__global__ void k_add_rmsnorm(A *out, A *resid, const A *x, const W *w, int D, float eps) {
+    int64_t row = blockIdx.x;
+    const A *xr = x + row * D;
+    A *rr = resid ? resid + row * D : nullptr;
+    float ss = 0.0f;
+    for (int d = threadIdx.x; d < D; d += blockDim.x) {
+        float h = ld(&xr[d]);
+        if (rr) {
+            h = rnd<A>(ld(&rr[d]) + h);
+            st(&rr[d], h);
+        }
+        ss += h * h;
+    }
+    __shared__ float red[32];
+    ss = warp_sum(ss);
+    if ((threadIdx.x & 31) == 0)
+        red[threadIdx.x >> 5] = ss;
+    __syncthreads();
+    if (threadIdx.x < 32) {
+        float v = threadIdx.x < (blockDim.x >> 5) ? red[threadIdx.x] : 0.0f;
+        v = warp_sum(v);
+        if (threadIdx.x == 0)
+            red[0] = v;
+    }
+    __syncthreads();
+    float rs = rsqrtf(red[0] / (float)D + eps);
+    const A *hr = rr ? rr : xr;
+    for (int d = threadIdx.x; d < D; d += blockDim.x) {
+        float y = rnd<A>(ld(&hr[d]) * rs);
+        st(&out[row * D + d], y * ld(&w[d]));
+    }
+}
+
+template <typename A, typename W>
+int ek_add_rmsnorm(cudaStream_t s, A *out, A *resid, const A *x, const W *w, int rows, int D,
+                   float eps) {
+    if (rows == 0)
+        return 0;
+    int th = D >= 1024 ? 1024 : ((D + 31) / 32) * 32;
+    if (th > 256 && D <= 2048)
+        th = 256;
+    k_add_rmsnorm<A, W><<<rows, th, 0, s>>>(out, resid, x, w, D, eps);
+    CUDA_LAUNCH_CHECK();
+    return 0;
+}
+
+/* --- GEMV (small T) and cuBLAS GEMM ------------------------------------------------------- */
+
+/* One warp per output row n, all NT tokens at once: the weight row is read once, 16 bytes per
+ * lane per step. Vector path needs K % 8 == 0 (checked by the launcher); else scalar. */
+template <int NT, typename A, typename O, bool VEC>
+__global__ void __launch_bounds__(256) k_gemv(O *y, const A *x, const bf16 *w, int N, int K) {
+    int n = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    int lane = threadIdx.x & 31;
+    if (n >= N)
+        return;
+    const bf16 *wr = w + (int64_t)n * K;
+    float acc[NT];
+#pragma unroll
+    for (int t = 0; t < NT; t++)
+        acc[t] = 0.0f;
+    if (VEC) {
+#pragma unroll 4
+        for (int c = lane * 8; c < K; c += 256) {
+            float wf[8];
+            ld8(wr + c, wf);
+#pragma unroll
+            for (int t = 0; t < NT; t++) {
+                float xf[8];
+                ld8(x + (int64_t)t * K + c, xf);
+#pragma unroll
+                for (int i = 0; i < 8; i++)
+                    acc[t] = fmaf(wf[i], xf[i], acc[t]);
+            }
+        }
+    } else {
+        for (int c = lane; c < K; c += 32) {
+            float wf = ld(&wr[c]);
+#pragma unroll
+            for (int t = 0; t < NT; t++)
+                acc[t] = fmaf(wf, ld(&x[(int64_t)t * K + c]), acc[t]);
+        }
+    }
+#pragma unroll
+    for (int t = 0; t < NT; t++) {
+        float v = warp_sum(acc[t]);
+        if (lane == 0)
+            st(&y[(int64_t)t * N + n], v);
+    }
+}
+
+template <int NT, typename A, typename O>
+static int s_gemv(cudaStream_t s, O *y, const A *x, const bf16 *w, int N, int K) {
+    bool vec = (K % 8) == 0 && ((uintptr_t)x % 16) == 0 && ((uintptr_t)w % 16) == 0;
+    int blocks = (N + 7) / 8;
+    if (vec)
+        k_gemv<NT, A, O, true><<<blocks, 256, 0, s>>>(y, x, w, N, K);
+    else
+        k_gemv<NT, A, O, false><<<blocks, 256, 0, s>>>(y, x, w, N, K);
+    CUDA_LAUNCH_CHECK();
+    return 0;
+}
+
+__global__ void k_f32_to_bf16(bf16 *out, const float *in, int64_t n) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
+         i += (int64_t)gridDim.x * blockDim.x)
+        out[i] = __float2bfloat16(in[i]);
+}
+
+template <typename O> static cudaDataType s_cuda_type();
+template <> cudaDataType s_cuda_type<float>() { return CUDA_R_32F; }
+template <> cudaDataType s_cuda_type<bf16>() { return CUDA_R_16BF; }
+
+template <typename A, typename O>
+int ek_matmul(const ek_ctx *c, O *y, const A *x, const bf16 *w, int T, int N, int K) {
+    if (T == 0 || N == 0)
+        return 0;
+    if (T <= c->gemv_max_rows && T <= 8) {
+        switch (T) {
+        case 1: return s_gemv<1>(c->stream, y, x, w, N, K);
+        case 2: return s_gemv<2>(c->stream, y, x, w, N, K);
+        case 3: return s_gemv<3>(c->stream, y, x, w, N, K);
+        case 4: return s_gemv<4>(c->stream, y, x, w, N, K);
+        case 5: return s_gemv<5>(c->stream, y, x, w, N, K);
+        case 6: return s_gemv<6>(c->stream, y, x, w, N, K);
+        case 7: return s_gemv<7>(c->stream, y, x, w, N, K);
+        default: return s_gemv<8>(c->stream, y, x, w, N, K);
+        }
+    }
+    const bf16 *xb;
+    if (sizeof(A) == 4) {
+        size_t need = (size_t)T * K * sizeof(bf16);
+        if (!c->conv || c->conv_bytes < need)
+            return -ENOMEM;
+        int64_t n = (int64_t)T * K;
+        int blocks = (int)((n + 255) / 256 < 4096 ? (n + 255) / 256 : 4096);
+        k_f32_to_bf16<<<blocks, 256, 0, c->stream>>>((bf16 *)c->conv, (const float *)x, n);
+        CUDA_LAUNCH_CHECK();
+        xb = (const bf16 *)c->conv;
+    } else {
+        xb = (const bf16 *)x;
+    }
+    /* Row-major y (T,N) is column-major (N,T) = W (col-major (K,N))ᵀ · x (col-major (K,T)). */
+    const float alpha = 1.0f, beta = 0.0f;
+    CUBLAS_CHECK(cublasSetStream(c->blas, c->stream));
+    CUBLAS_CHECK(cublasGemmEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, N, T, K, &alpha, w, CUDA_R_16BF, K,
+                              xb, CUDA_R_16BF, K, &beta, y, s_cuda_type<O>(), N,
+                              CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    return 0;
+}
+
+template <int NT>
+__global__ void __launch_bounds__(256)
+    k_gemv_norm(bf16 *y, const bf16 *w, int N, int D, const bf16 *h_in, const bf16 *delta,
+                bf16 *h_out, const bf16 *nw, float eps) {
+    extern __shared__ __align__(16) unsigned char smem_g[];
+    bf16 *xs = (bf16 *)smem_g;
+    ek_norm_prologue<NT>(xs, h_in, delta, h_out, nw, eps, nullptr, D, blockIdx.x == 0);
+    int n = blockIdx.x * 8 + (threadIdx.x >> 5);
+    int lane = threadIdx.x & 31;
+    if (n >= N)
+        return;
+    const bf16 *wr = w + (int64_t)n * D;
+    float acc[NT];
+#pragma unroll
+    for (int t = 0; t < NT; t++)
+        acc[t] = 0.0f;
+#pragma unroll 4
+    for (int c = lane * 8; c < D; c += 256) {
+        float wf[8];
+        ld8(wr + c, wf);
+#pragma unroll
+        for (int t = 0; t < NT; t++) {
+            float xf[8];
+            ld8(xs + t * D + c, xf);
+#pragma unroll
+            for (int i = 0; i < 8; i++)
+                acc[t] = fmaf(wf[i], xf[i], acc[t]);
+        }
+    }
+#pragma unroll
+    for (int t = 0; t < NT; t++) {
+        float v = warp_sum(acc[t]);
+        if (lane == 0)
+            y[(int64_t)t * N + n] = __float2bfloat16(v);
+    }
+}
+
+bool ek_gemv_norm_supported(int T, int D) {
+    return T >= 1 && T <= 8 && D % 8 == 0 && (size_t)T * D * 2 <= 48 * 1024;
+}
+
+int ek_gemv_norm(cudaStream_t s, bf16 *y, const bf16 *w, int T, int N, int D, const bf16 *h_in,
+                 const bf16 *delta, bf16 *h_out, const bf16 *nw, float eps) {
+    if (!ek_gemv_norm_supported(T, D))
+        return -EINVAL;
+    size_t sm = (size_t)T * D * 2;
+    int blocks = (N + 7) / 8;
+#define GN_CASE(NT_)                                                                               \
+    case NT_:                                                                                      \
+        k_gemv_norm<NT_><<<blocks, 256, sm, s>>>(y, w, N, D, h_in, delta, h_out, nw, eps);         \
+        break;
+    switch (T) {
+        GN_CASE(1) GN_CASE(2) GN_CASE(3) GN_CASE(4) GN_CASE(5) GN_CASE(6) GN_CASE(7) GN_CASE(8)
+    }
+#undef GN_CASE
+    CUDA_LAUNCH_CHECK();
+    return 0;
+}
+
+/* --- QK-norm + RoPE / M-RoPE (+ KV write) ------------------------------------------------- */
+
+/* One warp per (token, head) row; heads 0..Hq-1 are q, Hq..Hq+Hk-1 are k. The normalised row is
+ * staged in shared memory so the rotate_half partner (j + hd/2) is at hand for any hd. */
+template <typename A, typename W, typename KV>
+__global__ void k_qk_norm_rope(A *q, int q_stride, A *k, int k_stride, const W *qn, const W *kn,
+                               const int32_t *pos, const float *inv_freq, int T, int Hq, int Hk,
+                               int hd, float eps, int sec1, int sec2, KV *kpool, KV *vpool,
+                               const A *v, int v_stride, const int32_t *slots) {
+    extern __shared__ float sh[];
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int64_t row = (int64_t)blockIdx.x * (blockDim.x >> 5) + warp;
+    int nh = Hq + Hk;
+    if (row >= (int64_t)T * nh)
+        return;
+    int t = (int)(row / nh), h = (int)(row % nh);
+    bool is_q = h < Hq;
+    A *p = is_q ? q + (int64_t)t * q_stride + (int64_t)h * hd
+                : k + (int64_t)t * k_stride + (int64_t)(h - Hq) * hd;
+    const W *nw = is_q ? qn : kn;
+    float *buf = sh + warp * hd;
+    float ss = 0.0f;
+    for (int d = lane; d < hd; d += 32) {
+        float x = ld(&p[d]);
+        buf[d] = x;
+        ss += x * x;
+    }
+    ss = warp_sum(ss);
+    float rs = rsqrtf(ss / (float)hd + eps);
+    for (int d = lane; d < hd; d += 32)
+        buf[d] = rnd<A>(rnd<A>(buf[d] * rs) * ld(&nw[d]));
+    __syncwarp();
+    int half = hd / 2;
+    int pt = pos[t], ph = pos[T + t], pw = pos[2 * T + t];
+    float outv[8];
+    int cnt = 0;
+    for (int d = lane; d < hd; d += 32, cnt++) {
+        int j = d < half ? d : d - half;
+        int pr = pt;
+        if (j % 3 == 1 && j < 3 * sec1)
+            pr = ph;
+        else if (j % 3 == 2 && j < 3 * sec2)
+            pr = pw;
+        float f = (float)pr * inv_freq[j];
+        float cs = rnd<A>(cosf(f)), sn = rnd<A>(sinf(f));
+        float x = buf[d];
+        float rot = d < half ? -buf[d + half] : buf[d - half];
+        outv[cnt] = rnd<A>(rnd<A>(x * cs) + rnd<A>(rot * sn));
+    }
+    cnt = 0;
+    int64_t slot = kpool ? (int64_t)slots[t] : 0;
+    for (int d = lane; d < hd; d += 32, cnt++) {
+        st(&p[d], outv[cnt]);
+        if (kpool && !is_q) {
+            int64_t o = (slot * Hk + (h - Hq)) * hd + d;
+            st(&kpool[o], outv[cnt]);
+            st(&vpool[o], ld(&v[(int64_t)t * v_stride + (int64_t)(h - Hq) * hd + d]));
+        }
+    }
+}
+
+template <typename A, typename W, typename KV>
+int ek_qk_norm_rope(cudaStream_t s, A *q, int q_stride, A *k, int k_stride, const W *qn,
+                    const W *kn, const int32_t *pos, const float *inv_freq, int T, int Hq, int Hk,
+                    int hd, float eps, int sec1, int sec2, KV *kpool, KV *vpool, const A *v,
+                    int v_stride, const int32_t *slots) {
+    if (T == 0)
+        return 0;
+    if (hd > 256 || hd % 2)
+        return -EINVAL;
+    int64_t rows = (int64_t)T * (Hq + Hk);
+    int wpb = 8;
+    int blocks = (int)((rows + wpb - 1) / wpb);
+    k_qk_norm_rope<A, W, KV><<<blocks, wpb * 32, wpb * hd * sizeof(float), s>>>(
+        q, q_stride, k, k_stride, qn, kn, pos, inv_freq, T, Hq, Hk, hd, eps, sec1, sec2, kpool,
+        vpool, v, v_stride, slots);
+    CUDA_LAUNCH_CHECK();
+    return 0;
+}
+
+template <typename A, typename KV>
+__global__ void k_kv_write(KV *kpool, KV *vpool, const A *k, const A *v, const int32_t *slots,
+                           int row) {
+    int t = blockIdx.x;
+    int64_t slot = slots[t];
+    for (int d = threadIdx.x; d < row; d += blockDim.x) {
+        st(&kpool[slot * row + d], ld(&k[(int64_t)t * row + d]));
+        st(&vpool[slot * row + d], ld(&v[(int64_t)t * row + d]));
+    }
+}
+
+template <typename A, typename KV>
+int ek_kv_write(cudaStream_t s, KV *kpool, KV *vpool, const A *k, const A *v,
+                const int32_t *slots, int T, int row) {
+    if (T == 0)
+        return 0;
+    k_kv_write<A, KV><<<T, 256, 0, s>>>(kpool, vpool, k, v, slots, row);
+    CUDA_LAUNCH_CHECK();
+    return 0;
+}
+
+/* --- element-wise ------------------------------------------------------------------------- */
+
+template <typename A>
+__global__ void k_silu_mul(A *out, const A *g, const A *u, int64_t n) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
+         i += (int64_t)gridDim.x * blockDim.x) {
+        float a = ld(&g[i]);
+        float si = rnd<A>(a / (1.0f + expf(-a)));
+        st(&out[i], si * ld(&u[i]));
+    }
+}
+
+template <typename A> int ek_silu_mul(cudaStream_t s, A *out, const A *g, const A *u, int64_t n) {
+    if (n == 0)
+        return 0;
+    int blocks = (int)((n + 255) / 256 < 8192 ? (n + 255) / 256 : 8192);
+    k_silu_mul<A><<<blocks, 256, 0, s>>>(out, g, u, n);
+    CUDA_LAUNCH_CHECK();
+    return 0;
+}
+
+template <typename A> __global__ void k_add(A *out, const A *x, const A *y, int64_t n) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
+         i += (int64_t)gridDim.x * blockDim.x)
+        st(&out[i], ld(&x[i]) + ld(&y[i]));
+}
+
+template <typename A> int ek_add(cudaStream_t s, A *out, const A *x, const A *y, int64_t n) {
+    if (n == 0)
+        return 0;
+    int blocks = (int)((n + 255) / 256 < 8192 ? (n + 255) / 256 : 8192);
+    k_add<A><<<blocks, 256, 0, s>>>(out, x, y, n);
+    CUDA_LAUNCH_CHECK();
+    return 0;
+}
+
+template <typename A>
+__global__ void k_get_rows(A *out, const A *x, const int32_t *rows, int D, int n_rows_x) {
+    int r = blockIdx.x;
+    int src = rows[r];
+    bool ok = src >= 0 && src < n_rows_x;
+    for (int d = threadIdx.x; d < D; d += blockDim.x)
+        out[(int64_t)r * D + d] = ok ? x[(int64_t)src * D + d] : (A)0.0f;
+}
+
+template <typename A>
+int ek_get_rows(cudaStream_t s, A *out, const A *x, const int32_t *rows, int R, int D,
+                int n_rows_x) {
+    if (R == 0)
+        return 0;
+    k_get_rows<A><<<R, 256, 0, s>>>(out, x, rows, D, n_rows_x);
+    CUDA_LAUNCH_CHECK();
+    return 0;
+}
+
+/* --- argmax ------------------------------------------------------------------------------- */
+
+__device__ __forceinline__ void s_amax_merge(float &v, int &i, float v2, int i2) {
+    /* NaN never wins; ties go to the lower index. */
+    if (v2 > v || (v2 == v && i2 < i) || (v != v && v2 == v2)) {
+        v = v2;
+        i = i2;
+    }
+}
+
+__global__ void k_argmax(int32_t *ids, const float *logits, int V) {
+    const float *r = logits + (int64_t)blockIdx.x * V;
+    float best = -INFINITY;
+    int bi = 0x7fffffff;
+    for (int i = threadIdx.x; i < V; i += blockDim.x)
+        s_amax_merge(best, bi, r[i], i);
+    for (int o = 16; o > 0; o >>= 1) {
+        float v2 = __shfl_xor_sync(0xffffffffu, best, o);
+        int i2 = __shfl_xor_sync(0xffffffffu, bi, o);
+        s_amax_merge(best, bi, v2, i2);
+    }
+    __shared__ float sv[32];
+    __shared__ int si[32];
+    int w = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    if (lane == 0) {
+        sv[w] = best;
+        si[w] = bi;
+    }
+    __syncthreads();
+    if (w == 0) {
+        best = lane < (int)(blockDim.x >> 5) ? sv[lane] : -INFINITY;
+        bi = lane < (int)(blockDim.x >> 5) ? si[lane] : 0x7fffffff;
+        for (int o = 16; o > 0; o >>= 1) {
+            float v2 = __shfl_xor_sync(0xffffffffu, best, o);
+            int i2 = __shfl_xor_sync(0xffffffffu, bi, o);
+            s_amax_merge(best, bi, v2, i2);
+        }
+        if (lane == 0)
+            ids[blockIdx.x] = bi == 0x7fffffff ? 0 : bi;
+    }
+}
+
+int ek_argmax(cudaStream_t s, int32_t *ids, const float *logits, int R, int V) {
+    if (R == 0)
+        return 0;
+    k_argmax<<<R, 1024, 0, s>>>(ids, logits, V);
+    CUDA_LAUNCH_CHECK();
+    return 0;
+}
+
+/* --- dummy weights ------------------------------------------------------------------------ */
+
+__device__ __forceinline__ uint64_t s_mix(uint64_t z) {
+    z += 0x9e3779b97f4a7c15ull;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+__global__ void k_fill_random(bf16 *p, size_t n, uint64_t seed, float scale, float offset) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x) {
+        uint64_t r = s_mix(seed * 0x100000001b3ull + i);
+        float u = (float)(r >> 40) * (1.0f / 16777216.0f); /* [0,1) */
+        p[i] = __float2bfloat16(offset + scale * (2.0f * u - 1.0f));
+    }
+}
+
+int ek_fill_random(cudaStream_t s, bf16 *p, size_t n, uint64_t seed, float scale, float offset) {
+    if (n == 0)
+        return 0;
+    k_fill_random<<<1024, 256, 0, s>>>(p, n, seed, scale, offset);
+    CUDA_LAUNCH_CHECK();
+    return 0;
+}
+
+/* --- explicit instantiations -------------------------------------------------------------- */
+
+#define EK_INST_A(A)                                                                               \
+    template int ek_embed<A>(cudaStream_t, A *, const int32_t *, const bf16 *, int, int, int);    \
+    template int ek_add_rmsnorm<A, bf16>(cudaStream_t, A *, A *, const A *, const bf16 *, int,    \
+                                         int, float);                                             \
+    template int ek_add_rmsnorm<A, float>(cudaStream_t, A *, A *, const A *, const float *, int,  \
+                                          int, float);                                            \
+    template int ek_matmul<A, float>(const ek_ctx *, float *, const A *, const bf16 *, int, int,  \
+                                     int);                                                        \
+    template int ek_matmul<A, bf16>(const ek_ctx *, bf16 *, const A *, const bf16 *, int, int,    \
+                                    int);                                                         \
+    template int ek_silu_mul<A>(cudaStream_t, A *, const A *, const A *, int64_t);                \
+    template int ek_add<A>(cudaStream_t, A *, const A *, const A *, int64_t);                     \
+    template int ek_get_rows<A>(cudaStream_t, A *, const A *, const int32_t *, int, int, int);    \
+    template int ek_kv_write<A, float>(cudaStream_t, float *, float *, const A *, const A *,      \
+                                       const int32_t *, int, int);                                \
+    template int ek_kv_write<A, bf16>(cudaStream_t, bf16 *, bf16 *, const A *, const A *,         \
+                                      const int32_t *, int, int);
+
+EK_INST_A(float)
+EK_INST_A(bf16)
+
+#define EK_INST_ROPE(A, W, KV)                                                                     \
+    template int ek_qk_norm_rope<A, W, KV>(cudaStream_t, A *, int, A *, int, const W *, const W *, \
+                                           const int32_t *, const float *, int, int, int, int,    \
+                                           float, int, int, KV *, KV *, const A *, int,           \
+                                           const int32_t *);
+EK_INST_ROPE(float, bf16, float)
+EK_INST_ROPE(float, float, float)
+EK_INST_ROPE(bf16, bf16, bf16)

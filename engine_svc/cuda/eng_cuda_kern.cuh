@@ -1,0 +1,201 @@
+/* eng_cuda_kern.cuh: the raw-pointer launchers of the CUDA backend (ggml style: static __global__
+ * kernel -> launcher taking raw device pointers and a stream -> eng_cuda_* / vtable entry that
+ * validates shapes). C++ only; the vtable (eng_cuda_backend.cu) and the fast model runner
+ * (eng_cuda_model.cu) are the two callers.
+ *
+ * Activation type A is float (the vtable's f32 activations) or bf16 (the model runner: PyTorch's
+ * rounding points are reproduced with rnd<A>()). Weights are bf16 (norm weights: W = bf16 or f32).
+ * Linear weights are (out, in), row-major: y = x·Wᵀ. All launchers return 0 or -errno and never
+ * synchronise, so they can be captured into CUDA graphs (except where noted). */
+#pragma once
+
+#include "cuda_common.cuh"
+
+/* Per-call context: stream, cuBLAS handle (its workspace set by the owner), and a conversion
+ * scratch buffer used when f32 activations must be rounded to bf16 for a tensor-core GEMM. */
+struct ek_ctx {
+    cudaStream_t stream;
+    cublasHandle_t blas;
+    void *conv;          /* device scratch for x (T,K) as bf16 */
+    size_t conv_bytes;   /* its size */
+    int gemv_max_rows;   /* T at or below which matmul uses the GEMV kernel (<= 8) */
+};
+
+/* out (T,D) = w[ids[t]]; ids outside [0,V) give a zero row. */
+template <typename A> int ek_embed(cudaStream_t s, A *out, const int32_t *ids, const bf16 *w, int T,
+                                   int D, int V);
+
+/* If resid != NULL: h = rnd(resid + x), resid = h; else h = x. out = rmsnorm(h) * w.
+ * rows x D; for A = bf16 the normalised value is rounded before the weight multiply (HF). */
+template <typename A, typename W>
+int ek_add_rmsnorm(cudaStream_t s, A *out, A *resid, const A *x, const W *w, int rows, int D,
+                   float eps);
+
+/* y (T,N) = x (T,K) · wᵀ, w (N,K) bf16. O = float or bf16. Uses the GEMV kernel for
+ * T <= c->gemv_max_rows, else cuBLAS (f32 x is rounded to bf16 first, into c->conv). */
+template <typename A, typename O>
+int ek_matmul(const ek_ctx *c, O *y, const A *x, const bf16 *w, int T, int N, int K);
+
+/* QK-norm + RoPE/M-RoPE, in place on q (row stride q_stride elements) and k (k_stride); per
+ * (token, head) row of hd values. pos (3,T) i32 rows T,H,W; inv_freq (hd/2) f32.
+ * sec1/sec2: M-RoPE H/W section sizes (0 = plain RoPE). If kpool != NULL, the rotated k and the
+ * v rows (v, v_stride) are also written to the paged pools (n_slots, Hk·hd) at slots[t]. */
+template <typename A, typename W, typename KV>
+int ek_qk_norm_rope(cudaStream_t s, A *q, int q_stride, A *k, int k_stride, const W *qn,
+                    const W *kn, const int32_t *pos, const float *inv_freq, int T, int Hq, int Hk,
+                    int hd, float eps, int sec1, int sec2, KV *kpool, KV *vpool, const A *v,
+                    int v_stride, const int32_t *slots);
+
+/* k_pool/v_pool (n_slots, Hk·hd)[slots[t]] = k/v (T, Hk·hd). */
+template <typename A, typename KV>
+int ek_kv_write(cudaStream_t s, KV *kpool, KV *vpool, const A *k, const A *v,
+                const int32_t *slots, int T, int row);
+
+/* Paged causal GQA attention, any hd <= 256: token t (sequence tok_seq[t]) attends to positions
+ * 0..tok_pos[t]. n_splits > 1 splits the keys over blocks (flash-decoding); partial must then
+ * hold T·Hq·n_splits·(hd+2) floats. q rows are q_stride elements apart (Hq·hd when dense).
+ * counters (T·Hq ints, zero; left zero) != NULL: the last split block of each (token, head) merges
+ * the partials itself (no combine launch). */
+template <typename Q, typename KV, typename O>
+int ek_attention(cudaStream_t s, O *out, const Q *q, const KV *kpool, const KV *vpool,
+                 const int32_t *tok_seq, const int32_t *tok_pos, const int32_t *block_tables,
+                 int T, int Hq, int Hk, int hd, int max_blocks, int block_size, float scale,
+                 int n_splits, float *partial, int q_stride, int *counters);
+
+/* Tiled (flash-style) causal prefill attention on tensor cores, bf16, hd = 128 or 64 or 16·k<=128.
+ * tiles (n_tiles, 3) i32: first token, token count (<= 64), sequence; the tile's tokens are
+ * consecutive tokens of one sequence. */
+int ek_attention_prefill(cudaStream_t s, bf16 *out, const bf16 *q, const bf16 *kpool,
+                         const bf16 *vpool, const int32_t *tok_pos, const int32_t *block_tables,
+                         const int32_t *tiles, int n_tiles, int Hq, int Hk, int hd,
+                         int max_blocks, int block_size, float scale, int q_stride);
+bool ek_attention_prefill_supported(int hd);
+
+/* MoE scratch (device), sized for up to max_T tokens by ek_moe_scratch_bytes(). */
+struct ek_moe_scratch {
+    float *logits;      /* (T,E) router logits */
+    int32_t *ids;       /* (T,K) chosen experts */
+    float *wts;         /* (T,K) routing weights */
+    void *h;            /* (T·K, I) activations after SwiGLU (A or bf16) */
+    int32_t *counts;    /* (E) assignments per expert */
+    int32_t *offsets;   /* (E+1) */
+    int32_t *cursor;    /* (E) */
+    int32_t *tiles;     /* (max_tiles, 2) expert, row offset */
+    int32_t *n_tiles;   /* (1) */
+    int32_t *pos;       /* (T·K) row of each assignment in expert order */
+    bf16 *xp;           /* (T·K, D) permuted inputs */
+    bf16 *y;            /* (T·K, D) expert outputs */
+};
+size_t ek_moe_scratch_bytes(int max_T, int D, int I, int E, int K);
+void ek_moe_scratch_carve(ek_moe_scratch *m, void *base, int max_T, int D, int I, int E, int K);
+
+enum ek_moe_mode { EK_MOE_AUTO = 0, EK_MOE_GEMV = 1, EK_MOE_GROUPED = 2 };
+
+/* out (T,D) = Σ_k w_k · down_e(silu(gate_e(x)) · up_e(x)) over the top-K experts of
+ * softmax(x·routerᵀ). router (E,D), gate/up (E,I,D), down (E,D,I), bf16. AUTO: the fused GEMV
+ * path (reads only the routed experts' rows) for T·K <= 64, the grouped tensor-core path
+ * otherwise (when D and I are multiples of 64; else GEMV). Zero-size expert groups are normal. */
+template <typename A>
+int ek_moe(const ek_ctx *c, A *out, const A *x, const bf16 *router, const bf16 *gate,
+           const bf16 *up, const bf16 *down, int T, int D, int I, int E, int K, bool norm_topk,
+           int mode, const ek_moe_scratch *m);
+
+/* out (T,I) = silu(gate) * up. */
+template <typename A>
+int ek_silu_mul(cudaStream_t s, A *out, const A *gate, const A *up, int64_t n);
+/* out = x + y. */
+template <typename A> int ek_add(cudaStream_t s, A *out, const A *x, const A *y, int64_t n);
+/* out (R,D) = x[rows[r]]. */
+template <typename A>
+int ek_get_rows(cudaStream_t s, A *out, const A *x, const int32_t *rows, int R, int D, int n_rows_x);
+/* ids (R) = argmax of each row of logits (R,V), lowest id on ties. */
+int ek_argmax(cudaStream_t s, int32_t *ids, const float *logits, int R, int V);
+/* Fills n bf16 values with uniform(-scale, scale) + offset from a counter hash (dummy weights). */
+int ek_fill_random(cudaStream_t s, bf16 *p, size_t n, uint64_t seed, float scale, float offset);
+
+/* --- fused add + RMSNorm prologue (decode path) ------------------------------------------- */
+
+/* For a block of 256 threads: xs (NT, D) bf16 (shared) = bf16(w * bf16(hn * rsqrt(mean(hn²) +
+ * eps))) with hn = bf16(h_in + delta) (delta may be NULL: hn = h_in). If write: h_out = hn and
+ * xn_out = xs (each when non-NULL). D % 8 == 0. Ends with __syncthreads(). Every block of a
+ * kernel recomputes the (small) norm, so the next GEMV needs no separate norm launch; h_out must
+ * not alias h_in (other blocks still read h_in). */
+template <int NT>
+__device__ __forceinline__ void ek_norm_prologue(bf16 *xs, const bf16 *h_in, const bf16 *delta,
+                                                 bf16 *h_out, const bf16 *nw, float eps,
+                                                 bf16 *xn_out, int D, bool write) {
+    __shared__ float red[NT][8];
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+#pragma unroll
+    for (int t = 0; t < NT; t++) {
+        float ss = 0.0f;
+        for (int c = tid * 8; c < D; c += 256 * 8) {
+            float hf[8];
+            ld8(h_in + (int64_t)t * D + c, hf);
+            if (delta) {
+                float df[8];
+                ld8(delta + (int64_t)t * D + c, df);
+#pragma unroll
+                for (int i = 0; i < 8; i++)
+                    hf[i] = rnd<bf16>(hf[i] + df[i]);
+            }
+            __align__(16) __nv_bfloat162 pk[4];
+#pragma unroll
+            for (int i = 0; i < 4; i++)
+                pk[i] = __floats2bfloat162_rn(hf[2 * i], hf[2 * i + 1]);
+            *reinterpret_cast<uint4 *>(xs + t * D + c) = *reinterpret_cast<uint4 *>(pk);
+            if (write && h_out)
+                *reinterpret_cast<uint4 *>(h_out + (int64_t)t * D + c) =
+                    *reinterpret_cast<uint4 *>(pk);
+#pragma unroll
+            for (int i = 0; i < 8; i++)
+                ss += hf[i] * hf[i];
+        }
+        ss = warp_sum(ss);
+        if (lane == 0)
+            red[t][warp] = ss;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int t = 0; t < NT; t++) {
+        float tot = 0.0f;
+#pragma unroll
+        for (int w = 0; w < 8; w++)
+            tot += red[t][w];
+        float rs = rsqrtf(tot / (float)D + eps);
+        for (int c = tid * 8; c < D; c += 256 * 8) {
+            float xf[8], wf[8];
+            ld8(xs + t * D + c, xf);
+            ld8(nw + c, wf);
+            __align__(16) __nv_bfloat162 pk[4];
+#pragma unroll
+            for (int i = 0; i < 4; i++)
+                pk[i] = __floats2bfloat162_rn(rnd<bf16>(xf[2 * i] * rs) * wf[2 * i],
+                                              rnd<bf16>(xf[2 * i + 1] * rs) * wf[2 * i + 1]);
+            *reinterpret_cast<uint4 *>(xs + t * D + c) = *reinterpret_cast<uint4 *>(pk);
+            if (write && xn_out)
+                *reinterpret_cast<uint4 *>(xn_out + (int64_t)t * D + c) =
+                    *reinterpret_cast<uint4 *>(pk);
+        }
+    }
+    __syncthreads();
+}
+
+/* y (T,N) bf16 = norm(h_in + delta) · wᵀ for T <= 8 (decode): add + RMSNorm fused into the GEMV
+ * prologue; block 0 writes the new residual to h_out. Needs D % 8 == 0 and T·D·2 <= 48 KiB. */
+int ek_gemv_norm(cudaStream_t s, bf16 *y, const bf16 *w, int T, int N, int D, const bf16 *h_in,
+                 const bf16 *delta, bf16 *h_out, const bf16 *nw, float eps);
+bool ek_gemv_norm_supported(int T, int D);
+
+/* Decode-path router: add + RMSNorm prologue, router GEMV (f32 logits into m->logits) and, in the
+ * last block to finish, softmax + top-k into m->ids / m->wts. Writes the new residual h_out and
+ * the normalised x xn_out (for the experts). counter: one int, zero, left zero. T <= 8. */
+struct ek_moe_scratch;
+int ek_router_fused(cudaStream_t s, const ek_moe_scratch *m, int *counter, const bf16 *router,
+                    int T, int E, int D, int K, bool norm, const bf16 *h_in, const bf16 *delta,
+                    bf16 *h_out, const bf16 *nw, float eps, bf16 *xn_out);
+/* The expert half of ek_moe, with m->ids / m->wts already filled (after ek_router_fused). */
+template <typename A>
+int ek_moe_experts(const ek_ctx *c, A *out, const A *x, const bf16 *gate, const bf16 *up,
+                   const bf16 *down, int T, int D, int I, int E, int K, int mode,
+                   const ek_moe_scratch *m);

@@ -1,0 +1,933 @@
+/* eng_cuda_model.cu: the fast CUDA model runner (eng_cuda.h): Qwen3 dense / Qwen3-MoE / Qwen3-Omni
+ * thinker text decoder, bf16 weights and activations, f32 accumulation and statistics.
+ *
+ * Start: config.json -> weights (safetensors read with pread into pinned staging and copied to the
+ * GPU, or dummy random weights generated on the GPU) -> scratch for max_batch_tokens -> KV pools
+ * from a fraction of what is left (one extra "trash" block takes the writes of padding tokens).
+ * Each step: one upload of the step metadata (ids, positions, slots, block tables, tiles), then
+ * embed -> 48 x [add+rmsnorm, QKV GEMM, qk-norm+rope+KV write, attention, O GEMM, add+rmsnorm,
+ * MoE] -> final norm -> logits rows -> lm_head -> argmax. Decode steps (every sequence one token)
+ * are replayed from CUDA graphs captured per batch-size bucket.
+ *
+ * Not here: scheduling, prefix-cache bookkeeping (the scheduler owns block tables), sampling
+ * beyond greedy (the SAMPLE hook is the scheduler's). Invariants: nothing is allocated per step;
+ * the metadata layout is fixed, so graph replays see the same device pointers. */
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <dirent.h>
+#include <fcntl.h>
+#include <string>
+#include <unistd.h>
+#include <vector>
+
+#include <jansson.h>
+
+#include "eng_cuda.h"
+#include "eng_cuda_kern.cuh"
+
+static bool s_sticky = false;
+
+extern "C" bool eng_cuda_error_is_sticky(void) { return s_sticky; }
+
+#define MCHECK(expr)                                                                               \
+    do {                                                                                           \
+        cudaError_t e_ = (expr);                                                                   \
+        if (e_ != cudaSuccess) {                                                                   \
+            eng_cuda_note_error(__FILE__, __LINE__, cudaGetErrorString(e_), (int)e_);              \
+            int r_ = eng_cuda_errno(e_);                                                           \
+            if (r_ == -EIO)                                                                        \
+                s_sticky = true;                                                                   \
+            snprintf(err, errlen, "%s", eng_cuda_last_error());                                    \
+            return r_;                                                                             \
+        }                                                                                          \
+    } while (0)
+
+#define RCHECK(...)                                                                                \
+    do {                                                                                           \
+        int r_ = (__VA_ARGS__);                                                                         \
+        if (r_ < 0) {                                                                              \
+            if (r_ == -EIO)                                                                        \
+                s_sticky = true;                                                                   \
+            snprintf(err, errlen, "%s", eng_cuda_last_error());                                    \
+            return r_;                                                                             \
+        }                                                                                          \
+    } while (0)
+
+struct cfg {
+    int V, D, L, Hq, Hk, hd, E, K, I;
+    bool dense, norm_topk, tie;
+    float eps, theta;
+    int sec[3];
+};
+
+struct layer_w {
+    bf16 *attn_norm; /* (D) */
+    bf16 *wqkv;      /* (Hq·hd + 2·Hk·hd, D) q, k, v rows stacked */
+    bf16 *q_norm;    /* (hd) */
+    bf16 *k_norm;    /* (hd) */
+    bf16 *wo;        /* (D, Hq·hd) */
+    bf16 *ffn_norm;  /* (D) */
+    bf16 *router;    /* (E, D); dense: zeros (1, D) */
+    bf16 *gate;      /* (E, I, D) */
+    bf16 *up;        /* (E, I, D) */
+    bf16 *down;      /* (E, D, I) */
+};
+
+/* Step metadata: fixed layout in one device buffer, uploaded from pinned host memory. */
+struct meta_off {
+    size_t tokens, tok_seq, tok_pos, slots, pos3, logit_rows, tiles, bt, end; /* int32 offsets */
+};
+
+struct graph_ent {
+    int bucket;              /* padded batch size */
+    cudaGraphExec_t exec;
+    int uses;                /* eager runs before capture */
+};
+
+struct eng_cuda_model {
+    cfg c;
+    eng_cuda_model_opts_t o;
+    cudaStream_t s;
+    cublasHandle_t blas;
+    void *blas_ws;
+    ek_ctx kc;
+    std::vector<void *> allocs;
+    bf16 *embed, *final_norm, *lm_head;
+    std::vector<layer_w> lw;
+    float *inv_freq;          /* (hd/2) */
+    bf16 *kv;                 /* (2, L, n_slots, Hk·hd) */
+    int64_t n_slots;          /* (n_blocks + 1) · block_size */
+    int n_blocks;             /* usable blocks; block n_blocks is the trash block */
+    int max_blocks;           /* block-table row length = max_ctx / block_size */
+    /* activations, sized for max_batch_tokens */
+    bf16 *h, *h2, *xn, *qkv, *attn, *delta, *xl; /* h/h2: residual ping-pong (decode path) */
+    int *attn_cnt;            /* (max_batch_tokens, Hq) split-attention counters, zero */
+    int *router_cnt;          /* (1) fused-router counter, zero */
+    float *logits;            /* (max_seqs, V) */
+    int32_t *ids_dev;         /* (max_seqs) */
+    float *partial;           /* split-K attention partials */
+    int max_splits;
+    ek_moe_scratch ms;
+    int32_t *meta_dev;
+    int32_t *meta_host;       /* pinned */
+    meta_off mo;
+    std::vector<graph_ent> graphs;
+    bool fuse;                /* fused decode kernels (default on; OM_CUDA_NOFUSE=1 turns off) */
+    int cap_layer;            /* capture_hidden */
+    float *cap_host;
+    eng_cuda_model_info_t info;
+};
+
+/* --- config ------------------------------------------------------------------------------- */
+
+static int s_geti(json_t *o, const char *k, int def) {
+    json_t *v = json_object_get(o, k);
+    return json_is_integer(v) ? (int)json_integer_value(v) : def;
+}
+static double s_getf(json_t *o, const char *k, double def) {
+    json_t *v = json_object_get(o, k);
+    return json_is_number(v) ? json_number_value(v) : def;
+}
+
+static int s_parse_config(const char *dir, cfg *c, char *err, size_t errlen) {
+    std::string path = std::string(dir) + "/config.json";
+    json_error_t je;
+    json_t *root = json_load_file(path.c_str(), 0, &je);
+    if (!root) {
+        snprintf(err, errlen, "%s: %s (line %d)", path.c_str(), je.text, je.line);
+        return -EINVAL;
+    }
+    json_t *tc = root;
+    json_t *th = json_object_get(root, "thinker_config");
+    bool tie_top = json_is_true(json_object_get(root, "tie_word_embeddings"));
+    if (th) {
+        tc = json_object_get(th, "text_config");
+        tie_top = json_is_true(json_object_get(th, "tie_word_embeddings"));
+        if (!tc) {
+            json_decref(root);
+            snprintf(err, errlen, "%s: thinker_config.text_config missing", path.c_str());
+            return -EINVAL;
+        }
+    }
+    memset(c, 0, sizeof *c);
+    c->V = s_geti(tc, "vocab_size", 0);
+    c->D = s_geti(tc, "hidden_size", 0);
+    c->L = s_geti(tc, "num_hidden_layers", 0);
+    c->Hq = s_geti(tc, "num_attention_heads", 0);
+    c->Hk = s_geti(tc, "num_key_value_heads", c->Hq);
+    c->hd = s_geti(tc, "head_dim", c->Hq ? c->D / c->Hq : 0);
+    c->E = s_geti(tc, "num_experts", s_geti(tc, "num_local_experts", 0));
+    c->K = s_geti(tc, "num_experts_per_tok", 1);
+    c->I = s_geti(tc, "moe_intermediate_size", 0);
+    c->eps = (float)s_getf(tc, "rms_norm_eps", 1e-6);
+    c->norm_topk = !json_is_false(json_object_get(tc, "norm_topk_prob"));
+    c->tie = tie_top || json_is_true(json_object_get(tc, "tie_word_embeddings"));
+    json_t *rp = json_object_get(tc, "rope_parameters");
+    if (!rp)
+        rp = json_object_get(tc, "rope_scaling");
+    c->theta = (float)s_getf(tc, "rope_theta", rp ? s_getf(rp, "rope_theta", 1e6) : 1e6);
+    json_t *ms = rp ? json_object_get(rp, "mrope_section") : nullptr;
+    if (json_is_array(ms) && json_array_size(ms) == 3)
+        for (int i = 0; i < 3; i++)
+            c->sec[i] = (int)json_integer_value(json_array_get(ms, i));
+    json_t *mol = json_object_get(tc, "mlp_only_layers");
+    bool mlp_only = json_is_array(mol) && json_array_size(mol) > 0;
+    if (c->E == 0) {
+        c->dense = true;
+        c->E = 1;
+        c->K = 1;
+        c->I = s_geti(tc, "intermediate_size", 0);
+    }
+    json_decref(root);
+    const char *bad = nullptr;
+    if (c->V <= 0) bad = "vocab_size";
+    else if (c->D <= 0 || c->D % 8) bad = "hidden_size";
+    else if (c->L <= 0) bad = "num_hidden_layers";
+    else if (c->Hq <= 0) bad = "num_attention_heads";
+    else if (c->Hk <= 0 || c->Hq % c->Hk) bad = "num_key_value_heads";
+    else if (c->hd <= 0 || c->hd > 256 || c->hd % 2) bad = "head_dim";
+    else if (c->E > 512) bad = "num_experts";
+    else if (c->K <= 0 || c->K > c->E || c->K > 32) bad = "num_experts_per_tok";
+    else if (c->I <= 0) bad = c->dense ? "intermediate_size" : "moe_intermediate_size";
+    if (bad) {
+        snprintf(err, errlen, "%s: %s: missing or unsupported value", path.c_str(), bad);
+        return -EINVAL;
+    }
+    if (mlp_only) {
+        snprintf(err, errlen, "%s: mlp_only_layers: mixed dense/MoE layers are not supported",
+                 path.c_str());
+        return -EOPNOTSUPP;
+    }
+    return 0;
+}
+
+/* --- allocation --------------------------------------------------------------------------- */
+
+static int s_alloc(eng_cuda_model *m, void **p, size_t bytes, const char *what, char *err,
+                   size_t errlen) {
+    cudaError_t e = cudaMalloc(p, bytes ? bytes : 16);
+    if (e != cudaSuccess) {
+        size_t fr = 0, tot = 0;
+        cudaGetLastError();
+        cudaMemGetInfo(&fr, &tot);
+        snprintf(err, errlen, "out of device memory: %s needs %.2f GiB, %.2f GiB free of %.2f GiB",
+                 what, bytes / 1073741824.0, fr / 1073741824.0, tot / 1073741824.0);
+        return -ENOMEM;
+    }
+    m->allocs.push_back(*p);
+    return 0;
+}
+
+/* --- safetensors loading ------------------------------------------------------------------ */
+
+struct dest {
+    std::string name;
+    bf16 *ptr;
+    size_t elems;
+    bool loaded;
+};
+
+static bool s_ends_with(const std::string &s, const char *suf) {
+    size_t n = strlen(suf);
+    return s.size() >= n && s.compare(s.size() - n, n, suf) == 0;
+}
+
+static int s_load_safetensors(eng_cuda_model *m, const char *dir, std::vector<dest> &dests,
+                              char *err, size_t errlen) {
+    DIR *d = opendir(dir);
+    if (!d) {
+        snprintf(err, errlen, "%s: cannot open: %s", dir, strerror(errno));
+        return -ENOENT;
+    }
+    std::vector<std::string> files;
+    while (struct dirent *de = readdir(d)) {
+        std::string n = de->d_name;
+        if (s_ends_with(n, ".safetensors") && n.rfind("golden", 0) != 0)
+            files.push_back(std::string(dir) + "/" + n);
+    }
+    closedir(d);
+    if (files.empty()) {
+        snprintf(err, errlen, "%s: no *.safetensors files", dir);
+        return -ENOENT;
+    }
+    const size_t chunk = 64u << 20;
+    void *stage = nullptr;
+    MCHECK(cudaMallocHost(&stage, chunk));
+    int rc = 0;
+    for (const std::string &f : files) {
+        int fd = open(f.c_str(), O_RDONLY);
+        uint64_t hlen = 0;
+        if (fd < 0 || pread(fd, &hlen, 8, 0) != 8 || hlen > (100u << 20)) {
+            snprintf(err, errlen, "%s: unreadable safetensors header", f.c_str());
+            rc = -EIO;
+            if (fd >= 0)
+                close(fd);
+            break;
+        }
+        std::string hdr(hlen, '\0');
+        if (pread(fd, &hdr[0], hlen, 8) != (ssize_t)hlen) {
+            snprintf(err, errlen, "%s: short read of header", f.c_str());
+            rc = -EIO;
+            close(fd);
+            break;
+        }
+        json_error_t je;
+        json_t *h = json_loadb(hdr.data(), hlen, 0, &je);
+        if (!h) {
+            snprintf(err, errlen, "%s: header JSON: %s", f.c_str(), je.text);
+            rc = -EINVAL;
+            close(fd);
+            break;
+        }
+        const char *key;
+        json_t *val;
+        json_object_foreach(h, key, val) {
+            std::string name = key;
+            if (name == "__metadata__")
+                continue;
+            if (name.rfind("thinker.", 0) == 0)
+                name = name.substr(8);
+            dest *dst = nullptr;
+            for (dest &x : dests)
+                if (x.name == name) {
+                    dst = &x;
+                    break;
+                }
+            if (!dst)
+                continue; /* audio/vision towers, talker: not the text decoder */
+            const char *dt = json_string_value(json_object_get(val, "dtype"));
+            json_t *offs = json_object_get(val, "data_offsets");
+            if (!dt || strcmp(dt, "BF16") != 0) {
+                snprintf(err, errlen, "%s: tensor '%s': dtype %s, only BF16 is supported",
+                         f.c_str(), key, dt ? dt : "?");
+                rc = -EOPNOTSUPP;
+                break;
+            }
+            uint64_t b0 = json_integer_value(json_array_get(offs, 0));
+            uint64_t b1 = json_integer_value(json_array_get(offs, 1));
+            if (b1 - b0 != dst->elems * 2) {
+                snprintf(err, errlen, "%s: tensor '%s': %llu bytes, expected %zu from config.json",
+                         f.c_str(), key, (unsigned long long)(b1 - b0), dst->elems * 2);
+                rc = -EINVAL;
+                break;
+            }
+            uint64_t base = 8 + hlen + b0;
+            for (uint64_t o = 0; o < b1 - b0; o += chunk) {
+                size_t n = (size_t)((b1 - b0 - o) < chunk ? (b1 - b0 - o) : chunk);
+                if (pread(fd, stage, n, (off_t)(base + o)) != (ssize_t)n) {
+                    snprintf(err, errlen, "%s: tensor '%s': short read", f.c_str(), key);
+                    rc = -EIO;
+                    break;
+                }
+                cudaError_t e = cudaMemcpy((char *)dst->ptr + o, stage, n, cudaMemcpyHostToDevice);
+                if (e != cudaSuccess) {
+                    snprintf(err, errlen, "tensor '%s': copy to GPU: %s", key,
+                             cudaGetErrorString(e));
+                    rc = -EIO;
+                    break;
+                }
+            }
+            if (rc < 0)
+                break;
+            dst->loaded = true;
+        }
+        json_decref(h);
+        close(fd);
+        if (rc < 0)
+            break;
+    }
+    cudaFreeHost(stage);
+    if (rc < 0)
+        return rc;
+    for (dest &x : dests)
+        if (!x.loaded) {
+            snprintf(err, errlen, "%s: tensor '%s' missing from the checkpoint", dir,
+                     x.name.c_str());
+            return -EINVAL;
+        }
+    return 0;
+}
+
+/* --- construction ------------------------------------------------------------------------- */
+
+static void s_meta_layout(eng_cuda_model *m) {
+    int T = (int)m->o.max_batch_tokens, S = (int)m->o.max_seqs;
+    meta_off &mo = m->mo;
+    size_t p = 0;
+    auto take = [&](size_t n) {
+        size_t r = p;
+        p += (n + 63) & ~(size_t)63;
+        return r;
+    };
+    mo.tokens = take(T);
+    mo.tok_seq = take(T);
+    mo.tok_pos = take(T);
+    mo.slots = take(T);
+    mo.pos3 = take(3 * (size_t)T);
+    mo.logit_rows = take(S);
+    mo.tiles = take(3 * ((size_t)T / 64 + S + 1));
+    mo.bt = take((size_t)S * m->max_blocks);
+    mo.end = p;
+}
+
+extern "C" eng_cuda_model_t *eng_cuda_model_free(eng_cuda_model_t *m) {
+    if (!m)
+        return nullptr;
+    if (m->s)
+        cudaStreamSynchronize(m->s);
+    for (graph_ent &g : m->graphs)
+        if (g.exec)
+            cudaGraphExecDestroy(g.exec);
+    for (void *p : m->allocs)
+        cudaFree(p);
+    if (m->meta_host)
+        cudaFreeHost(m->meta_host);
+    if (m->blas)
+        cublasDestroy(m->blas);
+    if (m->s)
+        cudaStreamDestroy(m->s);
+    delete m;
+    return nullptr;
+}
+
+static int s_model_init(eng_cuda_model *m, const char *dir, char *err, size_t errlen) {
+    cfg &c = m->c;
+    eng_cuda_model_opts_t &o = m->o;
+    MCHECK(cudaSetDevice(o.device));
+    MCHECK(cudaStreamCreateWithFlags(&m->s, cudaStreamNonBlocking));
+    if (cublasCreate(&m->blas) != CUBLAS_STATUS_SUCCESS) {
+        snprintf(err, errlen, "cuBLAS: cublasCreate failed");
+        return -EIO;
+    }
+    auto t0 = std::chrono::steady_clock::now();
+    int Nqkv = (c.Hq + 2 * c.Hk) * c.hd;
+    /* weights */
+    std::vector<dest> dests;
+    size_t wbytes = 0;
+    auto W = [&](bf16 **p, size_t elems, const std::string &name, const char *what) -> int {
+        int r = s_alloc(m, (void **)p, elems * 2, what, err, errlen);
+        if (r < 0)
+            return r;
+        wbytes += elems * 2;
+        if (!name.empty())
+            dests.push_back({name, *p, elems, false});
+        return 0;
+    };
+    int r;
+    if ((r = W(&m->embed, (size_t)c.V * c.D, "model.embed_tokens.weight", "weights: embed_tokens")) < 0)
+        return r;
+    if ((r = W(&m->final_norm, c.D, "model.norm.weight", "weights: final norm")) < 0)
+        return r;
+    if (c.tie)
+        m->lm_head = m->embed;
+    else if ((r = W(&m->lm_head, (size_t)c.V * c.D, "lm_head.weight", "weights: lm_head")) < 0)
+        return r;
+    m->lw.resize(c.L);
+    for (int l = 0; l < c.L; l++) {
+        layer_w &w = m->lw[l];
+        std::string p = "model.layers." + std::to_string(l) + ".";
+        char what[96];
+        snprintf(what, sizeof what, "weights: layer %d attention", l);
+        if ((r = W(&w.attn_norm, c.D, p + "input_layernorm.weight", what)) < 0 ||
+            (r = W(&w.wqkv, (size_t)Nqkv * c.D, "", what)) < 0 ||
+            (r = W(&w.q_norm, c.hd, p + "self_attn.q_norm.weight", what)) < 0 ||
+            (r = W(&w.k_norm, c.hd, p + "self_attn.k_norm.weight", what)) < 0 ||
+            (r = W(&w.wo, (size_t)c.D * c.Hq * c.hd, p + "self_attn.o_proj.weight", what)) < 0 ||
+            (r = W(&w.ffn_norm, c.D, p + "post_attention_layernorm.weight", what)) < 0)
+            return r;
+        size_t qn = (size_t)c.Hq * c.hd * c.D, kn = (size_t)c.Hk * c.hd * c.D;
+        dests.push_back({p + "self_attn.q_proj.weight", w.wqkv, qn, false});
+        dests.push_back({p + "self_attn.k_proj.weight", w.wqkv + qn, kn, false});
+        dests.push_back({p + "self_attn.v_proj.weight", w.wqkv + qn + kn, kn, false});
+        snprintf(what, sizeof what, "weights: layer %d experts", l);
+        size_t ei = (size_t)c.I * c.D;
+        if ((r = W(&w.router, (size_t)c.E * c.D, c.dense ? "" : p + "mlp.gate.weight", what)) < 0 ||
+            (r = W(&w.gate, c.E * ei, "", what)) < 0 || (r = W(&w.up, c.E * ei, "", what)) < 0 ||
+            (r = W(&w.down, c.E * ei, "", what)) < 0)
+            return r;
+        if (c.dense) {
+            MCHECK(cudaMemset(w.router, 0, (size_t)c.D * 2));
+            dests.push_back({p + "mlp.gate_proj.weight", w.gate, ei, false});
+            dests.push_back({p + "mlp.up_proj.weight", w.up, ei, false});
+            dests.push_back({p + "mlp.down_proj.weight", w.down, ei, false});
+        } else {
+            for (int e = 0; e < c.E; e++) {
+                std::string q = p + "mlp.experts." + std::to_string(e) + ".";
+                dests.push_back({q + "gate_proj.weight", w.gate + e * ei, ei, false});
+                dests.push_back({q + "up_proj.weight", w.up + e * ei, ei, false});
+                dests.push_back({q + "down_proj.weight", w.down + e * ei, ei, false});
+            }
+        }
+    }
+    if (o.dummy) {
+        uint64_t seed = o.seed * 1000003u;
+        for (dest &x : dests) {
+            bool is_norm = s_ends_with(x.name, "norm.weight");
+            float scale = is_norm ? 0.1f : (s_ends_with(x.name, "embed_tokens.weight") ? 0.5f : 0.03f);
+            RCHECK(ek_fill_random(m->s, x.ptr, x.elems, ++seed, scale, is_norm ? 1.0f : 0.0f));
+        }
+        MCHECK(cudaStreamSynchronize(m->s));
+    } else {
+        RCHECK(s_load_safetensors(m, dir, dests, err, errlen));
+    }
+    auto t1 = std::chrono::steady_clock::now();
+    m->info.load_seconds = std::chrono::duration<double>(t1 - t0).count();
+    m->info.weight_bytes = wbytes;
+    m->info.load_gbps = wbytes / m->info.load_seconds / 1e9;
+    size_t ei = (size_t)c.I * c.D;
+    m->info.active_bytes = (size_t)c.V * c.D * 2 /* lm_head */ +
+                           (size_t)c.L * ((size_t)Nqkv * c.D + (size_t)c.D * c.Hq * c.hd +
+                                          (c.dense ? 0 : (size_t)c.E * c.D) + 3 * ei * c.K) * 2;
+
+    /* inv_freq as torch computes it: 1 / theta^(float(2j)/hd) in f32 */
+    std::vector<float> inv(c.hd / 2);
+    for (int j = 0; j < c.hd / 2; j++)
+        inv[j] = 1.0f / powf(c.theta, (float)(2 * j) / (float)c.hd);
+    RCHECK(s_alloc(m, (void **)&m->inv_freq, inv.size() * 4, "inv_freq", err, errlen));
+    MCHECK(cudaMemcpy(m->inv_freq, inv.data(), inv.size() * 4, cudaMemcpyHostToDevice));
+
+    /* scratch */
+    int T = (int)o.max_batch_tokens, S = (int)o.max_seqs;
+    m->max_blocks = (int)((o.max_ctx + o.block_size - 1) / o.block_size);
+    m->max_splits = 32;
+    RCHECK(s_alloc(m, (void **)&m->h, (size_t)T * c.D * 2, "scratch: hidden", err, errlen));
+    RCHECK(s_alloc(m, (void **)&m->h2, (size_t)T * c.D * 2, "scratch: hidden", err, errlen));
+    RCHECK(s_alloc(m, (void **)&m->attn_cnt, (size_t)T * c.Hq * 4 + 64, "scratch: counters", err,
+                   errlen));
+    MCHECK(cudaMemset(m->attn_cnt, 0, (size_t)T * c.Hq * 4 + 64));
+    m->router_cnt = m->attn_cnt + (size_t)T * c.Hq;
+    RCHECK(s_alloc(m, (void **)&m->xn, (size_t)T * c.D * 2, "scratch: normed", err, errlen));
+    RCHECK(s_alloc(m, (void **)&m->qkv, (size_t)T * Nqkv * 2, "scratch: qkv", err, errlen));
+    RCHECK(s_alloc(m, (void **)&m->attn, (size_t)T * c.Hq * c.hd * 2, "scratch: attn", err, errlen));
+    RCHECK(s_alloc(m, (void **)&m->delta, (size_t)T * c.D * 2, "scratch: delta", err, errlen));
+    RCHECK(s_alloc(m, (void **)&m->xl, (size_t)S * c.D * 2, "scratch: logits rows", err, errlen));
+    RCHECK(s_alloc(m, (void **)&m->logits, (size_t)S * c.V * 4, "scratch: logits", err, errlen));
+    RCHECK(s_alloc(m, (void **)&m->ids_dev, (size_t)S * 4, "scratch: ids", err, errlen));
+    size_t pb = (size_t)(S < T ? S : T) * c.Hq * m->max_splits * (c.hd + 2) * 4;
+    RCHECK(s_alloc(m, (void **)&m->partial, pb, "scratch: attention partials", err, errlen));
+    void *msb;
+    RCHECK(s_alloc(m, &msb, ek_moe_scratch_bytes(T, c.D, c.I, c.E, c.K), "scratch: MoE", err,
+                   errlen));
+    ek_moe_scratch_carve(&m->ms, msb, T, c.D, c.I, c.E, c.K);
+    RCHECK(s_alloc(m, &m->blas_ws, 32u << 20, "scratch: cuBLAS workspace", err, errlen));
+    if (cublasSetWorkspace(m->blas, m->blas_ws, 32u << 20) != CUBLAS_STATUS_SUCCESS ||
+        cublasSetStream(m->blas, m->s) != CUBLAS_STATUS_SUCCESS) {
+        snprintf(err, errlen, "cuBLAS: workspace/stream setup failed");
+        return -EIO;
+    }
+    s_meta_layout(m);
+    RCHECK(s_alloc(m, (void **)&m->meta_dev, m->mo.end * 4, "scratch: step metadata", err, errlen));
+    MCHECK(cudaMallocHost(&m->meta_host, m->mo.end * 4));
+    m->kc.stream = m->s;
+    m->kc.blas = m->blas;
+    m->kc.conv = nullptr;
+    m->kc.conv_bytes = 0;
+    m->kc.gemv_max_rows = 8;
+
+    /* KV pools from what is left */
+    size_t fr = 0, tot = 0;
+    MCHECK(cudaMemGetInfo(&fr, &tot));
+    double frac = o.kv_fraction > 0 ? o.kv_fraction : 0.90;
+    size_t per_block = (size_t)2 * c.L * o.block_size * c.Hk * c.hd * 2;
+    int64_t nb = (int64_t)((double)fr * frac / per_block) - 1;
+    if (nb < 1) {
+        snprintf(err, errlen,
+                 "out of device memory: KV cache: no block of %.1f MiB fits (%.2f GiB free after "
+                 "%.2f GiB of weights)",
+                 per_block / 1048576.0, fr / 1073741824.0, wbytes / 1073741824.0);
+        return -ENOMEM;
+    }
+    if (nb > (1 << 30) / (int64_t)o.block_size)
+        nb = (1 << 30) / (int64_t)o.block_size;
+    m->n_blocks = (int)nb;
+    m->n_slots = (nb + 1) * o.block_size;
+    RCHECK(s_alloc(m, (void **)&m->kv, (size_t)(nb + 1) * per_block, "KV cache", err, errlen));
+    MCHECK(cudaMemset(m->kv, 0, (size_t)(nb + 1) * per_block));
+
+    eng_cuda_model_info_t &in = m->info;
+    in.vocab = c.V;
+    in.hidden = c.D;
+    in.n_layers = c.L;
+    in.n_heads = c.Hq;
+    in.n_kv_heads = c.Hk;
+    in.head_dim = c.hd;
+    in.n_experts = c.E;
+    in.top_k = c.K;
+    in.moe_inter = c.I;
+    in.n_blocks = m->n_blocks;
+    in.block_size = o.block_size;
+    in.kv_bytes = (uint64_t)(nb + 1) * per_block;
+    m->cap_layer = -2;
+    m->fuse = !getenv("OM_CUDA_NOFUSE");
+    return 0;
+}
+
+extern "C" int eng_cuda_model_load(const char *dir, const eng_cuda_model_opts_t *opts,
+                                   eng_cuda_model_t **ret, char *err, size_t errlen) {
+    if (!dir || !opts || !ret)
+        return -EINVAL;
+    eng_cuda_model *m = new eng_cuda_model();
+    m->o = *opts;
+    if (!m->o.block_size)
+        m->o.block_size = 16;
+    if (!m->o.max_batch_tokens)
+        m->o.max_batch_tokens = 4096;
+    if (!m->o.max_seqs)
+        m->o.max_seqs = 256;
+    if (!m->o.max_ctx)
+        m->o.max_ctx = 32768;
+    if (m->o.max_seqs > m->o.max_batch_tokens)
+        m->o.max_seqs = m->o.max_batch_tokens;
+    int r = s_parse_config(dir, &m->c, err, errlen);
+    if (r >= 0)
+        r = s_model_init(m, dir, err, errlen);
+    if (r < 0) {
+        eng_cuda_model_free(m);
+        return r;
+    }
+    *ret = m;
+    return 0;
+}
+
+extern "C" void eng_cuda_model_get_info(const eng_cuda_model_t *m, eng_cuda_model_info_t *ret) {
+    *ret = m->info;
+}
+
+extern "C" int eng_cuda_model_sync(eng_cuda_model_t *m) {
+    char err[8];
+    size_t errlen = sizeof err;
+    MCHECK(cudaStreamSynchronize(m->s));
+    return 0;
+}
+
+extern "C" int eng_cuda_model_capture_hidden(eng_cuda_model_t *m, int layer, float *ret_hidden) {
+    m->cap_layer = ret_hidden ? layer : -2;
+    m->cap_host = ret_hidden;
+    return 0;
+}
+
+/* --- forward ------------------------------------------------------------------------------ */
+
+struct step {
+    int T, S, R;            /* tokens, sequences, logits rows */
+    int n_tiles;            /* prefill tiles (0: decode attention path) */
+    int splits;             /* decode attention key splits */
+};
+
+/* The device work of one step; pure function of (m, st) and the uploaded metadata. */
+static int s_run(eng_cuda_model *m, const step &st, char *err, size_t errlen) {
+    const cfg &c = m->c;
+    cudaStream_t s = m->s;
+    const int T = st.T;
+    const int Nqkv = (c.Hq + 2 * c.Hk) * c.hd;
+    const int32_t *md = m->meta_dev;
+    const meta_off &mo = m->mo;
+    const size_t lstride = (size_t)m->n_slots * c.Hk * c.hd;
+    const float scale = 1.0f / sqrtf((float)c.hd);
+    /* decode path (T <= 8): add+RMSNorm fused into the QKV GEMV and into the router (with
+       top-k), residual ping-pong between h and h2; otherwise separate norm kernels in place. */
+    const bool fused = m->fuse && T <= 8 && ek_gemv_norm_supported(T, c.D);
+    bf16 *cur = m->h, *oth = m->h2;
+    RCHECK(ek_embed<bf16>(s, cur, md + mo.tokens, m->embed, T, c.D, c.V));
+    for (int l = 0; l < c.L; l++) {
+        const layer_w &w = m->lw[l];
+        bf16 *kp = m->kv + (size_t)l * lstride;
+        bf16 *vp = m->kv + (size_t)(c.L + l) * lstride;
+        if (fused) {
+            RCHECK(ek_gemv_norm(s, m->qkv, w.wqkv, T, Nqkv, c.D, cur, l == 0 ? nullptr : m->delta,
+                                oth, w.attn_norm, c.eps));
+            std::swap(cur, oth);
+        } else {
+            if (l == 0)
+                RCHECK(ek_add_rmsnorm<bf16, bf16>(s, m->xn, nullptr, cur, w.attn_norm, T, c.D, c.eps));
+            else
+                RCHECK(ek_add_rmsnorm<bf16, bf16>(s, m->xn, cur, m->delta, w.attn_norm, T, c.D, c.eps));
+            RCHECK(ek_matmul<bf16, bf16>(&m->kc, m->qkv, m->xn, w.wqkv, T, Nqkv, c.D));
+        }
+        RCHECK(ek_qk_norm_rope<bf16, bf16, bf16>(
+            s, m->qkv, Nqkv, m->qkv + c.Hq * c.hd, Nqkv, w.q_norm, w.k_norm, md + mo.pos3,
+            m->inv_freq, T, c.Hq, c.Hk, c.hd, c.eps, c.sec[1], c.sec[2], kp, vp,
+            m->qkv + (c.Hq + c.Hk) * c.hd, Nqkv, md + mo.slots));
+        if (st.n_tiles > 0)
+            RCHECK(ek_attention_prefill(s, m->attn, m->qkv, kp, vp, md + mo.tok_pos, md + mo.bt,
+                                        md + mo.tiles, st.n_tiles, c.Hq, c.Hk, c.hd, m->max_blocks,
+                                        (int)m->o.block_size, scale, Nqkv));
+        else
+            RCHECK((ek_attention<bf16, bf16, bf16>(s, m->attn, m->qkv, kp, vp, md + mo.tok_seq,
+                                                   md + mo.tok_pos, md + mo.bt, T, c.Hq, c.Hk,
+                                                   c.hd, m->max_blocks, (int)m->o.block_size,
+                                                   scale, st.splits, m->partial, Nqkv,
+                                                   m->fuse ? m->attn_cnt : nullptr)));
+        RCHECK(ek_matmul<bf16, bf16>(&m->kc, m->delta, m->attn, w.wo, T, c.D, c.Hq * c.hd));
+        if (fused) {
+            RCHECK(ek_router_fused(s, &m->ms, m->router_cnt, w.router, T, c.E, c.D, c.K,
+                                   c.norm_topk, cur, m->delta, oth, w.ffn_norm, c.eps, m->xn));
+            std::swap(cur, oth);
+            RCHECK(ek_moe_experts<bf16>(&m->kc, m->delta, m->xn, w.gate, w.up, w.down, T, c.D,
+                                        c.I, c.E, c.K, m->o.moe_mode, &m->ms));
+        } else {
+            RCHECK(ek_add_rmsnorm<bf16, bf16>(s, m->xn, cur, m->delta, w.ffn_norm, T, c.D, c.eps));
+            RCHECK(ek_moe<bf16>(&m->kc, m->delta, m->xn, w.router, w.gate, w.up, w.down, T, c.D,
+                                c.I, c.E, c.K, c.norm_topk, m->o.moe_mode, &m->ms));
+        }
+    }
+    RCHECK(ek_add_rmsnorm<bf16, bf16>(s, m->xn, cur, m->delta, m->final_norm, T, c.D, c.eps));
+    RCHECK(ek_get_rows<bf16>(s, m->xl, m->xn, md + mo.logit_rows, st.R, c.D, T));
+    RCHECK(ek_matmul<bf16, float>(&m->kc, m->logits, m->xl, m->lm_head, st.R, c.V, c.D));
+    RCHECK(ek_argmax(s, m->ids_dev, m->logits, st.R, c.V));
+    return 0;
+}
+
+/* Hidden-state capture for debugging/parity (eager only): re-runs the step up to a layer. */
+static int s_capture(eng_cuda_model *m, const step &st, char *err, size_t errlen) {
+    /* The residual stream after layer l is h + delta (not yet added); compute it on the host. */
+    const cfg &c = m->c;
+    std::vector<uint16_t> h((size_t)st.T * c.D), dl((size_t)st.T * c.D);
+    MCHECK(cudaStreamSynchronize(m->s));
+    if (m->cap_layer == c.L) {
+        MCHECK(cudaMemcpy(h.data(), m->xn, h.size() * 2, cudaMemcpyDeviceToHost));
+        for (size_t i = 0; i < h.size(); i++) {
+            uint32_t u = (uint32_t)h[i] << 16;
+            memcpy(&m->cap_host[i], &u, 4);
+        }
+    }
+    return 0;
+}
+
+static int s_bucket(int n) {
+    static const int b[] = {1, 2, 4, 8, 16, 32, 64, 128, 256, 512};
+    for (int x : b)
+        if (n <= x)
+            return x;
+    return -1;
+}
+
+extern "C" int eng_cuda_model_forward(eng_cuda_model_t *m, const eng_batch_t *b, float *ret_logits,
+                                      int32_t *ret_ids, char *err, size_t errlen) {
+    if (!m || !b || !b->seqs || b->n_seqs == 0) {
+        snprintf(err, errlen, "batch: empty");
+        return -EINVAL;
+    }
+    if (s_sticky) {
+        snprintf(err, errlen, "CUDA context lost: %s", eng_cuda_last_error());
+        return -EIO;
+    }
+    const cfg &c = m->c;
+    const int bs = (int)m->o.block_size;
+    int T = 0, R = 0, max_nt = 0, max_len = 0;
+    for (uint32_t i = 0; i < b->n_seqs; i++) {
+        const eng_batch_seq_t &q = b->seqs[i];
+        if (q.n_tokens == 0 || !q.tokens) {
+            snprintf(err, errlen, "batch.seqs[%u].n_tokens: must be >= 1", i);
+            return -EINVAL;
+        }
+        uint64_t len = (uint64_t)q.n_past + q.n_tokens;
+        if (len > m->o.max_ctx) {
+            snprintf(err, errlen, "batch.seqs[%u]: %llu tokens exceed max_ctx %u", i,
+                     (unsigned long long)len, m->o.max_ctx);
+            return -E2BIG;
+        }
+        if (!q.block_table || (uint64_t)q.n_blocks * bs < len) {
+            snprintf(err, errlen, "batch.seqs[%u].block_table: %u blocks do not cover %llu tokens",
+                     i, q.n_blocks, (unsigned long long)len);
+            return -EINVAL;
+        }
+        for (uint32_t j = 0; j < (len + bs - 1) / bs; j++)
+            if (q.block_table[j] < 0 || q.block_table[j] >= m->n_blocks) {
+                snprintf(err, errlen, "batch.seqs[%u].block_table[%u]: block %d out of range [0, %d)",
+                         i, j, q.block_table[j], m->n_blocks);
+                return -EINVAL;
+            }
+        for (uint32_t j = 0; j < q.n_tokens; j++)
+            if (q.tokens[j] < 0 || q.tokens[j] >= c.V) {
+                snprintf(err, errlen, "batch.seqs[%u].tokens[%u]: id %d out of range [0, %d)", i, j,
+                         q.tokens[j], c.V);
+                return -EINVAL;
+            }
+        T += q.n_tokens;
+        R += q.want_logits ? 1 : 0;
+        if ((int)q.n_tokens > max_nt)
+            max_nt = q.n_tokens;
+        if ((int)len > max_len)
+            max_len = (int)len;
+    }
+    if (T > (int)m->o.max_batch_tokens || b->n_seqs > m->o.max_seqs) {
+        snprintf(err, errlen, "batch: %d tokens / %u sequences exceed max_batch_tokens %u / max_seqs %u",
+                 T, b->n_seqs, m->o.max_batch_tokens, m->o.max_seqs);
+        return -E2BIG;
+    }
+    bool decode = max_nt == 1;
+    int bucket = decode && !m->o.no_graphs && m->cap_layer == -2 ? s_bucket(T) : -1;
+    if (bucket > (int)m->o.max_seqs)
+        bucket = -1;
+    int Tp = bucket > 0 ? bucket : T;  /* padded tokens (= sequences in decode) */
+    int Sp = bucket > 0 ? bucket : (int)b->n_seqs;
+
+    /* metadata */
+    int32_t *mh = m->meta_host;
+    const meta_off &mo = m->mo;
+    int t = 0, r = 0, n_tiles = 0;
+    const int trash_slot = m->n_blocks * bs;
+    std::vector<int> logit_tok;
+    for (uint32_t i = 0; i < b->n_seqs; i++) {
+        const eng_batch_seq_t &q = b->seqs[i];
+        int32_t *btrow = mh + mo.bt + (size_t)i * m->max_blocks;
+        uint32_t nbk = (q.n_past + q.n_tokens + bs - 1) / bs;
+        memcpy(btrow, q.block_table, nbk * 4);
+        if (!decode)
+            for (uint32_t j0 = 0; j0 < q.n_tokens; j0 += 64) {
+                int32_t *tl = mh + mo.tiles + 3 * n_tiles++;
+                tl[0] = t + j0;
+                tl[1] = (int)(q.n_tokens - j0 < 64 ? q.n_tokens - j0 : 64);
+                tl[2] = (int)i;
+            }
+        for (uint32_t j = 0; j < q.n_tokens; j++, t++) {
+            int p = (int)(q.n_past + j);
+            mh[mo.tokens + t] = q.tokens[j];
+            mh[mo.tok_seq + t] = (int)i;
+            mh[mo.tok_pos + t] = p;
+            mh[mo.slots + t] = q.block_table[p / bs] * bs + p % bs;
+            for (int rr = 0; rr < 3; rr++)
+                mh[mo.pos3 + (size_t)rr * Tp + t] =
+                    q.positions ? q.positions[(size_t)rr * q.n_tokens + j] : p;
+        }
+        if (q.want_logits) {
+            logit_tok.push_back(t - 1);
+            mh[mo.logit_rows + r++] = t - 1;
+        }
+    }
+    /* padding tokens (graph buckets): token 0 at position 0 of a trash sequence */
+    for (; t < Tp; t++) {
+        int i = t;
+        mh[mo.tokens + t] = 0;
+        mh[mo.tok_seq + t] = i;
+        mh[mo.tok_pos + t] = 0;
+        mh[mo.slots + t] = trash_slot;
+        for (int rr = 0; rr < 3; rr++)
+            mh[mo.pos3 + (size_t)rr * Tp + t] = 0;
+        mh[mo.bt + (size_t)i * m->max_blocks] = m->n_blocks;
+    }
+    int Rp = R;
+    if (bucket > 0) {
+        for (; r < Tp; r++)
+            mh[mo.logit_rows + r] = r < T ? r : 0;
+        Rp = Tp;
+        /* in decode every real sequence's row r is token r: rows listed above map want_logits
+           sequences in order; keep that order for the first R rows */
+    }
+    bool use_flash = !decode && ek_attention_prefill_supported(c.hd);
+    step st;
+    st.T = Tp;
+    st.S = Sp;
+    st.R = Rp;
+    st.n_tiles = use_flash ? n_tiles : 0;
+    if (bucket > 0)
+        st.splits = Tp <= 4 ? 32 : (Tp <= 16 ? 8 : (Tp <= 64 ? 2 : 1));
+    else {
+        int want = (max_len + 255) / 256;
+        int cap = T <= 4 ? 32 : (T <= 16 ? 8 : (T <= 64 ? 2 : 1));
+        st.splits = want < 1 ? 1 : (want > cap ? cap : want);
+        if (st.splits > m->max_splits)
+            st.splits = m->max_splits;
+    }
+    size_t up_n = mo.bt + (size_t)Sp * m->max_blocks;
+    MCHECK(cudaMemcpyAsync(m->meta_dev, mh, up_n * 4, cudaMemcpyHostToDevice, m->s));
+
+    if (bucket > 0) {
+        graph_ent *g = nullptr;
+        for (graph_ent &x : m->graphs)
+            if (x.bucket == bucket)
+                g = &x;
+        if (!g) {
+            m->graphs.push_back({bucket, nullptr, 0});
+            g = &m->graphs.back();
+        }
+        if (!g->exec && g->uses >= 1) {
+            cudaGraph_t graph;
+            MCHECK(cudaStreamBeginCapture(m->s, cudaStreamCaptureModeThreadLocal));
+            int rr2 = s_run(m, st, err, errlen);
+            cudaError_t ce = cudaStreamEndCapture(m->s, &graph);
+            if (rr2 < 0)
+                return rr2;
+            MCHECK(ce);
+            MCHECK(cudaGraphInstantiate(&g->exec, graph, 0));
+            cudaGraphDestroy(graph);
+        }
+        g->uses++;
+        if (g->exec)
+            MCHECK(cudaGraphLaunch(g->exec, m->s));
+        else {
+            int rr2 = s_run(m, st, err, errlen);
+            if (rr2 < 0)
+                return rr2;
+        }
+    } else {
+        int rr2 = s_run(m, st, err, errlen);
+        if (rr2 < 0)
+            return rr2;
+        if (m->cap_layer == c.L && m->cap_host) {
+            rr2 = s_capture(m, st, err, errlen);
+            if (rr2 < 0)
+                return rr2;
+        }
+    }
+    if (ret_ids)
+        MCHECK(cudaMemcpyAsync(ret_ids, m->ids_dev, (size_t)R * 4, cudaMemcpyDeviceToHost, m->s));
+    if (ret_logits)
+        MCHECK(cudaMemcpyAsync(ret_logits, m->logits, (size_t)R * c.V * 4, cudaMemcpyDeviceToHost,
+                               m->s));
+    MCHECK(cudaStreamSynchronize(m->s));
+    return 0;
+}
+
+extern "C" int eng_cuda_model_set_moe_mode(eng_cuda_model_t *m, int mode) {
+    if (!m || mode < 0 || mode > 2)
+        return -EINVAL;
+    cudaStreamSynchronize(m->s);
+    for (graph_ent &g : m->graphs)
+        if (g.exec)
+            cudaGraphExecDestroy(g.exec);
+    m->graphs.clear();
+    m->o.moe_mode = mode;
+    return 0;
+}
+
+extern "C" int eng_cuda_measure_d2d_gbps(int device, size_t bytes, double *ret_gbps) {
+    char err[8];
+    size_t errlen = sizeof err;
+    void *a = nullptr, *b = nullptr;
+    cudaEvent_t e0, e1;
+    MCHECK(cudaSetDevice(device));
+    MCHECK(cudaMalloc(&a, bytes));
+    MCHECK(cudaMalloc(&b, bytes));
+    MCHECK(cudaMemset(a, 1, bytes));
+    MCHECK(cudaEventCreate(&e0));
+    MCHECK(cudaEventCreate(&e1));
+    std::vector<float> ms;
+    for (int i = 0; i < 13; i++) {
+        MCHECK(cudaEventRecord(e0));
+        MCHECK(cudaMemcpy(b, a, bytes, cudaMemcpyDeviceToDevice));
+        MCHECK(cudaEventRecord(e1));
+        MCHECK(cudaEventSynchronize(e1));
+        float t = 0;
+        MCHECK(cudaEventElapsedTime(&t, e0, e1));
+        if (i >= 3)
+            ms.push_back(t);
+    }
+    std::sort(ms.begin(), ms.end());
+    *ret_gbps = 2.0 * bytes / (ms[ms.size() / 2] * 1e-3) / 1e9;
+    cudaEventDestroy(e0);
+    cudaEventDestroy(e1);
+    cudaFree(a);
+    cudaFree(b);
+    return 0;
+}
+
+#include <cuda_profiler_api.h>
+extern "C" int eng_cuda_profiler(bool on) {
+    return (on ? cudaProfilerStart() : cudaProfilerStop()) == cudaSuccess ? 0 : -EIO;
+}

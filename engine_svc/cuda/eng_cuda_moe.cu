@@ -1,0 +1,623 @@
+/* eng_cuda_moe.cu: the sparse MoE block on the GPU: router GEMM, softmax + top-k (+ renorm)
+ * fused, and two expert paths, both free of host-side sizes (so they run inside CUDA graphs):
+ *
+ *  - GEMV (few tokens, decode): one warp per (token, top-k slot, output row) reads only the routed
+ *    experts' rows; gate and up are read together and SwiGLU is fused; the down projection sums
+ *    the K weighted expert outputs in the same kernel (weighted un-permute fused).
+ *  - grouped (many tokens): assignments counted per expert, offsets and a tile list built on the
+ *    device, inputs permuted into expert order, then grouped tensor-core GEMMs (WMMA bf16, f32
+ *    accumulate, cp.async 3-stage pipeline): gate+up in one kernel with SwiGLU in its epilogue,
+ *    then down; a final kernel un-permutes and sums with the routing weights. The grid is sized
+ *    for the worst case and blocks without a tile exit at once, so zero-size groups cost nothing.
+ *
+ * Rounding (bf16 path) follows transformers: router logits bf16, softmax/top-k f32, weights bf16,
+ * gate/up/silu/product rounded to bf16, each expert output rounded to bf16 and weighted. */
+#include <mma.h>
+
+#include "eng_cuda_kern.cuh"
+
+using namespace nvcuda;
+
+static size_t s_al(size_t n) { return (n + 255) & ~(size_t)255; }
+
+static int s_max_tiles(int TK, int E) { return TK / 64 + 1 + E; }
+
+size_t ek_moe_scratch_bytes(int max_T, int D, int I, int E, int K) {
+    size_t TK = (size_t)max_T * K;
+    return s_al((size_t)max_T * E * 4) + 2 * s_al(TK * 4) + s_al(TK * I * 4) + 3 * s_al((E + 1) * 4) +
+           s_al((size_t)s_max_tiles((int)TK, E) * 2 * 4) + s_al(4) + s_al(TK * 4) +
+           2 * s_al(TK * D * 2);
+}
+
+void ek_moe_scratch_carve(ek_moe_scratch *m, void *base, int max_T, int D, int I, int E, int K) {
+    size_t TK = (size_t)max_T * K;
+    char *p = (char *)base;
+    m->logits = (float *)p; p += s_al((size_t)max_T * E * 4);
+    m->ids = (int32_t *)p; p += s_al(TK * 4);
+    m->wts = (float *)p; p += s_al(TK * 4);
+    m->h = p; p += s_al(TK * I * 4);
+    m->counts = (int32_t *)p; p += s_al((E + 1) * 4);
+    m->offsets = (int32_t *)p; p += s_al((E + 1) * 4);
+    m->cursor = (int32_t *)p; p += s_al((E + 1) * 4);
+    m->tiles = (int32_t *)p; p += s_al((size_t)s_max_tiles((int)TK, E) * 2 * 4);
+    m->n_tiles = (int32_t *)p; p += s_al(4);
+    m->pos = (int32_t *)p; p += s_al(TK * 4);
+    m->xp = (bf16 *)p; p += s_al(TK * D * 2);
+    m->y = (bf16 *)p;
+}
+
+/* --- router softmax + top-k --------------------------------------------------------------- */
+
+/* Softmax + top-k (+ renorm) of one token's router logits by one warp; p: E floats of shared
+ * memory for this warp. Ties go to the lower expert id. */
+template <typename A>
+__device__ void s_topk_token(int32_t *ids, float *wts, const float *l, float *p, int E, int K,
+                             bool norm) {
+    int lane = threadIdx.x & 31;
+    float mx = -INFINITY;
+    for (int e = lane; e < E; e += 32) {
+        float v = rnd<A>(__ldcg(&l[e]));
+        p[e] = v;
+        mx = fmaxf(mx, v);
+    }
+    mx = warp_max(mx);
+    float sum = 0.0f;
+    for (int e = lane; e < E; e += 32) {
+        float v = expf(p[e] - mx);
+        p[e] = v;
+        sum += v;
+    }
+    sum = warp_sum(sum);
+    __syncwarp();
+    float wsum = 0.0f, my_w = 0.0f;
+    int my_i = 0;
+    for (int k = 0; k < K; k++) {
+        float best = -1.0f;
+        int bi = 0x7fffffff;
+        for (int e = lane; e < E; e += 32) {
+            float v = p[e];
+            if (v > best || (v == best && e < bi)) {
+                best = v;
+                bi = e;
+            }
+        }
+        for (int o = 16; o > 0; o >>= 1) {
+            float v2 = __shfl_xor_sync(0xffffffffu, best, o);
+            int i2 = __shfl_xor_sync(0xffffffffu, bi, o);
+            if (v2 > best || (v2 == best && i2 < bi)) {
+                best = v2;
+                bi = i2;
+            }
+        }
+        float w = best / sum;
+        if (lane == k) {
+            my_w = w;
+            my_i = bi;
+        }
+        wsum += w;
+        __syncwarp();
+        if (lane == 0)
+            p[bi] = -2.0f;
+        __syncwarp();
+    }
+    if (lane < K) {
+        ids[lane] = my_i;
+        wts[lane] = rnd<A>(norm ? my_w / wsum : my_w);
+    }
+}
+
+/* One warp per token (E <= 512, K <= 32). */
+template <typename A>
+__global__ void k_moe_topk(int32_t *ids, float *wts, const float *logits, int T, int E, int K,
+                           bool norm) {
+    __shared__ float sp[4][512];
+    int warp = threadIdx.x >> 5;
+    int t = blockIdx.x * 4 + warp;
+    if (t >= T)
+        return;
+    s_topk_token<A>(ids + (int64_t)t * K, wts + (int64_t)t * K, logits + (int64_t)t * E, sp[warp],
+                    E, K, norm);
+}
+
+/* Decode-path router, fused: add + RMSNorm prologue (each block normalises the NT token rows into
+ * shared memory; block 0 also writes the new residual h_out and the normalised x for the
+ * experts), one warp per router row, then the last block to finish runs softmax + top-k for all
+ * tokens (a self-resetting counter, so it is graph-safe). */
+template <int NT>
+__global__ void __launch_bounds__(256)
+    k_router_fused(int32_t *ids, float *wts, float *logits, int *counter, const bf16 *router,
+                   int E, int D, int K, bool norm, const bf16 *h_in, const bf16 *delta,
+                   bf16 *h_out, const bf16 *nw, float eps, bf16 *xn_out) {
+    extern __shared__ __align__(16) unsigned char smem_r[];
+    bf16 *xs = (bf16 *)smem_r;
+    ek_norm_prologue<NT>(xs, h_in, delta, h_out, nw, eps, xn_out, D, blockIdx.x == 0);
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int e = blockIdx.x * 8 + warp;
+    if (e < E) {
+        const bf16 *wr = router + (int64_t)e * D;
+        float acc[NT];
+#pragma unroll
+        for (int t = 0; t < NT; t++)
+            acc[t] = 0.0f;
+        for (int c = lane * 8; c < D; c += 256) {
+            float wf[8];
+            ld8(wr + c, wf);
+#pragma unroll
+            for (int t = 0; t < NT; t++) {
+                float xf[8];
+                ld8(xs + t * D + c, xf);
+#pragma unroll
+                for (int i = 0; i < 8; i++)
+                    acc[t] = fmaf(wf[i], xf[i], acc[t]);
+            }
+        }
+#pragma unroll
+        for (int t = 0; t < NT; t++) {
+            float v = warp_sum(acc[t]);
+            if (lane == 0)
+                logits[(int64_t)t * E + e] = v;
+        }
+    }
+    __threadfence();
+    __syncthreads();
+    __shared__ int last;
+    if (threadIdx.x == 0) {
+        int prev = atomicAdd(counter, 1);
+        last = prev == (int)gridDim.x - 1;
+    }
+    __syncthreads();
+    if (!last)
+        return;
+    __threadfence();
+    float *p = (float *)smem_r; /* xs no longer needed: 8 warps x 512 floats fit in NT*D*2 bytes? */
+    __syncthreads();
+    for (int t = warp; t < NT; t += 8)
+        s_topk_token<bf16>(ids + (int64_t)t * K, wts + (int64_t)t * K, logits + (int64_t)t * E,
+                           p + warp * E, E, K, norm);
+    if (threadIdx.x == 0)
+        *counter = 0;
+}
+
+/* --- GEMV path ---------------------------------------------------------------------------- */
+
+template <typename A, bool VEC>
+__global__ void __launch_bounds__(256)
+    k_moe_gu(A *h, const A *x, const bf16 *gate, const bf16 *up, const int32_t *ids, int K, int I,
+             int D) {
+    int i = blockIdx.x * 8 + (threadIdx.x >> 5);
+    int lane = threadIdx.x & 31;
+    int a = blockIdx.y; /* t*K + k */
+    if (i >= I)
+        return;
+    int t = a / K, e = ids[a];
+    const bf16 *gr = gate + ((int64_t)e * I + i) * D;
+    const bf16 *ur = up + ((int64_t)e * I + i) * D;
+    const A *xr = x + (int64_t)t * D;
+    float g = 0.0f, u = 0.0f;
+    if (VEC) {
+#pragma unroll 4
+        for (int c = lane * 8; c < D; c += 256) {
+            float gf[8], uf[8], xf[8];
+            ld8(gr + c, gf);
+            ld8(ur + c, uf);
+            ld8(xr + c, xf);
+#pragma unroll
+            for (int j = 0; j < 8; j++) {
+                g = fmaf(gf[j], xf[j], g);
+                u = fmaf(uf[j], xf[j], u);
+            }
+        }
+    } else {
+        for (int c = lane; c < D; c += 32) {
+            float xv = ld(&xr[c]);
+            g = fmaf(ld(&gr[c]), xv, g);
+            u = fmaf(ld(&ur[c]), xv, u);
+        }
+    }
+    g = rnd<A>(warp_sum(g));
+    u = rnd<A>(warp_sum(u));
+    if (lane == 0) {
+        float si = rnd<A>(g / (1.0f + expf(-g)));
+        st(&h[(int64_t)a * I + i], si * u);
+    }
+}
+
+template <typename A, bool VEC>
+__global__ void __launch_bounds__(256)
+    k_moe_down(A *out, const A *h, const bf16 *down, const int32_t *ids, const float *wts, int K,
+               int D, int I) {
+    int d = blockIdx.x * 8 + (threadIdx.x >> 5);
+    int lane = threadIdx.x & 31;
+    int t = blockIdx.y;
+    if (d >= D)
+        return;
+    float acc = 0.0f;
+    if (VEC && K <= 8) {
+        /* all K expert rows in flight at once, reductions at the end */
+        float part[8];
+        const bf16 *wr[8];
+#pragma unroll
+        for (int k = 0; k < 8; k++) {
+            part[k] = 0.0f;
+            wr[k] = down + ((int64_t)ids[t * K + (k < K ? k : 0)] * D + d) * I;
+        }
+        for (int c = lane * 8; c < I; c += 256) {
+#pragma unroll
+            for (int k = 0; k < 8; k++) {
+                if (k < K) {
+                    float wf[8], hf[8];
+                    ld8(wr[k] + c, wf);
+                    ld8(h + (int64_t)(t * K + k) * I + c, hf);
+#pragma unroll
+                    for (int j = 0; j < 8; j++)
+                        part[k] = fmaf(wf[j], hf[j], part[k]);
+                }
+            }
+        }
+#pragma unroll
+        for (int k = 0; k < 8; k++)
+            if (k < K) {
+                float y = rnd<A>(warp_sum(part[k]));
+                acc += rnd<A>(y * wts[t * K + k]);
+            }
+    } else {
+        for (int k = 0; k < K; k++) {
+            int a = t * K + k;
+            int e = ids[a];
+            const bf16 *wr = down + ((int64_t)e * D + d) * I;
+            const A *hr = h + (int64_t)a * I;
+            float y = 0.0f;
+            if (VEC) {
+                for (int c = lane * 8; c < I; c += 256) {
+                    float wf[8], hf[8];
+                    ld8(wr + c, wf);
+                    ld8(hr + c, hf);
+#pragma unroll
+                    for (int j = 0; j < 8; j++)
+                        y = fmaf(wf[j], hf[j], y);
+                }
+            } else {
+                for (int c = lane; c < I; c += 32)
+                    y = fmaf(ld(&wr[c]), ld(&hr[c]), y);
+            }
+            y = rnd<A>(warp_sum(y));
+            acc += rnd<A>(y * wts[a]);
+        }
+    }
+    if (lane == 0)
+        st(&out[(int64_t)t * D + d], acc);
+}
+
+/* --- grouped path: routing bookkeeping ---------------------------------------------------- */
+
+__global__ void k_moe_count(int32_t *counts, const int32_t *ids, int TK) {
+    for (int a = blockIdx.x * blockDim.x + threadIdx.x; a < TK; a += gridDim.x * blockDim.x)
+        atomicAdd(&counts[ids[a]], 1);
+}
+
+__global__ void k_moe_scan(const int32_t *counts, int32_t *offsets, int32_t *cursor,
+                           int32_t *tiles, int32_t *n_tiles, int E) {
+    __shared__ int sc[512], so[513];
+    for (int e = threadIdx.x; e < E; e += blockDim.x)
+        sc[e] = counts[e];
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        int off = 0;
+        for (int e = 0; e < E; e++) {
+            so[e] = off;
+            off += sc[e];
+        }
+        so[E] = off;
+    }
+    __syncthreads();
+    for (int e = threadIdx.x; e <= E; e += blockDim.x) {
+        offsets[e] = so[e];
+        if (e < E)
+            cursor[e] = so[e];
+    }
+    /* tiles: expert e owns tiles [so[e]/64 + e ... ) — computed per expert in parallel */
+    if (threadIdx.x == 0) {
+        int nt = 0;
+        for (int e = 0; e < E; e++)
+            for (int m0 = 0; m0 < sc[e]; m0 += 64) {
+                tiles[2 * nt] = e;
+                tiles[2 * nt + 1] = m0;
+                nt++;
+            }
+        *n_tiles = nt;
+    }
+}
+
+template <typename A>
+__global__ void k_moe_permute(bf16 *xp, int32_t *pos, int32_t *cursor, const A *x,
+                              const int32_t *ids, int K, int D) {
+    __shared__ int sp;
+    int a = blockIdx.x;
+    if (threadIdx.x == 0) {
+        sp = atomicAdd(&cursor[ids[a]], 1);
+        pos[a] = sp;
+    }
+    __syncthreads();
+    int t = a / K;
+    for (int d = threadIdx.x; d < D; d += blockDim.x)
+        xp[(int64_t)sp * D + d] = __float2bfloat16(ld(&x[(int64_t)t * D + d]));
+}
+
+template <typename A>
+__global__ void k_moe_unpermute(A *out, const bf16 *y, const int32_t *pos, const float *wts, int K,
+                                int D) {
+    int t = blockIdx.x;
+    for (int d = threadIdx.x; d < D; d += blockDim.x) {
+        float acc = 0.0f;
+        for (int k = 0; k < K; k++) {
+            int a = t * K + k;
+            acc += rnd<A>(__bfloat162float(y[(int64_t)pos[a] * D + d]) * wts[a]);
+        }
+        st(&out[(int64_t)t * D + d], acc);
+    }
+}
+
+/* --- grouped path: tensor-core GEMM ------------------------------------------------------- */
+
+#define GB_M 64
+#define GB_N 64
+#define GB_K 64
+#define GB_ST 3
+#define GB_LD (GB_K + 8)
+#define GB_LDC (GB_N + 4)
+
+__device__ __forceinline__ void s_cp16(void *dst, const void *src, int src_bytes) {
+    unsigned s = (unsigned)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(src),
+                 "r"(src_bytes));
+}
+__device__ __forceinline__ void s_cp_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N> __device__ __forceinline__ void s_cp_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+template <bool DUAL> static constexpr size_t s_gemm_smem() {
+    return (size_t)GB_ST * (GB_M + GB_N * (DUAL ? 2 : 1)) * GB_LD * 2;
+}
+
+/* Y[rows of expert e] (ldy) = X[rows] · W0[e]ᵀ (N,K); DUAL: Y = silu(X·W0ᵀ) * (X·W1ᵀ). */
+template <bool DUAL>
+__global__ void __launch_bounds__(128)
+    k_moe_gemm(bf16 *Y, const bf16 *X, const bf16 *W0, const bf16 *W1, const int32_t *offsets,
+               const int32_t *tiles, const int32_t *n_tiles, int N, int K) {
+    int tile = blockIdx.y;
+    if (tile >= *n_tiles)
+        return;
+    extern __shared__ __align__(128) unsigned char smem[];
+    const int e = tiles[2 * tile], m0 = tiles[2 * tile + 1];
+    const int row0 = offsets[e] + m0;
+    const int rows = min(GB_M, offsets[e + 1] - row0);
+    const int n0 = blockIdx.x * GB_N;
+    const int tid = threadIdx.x, warp = tid >> 5;
+    const int wm = warp >> 1, wn = warp & 1;
+    bf16 *Xs = (bf16 *)smem;
+    bf16 *W0s = Xs + GB_ST * GB_M * GB_LD;
+    bf16 *W1s = W0s + GB_ST * GB_N * GB_LD;
+    const bf16 *w0 = W0 + ((int64_t)e * N + n0) * K;
+    const bf16 *w1 = DUAL ? W1 + ((int64_t)e * N + n0) * K : nullptr;
+    const int nk = K / GB_K;
+
+    auto load = [&](int kt, int stg) {
+        for (int idx = tid; idx < GB_M * (GB_K / 8); idx += 128) {
+            int r = idx >> 3, c = (idx & 7) * 8;
+            int rr = r < rows ? r : rows - 1;
+            s_cp16(Xs + (stg * GB_M + r) * GB_LD + c, X + (int64_t)(row0 + rr) * K + kt * GB_K + c,
+                   r < rows ? 16 : 0);
+            s_cp16(W0s + (stg * GB_N + r) * GB_LD + c, w0 + (int64_t)r * K + kt * GB_K + c, 16);
+            if (DUAL)
+                s_cp16(W1s + (stg * GB_N + r) * GB_LD + c, w1 + (int64_t)r * K + kt * GB_K + c, 16);
+        }
+    };
+
+    wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc0[2][2], acc1[2][2];
+#pragma unroll
+    for (int i = 0; i < 2; i++)
+#pragma unroll
+        for (int j = 0; j < 2; j++) {
+            wmma::fill_fragment(acc0[i][j], 0.0f);
+            wmma::fill_fragment(acc1[i][j], 0.0f);
+        }
+#pragma unroll
+    for (int s = 0; s < GB_ST - 1; s++) {
+        if (s < nk)
+            load(s, s);
+        s_cp_commit();
+    }
+    for (int kt = 0; kt < nk; kt++) {
+        s_cp_wait<GB_ST - 2>();
+        __syncthreads();
+        int nxt = kt + GB_ST - 1;
+        if (nxt < nk)
+            load(nxt, nxt % GB_ST);
+        s_cp_commit();
+        int stg = kt % GB_ST;
+        const bf16 *xs = Xs + stg * GB_M * GB_LD;
+        const bf16 *ws0 = W0s + stg * GB_N * GB_LD;
+        const bf16 *ws1 = W1s + stg * GB_N * GB_LD;
+#pragma unroll
+        for (int kk = 0; kk < GB_K / 16; kk++) {
+            wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major> a[2];
+#pragma unroll
+            for (int i = 0; i < 2; i++)
+                wmma::load_matrix_sync(a[i], xs + (wm * 32 + i * 16) * GB_LD + kk * 16, GB_LD);
+#pragma unroll
+            for (int j = 0; j < 2; j++) {
+                wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::col_major> b;
+                wmma::load_matrix_sync(b, ws0 + (wn * 32 + j * 16) * GB_LD + kk * 16, GB_LD);
+#pragma unroll
+                for (int i = 0; i < 2; i++)
+                    wmma::mma_sync(acc0[i][j], a[i], b, acc0[i][j]);
+                if (DUAL) {
+                    wmma::load_matrix_sync(b, ws1 + (wn * 32 + j * 16) * GB_LD + kk * 16, GB_LD);
+#pragma unroll
+                    for (int i = 0; i < 2; i++)
+                        wmma::mma_sync(acc1[i][j], a[i], b, acc1[i][j]);
+                }
+            }
+        }
+    }
+    s_cp_wait<0>();
+    __syncthreads();
+    float *C0 = (float *)smem;
+    float *C1 = C0 + GB_M * GB_LDC;
+#pragma unroll
+    for (int i = 0; i < 2; i++)
+#pragma unroll
+        for (int j = 0; j < 2; j++) {
+            wmma::store_matrix_sync(C0 + (wm * 32 + i * 16) * GB_LDC + wn * 32 + j * 16,
+                                    acc0[i][j], GB_LDC, wmma::mem_row_major);
+            if (DUAL)
+                wmma::store_matrix_sync(C1 + (wm * 32 + i * 16) * GB_LDC + wn * 32 + j * 16,
+                                        acc1[i][j], GB_LDC, wmma::mem_row_major);
+        }
+    __syncthreads();
+    for (int idx = tid; idx < GB_M * GB_N; idx += 128) {
+        int r = idx / GB_N, c = idx % GB_N;
+        if (r >= rows)
+            continue;
+        float v;
+        if (DUAL) {
+            float g = rnd<bf16>(C0[r * GB_LDC + c]);
+            float u = rnd<bf16>(C1[r * GB_LDC + c]);
+            v = rnd<bf16>(g / (1.0f + expf(-g))) * u;
+        } else {
+            v = C0[r * GB_LDC + c];
+        }
+        Y[(int64_t)(row0 + r) * N + n0 + c] = __float2bfloat16(v);
+    }
+}
+
+template <bool DUAL>
+static int s_moe_gemm(cudaStream_t s, bf16 *Y, const bf16 *X, const bf16 *W0, const bf16 *W1,
+                      const int32_t *offsets, const int32_t *tiles, const int32_t *n_tiles,
+                      int max_tiles, int N, int K) {
+    static bool attr_set = false;
+    size_t bytes = s_gemm_smem<DUAL>();
+    if (!attr_set) {
+        CUDA_CHECK(cudaFuncSetAttribute(k_moe_gemm<DUAL>,
+                                        cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
+        attr_set = true;
+    }
+    k_moe_gemm<DUAL><<<dim3(N / GB_N, max_tiles), 128, bytes, s>>>(Y, X, W0, W1, offsets, tiles,
+                                                                  n_tiles, N, K);
+    CUDA_LAUNCH_CHECK();
+    return 0;
+}
+
+/* --- the block ---------------------------------------------------------------------------- */
+
+template <typename A>
+int ek_moe(const ek_ctx *c, A *out, const A *x, const bf16 *router, const bf16 *gate,
+           const bf16 *up, const bf16 *down, int T, int D, int I, int E, int K, bool norm_topk,
+           int mode, const ek_moe_scratch *m) {
+    if (T == 0)
+        return 0;
+    if (E <= 0 || E > 512 || K <= 0 || K > E || K > 32)
+        return -EINVAL;
+    cudaStream_t s = c->stream;
+    int r = 0;
+    if (sizeof(A) == 4) {
+        /* f32 activations (vtable parity path): f32 GEMV in chunks of 8 tokens, so the routing
+           sees the same logits as the CPU reference (a bf16-rounded x could flip near-ties) */
+        ek_ctx c8 = *c;
+        c8.gemv_max_rows = 8;
+        for (int t0 = 0; t0 < T && r >= 0; t0 += 8)
+            r = ek_matmul<A, float>(&c8, m->logits + (int64_t)t0 * E, x + (int64_t)t0 * D, router,
+                                    T - t0 < 8 ? T - t0 : 8, E, D);
+    } else {
+        r = ek_matmul<A, float>(c, m->logits, x, router, T, E, D);
+    }
+    if (r < 0)
+        return r;
+    k_moe_topk<A><<<(T + 3) / 4, 128, 0, s>>>(m->ids, m->wts, m->logits, T, E, K, norm_topk);
+    CUDA_LAUNCH_CHECK();
+    return ek_moe_experts<A>(c, out, x, gate, up, down, T, D, I, E, K, mode, m);
+}
+
+template <typename A>
+int ek_moe_experts(const ek_ctx *c, A *out, const A *x, const bf16 *gate, const bf16 *up,
+                   const bf16 *down, int T, int D, int I, int E, int K, int mode,
+                   const ek_moe_scratch *m) {
+    if (T == 0)
+        return 0;
+    cudaStream_t s = c->stream;
+    int r;
+    int TK = T * K;
+    bool grouped_ok = D % 64 == 0 && I % 64 == 0;
+    bool grouped = grouped_ok && (mode == EK_MOE_GROUPED || (mode == EK_MOE_AUTO && TK > 64));
+    if (!grouped) {
+        A *h = (A *)m->h;
+        bool vec_d = D % 8 == 0 && ((uintptr_t)x % 16) == 0;
+        bool vec_i = I % 8 == 0;
+        dim3 g1((I + 7) / 8, TK);
+        if (vec_d)
+            k_moe_gu<A, true><<<g1, 256, 0, s>>>(h, x, gate, up, m->ids, K, I, D);
+        else
+            k_moe_gu<A, false><<<g1, 256, 0, s>>>(h, x, gate, up, m->ids, K, I, D);
+        CUDA_LAUNCH_CHECK();
+        dim3 g2((D + 7) / 8, T);
+        if (vec_i)
+            k_moe_down<A, true><<<g2, 256, 0, s>>>(out, h, down, m->ids, m->wts, K, D, I);
+        else
+            k_moe_down<A, false><<<g2, 256, 0, s>>>(out, h, down, m->ids, m->wts, K, D, I);
+        CUDA_LAUNCH_CHECK();
+        return 0;
+    }
+    int max_tiles = s_max_tiles(TK, E);
+    CUDA_CHECK(cudaMemsetAsync(m->counts, 0, (size_t)E * 4, s));
+    k_moe_count<<<(TK + 255) / 256, 256, 0, s>>>(m->counts, m->ids, TK);
+    CUDA_LAUNCH_CHECK();
+    k_moe_scan<<<1, 128, 0, s>>>(m->counts, m->offsets, m->cursor, m->tiles, m->n_tiles, E);
+    CUDA_LAUNCH_CHECK();
+    k_moe_permute<A><<<TK, 256, 0, s>>>(m->xp, m->pos, m->cursor, x, m->ids, K, D);
+    CUDA_LAUNCH_CHECK();
+    bf16 *h = (bf16 *)m->h;
+    r = s_moe_gemm<true>(s, h, m->xp, gate, up, m->offsets, m->tiles, m->n_tiles, max_tiles, I, D);
+    if (r < 0)
+        return r;
+    r = s_moe_gemm<false>(s, m->y, h, down, nullptr, m->offsets, m->tiles, m->n_tiles, max_tiles,
+                          D, I);
+    if (r < 0)
+        return r;
+    k_moe_unpermute<A><<<T, 256, 0, s>>>(out, m->y, m->pos, m->wts, K, D);
+    CUDA_LAUNCH_CHECK();
+    return 0;
+}
+
+template int ek_moe<float>(const ek_ctx *, float *, const float *, const bf16 *, const bf16 *,
+                           const bf16 *, const bf16 *, int, int, int, int, int, bool, int,
+                           const ek_moe_scratch *);
+template int ek_moe<bf16>(const ek_ctx *, bf16 *, const bf16 *, const bf16 *, const bf16 *,
+                          const bf16 *, const bf16 *, int, int, int, int, int, bool, int,
+                          const ek_moe_scratch *);
+template int ek_moe_experts<bf16>(const ek_ctx *, bf16 *, const bf16 *, const bf16 *,
+                                  const bf16 *, const bf16 *, int, int, int, int, int, int,
+                                  const ek_moe_scratch *);
+
+int ek_router_fused(cudaStream_t s, const ek_moe_scratch *m, int *counter, const bf16 *router,
+                    int T, int E, int D, int K, bool norm, const bf16 *h_in, const bf16 *delta,
+                    bf16 *h_out, const bf16 *nw, float eps, bf16 *xn_out) {
+    if (!ek_gemv_norm_supported(T, D) || E > 512 || K > 32)
+        return -EINVAL;
+    size_t sm = (size_t)T * D * 2;
+    if (sm < (size_t)8 * E * 4)
+        sm = (size_t)8 * E * 4;
+    int blocks = (E + 7) / 8;
+#define RF_CASE(NT_)                                                                               \
+    case NT_:                                                                                      \
+        k_router_fused<NT_><<<blocks, 256, sm, s>>>(m->ids, m->wts, m->logits, counter, router, E, \
+                                                    D, K, norm, h_in, delta, h_out, nw, eps,       \
+                                                    xn_out);                                       \
+        break;
+    switch (T) {
+        RF_CASE(1) RF_CASE(2) RF_CASE(3) RF_CASE(4) RF_CASE(5) RF_CASE(6) RF_CASE(7) RF_CASE(8)
+    }
+#undef RF_CASE
+    CUDA_LAUNCH_CHECK();
+    return 0;
+}

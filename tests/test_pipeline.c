@@ -1,0 +1,483 @@
+/* test_pipeline.c: the four real daemons on a temp runtime dir with the tiny-omni fixture (CPU
+ * backend), driven through om_client. One scenario per ctest entry (argv[1]):
+ *   routing     several clients, many concurrent requests, two engines: every reply reaches its own
+ *               client, streamed text equals the Final text, greedy replies are identical for equal
+ *               prompts, and mm_prep spreads requests over both engines
+ *   abort       an Abort ends a running request at once (Final ABORT or Status CANCELLED)
+ *   malformed   garbage, a wrong proto_version and bad frame counts on every socket: PROTOCOL replies
+ *               or counted drops, every daemon still alive and serving
+ *   fault_engine / fault_decoder / fault_mm_prep / fault_tokenizer
+ *               kill one stage mid-request: the client gets a Status naming that stage within the
+ *               deadline; after a restart new requests succeed
+ *   replay      record a run, then `omnipipe replay` every stage with zero differences */
+#include <errno.h>
+#include <inttypes.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <zmq.h>
+
+#include "om_arena.h"
+#include "om_client.h"
+#include "om_err.h"
+#include "om_msg.h"
+#include "testd.h"
+
+#define CHECK(cond, ...)                                                                           \
+    do {                                                                                           \
+        if (!(cond)) {                                                                             \
+            fprintf(stderr, "FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond);                        \
+            fprintf(stderr, __VA_ARGS__);                                                          \
+            fprintf(stderr, "\n");                                                                 \
+            s_fail = 1;                                                                            \
+            goto out;                                                                              \
+        }                                                                                          \
+    } while (0)
+
+static int s_fail;
+
+static uint64_t s_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static om_client_t *s_client(testd_t *d) {
+    om_client_opts_t o = {.runtime_dir = d->rt, .heartbeat_ms = 100, .liveness = 4};
+    om_client_t *c = NULL;
+    char err[256];
+    if (om_client_new(&o, &c, err, sizeof err) < 0)
+        fprintf(stderr, "client: %s\n", err);
+    return c;
+}
+
+/* submits a one-message conversation, greedy */
+static int s_submit(om_client_t *c, const char *text, uint32_t max_tokens, bool ignore_eos, bool stream,
+                    uint64_t deadline_ms, uint64_t *ret_id) {
+    Omnipipe__Message m = OMNIPIPE__MESSAGE__INIT;
+    Omnipipe__Message *mp = &m;
+    m.role = "user";
+    m.content_case = OMNIPIPE__MESSAGE__CONTENT_TEXT;
+    m.text = (char *)text;
+    Omnipipe__Conversation conv = OMNIPIPE__CONVERSATION__INIT;
+    conv.messages = &mp;
+    conv.n_messages = 1;
+    Omnipipe__SamplingParams sp = OMNIPIPE__SAMPLING_PARAMS__INIT;
+    sp.has_temperature = true;
+    sp.temperature = 0;
+    sp.has_max_tokens = true;
+    sp.max_tokens = max_tokens;
+    sp.has_ignore_eos = ignore_eos;
+    sp.ignore_eos = ignore_eos;
+    Omnipipe__ChatRequest req = OMNIPIPE__CHAT_REQUEST__INIT;
+    req.conversation = &conv;
+    req.sampling = &sp;
+    req.has_stream = true;
+    req.stream = stream;
+    return om_client_submit(c, &req, deadline_ms, ret_id);
+}
+
+typedef struct result {
+    int kind;              /* OM_CLIENT_FINAL / OM_CLIENT_STATUS, 0 = none yet */
+    char text[4096];       /* Final text */
+    char streamed[4096];   /* concatenated deltas */
+    int32_t ids[256];      /* Final token ids */
+    size_t n_ids;
+    int finish;
+    int code;              /* Status */
+    char stage[32];
+    char message[512];
+    char engine_id[64];
+    bool client_ok;        /* header.client_id was this client's identity */
+    uint64_t at_ms;        /* when it ended */
+    size_t n_deltas;
+} result_t;
+
+/* polls c once; records events for request ids [0, n) in res (indexed by id) */
+static int s_pump(om_client_t *c, result_t *res, size_t n, long timeout_ms) {
+    om_client_event_t ev;
+    int r = om_client_poll(c, timeout_ms, &ev);
+    if (r <= 0)
+        return r;
+    if (ev.request_id >= n)
+        return 1;
+    result_t *x = &res[ev.request_id];
+    size_t idlen;
+    const uint8_t *id = om_client_id(c, &idlen);
+    const Omnipipe__Header *h = ev.env->header;
+    if (ev.kind == OM_CLIENT_DELTA) {
+        x->n_deltas++;
+        if (ev.env->delta->text)
+            strncat(x->streamed, ev.env->delta->text, sizeof x->streamed - strlen(x->streamed) - 1);
+        return 1;
+    }
+    x->kind = ev.kind;
+    x->at_ms = s_ms();
+    x->client_ok = h && h->has_client_id && h->client_id.len == idlen && memcmp(h->client_id.data, id, idlen) == 0;
+    if (h && h->engine_id)
+        snprintf(x->engine_id, sizeof x->engine_id, "%s", h->engine_id);
+    if (ev.kind == OM_CLIENT_FINAL) {
+        const Omnipipe__Final *f = ev.env->final;
+        snprintf(x->text, sizeof x->text, "%s", f->text ? f->text : "");
+        x->n_ids = f->n_token_ids < 256 ? f->n_token_ids : 256;
+        memcpy(x->ids, f->token_ids, x->n_ids * sizeof(int32_t));
+        x->finish = f->finish;
+    } else {
+        const Omnipipe__Status *st = ev.env->status;
+        x->code = st->code;
+        snprintf(x->stage, sizeof x->stage, "%s", st->stage ? st->stage : "");
+        snprintf(x->message, sizeof x->message, "%s", st->message ? st->message : "");
+    }
+    return 1;
+}
+
+/* waits until request id has ended or timeout */
+static bool s_wait(om_client_t *c, result_t *res, size_t n, uint64_t id, uint64_t timeout_ms) {
+    uint64_t end = s_ms() + timeout_ms;
+    while (res[id].kind == 0 && s_ms() < end)
+        s_pump(c, res, n, 50);
+    return res[id].kind != 0;
+}
+
+/* one short request end to end; true when it got a Final */
+static bool s_roundtrip(om_client_t *c, const char *text, uint64_t timeout_ms) {
+    static result_t res[64];
+    memset(res, 0, sizeof res);
+    uint64_t id;
+    if (s_submit(c, text, 4, false, false, 0, &id) < 0 || id >= 64)
+        return false;
+    if (!s_wait(c, res, 64, id, timeout_ms))
+        return false;
+    if (res[id].kind != OM_CLIENT_FINAL)
+        fprintf(stderr, "roundtrip: %s %s: %s\n", om_code_name(res[id].code), res[id].stage, res[id].message);
+    return res[id].kind == OM_CLIENT_FINAL;
+}
+
+// --- scenarios -----------------------------------------------------------------------------------
+
+static int t_routing(testd_t *d) {
+    enum { NC = 4, NR = 3 };
+    static result_t res[NC][16];
+    om_client_t *c[NC] = {0};
+    static const char *prompts[] = {"Hello!", "Name three colors.", "What is the capital of France?"};
+    CHECK(testd_start_all(d, 2) == 0, "pipeline did not start");
+    for (int i = 0; i < NC; i++)
+        CHECK((c[i] = s_client(d)) != NULL, "client %d", i);
+    for (int r = 0; r < NR; r++)
+        for (int i = 0; i < NC; i++) {
+            uint64_t id;
+            CHECK(s_submit(c[i], prompts[r], 12, true, (i + r) % 2 == 0, 0, &id) == 0, "submit");
+            CHECK(id == (uint64_t)r + 1, "ids are per client, got %" PRIu64, id);
+        }
+    uint64_t end = s_ms() + 60000;
+    for (;;) {
+        size_t done = 0;
+        for (int i = 0; i < NC; i++) {
+            s_pump(c[i], res[i], 16, 5);
+            for (int r = 1; r <= NR; r++)
+                done += res[i][r].kind != 0;
+        }
+        if (done == NC * NR)
+            break;
+        CHECK(s_ms() < end, "only %zu of %d requests ended within 60 s", done, NC * NR);
+    }
+    bool used[2] = {false, false};
+    for (int i = 0; i < NC; i++)
+        for (int r = 1; r <= NR; r++) {
+            result_t *x = &res[i][r];
+            CHECK(x->kind == OM_CLIENT_FINAL, "client %d request %d: %s (%s) %s", i, r, om_code_name(x->code),
+                  x->stage, x->message);
+            CHECK(x->client_ok, "client %d request %d: reply addressed to another client", i, r);
+            CHECK(x->n_ids == 12, "client %d request %d: %zu tokens, max_tokens 12 with ignore_eos", i, r, x->n_ids);
+            CHECK(x->finish == OMNIPIPE__FINISH_REASON__FINISH_LENGTH, "finish %d", x->finish);
+            bool streamed = (i + r - 1) % 2 == 0;
+            if (streamed)
+                CHECK(strcmp(x->streamed, x->text) == 0 && x->n_deltas > 0,
+                      "streamed text '%s' != final '%s'", x->streamed, x->text);
+            else
+                CHECK(x->n_deltas == 0, "non-streaming request got %zu deltas", x->n_deltas);
+            /* greedy: the same prompt gives the same tokens whichever client and engine ran it */
+            CHECK(memcmp(x->ids, res[0][r].ids, 12 * sizeof(int32_t)) == 0,
+                  "client %d request %d differs from client 0's greedy output", i, r);
+            used[0] |= strcmp(x->engine_id, "engine-0") == 0;
+            used[1] |= strcmp(x->engine_id, "engine-1") == 0;
+        }
+    CHECK(used[0] && used[1], "requests were not spread over both engines (engine-0 %d, engine-1 %d)", used[0], used[1]);
+    for (int i = 0; i < NC; i++)
+        CHECK(om_client_inflight(c[i]) == 0, "client %d still has requests in flight", i);
+out:
+    for (int i = 0; i < NC; i++)
+        om_client_free(c[i]);
+    return s_fail;
+}
+
+static int t_abort(testd_t *d) {
+    static result_t res[16];
+    om_client_t *c = NULL;
+    CHECK(testd_start_all(d, 1) == 0, "pipeline did not start");
+    CHECK((c = s_client(d)) != NULL, "client");
+    uint64_t id;
+    CHECK(s_submit(c, "Tell me a very long story.", 4000, true, true, 0, &id) == 0, "submit");
+    uint64_t end = s_ms() + 30000;
+    while (res[id].n_deltas == 0 && res[id].kind == 0 && s_ms() < end)
+        s_pump(c, res, 16, 20);
+    CHECK(res[id].n_deltas > 0 && res[id].kind == 0, "no streaming before the abort (kind %d)", res[id].kind);
+    uint64_t t0 = s_ms();
+    CHECK(om_client_abort(c, id) == 0, "abort");
+    CHECK(s_wait(c, res, 16, id, 5000), "no answer within 5 s of the abort");
+    bool ok = (res[id].kind == OM_CLIENT_FINAL && res[id].finish == OMNIPIPE__FINISH_REASON__FINISH_ABORT) ||
+              (res[id].kind == OM_CLIENT_STATUS && res[id].code == OM_CODE_CANCELLED);
+    CHECK(ok, "abort ended with kind %d finish %d code %s", res[id].kind, res[id].finish, om_code_name(res[id].code));
+    fprintf(stderr, "abort answered in %" PRIu64 " ms\n", res[id].at_ms - t0);
+    CHECK(s_roundtrip(c, "Hi", 20000), "a request after the abort failed");
+out:
+    om_client_free(c);
+    return s_fail;
+}
+
+/* sends frames on a fresh zmq socket and waits for one reply; returns the Status code, -1 if none */
+static int s_raw(void *ctx, int type, const char *ep, const void *const *frames, const size_t *lens, size_t n,
+                 char *msg, size_t msglen) {
+    void *s = zmq_socket(ctx, type);
+    int zero = 0, code = -1;
+    zmq_setsockopt(s, ZMQ_LINGER, &zero, sizeof zero);
+    zmq_connect(s, ep);
+    for (size_t i = 0; i < n; i++)
+        zmq_send(s, frames[i], lens[i], i + 1 < n ? ZMQ_SNDMORE : 0);
+    if (type == ZMQ_DEALER) {
+        zmq_pollitem_t it = {s, 0, ZMQ_POLLIN, 0};
+        if (zmq_poll(&it, 1, 3000) == 1) {
+            char buf[4096];
+            int len = zmq_recv(s, buf, sizeof buf, 0);
+            Omnipipe__Envelope *env = len > 0 ? omnipipe__envelope__unpack(NULL, (size_t)len, (uint8_t *)buf) : NULL;
+            if (env && env->body_case == OMNIPIPE__ENVELOPE__BODY_STATUS) {
+                code = env->status->code;
+                snprintf(msg, msglen, "%s", env->status->message ? env->status->message : "");
+            }
+            if (env)
+                omnipipe__envelope__free_unpacked(env, NULL);
+        }
+    } else {
+        usleep(200000);
+    }
+    zmq_close(s);
+    return code;
+}
+
+static int t_malformed(testd_t *d) {
+    om_client_t *c = NULL;
+    void *ctx = zmq_ctx_new();
+    om_arena_t *a = NULL;
+    CHECK(testd_start_all(d, 1) == 0, "pipeline did not start");
+    CHECK(om_arena_new(0, &a) == 0, "arena");
+    /* a well-formed chat envelope from a future protocol version */
+    Omnipipe__Envelope env = OMNIPIPE__ENVELOPE__INIT;
+    Omnipipe__ChatRequest chat = OMNIPIPE__CHAT_REQUEST__INIT;
+    chat.prompt_text = "hi";
+    env.header = om_msg_header_new(a, 5, NULL, 0);
+    env.header->proto_version = 99;
+    env.body_case = OMNIPIPE__ENVELOPE__BODY_CHAT;
+    env.chat = &chat;
+    uint8_t *vbuf;
+    size_t vlen;
+    CHECK(om_msg_pack(a, &env, &vbuf, &vlen) == 0, "pack");
+    static const char junk[] = "\xff\xfe this is not protobuf \x01\x02";
+    const void *f_junk[] = {junk};
+    size_t l_junk[] = {sizeof junk};
+    const void *f_ver[] = {vbuf};
+    size_t l_ver[] = {vlen};
+    const void *f_three[] = {"a", "b", "c"};
+    size_t l_three[] = {1, 1, 1};
+    static const char *routers[] = {"tokenizer", "decoder", "mm_prep", "engines"};
+    char ep[512], msg[512];
+    for (size_t i = 0; i < 4; i++) {
+        snprintf(ep, sizeof ep, "ipc://%s/%s.sock", d->rt, routers[i]);
+        int code = s_raw(ctx, ZMQ_DEALER, ep, f_junk, l_junk, 1, msg, sizeof msg);
+        CHECK(code == OM_CODE_PROTOCOL, "%s: garbage frame answered %d", routers[i], code);
+        CHECK(strstr(msg, "not an omnipipe Envelope") != NULL, "%s: message '%s'", routers[i], msg);
+        code = s_raw(ctx, ZMQ_DEALER, ep, f_ver, l_ver, 1, msg, sizeof msg);
+        CHECK(code == OM_CODE_PROTOCOL, "%s: wrong proto_version answered %d", routers[i], code);
+        CHECK(strstr(msg, "peer speaks proto_version 99, this build speaks 1") != NULL, "%s: message '%s'",
+              routers[i], msg);
+        code = s_raw(ctx, ZMQ_DEALER, ep, f_three, l_three, 3, msg, sizeof msg);
+        CHECK(code == OM_CODE_PROTOCOL, "%s: 3-frame message answered %d", routers[i], code);
+    }
+    /* the decoder's PULL side cannot answer: a counted drop */
+    snprintf(ep, sizeof ep, "ipc://%s/decoder_in.sock", d->rt);
+    s_raw(ctx, ZMQ_PUSH, ep, f_junk, l_junk, 1, msg, sizeof msg);
+    s_raw(ctx, ZMQ_PUSH, ep, f_ver, l_ver, 1, msg, sizeof msg);
+    static const char *stages[] = {"tokenizer", "mm_prep", "engine-0", "decoder"};
+    for (size_t i = 0; i < 4; i++)
+        CHECK(testd_alive(d, stages[i]), "%s died on malformed input", stages[i]);
+    CHECK((c = s_client(d)) != NULL, "client");
+    CHECK(s_roundtrip(c, "Still there?", 20000), "the pipeline no longer serves after malformed input");
+out:
+    om_client_free(c);
+    om_arena_free(a);
+    zmq_ctx_term(ctx);
+    return s_fail;
+}
+
+/* kill `victim` while a long request runs; expect a Status naming `stage`; restart; serve again */
+static int t_fault(testd_t *d, const char *victim, const char *stage) {
+    static result_t res[16];
+    om_client_t *c = NULL;
+    CHECK(testd_start_all(d, 1) == 0, "pipeline did not start");
+    CHECK((c = s_client(d)) != NULL, "client");
+    CHECK(s_roundtrip(c, "warm up", 20000), "warm-up request failed");
+    memset(res, 0, sizeof res);
+    uint64_t id;
+    const uint64_t deadline_ms = 15000;
+    CHECK(s_submit(c, "Tell me a very long story.", 4000, true, true, deadline_ms, &id) == 0, "submit");
+    uint64_t end = s_ms() + 20000;
+    while (res[id].n_deltas == 0 && res[id].kind == 0 && s_ms() < end)
+        s_pump(c, res, 16, 20);
+    CHECK(res[id].n_deltas > 0 && res[id].kind == 0, "request not streaming before the kill");
+    uint64_t t0 = s_ms();
+    testd_kill(d, victim, SIGKILL);
+    if (strcmp(victim, "mm_prep") == 0 || strcmp(victim, "tokenizer") == 0) {
+        /* the running request lives in the engine and may finish; a new one must fail fast */
+        uint64_t id2;
+        CHECK(s_submit(c, "Are you there?", 4, false, false, deadline_ms, &id2) == 0, "submit after kill");
+        id = id2;
+    }
+    CHECK(s_wait(c, res, 16, id, deadline_ms + 2000), "no answer within the deadline after killing %s", victim);
+    uint64_t took = res[id].at_ms - t0;
+    CHECK(res[id].kind == OM_CLIENT_STATUS, "expected a Status after killing %s, got kind %d", victim, res[id].kind);
+    CHECK(res[id].code == OM_CODE_UNAVAILABLE, "code %s: %s", om_code_name(res[id].code), res[id].message);
+    CHECK(strcmp(res[id].stage, stage) == 0, "the Status names stage '%s' (%s), expected '%s'", res[id].stage,
+          res[id].message, stage);
+    CHECK(took < deadline_ms, "took %" PRIu64 " ms", took);
+    fprintf(stderr, "killed %s: Status UNAVAILABLE stage '%s' after %" PRIu64 " ms: %s\n", victim, stage, took,
+            res[id].message);
+    CHECK(testd_start(d, victim) > 0, "restart %s", victim);
+    /* reconnects are automatic; allow a few liveness windows for heartbeats to resume */
+    bool ok = false;
+    for (int tries = 0; tries < 30 && !ok; tries++) {
+        ok = s_roundtrip(c, "And now?", 10000);
+        if (!ok)
+            usleep(200000);
+    }
+    CHECK(ok, "no request succeeded after restarting %s", victim);
+out:
+    om_client_free(c);
+    return s_fail;
+}
+
+static int s_run(const char *const *argv, const char *expect_out) {
+    char out[512];
+    snprintf(out, sizeof out, "/tmp/omt-run-%d.txt", (int)getpid());
+    pid_t pid = fork();
+    if (pid == 0) {
+        if (!freopen(out, "w", stdout))
+            _exit(126);
+        execv(argv[0], (char *const *)argv);
+        _exit(127);
+    }
+    int st = 0;
+    waitpid(pid, &st, 0);
+    FILE *f = fopen(out, "r");
+    char buf[65536] = "";
+    size_t n = f ? fread(buf, 1, sizeof buf - 1, f) : 0;
+    buf[n] = '\0';
+    if (f)
+        fclose(f);
+    unlink(out);
+    bool ok = WIFEXITED(st) && WEXITSTATUS(st) == 0 && (!expect_out || strstr(buf, expect_out));
+    if (!ok)
+        fprintf(stderr, "%s %s %s: status 0x%x, output:\n%s\n", argv[0], argv[1], argv[2] ? argv[2] : "", st, buf);
+    return ok ? 0 : -1;
+}
+
+static int t_replay(testd_t *d) {
+    static result_t res[3][16];
+    om_client_t *c[3] = {0};
+    snprintf(d->record, sizeof d->record, "%s/rec", d->rt);
+    CHECK(testd_start_all(d, 1) == 0, "pipeline did not start");
+    for (int i = 0; i < 2; i++)
+        CHECK((c[i] = s_client(d)) != NULL, "client");
+    uint64_t id;
+    CHECK(s_submit(c[0], "Hello!", 10, true, true, 0, &id) == 0, "submit");
+    CHECK(s_submit(c[1], "Name three colors.", 8, true, false, 0, &id) == 0, "submit");
+    CHECK(s_submit(c[0], "What is 2+2?", 6, false, true, 0, &id) == 0, "submit");
+    CHECK(s_submit(c[1], "Hello!", 10, true, true, 0, &id) == 0, "submit");
+    /* a request the tokenizer refuses: token id outside the vocabulary */
+    Omnipipe__ChatRequest bad = OMNIPIPE__CHAT_REQUEST__INIT;
+    int32_t ids[2] = {1, 99999999};
+    bad.prompt_ids = ids;
+    bad.n_prompt_ids = 2;
+    CHECK(om_client_submit(c[1], &bad, 0, &id) == 0, "submit");
+    uint64_t end = s_ms() + 60000;
+    for (;;) {
+        s_pump(c[0], res[0], 16, 10);
+        s_pump(c[1], res[1], 16, 10);
+        if (res[0][1].kind && res[0][2].kind && res[1][1].kind && res[1][2].kind && res[1][3].kind)
+            break;
+        CHECK(s_ms() < end, "requests did not end within 60 s");
+    }
+    CHECK(res[0][1].kind == OM_CLIENT_FINAL && res[1][1].kind == OM_CLIENT_FINAL && res[0][2].kind == OM_CLIENT_FINAL &&
+              res[1][2].kind == OM_CLIENT_FINAL, "a request failed");
+    CHECK(res[1][3].kind == OM_CLIENT_STATUS && res[1][3].code == OM_CODE_INVALID_ARGUMENT &&
+              strcmp(res[1][3].stage, "tokenizer") == 0,
+          "bad prompt_ids: %s '%s' %s", om_code_name(res[1][3].code), res[1][3].stage, res[1][3].message);
+    testd_stop_all(d); /* graceful: captures are complete */
+    char omnipipe[1200];
+    snprintf(omnipipe, sizeof omnipipe, "%s/omnipipe", d->bindir);
+    static const char *stages[] = {"tokenizer", "mm_prep", "engine", "decoder"};
+    for (size_t i = 0; i < 4; i++) {
+        const char *argv[] = {omnipipe, "replay", "--stage", stages[i], "--capture", d->record, NULL};
+        CHECK(s_run(argv, " 0 differences") == 0, "replay of stage %s", stages[i]);
+    }
+    char tokcap[700];
+    snprintf(tokcap, sizeof tokcap, "ls %s/tokenizer-*.omcap > /dev/null", d->record);
+    CHECK(system(tokcap) == 0, "no tokenizer capture");
+out:
+    om_client_free(c[0]);
+    om_client_free(c[1]);
+    return s_fail;
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2) {
+        fprintf(stderr, "usage: test_pipeline routing|abort|malformed|fault_engine|fault_decoder|fault_mm_prep|"
+                        "fault_tokenizer|replay\n");
+        return 2;
+    }
+    signal(SIGPIPE, SIG_IGN);
+    testd_t d;
+    if (testd_init(&d, argv[1], NULL) < 0) {
+        fprintf(stderr, "cannot set up the harness\n");
+        return 1;
+    }
+    int r;
+    const char *t = argv[1];
+    if (strcmp(t, "routing") == 0)
+        r = t_routing(&d);
+    else if (strcmp(t, "abort") == 0)
+        r = t_abort(&d);
+    else if (strcmp(t, "malformed") == 0)
+        r = t_malformed(&d);
+    else if (strcmp(t, "fault_engine") == 0)
+        r = t_fault(&d, "engine-0", "engine");
+    else if (strcmp(t, "fault_decoder") == 0)
+        r = t_fault(&d, "decoder", "decoder");
+    else if (strcmp(t, "fault_mm_prep") == 0)
+        r = t_fault(&d, "mm_prep", "mm_prep");
+    else if (strcmp(t, "fault_tokenizer") == 0)
+        r = t_fault(&d, "tokenizer", "tokenizer");
+    else if (strcmp(t, "replay") == 0)
+        r = t_replay(&d);
+    else {
+        fprintf(stderr, "unknown scenario '%s'\n", t);
+        r = 2;
+    }
+    testd_cleanup(&d);
+    fprintf(stderr, "%s: %s\n", t, r ? "FAILED" : "passed");
+    return r ? 1 : 0;
+}
