@@ -8,7 +8,7 @@
  * GEMV vs grouped path at batch 8; second chat turn with and without the prefix cache (turn-1
  * blocks reused vs the whole conversation prefilled again). Prints a table last.
  *
- * Usage: eng_bench_cuda CONFIG_DIR [--steps N] [--quick] [--profile]
+ * Usage: eng_bench_cuda CONFIG_DIR [--steps N] [--quick] [--profile] [--b1-only]
  * --profile: only runs, inside a profiler range (ncu --profile-from-start off), one batch-1 decode
  * step at ctx 512, one 512-token prefill and one batch-128 decode step (bench/ncu_summary.py). */
 #include <errno.h>
@@ -127,7 +127,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "usage: %s CONFIG_DIR [--steps N] [--quick]\n", argv[0]);
         return 2;
     }
-    int steps = 64, quick = 0, profile = 0;
+    int steps = 64, quick = 0, profile = 0, b1_only = 0;
     for (int i = 2; i < argc; i++) {
         if (!strcmp(argv[i], "--steps") && i + 1 < argc)
             steps = atoi(argv[++i]);
@@ -135,6 +135,8 @@ int main(int argc, char **argv) {
             quick = 1;
         else if (!strcmp(argv[i], "--profile"))
             profile = 1;
+        else if (!strcmp(argv[i], "--b1-only"))
+            b1_only = 1;
     }
     double d2d = 0;
     int r = eng_cuda_measure_d2d_gbps(0, 1u << 30, &d2d);
@@ -205,6 +207,10 @@ int main(int argc, char **argv) {
                ttft[c] * 1e3, dec1[c], 1e3 / dec1[c]);
         fflush(stdout);
         s_seq_free(&s);
+    }
+    if (b1_only) {
+        eng_cuda_model_free(g_m);
+        return 0;
     }
     /* aggregate decode at 8, 32, 128 */
     int bsz[3] = {8, 32, 128};

@@ -3,7 +3,7 @@
 (`tok_bench --write-corpus corpus.jsonl`), with the same ids checksum tok_bench prints, so the two
 runs can be checked identical.
 
-    python3 bench/tok_hf.py --model DIR --corpus corpus.jsonl [--reps 3] [--batch]
+    python3 bench/tok_hf.py --model DIR --corpus corpus.jsonl [--reps 3] [--batch] [--dump-ids IDS.jsonl]
 
 Single-threaded by default (RAYON_NUM_THREADS=1 and one encode() call per document, as tok_bench's
 1-thread figure); --batch also times encode_batch over all cores. The checksum is FNV-1a 64 over every
@@ -20,6 +20,7 @@ def main():
     ap.add_argument("--corpus", required=True, help="JSONL of {\"text\": ...} (tok_bench --write-corpus)")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--batch", action="store_true", help="also time encode_batch on all threads")
+    ap.add_argument("--dump-ids", metavar="OUT", help="write each document's ids as a JSONL line {\"ids\": [...]}")
     a = ap.parse_args()
     if not a.batch:
         os.environ["RAYON_NUM_THREADS"] = "1"
@@ -34,11 +35,16 @@ def main():
 
     h, nids = 14695981039346656037, 0
     mask = (1 << 64) - 1
+    dump = open(a.dump_ids, "w") if a.dump_ids else None
     for d in docs:
         ids = tok.encode(d, add_special_tokens=False).ids
         nids += len(ids)
         for i in ids:
             h = ((h ^ i) * 1099511628211) & mask
+        if dump:
+            dump.write(json.dumps({"ids": ids}) + "\n")
+    if dump:
+        dump.close()
     print(f"tokenizers {tokenizers.__version__}")
     print(f"corpus: {len(docs)} documents, {nbytes / 1e6:.2f} MB ({nbytes} bytes), {nids} ids")
     print(f"load: {load_ms:.1f} ms")

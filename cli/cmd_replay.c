@@ -320,8 +320,9 @@ static bool s_is(const Omnipipe__RecordEntry *e, int dir, const char *socket) {
     return e->dir == (Omnipipe__RecordEntry__Dir)dir && e->socket && strcmp(e->socket, socket) == 0;
 }
 
-/* Collects the recorded outputs (non-control). shell_unavailable: leave out UNAVAILABLE statuses
- * (produced by a daemon shell when a peer was down) and remember their keys in skip. */
+/* Collects the recorded outputs (non-control). shell_unavailable: leave out UNAVAILABLE and CANCELLED
+ * statuses (produced by the tokenizer's shell when a peer was down or an abort overtook the request
+ * in a worker) and remember their keys in skip. */
 static int s_collect(rp_t *p, const rp_cap_t *c, bool routed_socket(const char *), bool shell_unavailable,
                      char (*skip)[160], size_t *n_skip, size_t max_skip) {
     for (size_t i = 0; i < c->n; i++) {
@@ -338,7 +339,7 @@ static int s_collect(rp_t *p, const rp_cap_t *c, bool routed_socket(const char *
         if (r < 0)
             return r;
         if (!skipped && shell_unavailable && env->body_case == OMNIPIPE__ENVELOPE__BODY_STATUS &&
-            env->status->code == OMNIPIPE__CODE__UNAVAILABLE) {
+            (env->status->code == OMNIPIPE__CODE__UNAVAILABLE || env->status->code == OMNIPIPE__CODE__CANCELLED)) {
             if (*n_skip < max_skip)
                 snprintf(skip[(*n_skip)++], 160, "%s", p->recorded.v[p->recorded.n - 1].key);
             p->recorded.n--;
@@ -412,7 +413,8 @@ static int s_replay_tokenizer(rp_t *p, rp_cap_t *c, const char *model) {
         for (size_t k = 0; k < n_skip; k++)
             skipped |= strcmp(skip[k], key) == 0;
         if (in.env->body_case == OMNIPIPE__ENVELOPE__BODY_ABORT) {
-            r = s_produce(p, "downstream", NULL, 0, in.env);
+            if (!skipped) /* an abort that overtook its request ended at the tokenizer's shell */
+                r = s_produce(p, "downstream", NULL, 0, in.env);
             continue;
         }
         if (skipped)
@@ -522,6 +524,10 @@ static int s_replay_engine(rp_t *p, rp_cap_t *c, const char *model) {
                 env.batch = (Omnipipe__TokenBatch *)b;
                 r = s_produce(p, "decoder", NULL, 0, &env);
             }
+            continue;
+        }
+        if (s_is(e, OMNIPIPE__RECORD_ENTRY__DIR__TICK, "fail_all")) {
+            eng_service_fail_all(svc, -EHOSTDOWN, "engine shut down before the request finished");
             continue;
         }
         if (!s_is(e, OMNIPIPE__RECORD_ENTRY__DIR__IN, "mm_prep"))

@@ -254,7 +254,7 @@ int cmd_up(int argc, char **argv) {
     for (size_t k = 0; k < 4 && rc == 0; k++) {
         long count = strcmp(order[k].name, "engine") == 0 ? engines : 1;
         for (long e = 0; e < count && rc == 0; e++) {
-            char bin[4200], name[32], eid[32], dev[16];
+            char bin[4200], name[32], eid[32], dev[24];
             snprintf(bin, sizeof bin, "%s/%s", bindir, order[k].bin);
             char *args[40];
             int na = 0;

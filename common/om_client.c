@@ -19,6 +19,7 @@ typedef struct om_creq {
     uint64_t queued_ms;    /* monotonic ms when submitted */
     bool answered;         /* any event seen */
     bool sent;             /* handed to the submit socket */
+    bool aborted;          /* aborted before it was sent: ends locally as CANCELLED */
     uint8_t *frame;        /* packed envelope while unsent (malloc'd) */
     size_t frame_len;      /* bytes */
 } om_creq_t;
@@ -138,6 +139,11 @@ const uint8_t *om_client_id(const om_client_t *c, size_t *ret_len) {
 
 size_t om_client_inflight(const om_client_t *c) { return c->n_reqs; }
 
+/* the decoder answered within two heartbeat intervals: its ROUTER knows our identity */
+static bool s_dec_fresh(const om_client_t *c, uint64_t mono) {
+    return c->dec_heard && mono - c->dec_heard <= 2 * c->hb_ms;
+}
+
 static om_creq_t *s_find(om_client_t *c, uint64_t id) {
     for (size_t i = 0; i < c->n_reqs; i++)
         if (c->reqs[i].request_id == id)
@@ -202,8 +208,9 @@ int om_client_submit(om_client_t *c, const Omnipipe__ChatRequest *req, uint64_t 
     q->frame_len = len;
     om_arena_free(a);
     c->n_reqs++;
-    /* send at once if the pipeline is connected; otherwise the poll loop retries */
-    if (c->dec_heard) {
+    /* send at once if the decoder answered lately (results can reach us); otherwise the poll loop
+     * sends it once the decoder answers a heartbeat: a reply must not race our reconnect */
+    if (s_dec_fresh(c, om_time_mono_ms())) {
         om_frame_t f = {q->frame, q->frame_len};
         if (om_sock_send(c->submit, &f, 1) == 0) {
             q->sent = true;
@@ -219,6 +226,10 @@ int om_client_abort(om_client_t *c, uint64_t request_id) {
     om_creq_t *q = s_find(c, request_id);
     if (!q)
         return -ENOENT;
+    if (!q->sent) { /* never left this process: nothing upstream to cancel */
+        q->aborted = true;
+        return 0;
+    }
     om_arena_t *a;
     int r = om_arena_new(4096, &a);
     if (r < 0)
@@ -242,6 +253,9 @@ int om_client_send_raw(om_client_t *c, bool to_decoder, const void *data, size_t
 /* Builds a synthesized Status event for request q in the event arena. */
 static int s_synth(om_client_t *c, uint64_t id, int neg_errno, const char *stage, const char *msg,
                    om_client_event_t *ret) {
+    om_creq_t *q = s_find(c, id);
+    if (q && q->sent)
+        om_client_abort(c, id); /* best effort: free what the pipeline still holds for it */
     om_arena_reset(c->arena);
     Omnipipe__Header *h = om_msg_header_new(c->arena, id, c->id, c->id_len);
     Omnipipe__Status *st = om_msg_status(c->arena, neg_errno, stage, "%s", msg);
@@ -273,7 +287,9 @@ static int s_timers(om_client_t *c, om_client_event_t *ret) {
         uint64_t tok_last = c->tok_heard > q->queued_ms ? c->tok_heard : q->queued_ms;
         bool dec_dead = mono - dec_last > window;
         bool tok_dead = mono - tok_last > window;
-        if (!q->sent && c->dec_heard && mono - c->dec_heard <= window) {
+        if (q->aborted)
+            return s_synth(c, q->request_id, -ECANCELED, OM_STAGE_CLIENT, "aborted before it was sent", ret);
+        if (!q->sent && s_dec_fresh(c, mono)) {
             om_frame_t f = {q->frame, q->frame_len};
             if (om_sock_send(c->submit, &f, 1) == 0) {
                 q->sent = true;

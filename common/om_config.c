@@ -63,7 +63,8 @@ static char *s_trim(char *s) {
     return s;
 }
 
-static int s_load_file(om_config_t *c, const char *path, bool must_exist, char *err, size_t errlen) {
+static int s_load_file(om_config_t *c, const char *path, bool must_exist, const char *section,
+                       char *err, size_t errlen) {
     FILE *f = fopen(path, "re");
     if (!f) {
         if (!must_exist && errno == ENOENT)
@@ -74,10 +75,24 @@ static int s_load_file(om_config_t *c, const char *path, bool must_exist, char *
     }
     char line[4096];
     int lineno = 0, r = 0;
+    bool in_other = false; /* inside another daemon's [section] */
     while (fgets(line, sizeof line, f)) {
         lineno++;
         char *s = s_trim(line);
         if (*s == '\0' || *s == '#')
+            continue;
+        if (*s == '[') {
+            char *end = strchr(s, ']');
+            if (!end || end[1] != '\0') {
+                snprintf(err, errlen, "%s:%d: expected '[section]'", path, lineno);
+                r = -EINVAL;
+                break;
+            }
+            *end = '\0';
+            in_other = !section || strcmp(s + 1, section) != 0;
+            continue;
+        }
+        if (in_other)
             continue;
         char *eq = strchr(s, '=');
         if (!eq) {
@@ -99,6 +114,11 @@ static int s_load_file(om_config_t *c, const char *path, bool must_exist, char *
 
 int om_config_load(const om_config_key_t *keys, int argc, char **argv, om_config_t **ret, char *err,
                    size_t errlen) {
+    return om_config_load_section(NULL, keys, argc, argv, ret, err, errlen);
+}
+
+int om_config_load_section(const char *section, const om_config_key_t *keys, int argc, char **argv,
+                           om_config_t **ret, char *err, size_t errlen) {
     om_config_t *c = calloc(1, sizeof *c);
     if (!c)
         return -ENOMEM;
@@ -126,7 +146,7 @@ int om_config_load(const om_config_key_t *keys, int argc, char **argv, om_config
         path = "/etc/omnipipe/omnipipe.conf";
         must = false;
     }
-    int r = s_load_file(c, path, must, err, errlen);
+    int r = s_load_file(c, path, must, section, err, errlen);
     if (r < 0)
         goto fail;
     for (size_t i = 0; i < c->n_keys; i++) {

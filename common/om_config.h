@@ -2,7 +2,9 @@
  *   1. the config file: --config FILE, else $OMNIPIPE_CONFIG, else /etc/omnipipe/omnipipe.conf
  *      (a missing default file is fine; a missing named file is an error). Format: one `key = value`
  *      per line, `#` starts a comment line, blank lines ignored, values are taken verbatim after
- *      trimming (no quoting). Unknown keys are an error naming file and line.
+ *      trimming (no quoting). Keys before any `[section]` line apply to every daemon; keys under
+ *      `[tokenizer]`, `[mm_prep]`, `[engine]`, `[decoder]` only to that one. Unknown keys (global or
+ *      in the reader's own section) are an error naming file and line.
  *   2. the environment: OMNIPIPE_<KEY> with the key upper-cased (OMNIPIPE_RUNTIME_DIR=...).
  *   3. flags: --key value or --key=value, dashes for underscores (--runtime-dir D); boolean keys
  *      take no value (--verbose).
@@ -38,6 +40,9 @@ extern const om_config_key_t om_config_common_keys[];
  * Reads file, environment and argv; positional arguments are an error. */
 int om_config_load(const om_config_key_t *keys, int argc, char **argv, om_config_t **ret, char *err,
                    size_t errlen);
+/* The same for a daemon: also reads the file's [section] (e.g. "engine"), skipping the others. */
+int om_config_load_section(const char *section, const om_config_key_t *keys, int argc, char **argv,
+                           om_config_t **ret, char *err, size_t errlen);
 om_config_t *om_config_free(om_config_t *c);
 const char *om_config_get(const om_config_t *c, const char *key); /* NULL when unset, no default */
 bool om_config_get_bool(const om_config_t *c, const char *key);

@@ -15,6 +15,7 @@ struct om_transport {
     void *ctx;                  /* zmq context */
     om_capture_writer_t *cap;   /* NULL unless recording */
     om_transport_stats_t stats; /* counters */
+    int hwm;                    /* default high-water mark, messages */
 };
 
 struct om_sock {
@@ -57,6 +58,8 @@ om_transport_t *om_transport_free(om_transport_t *t) {
 }
 
 void *om_transport_zmq_ctx(om_transport_t *t) { return t->ctx; }
+
+void om_transport_set_hwm(om_transport_t *t, int hwm) { t->hwm = hwm > 0 ? hwm : 0; }
 
 const char *om_transport_capture_path(const om_transport_t *t) {
     return t->cap ? om_capture_writer_path(t->cap) : NULL;
@@ -117,7 +120,7 @@ int om_sock_new(om_transport_t *t, int type, const char *name, const om_sock_opt
     s->t = t;
     s->type = type;
     s->name = name;
-    int hwm = opts->hwm > 0 ? opts->hwm : OM_HWM_DEFAULT;
+    int hwm = opts->hwm > 0 ? opts->hwm : t->hwm > 0 ? t->hwm : OM_HWM_DEFAULT;
     int linger = OM_LINGER_MS;
     int one = 1;
     zmq_setsockopt(s->z, ZMQ_SNDHWM, &hwm, sizeof hwm);

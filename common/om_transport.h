@@ -71,7 +71,9 @@ typedef struct om_sock_opts {
 int om_transport_new(const char *stage, const char *record_dir, om_transport_t **ret, char *err,
                      size_t errlen);
 om_transport_t *om_transport_free(om_transport_t *t);
-void *om_transport_zmq_ctx(om_transport_t *t); /* for inproc worker sockets (not recorded) */
+void *om_transport_zmq_ctx(om_transport_t *t);
+/* High-water mark (messages) for sockets created from now on whose opts leave hwm 0. */
+void om_transport_set_hwm(om_transport_t *t, int hwm); /* for inproc worker sockets (not recorded) */
 const char *om_transport_capture_path(const om_transport_t *t); /* NULL when not recording */
 void om_transport_get_stats(const om_transport_t *t, om_transport_stats_t *ret);
 /* Records a TICK entry (a handler run without input, at now_ms) under the logical name. */

@@ -122,7 +122,7 @@ static int run(int argc, char **argv) {
     char err[512], ep_in[4096], ep_out[4096], ep_up[4096];
     om_log_set_ident("decoder");
     om_config_t *cfg = NULL;
-    int r = om_config_load(keys, argc, argv, &cfg, err, sizeof err);
+    int r = om_config_load_section("decoder", keys, argc, argv, &cfg, err, sizeof err);
     if (r < 0)
         return om_log_errno(r, "%s", err);
     if (om_config_get_bool(cfg, "help")) {
@@ -159,6 +159,15 @@ static int run(int argc, char **argv) {
     if ((r = om_transport_new(OM_STAGE_DECODER, om_config_get(cfg, "record"), &m.t, err, sizeof err)) < 0) {
         om_log_err("%s", err);
         goto out;
+    }
+    {
+        uint64_t hwm = 0;
+        if ((r = om_config_get_u64(cfg, "hwm", &hwm, err, sizeof err)) < 0 || hwm > 1000000) {
+            om_log_err("%s", r < 0 ? err : "hwm: at most 1000000 messages");
+            r = -EINVAL;
+            goto out;
+        }
+        om_transport_set_hwm(m.t, (int)hwm);
     }
     {
         char kv_model[4200];

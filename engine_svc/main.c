@@ -168,7 +168,7 @@ static int run(int argc, char **argv) {
     char err[512], ep_eng[4096], ep_dec[4096], engine_id[128];
     om_log_set_ident("engine");
     om_config_t *cfg = NULL;
-    int r = om_config_load(keys, argc, argv, &cfg, err, sizeof err);
+    int r = om_config_load_section("engine", keys, argc, argv, &cfg, err, sizeof err);
     if (r < 0)
         return om_log_errno(r, "%s", err);
     if (om_config_get_bool(cfg, "help")) {
@@ -225,6 +225,15 @@ static int run(int argc, char **argv) {
         goto out;
     }
     {
+        uint64_t hwm = 0;
+        if ((r = om_config_get_u64(cfg, "hwm", &hwm, err, sizeof err)) < 0 || hwm > 1000000) {
+            om_log_err("%s", r < 0 ? err : "hwm: at most 1000000 messages");
+            r = -EINVAL;
+            goto out;
+        }
+        om_transport_set_hwm(m.t, (int)hwm);
+    }
+    {
         char kv[8][4200];
         snprintf(kv[0], sizeof kv[0], "model=%s", model);
         snprintf(kv[1], sizeof kv[1], "backend=%s", eo.backend);
@@ -244,10 +253,11 @@ static int run(int argc, char **argv) {
         om_log_err("cannot resolve endpoints: %s", strerror(-r));
         goto out;
     }
-    /* ZMQ_IMMEDIATE off for mm_prep: heartbeats wait for the connection instead of failing */
+    /* ZMQ_IMMEDIATE off: heartbeats wait for mm_prep's connection, and batches for a restarting
+     * decoder queue (up to the high-water mark) instead of being lost in the reconnect gap */
     om_sock_opts_t mo = {.no_immediate = true};
     if ((r = om_sock_new(m.t, ZMQ_DEALER, "mm_prep", &mo, &m.mmp)) < 0 ||
-        (r = om_sock_new(m.t, ZMQ_PUSH, "decoder", NULL, &m.decoder)) < 0) {
+        (r = om_sock_new(m.t, ZMQ_PUSH, "decoder", &mo, &m.decoder)) < 0) {
         om_log_err("cannot create sockets: %s", strerror(-r));
         goto out;
     }
@@ -271,6 +281,7 @@ static int run(int argc, char **argv) {
         if (stopping && !eng_service_has_work(m.svc))
             break;
         if (stopping && now - stop_at > drain_ms) {
+            om_transport_tick(m.t, "fail_all", om_time_wall_ms());
             eng_service_fail_all(m.svc, -EHOSTDOWN, "engine shut down before the request finished");
             s_step(&m, a);
             break;

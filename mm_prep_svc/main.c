@@ -123,7 +123,7 @@ static int run(int argc, char **argv) {
     char err[512], ep_up[4096], ep_eng[4096], ep_dec[4096];
     om_log_set_ident("mm_prep");
     om_config_t *cfg = NULL;
-    int r = om_config_load(keys, argc, argv, &cfg, err, sizeof err);
+    int r = om_config_load_section("mm_prep", keys, argc, argv, &cfg, err, sizeof err);
     if (r < 0)
         return om_log_errno(r, "%s", err);
     if (om_config_get_bool(cfg, "help")) {
@@ -154,6 +154,15 @@ static int run(int argc, char **argv) {
         goto out;
     }
     {
+        uint64_t hwm = 0;
+        if ((r = om_config_get_u64(cfg, "hwm", &hwm, err, sizeof err)) < 0 || hwm > 1000000) {
+            om_log_err("%s", r < 0 ? err : "hwm: at most 1000000 messages");
+            r = -EINVAL;
+            goto out;
+        }
+        om_transport_set_hwm(m.t, (int)hwm);
+    }
+    {
         char kv_hb[64], kv_live[64];
         snprintf(kv_hb, sizeof kv_hb, "heartbeat_ms=%" PRIu64, hb_ms);
         snprintf(kv_live, sizeof kv_live, "liveness=%" PRIu64, liveness);
@@ -166,9 +175,11 @@ static int run(int argc, char **argv) {
         om_log_err("cannot resolve endpoints: %s", strerror(-r));
         goto out;
     }
+    /* errors for clients queue for a restarting decoder (up to the HWM) rather than vanish */
+    om_sock_opts_t dopt = {.no_immediate = true};
     if ((r = om_sock_new(m.t, ZMQ_ROUTER, "upstream", NULL, &m.upstream)) < 0 ||
         (r = om_sock_new(m.t, ZMQ_ROUTER, "engines", NULL, &m.engines)) < 0 ||
-        (r = om_sock_new(m.t, ZMQ_PUSH, "decoder", NULL, &m.decoder)) < 0) {
+        (r = om_sock_new(m.t, ZMQ_PUSH, "decoder", &dopt, &m.decoder)) < 0) {
         om_log_err("cannot create sockets: %s", strerror(-r));
         goto out;
     }

@@ -84,6 +84,8 @@ pid_t testd_start(testd_t *d, const char *name) {
         args[n++] = "cpu";
         args[n++] = "--threads";
         args[n++] = "1";
+        args[n++] = "--drain-ms";
+        args[n++] = "1000";
     }
     if (strcmp(name, "tokenizer") == 0) {
         args[n++] = "--threads";
@@ -158,6 +160,12 @@ void testd_kill(testd_t *d, const char *name, int sig) {
     d->pid[i] = 0;
 }
 
+void testd_signal(testd_t *d, const char *name, int sig) {
+    int i = s_find(d, name);
+    if (i >= 0 && d->pid[i])
+        kill(d->pid[i], sig);
+}
+
 bool testd_alive(testd_t *d, const char *name) {
     int i = s_find(d, name);
     if (i < 0 || !d->pid[i])
@@ -172,8 +180,10 @@ bool testd_alive(testd_t *d, const char *name) {
 
 void testd_stop_all(testd_t *d) {
     for (size_t i = 0; i < d->n; i++)
-        if (d->pid[i])
+        if (d->pid[i]) {
             kill(d->pid[i], SIGTERM);
+            kill(d->pid[i], SIGCONT); /* a stopped daemon must run to see SIGTERM */
+        }
     unsigned long long end = s_now_ms() + 15000;
     for (size_t i = 0; i < d->n; i++) {
         while (d->pid[i] && s_now_ms() < end) {

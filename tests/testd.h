@@ -32,6 +32,7 @@ pid_t testd_start(testd_t *d, const char *name);
 int testd_start_all(testd_t *d, int n_engines);
 void testd_kill(testd_t *d, const char *name, int sig); /* and reaps it */
 bool testd_alive(testd_t *d, const char *name);
+void testd_signal(testd_t *d, const char *name, int sig);   /* e.g. SIGSTOP/SIGCONT; no reaping */
 void testd_stop_all(testd_t *d);                        /* SIGTERM, wait, SIGKILL */
 void testd_cleanup(testd_t *d);                         /* stop all, remove the temp dir */
 

@@ -45,6 +45,9 @@ typedef struct tok_main {
     bool mmp_dead;         /* declared dead (heard before, silent for a window) */
     tok_recent_t *recent;  /* forwarded since mm_prep's last heartbeat */
     size_t n_recent;
+    tok_recent_t *busy;    /* handed to a worker, not back yet (an Abort may overtake them) */
+    bool *busy_aborted;    /* per busy entry: the client aborted it meanwhile */
+    size_t n_busy;
     uint64_t jobs_out, jobs_done;
     uint64_t n_dropped, n_malformed;
 } tok_main_t;
@@ -88,7 +91,7 @@ static void *s_worker(void *arg) {
         if (n == 3 && !bad && zmq_msg_size(&f[2]) == 8) {
             uint64_t now_ms;
             memcpy(&now_ms, zmq_msg_data(&f[2]), 8);
-            Omnipipe__Envelope *env, *res = NULL;
+            Omnipipe__Envelope *env = NULL, *res = NULL;
             char dest = 'C';
             if (om_msg_unpack(a, zmq_msg_data(&f[1]), zmq_msg_size(&f[1]), &env) == 0 &&
                 tok_service_handle(w->svc, env, now_ms, a, &res) == 0) {
@@ -143,6 +146,41 @@ static void s_remember(tok_main_t *m, const Omnipipe__Header *h) {
     r->request_id = h->request_id;
 }
 
+static bool s_key_is(const tok_recent_t *k, const Omnipipe__Header *h) {
+    return h->has_client_id && k->request_id == h->request_id && k->client_id_len == h->client_id.len &&
+           memcmp(k->client_id, h->client_id.data, k->client_id_len) == 0;
+}
+
+static long s_busy_find(tok_main_t *m, const Omnipipe__Header *h) {
+    for (size_t i = 0; i < m->n_busy; i++)
+        if (s_key_is(&m->busy[i], h))
+            return (long)i;
+    return -1;
+}
+
+static void s_busy_add(tok_main_t *m, const Omnipipe__Header *h) {
+    if (m->n_busy == TOK_RECENT_MAX || !h->has_client_id || h->client_id.len > TOK_ID_MAX)
+        return;
+    tok_recent_t *r = &m->busy[m->n_busy];
+    memcpy(r->client_id, h->client_id.data, h->client_id.len);
+    r->client_id_len = h->client_id.len;
+    r->request_id = h->request_id;
+    m->busy_aborted[m->n_busy] = false;
+    m->n_busy++;
+}
+
+/* removes h from the busy set; true when it was aborted while a worker had it */
+static bool s_busy_take(tok_main_t *m, const Omnipipe__Header *h) {
+    long i = s_busy_find(m, h);
+    if (i < 0)
+        return false;
+    bool aborted = m->busy_aborted[i];
+    m->n_busy--;
+    m->busy[i] = m->busy[m->n_busy];
+    m->busy_aborted[i] = m->busy_aborted[m->n_busy];
+    return aborted;
+}
+
 static void s_on_frontend(tok_main_t *m, om_arena_t *a, bool stopping) {
     om_msg_in_t in;
     while (om_msg_recv(m->frontend, a, true, &in) == 0) {
@@ -165,7 +203,10 @@ static void s_on_frontend(tok_main_t *m, om_arena_t *a, bool stopping) {
             in.env->header->client_id.data = (uint8_t *)in.ident;
             in.env->header->client_id.len = in.ident_len;
             if (in.env->body_case == OMNIPIPE__ENVELOPE__BODY_ABORT) {
-                if (om_msg_send(m->downstream, a, NULL, 0, in.env) < 0)
+                long b = s_busy_find(m, in.env->header);
+                if (b >= 0)
+                    m->busy_aborted[b] = true; /* still in a worker: ended when it comes back */
+                else if (om_msg_send(m->downstream, a, NULL, 0, in.env) < 0)
                     m->n_dropped++;
             } else if (stopping) {
                 s_reply_status(m, a, in.ident, in.ident_len, rid, -EHOSTDOWN, OM_STAGE_TOKENIZER,
@@ -182,6 +223,7 @@ static void s_on_frontend(tok_main_t *m, om_arena_t *a, bool stopping) {
                     zmq_send(m->work, buf, len, ZMQ_SNDMORE);
                     zmq_send(m->work, &in.now_ms, 8, 0);
                     m->jobs_out++;
+                    s_busy_add(m, in.env->header);
                 }
             }
         }
@@ -211,10 +253,14 @@ static void s_on_done(tok_main_t *m, om_arena_t *a) {
             const uint8_t *ident = zmq_msg_data(&f[1]);
             size_t ident_len = zmq_msg_size(&f[1]);
             om_frame_t out[2] = {{ident, ident_len}, {zmq_msg_data(&f[2]), zmq_msg_size(&f[2])}};
-            if (dest == 'D') {
+            Omnipipe__Envelope *env = NULL;
+            om_msg_unpack(a, out[1].data, out[1].len, &env);
+            bool aborted = env && s_busy_take(m, env->header);
+            if (aborted) {
+                s_reply_status(m, a, ident, ident_len, env->header->request_id, -ECANCELED,
+                               OM_STAGE_TOKENIZER, "aborted by the client during tokenization");
+            } else if (dest == 'D') {
                 int r = om_sock_send(m->downstream, &out[1], 1);
-                Omnipipe__Envelope *env = NULL;
-                om_msg_unpack(a, out[1].data, out[1].len, &env);
                 if (r == 0 && env) {
                     s_remember(m, env->header);
                 } else if (env) {
@@ -285,7 +331,7 @@ static int run(int argc, char **argv) {
     char err[512], ep_front[4096], ep_down[4096];
     om_log_set_ident("tokenizer");
     om_config_t *cfg = NULL;
-    int r = om_config_load(keys, argc, argv, &cfg, err, sizeof err);
+    int r = om_config_load_section("tokenizer", keys, argc, argv, &cfg, err, sizeof err);
     if (r < 0)
         return om_log_errno(r, "%s", err);
     if (om_config_get_bool(cfg, "help")) {
@@ -321,7 +367,9 @@ static int run(int argc, char **argv) {
     }
     m.window_ms = m.hb_ms * (liveness ? liveness : 4);
     m.recent = calloc(TOK_RECENT_MAX, sizeof *m.recent);
-    if (!m.recent || (r = om_daemon_new("tokenizer", &d)) < 0 || (r = om_arena_new(0, &a)) < 0) {
+    m.busy = calloc(TOK_RECENT_MAX, sizeof *m.busy);
+    m.busy_aborted = calloc(TOK_RECENT_MAX, sizeof *m.busy_aborted);
+    if (!m.recent || !m.busy || !m.busy_aborted || (r = om_daemon_new("tokenizer", &d)) < 0 || (r = om_arena_new(0, &a)) < 0) {
         r = r < 0 ? r : -ENOMEM;
         om_log_err("cannot set up: %s", strerror(-r));
         goto out;
@@ -334,6 +382,15 @@ static int run(int argc, char **argv) {
     if ((r = om_transport_new(OM_STAGE_TOKENIZER, om_config_get(cfg, "record"), &m.t, err, sizeof err)) < 0) {
         om_log_err("%s", err);
         goto out;
+    }
+    {
+        uint64_t hwm = 0;
+        if ((r = om_config_get_u64(cfg, "hwm", &hwm, err, sizeof err)) < 0 || hwm > 1000000) {
+            om_log_err("%s", r < 0 ? err : "hwm: at most 1000000 messages");
+            r = -EINVAL;
+            goto out;
+        }
+        om_transport_set_hwm(m.t, (int)hwm);
     }
     {
         char kv_model[4200], kv_dl[64];
@@ -436,6 +493,8 @@ out:;
     free(workers);
     tok_service_free(svc);
     free(m.recent);
+    free(m.busy);
+    free(m.busy_aborted);
     om_arena_free(a);
     om_daemon_free(d);
     om_config_free(cfg);

@@ -439,7 +439,7 @@ static int s_message_json(const Omnipipe__Message *m, size_t mi, media_acc *medi
                 break;
             if (tc->arguments_json && tc->arguments_json[0]) {
                 json_error_t je;
-                args = json_loads(tc->arguments_json, 0, &je);
+                args = json_loads(tc->arguments_json, JSON_ALLOW_NUL, &je);
                 if (!json_is_object(args)) {
                     s_err(err, "messages[%zu].tool_calls[%zu].arguments_json: %s", mi, k,
                           args ? "expected a JSON object" : je.text);
@@ -521,7 +521,7 @@ int tok_chat_render(const tok_chat_t *c, const Omnipipe__Conversation *conv, cha
             r = -ENOMEM;
         for (size_t k = 0; r == 0 && k < conv->n_tools_json; k++) {
             json_error_t je;
-            json_t *t = conv->tools_json[k] ? json_loads(conv->tools_json[k], 0, &je) : NULL;
+            json_t *t = conv->tools_json[k] ? json_loads(conv->tools_json[k], JSON_ALLOW_NUL, &je) : NULL;
             if (!json_is_object(t)) {
                 s_err(err, "tools_json[%zu]: %s", k, t ? "expected a JSON object" : conv->tools_json[k] ? je.text : "missing");
                 json_decref(t);
@@ -535,7 +535,7 @@ int tok_chat_render(const tok_chat_t *c, const Omnipipe__Conversation *conv, cha
     }
     if (r == 0 && conv->extra_template_vars_json && conv->extra_template_vars_json[0]) {
         json_error_t je;
-        json_t *extra = json_loads(conv->extra_template_vars_json, 0, &je);
+        json_t *extra = json_loads(conv->extra_template_vars_json, JSON_ALLOW_NUL, &je);
         if (!json_is_object(extra)) {
             s_err(err, "extra_template_vars_json: %s", extra ? "expected a JSON object" : je.text);
             r = -EINVAL;
@@ -651,7 +651,7 @@ int tok_chat_render_json(const tok_chat_t *c, const char *json, size_t json_len,
     if (!c || !json || !ret_text)
         return -EINVAL;
     json_error_t je;
-    json_t *vars = json_loadb(json, json_len, 0, &je);
+    json_t *vars = json_loadb(json, json_len, JSON_ALLOW_NUL, &je);
     if (!json_is_object(vars)) {
         s_err(err, "request: %s%s", vars ? "expected a JSON object" : "invalid JSON: ", vars ? "" : je.text);
         json_decref(vars);

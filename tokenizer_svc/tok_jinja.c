@@ -76,8 +76,8 @@ static char *s_strndup(arena *a, const char *s, size_t n) {
 
 /* growable byte buffer living in an arena */
 typedef struct sbuf {
-    arena *a;
-    char *p;
+    arena *a;   /* owner of p */
+    char *p;    /* NUL-terminated contents (NULL while empty) */
     size_t n;   /* bytes used */
     size_t cap; /* bytes */
 } sbuf;
@@ -188,15 +188,15 @@ typedef struct jv {
     };
 } jv;
 
-typedef struct jlist {
-    size_t n, cap;
-    jv *v;
+typedef struct jlist { /* a Python list or tuple */
+    size_t n, cap; /* items used / allocated */
+    jv *v;         /* (cap) items */
 } jlist;
 
-typedef struct jdict {
-    size_t n, cap;
-    jv *k;
-    jv *v;
+typedef struct jdict { /* a Python dict: insertion-ordered, linear lookup */
+    size_t n, cap; /* entries used / allocated */
+    jv *k;         /* (cap) keys */
+    jv *v;         /* (cap) values, v[i] belongs to k[i] */
 } jdict;
 
 static const jv s_undef = {.t = V_UNDEF};
@@ -506,6 +506,8 @@ static void s_fmt_dict(sbuf *b, jdict *d) {
 static void s_fmt(sbuf *b, jv v, bool repr) {
     switch (v.t) {
     case V_UNDEF:
+        if (repr)
+            s_sb_puts(b, "Undefined");
         break;
     case V_NONE:
         s_sb_puts(b, "None");
@@ -559,15 +561,15 @@ typedef struct tok {
 } tok;
 
 typedef struct lexer {
-    arena *a;
+    arena *a;        /* tokens and their texts */
     const char *src; /* normalized source */
     size_t n;        /* bytes */
-    size_t line_pos; /* position whose line is line_no */
-    int line_no;
-    tok *v;
-    size_t nv, cap;
-    char *err;
-    size_t errlen;
+    size_t line_pos; /* byte offset whose line is line_no */
+    int line_no;     /* 1-based */
+    tok *v;          /* (cap) tokens */
+    size_t nv, cap;  /* tokens used / allocated */
+    char *err;       /* caller's error buffer */
+    size_t errlen;   /* bytes of err */
 } lexer;
 
 static int s_line_at(lexer *L, size_t pos) {
@@ -955,6 +957,10 @@ static int s_lex(lexer *L) {
         }
         size_t p = idx + 2 + (sign ? 1 : 0);
         if (kind == 3) {
+            if (p >= n) { /* jinja2 quirk: an opening {# at the very end is dropped, not an error */
+                pos = n;
+                continue;
+            }
             size_t j = p;
             for (; j + 1 < n; j++) {
                 if (s[j] == '+' && j + 2 < n && s[j + 1] == '#' && s[j + 2] == '}') {
@@ -1002,8 +1008,8 @@ enum op { OP_ADD, OP_SUB, OP_MUL, OP_DIV, OP_FLOORDIV, OP_MOD, OP_POW, OP_EQ, OP
 
 typedef struct node node;
 typedef struct nlist {
-    node **v;
-    size_t n, cap;
+    node **v;      /* (cap) child nodes */
+    size_t n, cap; /* used / allocated */
 } nlist;
 
 struct node {
@@ -1043,16 +1049,16 @@ static void s_names_push(arena *a, node *x, const char *name) {
 /* ---- parser ------------------------------------------------------------------------------------- */
 
 typedef struct parser {
-    arena *a;
-    tok *v;
-    size_t n, i;
+    arena *a;      /* AST allocations (the template's arena) */
+    tok *v;        /* (n) tokens from the lexer */
+    size_t n, i;   /* token count, index of the current token */
     char *err;
     size_t errlen;
     int failed;
     int depth; /* recursion depth of expressions and nested blocks */
 } parser;
 
-#define P_MAX_DEPTH 400
+#define P_MAX_DEPTH 200
 
 #define P_CHECK(p)                                                                                          \
     do {                                                                                                    \
@@ -1998,9 +2004,9 @@ struct tok_jinja {
 
 enum fnk { FN_BUILTIN, FN_METHOD, FN_MACRO, FN_CALLER };
 
-typedef struct frame {
-    struct frame *parent;
-    jdict vars;
+typedef struct frame {     /* one variable scope: template root, loop iteration, macro call, with */
+    struct frame *parent;  /* enclosing scope; the globals frame has none */
+    jdict vars;            /* name (V_STR) -> value */
 } frame;
 
 typedef struct jfn {
@@ -2013,16 +2019,16 @@ typedef struct jfn {
 } jfn;
 
 typedef struct loopst {
-    jlist *items;
-    size_t i; /* index0 of the current item */
+    jlist *items; /* the (filtered) items iterated */
+    size_t i;     /* index0 of the current item */
 } loopst;
 
 typedef struct rctx {
-    arena a;
-    sbuf *out;
-    char *err;
-    size_t errlen;
-    bool failed;
+    arena a;       /* every value of this render */
+    sbuf *out;     /* where output goes now (a capture buffer inside macros and set blocks) */
+    char *err;     /* caller's error buffer */
+    size_t errlen; /* bytes of err */
+    bool failed;   /* an error message is already written */
     int depth; /* macro recursion depth */
     jv hole;   /* value a filter block / filtered set block feeds into its filter chain */
     jmp_buf oom;
@@ -2321,6 +2327,9 @@ static int s_slice(rctx *r, jv obj, jv *st, jv *sp, jv *stepv, jv *out, int line
         *out = sb.n ? s_str(sb.p, sb.n) : s_str("", 0);
         return 0;
     }
+    /* jinja2 compiles slices to plain Python subscripts (no getitem fallback to Undefined) */
+    if (obj.t == V_DICT)
+        return s_fail(r, line, "unhashable type: 'slice'");
     return s_fail(r, line, "'%s' object is not subscriptable", s_type_name(obj));
 }
 
@@ -2372,7 +2381,7 @@ static int s_cmp_order(rctx *r, jv a, jv b, int *ret, int line) {
         *ret = c ? (c < 0 ? -1 : 1) : (a.s.n < b.s.n ? -1 : a.s.n > b.s.n);
         return 0;
     }
-    if (a.t == V_LIST && b.t == V_LIST) {
+    if (a.t == V_LIST && b.t == V_LIST && a.tuple == b.tuple) {
         size_t m = a.l->n < b.l->n ? a.l->n : b.l->n;
         for (size_t i = 0; i < m; i++) {
             if (s_eq(a.l->v[i], b.l->v[i]))
@@ -2411,6 +2420,8 @@ static int s_contains(rctx *r, jv item, jv cont, bool *ret, int line) {
             }
         return 0;
     case V_DICT:
+        if ((item.t == V_LIST && !item.tuple) || item.t == V_DICT || item.t == V_NS)
+            return s_fail(r, line, "unhashable type: '%s'", s_type_name(item));
         *ret = s_dict_find(cont.d, item) != NULL;
         return 0;
     case V_UNDEF:
@@ -2509,7 +2520,8 @@ static int s_arith(rctx *r, int op, jv a, jv b, jv *out, int line) {
             else
                 return s_fail(r, line, "unsupported format character '%c'", f);
         }
-        if (ai < args->n)
+        bool mapping_like = b.t == V_DICT || (b.t == V_LIST && !b.tuple); /* Python treats these as a mapping */
+        if (ai < args->n && !(mapping_like && ai == 0))
             return s_fail(r, line, "not all arguments converted during string formatting");
         *out = sb.n ? s_str(sb.p, sb.n) : s_str("", 0);
         return 0;
@@ -2559,12 +2571,23 @@ static int s_arith(rctx *r, int op, jv a, jv b, jv *out, int line) {
                 m += b.i;
             }
             *out = s_int(op == OP_FLOORDIV ? q : m);
-        } else {
+        } else { /* CPython's float_divmod */
             double x = s_num(a), y = s_num(b);
-            double m = fmod(x, y);
-            if (m != 0 && ((m < 0) != (y < 0)))
-                m += y;
-            *out = s_float(op == OP_FLOORDIV ? floor(x / y) : m);
+            double mod = fmod(x, y), div = (x - mod) / y, fdiv;
+            if (mod != 0) {
+                if ((y < 0) != (mod < 0)) {
+                    mod += y;
+                    div -= 1.0;
+                }
+            } else
+                mod = copysign(0.0, y);
+            if (div != 0) {
+                fdiv = floor(div);
+                if (div - fdiv > 0.5)
+                    fdiv += 1.0;
+            } else
+                fdiv = copysign(0.0, x / y);
+            *out = s_float(op == OP_FLOORDIV ? fdiv : mod);
         }
         return 0;
     case OP_POW:
@@ -2735,11 +2758,11 @@ static int s_json(rctx *r, sbuf *b, jv v, const jsonopt *o, int level, int line)
 
 /* ---- argument binding ----------------------------------------------------------------------------- */
 
-typedef struct args {
-    jv *pos;
+typedef struct args {  /* evaluated call arguments */
+    jv *pos;          /* (npos) positional values */
     size_t npos;
-    const char **kw;
-    jv *kwv;
+    const char **kw;  /* (nkw) keyword names */
+    jv *kwv;          /* (nkw) keyword values */
     size_t nkw;
 } args;
 
@@ -2785,7 +2808,7 @@ static const char *s_special_case(int32_t c, bool upper) {
     }
 }
 
-static jv s_case(rctx *r, jv s, int mode /* 0 lower 1 upper 2 capitalize 3 title 4 swapcase */) {
+static jv s_case(rctx *r, jv s, int mode /* 0 lower 1 upper 2 capitalize 3 title 4 swapcase 5 jinja title */) {
     char *o = s_alloc(&r->a, s.s.n * 3 + 4);
     size_t i = 0, k = 0;
     bool first = true, prev_cased = false;
@@ -2797,7 +2820,10 @@ static jv s_case(rctx *r, jv s, int mode /* 0 lower 1 upper 2 capitalize 3 title
         case 2: m = first ? utf8proc_totitle(c) : utf8proc_tolower(c); break;
         case 3: m = prev_cased ? utf8proc_tolower(c) : utf8proc_totitle(c); break;
         case 4: m = utf8proc_islower(c) ? utf8proc_toupper(c) : utf8proc_isupper(c) ? utf8proc_tolower(c) : c; break;
+        case 5: m = prev_cased ? utf8proc_tolower(c) : utf8proc_toupper(c); break;
         }
+        if (mode == 5) /* jinja2's title filter: words begin after whitespace or one of -({[< */
+            prev_cased = !(s_py_space(c) || (c < 128 && strchr("-({[<", (int)c)));
         if (mode == 3) {
             utf8proc_category_t cat = utf8proc_category(c);
             prev_cased = cat == UTF8PROC_CATEGORY_LU || cat == UTF8PROC_CATEGORY_LL || cat == UTF8PROC_CATEGORY_LT;
@@ -3493,7 +3519,9 @@ static jlist *s_copy_list(rctx *r, jlist *src) {
 /* select/reject/selectattr/rejectattr/map */
 static int s_filter_seq(rctx *r, const char *name, jv v, const args *a, frame *f, jv *out, int line) {
     jlist *it;
-    if (s_iter(r, v, &it, line) < 0)
+    if (!s_truthy(v)) /* jinja2: `if value:` guards the iteration */
+        it = s_list_new(&r->a, 0);
+    else if (s_iter(r, v, &it, line) < 0)
         return -EINVAL;
     jlist *res = s_list_new(&r->a, 0);
     bool is_map = !strcmp(name, "map");
@@ -3621,7 +3649,7 @@ static int s_apply_filter(rctx *r, const char *name, jv v, const args *a, frame 
         return 0;
     }
     if (!strcmp(name, "title")) {
-        *out = s_case(r, s_tostr(r, v), 3);
+        *out = s_case(r, s_tostr(r, v), 5);
         return 0;
     }
     if (!strcmp(name, "string")) {
@@ -3746,13 +3774,22 @@ static int s_apply_filter(rctx *r, const char *name, jv v, const args *a, frame 
         jlist *it;
         if (s_iter(r, v, &it, line) < 0)
             return -EINVAL;
-        jlist *l = s_list_new(&r->a, 0);
+        jlist *l = s_list_new(&r->a, 0), *keys = s_list_new(&r->a, 0);
+        bool cs = s_arg(a, 0, "case_sensitive", &x) && s_truthy(x);
+        bool has_attr = s_arg(a, 1, "attribute", &y);
         for (size_t i = 0; i < it->n; i++) {
+            jv k = it->v[i];
+            if (has_attr && s_attr_path(r, k, y, &k, line) < 0)
+                return -EINVAL;
+            if (!cs && k.t == V_STR)
+                k = s_case(r, k, 0);
             bool seen = false;
-            for (size_t j = 0; j < l->n && !seen; j++)
-                seen = s_eq(l->v[j], it->v[i]);
-            if (!seen)
+            for (size_t j = 0; j < keys->n && !seen; j++)
+                seen = s_eq(keys->v[j], k);
+            if (!seen) {
+                s_list_push(&r->a, keys, k);
                 s_list_push(&r->a, l, it->v[i]);
+            }
         }
         *out = s_listv(l);
         return 0;
@@ -3770,21 +3807,28 @@ static int s_apply_filter(rctx *r, const char *name, jv v, const args *a, frame 
         *out = s_replace(r, s, x, y, count);
         return 0;
     }
+    if ((!strcmp(name, "int") || !strcmp(name, "float") || !strcmp(name, "abs") || !strcmp(name, "round")) &&
+        v.t == V_UNDEF)
+        return s_undef_err(r, line, v);
     if (!strcmp(name, "int")) {
         int64_t def = 0;
         if (s_arg(a, 0, "default", &x) && x.t == V_INT)
             def = x.i;
         if (v.t == V_INT || v.t == V_BOOL)
             *out = s_int(v.i);
+        else if (v.t == V_FLOAT && !(v.f > -9.2e18 && v.f < 9.2e18))
+            return s_fail(r, line, isfinite(v.f) ? "integer overflow (Python ints are unbounded; this renderer's are 64-bit)"
+                                                 : "cannot convert float infinity or NaN to integer");
         else if (v.t == V_FLOAT)
             *out = s_int((int64_t)v.f);
         else if (v.t == V_STR) {
+            jv t = s_strip(r, v, NULL, 3); /* int(" 42 ") == 42 */
             char *end;
             errno = 0;
-            long long n = strtoll(v.s.p, &end, 10);
-            if (errno || end == v.s.p || *end) {
-                double d = strtod(v.s.p, &end);
-                *out = (end != v.s.p && !*end) ? s_int((int64_t)d) : s_int(def);
+            long long n = strtoll(t.s.p, &end, 10);
+            if (errno || end == t.s.p || *end) {
+                double d = strtod(t.s.p, &end);
+                *out = (end != t.s.p && !*end && d > -9.2e18 && d < 9.2e18) ? s_int((int64_t)d) : s_int(def);
             } else
                 *out = s_int(n);
         } else
@@ -3798,9 +3842,10 @@ static int s_apply_filter(rctx *r, const char *name, jv v, const args *a, frame 
         if (s_is_num(v))
             *out = s_float(s_num(v));
         else if (v.t == V_STR) {
+            jv t = s_strip(r, v, NULL, 3); /* float(" -0.5 ") == -0.5 */
             char *end;
-            double d = strtod(v.s.p, &end);
-            *out = s_float(end != v.s.p && !*end ? d : def);
+            double d = strtod(t.s.p, &end);
+            *out = s_float(end != t.s.p && !*end ? d : def);
         } else
             *out = s_float(def);
         return 0;
@@ -3819,6 +3864,10 @@ static int s_apply_filter(rctx *r, const char *name, jv v, const args *a, frame 
         s_arg(a, 1, "method", &method);
         if (!s_is_num(v))
             return s_fail(r, line, "round filter needs a number");
+        if (v.t != V_FLOAT && (method.t != V_STR || !strcmp(method.s.p, "common")) && prec >= 0) {
+            *out = s_int(v.i); /* Python: round(int, n) is an int */
+            return 0;
+        }
         double m = pow(10, (double)prec), d = s_num(v) * m;
         if (method.t == V_STR && !strcmp(method.s.p, "floor"))
             *out = s_float(floor(d) / m);
@@ -3852,7 +3901,12 @@ static int s_apply_filter(rctx *r, const char *name, jv v, const args *a, frame 
                 acc = e;
             else {
                 int c;
-                if (s_cmp_order(r, e, acc, &c, line) < 0)
+                jv ke = e, ka = acc; /* case_sensitive=False by default: compare lowercased strings */
+                if (!(s_arg(a, 0, "case_sensitive", &x) && s_truthy(x)) && e.t == V_STR && acc.t == V_STR) {
+                    ke = s_case(r, e, 0);
+                    ka = s_case(r, acc, 0);
+                }
+                if (s_cmp_order(r, ke, ka, &c, line) < 0)
                     return -EINVAL;
                 if ((name[1] == 'i' && c < 0) || (name[1] == 'a' && c > 0))
                     acc = e;
@@ -3908,11 +3962,29 @@ static int s_apply_filter(rctx *r, const char *name, jv v, const args *a, frame 
         *out = b.n ? s_str(b.p, b.n) : s_str("", 0);
         return 0;
     }
-    if (!strcmp(name, "wordcount")) {
-        jv s = s_tostr(r, v), l;
-        if (s_split(r, s, NULL, -1, false, &l, line) < 0)
-            return -EINVAL;
-        *out = s_int((int64_t)l.l->n);
+    if (!strcmp(name, "format")) { /* jinja2: str(value) % args */
+        jlist *t = s_list_new(&r->a, a->npos);
+        for (size_t i = 0; i < a->npos; i++)
+            s_list_push(&r->a, t, a->pos[i]);
+        jv tup = s_listv(t);
+        tup.tuple = 1;
+        return s_arith(r, OP_MOD, s_tostr(r, v), tup, out, line);
+    }
+    if (!strcmp(name, "wordcount")) { /* jinja2: len(re.findall(r"\w+", str(value))) */
+        jv s = s_tostr(r, v);
+        size_t i = 0;
+        int64_t words = 0;
+        bool in_word = false;
+        while (i < s.s.n) {
+            int32_t c = s_u8_next(s.s.p, s.s.n, &i);
+            utf8proc_category_t cat = utf8proc_category(c);
+            bool w = c == '_' || (cat >= UTF8PROC_CATEGORY_LU && cat <= UTF8PROC_CATEGORY_LO) ||
+                     (cat >= UTF8PROC_CATEGORY_ND && cat <= UTF8PROC_CATEGORY_NO);
+            if (w && !in_word)
+                words++;
+            in_word = w;
+        }
+        *out = s_int(words);
         return 0;
     }
     if (!strcmp(name, "center")) {
@@ -3955,10 +4027,12 @@ static int s_apply_test(rctx *r, const char *name, jv v, const args *a, bool *re
     else if (!strcmp(name, "false")) *ret = v.t == V_BOOL && !v.i;
     else if (!strcmp(name, "callable")) *ret = v.t == V_FUNC;
     else if (!strcmp(name, "odd") || !strcmp(name, "even")) {
-        if (v.t != V_INT && v.t != V_BOOL)
-            return s_fail(r, line, "test '%s' needs an integer", name);
-        int64_t m = v.i % 2;
-        *ret = name[0] == 'o' ? m != 0 : m == 0;
+        if (!s_is_num(v))
+            return s_fail(r, line, "test '%s' needs a number, not %s", name, s_type_name(v));
+        double m = v.t == V_FLOAT ? fmod(v.f, 2.0) : (double)(v.i % 2);
+        if (m < 0)
+            m += 2.0; /* Python's modulo takes the divisor's sign */
+        *ret = name[0] == 'o' ? m == 1.0 : m == 0.0;
     } else if (!strcmp(name, "divisibleby")) {
         if (!has || !s_is_num(x) || !s_is_num(v) || s_num(x) == 0)
             return s_fail(r, line, "divisibleby needs a non-zero number");

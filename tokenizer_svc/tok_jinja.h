@@ -11,6 +11,24 @@
  * Template variables come as a jansson object; JSON integers stay Python ints and JSON reals stay
  * Python floats.
  *
+ * Supported: {{ }}, {% %}, {# #}, raw; if/elif/else; for (tuple targets, `if` filter, else, loop.index,
+ * index0, revindex(0), first, last, length, previtem, nextitem, cycle, depth); set (names, tuples,
+ * namespace attributes, block set with filters); macro (defaults, varargs, kwargs, caller) and call
+ * blocks; break/continue; filter and with blocks; generation. Expressions: literals, lists, tuples,
+ * dicts, attribute/item access, slices, calls with keyword arguments, filters, tests, not/and/or,
+ * comparisons (chained), in/not in, + - * / // % ** ~, unary -/+, inline if/else, printf-style %.
+ * Filters: abs attr capitalize center count d default dictsort e escape first float format indent int
+ * items join last length list lower map max min reject rejectattr replace reverse round safe select
+ * selectattr sort string sum title tojson trim unique upper wordcount. Tests: boolean callable defined
+ * divisibleby eq/equalto/== even false float ge/>= gt/> in integer iterable le/<= lower lt/< mapping
+ * ne/!= none number odd sameas sequence string true undefined upper. Globals: dict namespace range
+ * raise_exception strftime_now. Methods: str (startswith endswith split rsplit strip lstrip rstrip
+ * lower upper title capitalize swapcase replace find rfind index count join splitlines removeprefix
+ * removesuffix format center ljust rjust zfill is*), dict (items keys values get copy), list (index
+ * count copy); mutating methods fail as the immutable sandbox does.
+ * Not supported (a clear error): extends/include/import/block, recursive loops, loop.changed,
+ * star-args (*a, **kw) in calls. Integers are 64-bit (overflow is an error; Python's are unbounded).
+ *
  * Ownership: tok_jinja_new() returns a caller-owned template, freed by tok_jinja_free() (accepts
  * NULL, returns NULL). A template is immutable after parsing: renders may run concurrently. */
 #ifndef TOK_JINJA_H

@@ -3,8 +3,14 @@
  * the non-first element of any canonical decomposition (which covers every composition's second
  * character, Hangul jamo aside, which compose algorithmically). Text made only of stable code points
  * is already NFC. Primary composites (é) count as stable: NFC maps them to themselves, and they can only
- * combine with a following second character, which is unstable itself. */
+ * combine with a following second character, which is unstable itself.
+ *
+ * tokenizers' NFC runs on older Unicode data than utf8proc: the combining marks it does not know yet
+ * (tok_unicode_nfc_inert) are plain starters to it. They count as stable here, and the slow path cuts
+ * the text at them and normalizes the pieces between, so they neither move nor compose, as in
+ * tokenizers. */
 #include "tok_norm.h"
+#include "tok_unicode.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -53,6 +59,9 @@ static void tok_norm_build(void)
         tok_norm_mark(bm, cp);
     for (uint32_t cp = 0xAC00; cp <= 0xD7A3; cp++) /* Hangul syllables take a trailing jamo */
         bm[cp >> 3] &= (uint8_t)~(1u << (cp & 7));
+    for (size_t i = 0; i < sizeof(tok_unicode_nfc_inert) / sizeof(tok_unicode_nfc_inert[0]); i++)
+        for (uint32_t cp = tok_unicode_nfc_inert[i][0]; cp <= tok_unicode_nfc_inert[i][1]; cp++)
+            bm[cp >> 3] &= (uint8_t)~(1u << (cp & 7));
     tok_norm_unstable = bm;
 }
 
@@ -92,6 +101,49 @@ bool tok_norm_nfc_stable(const char *s, size_t n)
     return true;
 }
 
+static bool tok_norm_is_inert(uint32_t cp)
+{
+    size_t lo = 0, hi = sizeof(tok_unicode_nfc_inert) / sizeof(tok_unicode_nfc_inert[0]);
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        if (cp < tok_unicode_nfc_inert[mid][0])
+            hi = mid;
+        else if (cp > tok_unicode_nfc_inert[mid][1])
+            lo = mid + 1;
+        else
+            return true;
+    }
+    return false;
+}
+
+/* Appends utf8proc's NFC of s[0, n) to *buf. */
+static int tok_norm_append(const char *s, size_t n, char **buf, size_t *len, size_t *cap)
+{
+    utf8proc_uint8_t *dst = NULL;
+    utf8proc_ssize_t m = 0;
+    if (n) {
+        m = utf8proc_map((const utf8proc_uint8_t *)s, (utf8proc_ssize_t)n, &dst, UTF8PROC_STABLE | UTF8PROC_COMPOSE);
+        if (m < 0)
+            return m == UTF8PROC_ERROR_NOMEM ? -ENOMEM : -EINVAL;
+    }
+    if (*len + (size_t)m + 1 > *cap) {
+        size_t c = *cap ? *cap * 2 : 256;
+        while (c < *len + (size_t)m + 1)
+            c *= 2;
+        char *p = realloc(*buf, c);
+        if (!p) {
+            free(dst);
+            return -ENOMEM;
+        }
+        *buf = p;
+        *cap = c;
+    }
+    memcpy(*buf + *len, dst, (size_t)m);
+    *len += (size_t)m;
+    free(dst);
+    return 0;
+}
+
 int tok_norm_nfc(const char *s, size_t n, char **ret, size_t *ret_n)
 {
     if (tok_norm_nfc_stable(s, n)) {
@@ -99,12 +151,50 @@ int tok_norm_nfc(const char *s, size_t n, char **ret, size_t *ret_n)
         *ret_n = n;
         return 0;
     }
-    utf8proc_uint8_t *dst = NULL;
-    utf8proc_ssize_t m = utf8proc_map((const utf8proc_uint8_t *)s, (utf8proc_ssize_t)n, &dst,
-                                      UTF8PROC_STABLE | UTF8PROC_COMPOSE);
-    if (m < 0)
-        return m == UTF8PROC_ERROR_NOMEM ? -ENOMEM : -EINVAL;
-    *ret = (char *)dst;
-    *ret_n = (size_t)m;
+    /* normalize between the code points tokenizers treats as inert starters, copy those as they are */
+    char *buf = NULL;
+    size_t len = 0, cap = 0, from = 0;
+    const uint8_t *u = (const uint8_t *)s;
+    int rc = 0;
+    for (size_t i = 0; i < n && !rc;) {
+        utf8proc_int32_t cp;
+        utf8proc_ssize_t l = utf8proc_iterate(u + i, (utf8proc_ssize_t)(n - i), &cp);
+        if (l <= 0) {
+            rc = -EINVAL;
+            break;
+        }
+        if (cp >= 0x300 && tok_norm_is_inert((uint32_t)cp)) {
+            rc = tok_norm_append(s + from, i - from, &buf, &len, &cap);
+            if (!rc && len + (size_t)l + 1 > cap) {
+                size_t c = cap ? cap * 2 : 256;
+                while (c < len + (size_t)l + 1)
+                    c *= 2;
+                char *p = realloc(buf, c);
+                if (!p)
+                    rc = -ENOMEM;
+                else {
+                    buf = p;
+                    cap = c;
+                }
+            }
+            if (!rc) {
+                memcpy(buf + len, s + i, (size_t)l);
+                len += (size_t)l;
+            }
+            from = i + (size_t)l;
+        }
+        i += (size_t)l;
+    }
+    if (!rc)
+        rc = tok_norm_append(s + from, n - from, &buf, &len, &cap);
+    if (rc) {
+        free(buf);
+        return rc;
+    }
+    if (!buf && !(buf = malloc(1)))
+        return -ENOMEM;
+    buf[len] = 0;
+    *ret = buf;
+    *ret_n = len;
     return 0;
 }

@@ -1,9 +1,10 @@
-/* tok_pretok.c: the Split pre-tokenizer: PCRE2 (any pattern, Oniguruma's \s translated) and a
- * hand-written scanner equivalent to the Qwen2 pattern (see tok_pretok.h). The scanner's Unicode
- * classes (\p{L}, \p{N}) are read out of PCRE2 itself once per process, so both engines agree on every
- * code point. */
+/* tok_pretok.c: the Split pre-tokenizer: PCRE2 (any pattern) and a hand-written scanner equivalent to
+ * the Qwen2 pattern (see tok_pretok.h). Both engines take \p{L}, \p{N} and \s from tok_unicode.h, the
+ * classes Hugging Face tokenizers' Oniguruma uses (PCRE2 gets them written into the pattern as explicit
+ * ranges), so they agree with tokenizers and with each other on every code point. */
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include "tok_pretok.h"
+#include "tok_unicode.h"
 
 #include <errno.h>
 #include <pcre2.h>
@@ -19,11 +20,6 @@ static const char TOK_PRETOK_QWEN2[] =
     "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|"
     "\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
 
-/* Oniguruma's \s for UTF-8: \t \n \v \f \r, U+0085 and the Zs / Zl / Zp categories. */
-static const char TOK_PRETOK_WS[] =
-    "\\t\\n\\x{0B}\\f\\r \\x{85}\\x{A0}\\x{1680}\\x{2000}-\\x{200A}\\x{2028}\\x{2029}\\x{202F}\\x{205F}"
-    "\\x{3000}";
-
 struct tok_pretok {
     pcre2_code *re; /* NULL when there is no pattern */
     bool scanner;   /* the pattern is TOK_PRETOK_QWEN2 */
@@ -36,30 +32,6 @@ enum { TOK_CL_L = 1, TOK_CL_N = 2, TOK_CL_WS = 4 };
 
 static uint8_t *tok_pretok_class; /* [TOK_PRETOK_MAXCP] TOK_CL_* bits, built once */
 static pthread_once_t tok_pretok_once = PTHREAD_ONCE_INIT;
-
-static size_t tok_pretok_put_utf8(uint8_t *o, uint32_t cp)
-{
-    if (cp < 0x80) {
-        o[0] = (uint8_t)cp;
-        return 1;
-    }
-    if (cp < 0x800) {
-        o[0] = (uint8_t)(0xC0 | cp >> 6);
-        o[1] = (uint8_t)(0x80 | (cp & 0x3F));
-        return 2;
-    }
-    if (cp < 0x10000) {
-        o[0] = (uint8_t)(0xE0 | cp >> 12);
-        o[1] = (uint8_t)(0x80 | (cp >> 6 & 0x3F));
-        o[2] = (uint8_t)(0x80 | (cp & 0x3F));
-        return 3;
-    }
-    o[0] = (uint8_t)(0xF0 | cp >> 18);
-    o[1] = (uint8_t)(0x80 | (cp >> 12 & 0x3F));
-    o[2] = (uint8_t)(0x80 | (cp >> 6 & 0x3F));
-    o[3] = (uint8_t)(0x80 | (cp & 0x3F));
-    return 4;
-}
 
 static uint32_t tok_pretok_get_utf8(const uint8_t *s, size_t *len)
 {
@@ -81,62 +53,24 @@ static uint32_t tok_pretok_get_utf8(const uint8_t *s, size_t *len)
            (s[3] & 0x3F);
 }
 
-/* Marks cls on every code point PCRE2's pattern \p{X}+ matches in a string of all code points. */
-static void tok_pretok_mark(const uint8_t *all, size_t n, const uint32_t *cp_at, const char *pat, uint8_t cls)
+static void tok_pretok_mark(uint8_t *cl, const uint32_t (*r)[2], size_t n, uint8_t cls)
 {
-    int ec;
-    PCRE2_SIZE eo;
-    pcre2_code *re = pcre2_compile((PCRE2_SPTR)pat, PCRE2_ZERO_TERMINATED, PCRE2_UTF | PCRE2_UCP, &ec, &eo, NULL);
-    if (!re)
-        return;
-    pcre2_jit_compile(re, PCRE2_JIT_COMPLETE);
-    pcre2_match_data *md = pcre2_match_data_create_from_pattern(re, NULL);
-    size_t pos = 0;
-    while (md && pos < n && pcre2_match(re, all, n, pos, PCRE2_NO_UTF_CHECK, md, NULL) > 0) {
-        PCRE2_SIZE *ov = pcre2_get_ovector_pointer(md);
-        for (size_t i = ov[0]; i < ov[1];) {
-            size_t l;
-            tok_pretok_get_utf8(all + i, &l);
-            tok_pretok_class[cp_at[i]] |= cls;
-            i += l;
-        }
-        pos = ov[1] > pos ? ov[1] : pos + 1;
-    }
-    pcre2_match_data_free(md);
-    pcre2_code_free(re);
+    for (size_t i = 0; i < n; i++)
+        for (uint32_t cp = r[i][0]; cp <= r[i][1] && cp < TOK_PRETOK_MAXCP; cp++)
+            cl[cp] |= cls;
 }
+
+#define TOK_PRETOK_N(a) (sizeof(a) / sizeof((a)[0]))
 
 static void tok_pretok_build_classes(void)
 {
     uint8_t *cl = calloc(TOK_PRETOK_MAXCP, 1);
-    uint8_t *all = malloc((size_t)TOK_PRETOK_MAXCP * 4);
-    uint32_t *cp_at = malloc((size_t)TOK_PRETOK_MAXCP * 4 * sizeof(uint32_t));
-    if (!cl || !all || !cp_at) {
-        free(cl);
-        free(all);
-        free(cp_at);
+    if (!cl)
         return;
-    }
-    size_t n = 0;
-    for (uint32_t cp = 0; cp < TOK_PRETOK_MAXCP; cp++) {
-        if (cp >= 0xD800 && cp <= 0xDFFF)
-            continue;
-        size_t l = tok_pretok_put_utf8(all + n, cp);
-        for (size_t k = 0; k < l; k++)
-            cp_at[n + k] = cp;
-        n += l;
-    }
+    tok_pretok_mark(cl, tok_unicode_L, TOK_PRETOK_N(tok_unicode_L), TOK_CL_L);
+    tok_pretok_mark(cl, tok_unicode_N, TOK_PRETOK_N(tok_unicode_N), TOK_CL_N);
+    tok_pretok_mark(cl, tok_unicode_S, TOK_PRETOK_N(tok_unicode_S), TOK_CL_WS);
     tok_pretok_class = cl;
-    tok_pretok_mark(all, n, cp_at, "\\p{L}+", TOK_CL_L);
-    tok_pretok_mark(all, n, cp_at, "\\p{N}+", TOK_CL_N);
-    static const uint32_t ws[] = {0x09, 0x0A, 0x0B, 0x0C, 0x0D, 0x20, 0x85, 0xA0, 0x1680, 0x2028, 0x2029,
-                                  0x202F, 0x205F, 0x3000};
-    for (size_t i = 0; i < sizeof(ws) / sizeof(ws[0]); i++)
-        cl[ws[i]] |= TOK_CL_WS;
-    for (uint32_t cp = 0x2000; cp <= 0x200A; cp++)
-        cl[cp] |= TOK_CL_WS;
-    free(all);
-    free(cp_at);
 }
 
 /* ---- PCRE2 ---- */
@@ -151,59 +85,106 @@ static void tok_pretok_seterr(char *err, size_t errlen, const char *fmt, ...)
     va_end(ap);
 }
 
-/* Rewrites Oniguruma \s and \S into PCRE2 classes with Oniguruma's whitespace set. */
+typedef struct tok_pretok_sb {
+    char *p;
+    size_t n, cap;
+    bool oom;
+} tok_pretok_sb_t;
+
+static void tok_pretok_sb_put(tok_pretok_sb_t *b, const char *s, size_t n)
+{
+    if (b->oom)
+        return;
+    if (b->n + n + 1 > b->cap) {
+        size_t cap = b->cap ? b->cap * 2 : 1024;
+        while (cap < b->n + n + 1)
+            cap *= 2;
+        char *q = realloc(b->p, cap);
+        if (!q) {
+            b->oom = true;
+            return;
+        }
+        b->p = q;
+        b->cap = cap;
+    }
+    memcpy(b->p + b->n, s, n);
+    b->n += n;
+    b->p[b->n] = 0;
+}
+
+/* The ranges of a class, as PCRE2 class items (no brackets). */
+static void tok_pretok_sb_ranges(tok_pretok_sb_t *b, const uint32_t (*r)[2], size_t n)
+{
+    char item[48];
+    for (size_t i = 0; i < n; i++) {
+        int k = r[i][0] == r[i][1] ? snprintf(item, sizeof(item), "\\x{%X}", r[i][0])
+                                   : snprintf(item, sizeof(item), "\\x{%X}-\\x{%X}", r[i][0], r[i][1]);
+        tok_pretok_sb_put(b, item, (size_t)k);
+    }
+}
+
+/* Rewrites the Oniguruma pattern for PCRE2 with tokenizers' classes: \p{L}, \p{N}, \s become explicit
+ * ranges (inside and outside brackets); \P{L}, \P{N}, \S outside brackets become negated classes. */
 static char *tok_pretok_translate(const char *pat)
 {
-    size_t n = strlen(pat), cap = n * 2 + 64, o = 0;
-    size_t wsn = strlen(TOK_PRETOK_WS);
-    char *out = malloc(cap);
-    if (!out)
-        return NULL;
+    static const struct {
+        const char *esc;
+        const uint32_t (*r)[2];
+        size_t n;
+        bool neg;
+    } map[] = {
+        {"\\p{L}", tok_unicode_L, TOK_PRETOK_N(tok_unicode_L), false},
+        {"\\p{N}", tok_unicode_N, TOK_PRETOK_N(tok_unicode_N), false},
+        {"\\s", tok_unicode_S, TOK_PRETOK_N(tok_unicode_S), false},
+        {"\\P{L}", tok_unicode_L, TOK_PRETOK_N(tok_unicode_L), true},
+        {"\\P{N}", tok_unicode_N, TOK_PRETOK_N(tok_unicode_N), true},
+        {"\\S", tok_unicode_S, TOK_PRETOK_N(tok_unicode_S), true},
+    };
+    tok_pretok_sb_t b = {0};
+    size_t n = strlen(pat);
     bool in_class = false;
-    for (size_t i = 0; i < n; i++) {
-        if (o + wsn + 8 > cap) {
-            cap = cap * 2 + wsn;
-            char *p = realloc(out, cap);
-            if (!p) {
-                free(out);
-                return NULL;
-            }
-            out = p;
-        }
+    for (size_t i = 0; i < n;) {
         char c = pat[i];
         if (c == '\\' && i + 1 < n) {
-            char d = pat[i + 1];
-            if (d == 's' || (d == 'S' && !in_class)) {
-                if (!in_class)
-                    out[o++] = '[';
-                if (d == 'S')
-                    out[o++] = '^';
-                memcpy(out + o, TOK_PRETOK_WS, wsn);
-                o += wsn;
-                if (!in_class)
-                    out[o++] = ']';
-            } else {
-                out[o++] = c;
-                out[o++] = d;
+            size_t k;
+            for (k = 0; k < sizeof(map) / sizeof(map[0]); k++) {
+                size_t l = strlen(map[k].esc);
+                if (!strncmp(pat + i, map[k].esc, l) && !(in_class && map[k].neg))
+                    break;
             }
-            i++;
+            if (k < sizeof(map) / sizeof(map[0])) {
+                if (!in_class)
+                    tok_pretok_sb_put(&b, map[k].neg ? "[^" : "[", map[k].neg ? 2 : 1);
+                tok_pretok_sb_ranges(&b, map[k].r, map[k].n);
+                if (!in_class)
+                    tok_pretok_sb_put(&b, "]", 1);
+                i += strlen(map[k].esc);
+                continue;
+            }
+            tok_pretok_sb_put(&b, pat + i, 2);
+            i += 2;
             continue;
         }
         if (c == '[' && !in_class) {
             in_class = true;
-            out[o++] = c;
-            if (i + 1 < n && pat[i + 1] == '^')
-                out[o++] = pat[++i];
-            if (i + 1 < n && pat[i + 1] == ']')
-                out[o++] = pat[++i];
+            tok_pretok_sb_put(&b, pat + i, 1);
+            i++;
+            if (i < n && pat[i] == '^')
+                tok_pretok_sb_put(&b, pat + i++, 1);
+            if (i < n && pat[i] == ']')
+                tok_pretok_sb_put(&b, pat + i++, 1);
             continue;
         }
         if (c == ']' && in_class)
             in_class = false;
-        out[o++] = c;
+        tok_pretok_sb_put(&b, pat + i, 1);
+        i++;
     }
-    out[o] = 0;
-    return out;
+    if (b.oom || !b.p) {
+        free(b.p);
+        return NULL;
+    }
+    return b.p;
 }
 
 int tok_pretok_new(const char *pattern, tok_pretok_t **ret, char *err, size_t errlen)

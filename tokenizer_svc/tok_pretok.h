@@ -1,9 +1,10 @@
 /* tok_pretok.h: the Split pre-tokenizer (behavior Isolated): cuts normalized text into the words BPE
  * works on, exactly as Hugging Face tokenizers' Oniguruma regex does.
  *
- * Two engines: PCRE2 (UTF + UCP + JIT) for any pattern, with Oniguruma's \s / \S translated to
- * Oniguruma's exact whitespace set; and a hand-written scanner for the Qwen2 pattern, used when the
- * checkpoint's pattern is exactly that one. The scanner is fuzzed against PCRE2 (test_tok_codec_fuzz).
+ * Two engines: PCRE2 (UTF + UCP + JIT) for any pattern, and a hand-written scanner for the Qwen2
+ * pattern, used when the checkpoint's pattern is exactly that one. Both take \p{L}, \p{N} and \s from
+ * tok_unicode.h (the classes tokenizers' Oniguruma uses, read out of tokenizers itself; PCRE2 gets them
+ * as explicit ranges in the pattern). The scanner is fuzzed against PCRE2 (test_tok_codec_fuzz).
  *
  * Ownership: tok_pretok_new() returns a caller-owned object (tok_pretok_free() accepts NULL); it is
  * immutable afterwards and usable from any number of threads. */

@@ -437,14 +437,22 @@ static void test_config_precedence(void **state) {
     char path[512], err[256];
     snprintf(path, sizeof path, "%s/omnipipe.conf", s_tmp);
     FILE *f = fopen(path, "w");
-    fprintf(f, "# comment\n\nruntime_dir = /from/file\nheartbeat_ms=250\nlog_level = debug\nthreads = 3\n");
+    fprintf(f, "# comment\n\nruntime_dir = /from/file\nheartbeat_ms=250\nlog_level = debug\n"
+               "[engine]\nthreads = 3\nbackend = cuda\n[tokenizer]\nthreads = 9\n");
     fclose(f);
     static const om_config_key_t keys[] = {{"threads", false, "2", "workers"}, {"verbose", true, NULL, "x"}, {NULL, false, NULL, NULL}};
     setenv("OMNIPIPE_HEARTBEAT_MS", "300", 1);
     setenv("OMNIPIPE_THREADS", "4", 1);
     char *argv[] = {"prog", "--config", path, "--threads=5", "--verbose", "--hwm", "77", NULL};
     om_config_t *c;
-    assert_int_equal(om_config_load(keys, 7, argv, &c, err, sizeof err), 0);
+    /* the [engine] section (with a key this binary does not know) is skipped; [tokenizer] is read */
+    unsetenv("OMNIPIPE_THREADS");
+    char *argv0[] = {"prog", "--config", path, NULL};
+    assert_int_equal(om_config_load_section("tokenizer", keys, 3, argv0, &c, err, sizeof err), 0);
+    assert_string_equal(om_config_get(c, "threads"), "9");
+    om_config_free(c);
+    setenv("OMNIPIPE_THREADS", "4", 1);
+    assert_int_equal(om_config_load_section("tokenizer", keys, 7, argv, &c, err, sizeof err), 0);
     assert_string_equal(om_config_get(c, "runtime_dir"), "/from/file"); /* file only */
     assert_string_equal(om_config_get(c, "log_level"), "debug");        /* file over default */
     assert_string_equal(om_config_get(c, "heartbeat_ms"), "300");       /* env over file */
@@ -473,8 +481,11 @@ static void test_config_precedence(void **state) {
     fprintf(f, "bogus = 1\n");
     fclose(f);
     char *bad2[] = {"prog", "--config", path, NULL};
-    assert_int_equal(om_config_load(keys, 3, bad2, &c, err, sizeof err), -EINVAL);
-    assert_non_null(strstr(err, ":7: unknown key 'bogus'"));
+    assert_int_equal(om_config_load_section("tokenizer", keys, 3, bad2, &c, err, sizeof err), -EINVAL);
+    assert_non_null(strstr(err, ":11: unknown key 'bogus'"));
+    /* in the [engine] section it belongs to another daemon: skipped */
+    assert_int_equal(om_config_load_section("decoder", keys, 3, bad2, &c, err, sizeof err), 0);
+    om_config_free(c);
     char *bad3[] = {"prog", "--config", "/nonexistent/omnipipe.conf", NULL};
     assert_int_equal(om_config_load(keys, 3, bad3, &c, err, sizeof err), -ENOENT);
     char *bad4[] = {"prog", "--config", "/dev/null", "--hwm", "12x", NULL};

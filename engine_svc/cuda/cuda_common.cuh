@@ -85,3 +85,38 @@ __device__ __forceinline__ void ld8(const float *p, float *f) {
     f[0] = a.x; f[1] = a.y; f[2] = a.z; f[3] = a.w;
     f[4] = b.x; f[5] = b.y; f[6] = b.z; f[7] = b.w;
 }
+
+/* --- programmatic dependent launch (PDL) --------------------------------------------------- */
+
+/* Waits until the previous kernel in the stream has completed and its memory is visible; a no-op
+ * when the kernel was launched without the PDL attribute. Code before it may only read data
+ * written two or more kernels back (every PDL kernel triggers only after its own wait). */
+__device__ __forceinline__ void pdl_wait() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
+/* Lets the next kernel in the stream start its pre-wait prologue. */
+__device__ __forceinline__ void pdl_trigger() { asm volatile("griddepcontrol.launch_dependents;" :::); }
+/* Prefetches [p, p + bytes) into L2 from one warp (128-byte lines). */
+__device__ __forceinline__ void l2_prefetch_warp(const void *p, size_t bytes, int lane) {
+    const char *c = (const char *)p;
+    for (size_t o = (size_t)lane * 128; o < bytes; o += 32 * 128)
+        asm volatile("prefetch.global.L2 [%0];" ::"l"(c + o));
+}
+
+/* Whether launches through ek_launch carry the PDL attribute (set by the model runner around a
+ * decode step; the backend is driven by one thread). */
+extern bool ek_pdl;
+
+template <typename... KArgs, typename... Args>
+static inline cudaError_t ek_launch(void (*k)(KArgs...), dim3 grid, dim3 block, size_t smem,
+                                    cudaStream_t s, Args... args) {
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = grid;
+    cfg.blockDim = block;
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = s;
+    cudaLaunchAttribute at[1];
+    at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    at[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = at;
+    cfg.numAttrs = ek_pdl ? 1 : 0;
+    return cudaLaunchKernelEx(&cfg, k, static_cast<KArgs>(args)...);
+}

@@ -17,32 +17,74 @@ using namespace nvcuda;
 
 /* --- split-K decode / generic attention --------------------------------------------------- */
 
+/* NI values per lane; contiguous (lane*NI .. +NI) when hd == 32*NI, else strided (lane + 32*i). */
+template <int NI, typename KV>
+__device__ __forceinline__ void s_ldv(const KV *row, int hd, int lane, float *v) {
+    if (hd == 32 * NI) {
+        const KV *p = row + lane * NI;
+        if (sizeof(KV) == 2) {
+            const bf16 *b = reinterpret_cast<const bf16 *>(p);
+            if (NI == 8) {
+                ld8(b, v);
+            } else if (NI == 4) {
+                uint2 u = *reinterpret_cast<const uint2 *>(b);
+                const __nv_bfloat162 *h2 = reinterpret_cast<const __nv_bfloat162 *>(&u);
+                float2 a0 = __bfloat1622float2(h2[0]), a1 = __bfloat1622float2(h2[1]);
+                v[0] = a0.x; v[1] = a0.y; v[2 % NI] = a1.x; v[3 % NI] = a1.y;
+            } else if (NI == 2) {
+                float2 a0 = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(b));
+                v[0] = a0.x; v[1 % NI] = a0.y;
+            } else {
+                v[0] = __bfloat162float(b[0]);
+            }
+        } else {
+#pragma unroll
+            for (int i = 0; i < NI; i++)
+                v[i] = ld(&p[i]);
+        }
+    } else {
+#pragma unroll
+        for (int i = 0; i < NI; i++) {
+            int d = lane + 32 * i;
+            v[i] = d < hd ? ld(&row[d]) : 0.0f;
+        }
+    }
+}
+
+/* One block per (key split, KV head, token); warp g serves query head kvh·G + g, so the G warps of
+ * a block read the same K/V rows (L1 hits) and the cache is read once per KV head. Each lane
+ * scores one key per 32-key chunk (whole row, 16-byte loads); V is accumulated with lanes over
+ * head_dim and 8 keys in flight. Splits hold at least 64 keys. */
 template <int NI, typename Q, typename KV>
-__global__ void __launch_bounds__(128)
+__global__ void __launch_bounds__(512)
     k_attn(float *out_f, bf16 *out_b, const Q *q, const KV *kpool, const KV *vpool,
            const int32_t *tok_seq, const int32_t *tok_pos, const int32_t *bt, int Hq, int Hk,
            int hd, int max_blocks, int bs, float scale, int n_splits, float *partial,
            int q_stride, int *counters) {
-    const int split = blockIdx.x, h = blockIdx.y, t = blockIdx.z;
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int split = blockIdx.x, kvh = blockIdx.y, t = blockIdx.z;
+    const int G = Hq / Hk;
+    const int g = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int h = kvh * G + g;
+    pdl_wait();
+    pdl_trigger();
     const int len = tok_pos[t] + 1, s = tok_seq[t];
-    const int chunk = (((len + n_splits - 1) / n_splits) + 31) & ~31;
+    int chunk = (len + n_splits - 1) / n_splits;
+    chunk = chunk < 64 ? 64 : chunk;
+    chunk = (chunk + 31) & ~31;
     const int k0 = split * chunk;
     const int k1 = min(len, k0 + chunk);
-    const int kvh = h / (Hq / Hk);
-    __shared__ float qs[256];
-    __shared__ float wm[4], wl[4];
-    __shared__ float wo[4][256];
-    for (int d = threadIdx.x; d < hd; d += blockDim.x)
+    extern __shared__ float qs_all[];
+    float *qs = qs_all + g * hd;
+    for (int d = lane; d < hd; d += 32)
         qs[d] = ld(&q[(int64_t)t * q_stride + (int64_t)h * hd + d]);
-    __syncthreads();
+    __syncwarp();
     float m = -INFINITY, l = 0.0f, o[NI];
 #pragma unroll
     for (int i = 0; i < NI; i++)
         o[i] = 0.0f;
     const int32_t *tab = bt + (int64_t)s * max_blocks;
     const bool vec = (hd % 8) == 0 && sizeof(KV) == 2;
-    for (int base = k0 + warp * 32; base < k1; base += 128) {
+    for (int base = k0; base < k1; base += 32) {
         int p = base + lane;
         bool valid = p < k1;
         float score = -INFINITY;
@@ -51,7 +93,17 @@ __global__ void __launch_bounds__(128)
             slot = (int64_t)tab[p / bs] * bs + p % bs;
             const KV *kr = kpool + (slot * Hk + kvh) * hd;
             float dot = 0.0f;
-            if (vec) {
+            if (vec && hd == 32 * NI) {
+                /* compile-time row length: all 16-byte loads of the row issued up front */
+                float kf[32 * NI];
+#pragma unroll
+                for (int d = 0; d < 32 * NI; d += 8)
+                    ld8(reinterpret_cast<const bf16 *>(kr) + d, kf + d);
+#pragma unroll
+                for (int d = 0; d < 32 * NI; d++)
+                    dot = fmaf(qs[d], kf[d], dot);
+            } else if (vec) {
+#pragma unroll 4
                 for (int d = 0; d < hd; d += 8) {
                     float kf[8];
                     ld8(reinterpret_cast<const bf16 *>(kr) + d, kf);
@@ -79,79 +131,73 @@ __global__ void __launch_bounds__(128)
 #pragma unroll
         for (int i = 0; i < NI; i++)
             o[i] *= alpha;
-        int nvalid = min(32, k1 - base);
-        for (int j = 0; j < nvalid; j++) {
-            float pjj = __shfl_sync(0xffffffffu, pj, j);
-            int64_t sj = __shfl_sync(0xffffffffu, slot, j);
-            const KV *vr = vpool + (sj * Hk + kvh) * hd;
+        const int nvalid = min(32, k1 - base);
+        for (int j0 = 0; j0 < nvalid; j0 += 8) {
+            /* 8 V rows in flight: loads are unconditional (invalid keys reuse key j0, weight 0) */
+            float v[8][NI], pw[8];
 #pragma unroll
-            for (int i = 0; i < NI; i++) {
-                int d = lane + 32 * i;
-                if (d < hd)
-                    o[i] = fmaf(pjj, ld(&vr[d]), o[i]);
+            for (int u = 0; u < 8; u++) {
+                int j = j0 + u < nvalid ? j0 + u : j0;
+                float pjj = __shfl_sync(0xffffffffu, pj, j);
+                int64_t sj = __shfl_sync(0xffffffffu, slot, j);
+                pw[u] = j0 + u < nvalid ? pjj : 0.0f;
+                s_ldv<NI, KV>(vpool + (sj * Hk + kvh) * hd, hd, lane, v[u]);
             }
+#pragma unroll
+            for (int u = 0; u < 8; u++)
+#pragma unroll
+                for (int i = 0; i < NI; i++)
+                    o[i] = fmaf(pw[u], v[u][i], o[i]);
         }
         m = m_new;
     }
-    if (lane == 0) {
-        wm[warp] = m;
-        wl[warp] = l;
-    }
+    const bool contig = hd == 32 * NI;
+    if (n_splits == 1) {
 #pragma unroll
-    for (int i = 0; i < NI; i++) {
-        int d = lane + 32 * i;
-        if (d < hd)
-            wo[warp][d] = o[i];
-    }
-    __syncthreads();
-    float M = fmaxf(fmaxf(wm[0], wm[1]), fmaxf(wm[2], wm[3]));
-    float sc[4], L = 0.0f;
-#pragma unroll
-    for (int w = 0; w < 4; w++) {
-        sc[w] = (M == -INFINITY || wm[w] == -INFINITY) ? 0.0f : __expf(wm[w] - M);
-        L += wl[w] * sc[w];
-    }
-    for (int d = threadIdx.x; d < hd; d += blockDim.x) {
-        float acc = 0.0f;
-#pragma unroll
-        for (int w = 0; w < 4; w++)
-            acc += wo[w][d] * sc[w];
-        if (n_splits == 1) {
-            float v = L > 0.0f ? acc / L : 0.0f;
-            int64_t oi = ((int64_t)t * Hq + h) * hd + d;
-            if (out_f)
-                out_f[oi] = v;
-            else
-                out_b[oi] = __float2bfloat16(v);
-        } else {
-            float *pp = partial + (((int64_t)t * Hq + h) * n_splits + split) * (hd + 2);
-            pp[d] = acc;
-            if (d == 0) {
-                pp[hd] = M;
-                pp[hd + 1] = L;
+        for (int i = 0; i < NI; i++) {
+            int d = contig ? lane * NI + i : lane + 32 * i;
+            if (d < hd) {
+                float v = l > 0.0f ? o[i] / l : 0.0f;
+                int64_t oi = ((int64_t)t * Hq + h) * hd + d;
+                if (out_f)
+                    out_f[oi] = v;
+                else
+                    out_b[oi] = __float2bfloat16(v);
             }
         }
-    }
-    if (n_splits == 1 || !counters)
         return;
-    /* last split block of this (token, head) merges the partials */
+    }
+    float *pp = partial + (((int64_t)t * Hq + h) * n_splits + split) * (hd + 2);
+#pragma unroll
+    for (int i = 0; i < NI; i++) {
+        int d = contig ? lane * NI + i : lane + 32 * i;
+        if (d < hd)
+            pp[d] = o[i];
+    }
+    if (lane == 0) {
+        pp[hd] = m;
+        pp[hd + 1] = l;
+    }
+    if (!counters)
+        return;
+    /* the last split block of this (token, KV head) merges the partials of its G heads */
     __threadfence();
     __syncthreads();
     __shared__ int last;
     if (threadIdx.x == 0)
-        last = atomicAdd(&counters[(int64_t)t * Hq + h], 1) == n_splits - 1;
+        last = atomicAdd(&counters[(int64_t)t * Hk + kvh], 1) == n_splits - 1;
     __syncthreads();
     if (!last)
         return;
     __threadfence();
-    const float *pp = partial + ((int64_t)t * Hq + h) * n_splits * (hd + 2);
+    const float *pb = partial + ((int64_t)t * Hq + h) * n_splits * (hd + 2);
     float MM = -INFINITY;
     for (int sp = 0; sp < n_splits; sp++)
-        MM = fmaxf(MM, __ldcg(&pp[sp * (hd + 2) + hd]));
-    for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+        MM = fmaxf(MM, __ldcg(&pb[sp * (hd + 2) + hd]));
+    for (int d = lane; d < hd; d += 32) {
         float acc = 0.0f, LL = 0.0f;
         for (int sp = 0; sp < n_splits; sp++) {
-            const float *q2 = pp + sp * (hd + 2);
+            const float *q2 = pb + sp * (hd + 2);
             float mm = __ldcg(&q2[hd]);
             float w = (MM == -INFINITY || mm == -INFINITY) ? 0.0f : __expf(mm - MM);
             acc += __ldcg(&q2[d]) * w;
@@ -165,7 +211,7 @@ __global__ void __launch_bounds__(128)
             out_b[oi] = __float2bfloat16(v);
     }
     if (threadIdx.x == 0)
-        counters[(int64_t)t * Hq + h] = 0;
+        counters[(int64_t)t * Hk + kvh] = 0;
 }
 
 __global__ void k_attn_combine(float *out_f, bf16 *out_b, const float *partial, int Hq, int hd,
@@ -208,25 +254,31 @@ int ek_attention(cudaStream_t s, O *out, const Q *q, const KV *kpool, const KV *
         return 0;
     if (hd > 256 || Hk <= 0 || Hq % Hk || n_splits < 1 || (n_splits > 1 && !partial))
         return -EINVAL;
-    dim3 grid(n_splits, Hq, T);
+    const int G = Hq / Hk;
+    if (G > 16)
+        return -EOPNOTSUPP;
+    dim3 grid(n_splits, Hk, T);
     float *of = s_of<O>(out);
     bf16 *ob = s_ob<O>(out);
+    size_t sm = (size_t)G * hd * sizeof(float);
+    cudaError_t e;
     if (hd <= 32)
-        k_attn<1, Q, KV><<<grid, 128, 0, s>>>(of, ob, q, kpool, vpool, tok_seq, tok_pos,
-                                              block_tables, Hq, Hk, hd, max_blocks, block_size,
-                                              scale, n_splits, partial, q_stride, counters);
+        e = ek_launch(k_attn<1, Q, KV>, grid, dim3(32 * G), sm, s, of, ob, q, kpool, vpool,
+                      tok_seq, tok_pos, block_tables, Hq, Hk, hd, max_blocks, block_size, scale,
+                      n_splits, partial, q_stride, counters);
     else if (hd <= 64)
-        k_attn<2, Q, KV><<<grid, 128, 0, s>>>(of, ob, q, kpool, vpool, tok_seq, tok_pos,
-                                              block_tables, Hq, Hk, hd, max_blocks, block_size,
-                                              scale, n_splits, partial, q_stride, counters);
+        e = ek_launch(k_attn<2, Q, KV>, grid, dim3(32 * G), sm, s, of, ob, q, kpool, vpool,
+                      tok_seq, tok_pos, block_tables, Hq, Hk, hd, max_blocks, block_size, scale,
+                      n_splits, partial, q_stride, counters);
     else if (hd <= 128)
-        k_attn<4, Q, KV><<<grid, 128, 0, s>>>(of, ob, q, kpool, vpool, tok_seq, tok_pos,
-                                              block_tables, Hq, Hk, hd, max_blocks, block_size,
-                                              scale, n_splits, partial, q_stride, counters);
+        e = ek_launch(k_attn<4, Q, KV>, grid, dim3(32 * G), sm, s, of, ob, q, kpool, vpool,
+                      tok_seq, tok_pos, block_tables, Hq, Hk, hd, max_blocks, block_size, scale,
+                      n_splits, partial, q_stride, counters);
     else
-        k_attn<8, Q, KV><<<grid, 128, 0, s>>>(of, ob, q, kpool, vpool, tok_seq, tok_pos,
-                                              block_tables, Hq, Hk, hd, max_blocks, block_size,
-                                              scale, n_splits, partial, q_stride, counters);
+        e = ek_launch(k_attn<8, Q, KV>, grid, dim3(32 * G), sm, s, of, ob, q, kpool, vpool,
+                      tok_seq, tok_pos, block_tables, Hq, Hk, hd, max_blocks, block_size, scale,
+                      n_splits, partial, q_stride, counters);
+    CUDA_CHECK(e);
     CUDA_LAUNCH_CHECK();
     if (n_splits > 1 && !counters) {
         k_attn_combine<<<dim3(Hq, T), hd <= 128 ? 128 : 256, 0, s>>>(of, ob, partial, Hq, hd,

@@ -13,6 +13,8 @@
 
 static char s_last_error[256];
 
+bool ek_pdl = false;
+
 void eng_cuda_note_error(const char *file, int line, const char *what, int code) {
     snprintf(s_last_error, sizeof s_last_error, "%s:%d: %s (%d)", file, line, what, code);
 }
@@ -105,9 +107,14 @@ template <int NT, typename A, typename O, bool VEC>
 __global__ void __launch_bounds__(256) k_gemv(O *y, const A *x, const bf16 *w, int N, int K) {
     int n = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     int lane = threadIdx.x & 31;
-    if (n >= N)
+    if (n >= N) {
+        pdl_trigger();
         return;
+    }
     const bf16 *wr = w + (int64_t)n * K;
+    l2_prefetch_warp(wr, (size_t)K * 2, lane);
+    pdl_wait();
+    pdl_trigger();
     float acc[NT];
 #pragma unroll
     for (int t = 0; t < NT; t++)
@@ -147,10 +154,9 @@ static int s_gemv(cudaStream_t s, O *y, const A *x, const bf16 *w, int N, int K)
     bool vec = (K % 8) == 0 && ((uintptr_t)x % 16) == 0 && ((uintptr_t)w % 16) == 0;
     int blocks = (N + 7) / 8;
     if (vec)
-        k_gemv<NT, A, O, true><<<blocks, 256, 0, s>>>(y, x, w, N, K);
+        CUDA_CHECK(ek_launch(k_gemv<NT, A, O, true>, dim3(blocks), dim3(256), 0, s, y, x, w, N, K));
     else
-        k_gemv<NT, A, O, false><<<blocks, 256, 0, s>>>(y, x, w, N, K);
-    CUDA_LAUNCH_CHECK();
+        CUDA_CHECK(ek_launch(k_gemv<NT, A, O, false>, dim3(blocks), dim3(256), 0, s, y, x, w, N, K));
     return 0;
 }
 
@@ -208,12 +214,16 @@ __global__ void __launch_bounds__(256)
                 bf16 *h_out, const bf16 *nw, float eps) {
     extern __shared__ __align__(16) unsigned char smem_g[];
     bf16 *xs = (bf16 *)smem_g;
-    ek_norm_prologue<NT>(xs, h_in, delta, h_out, nw, eps, nullptr, D, blockIdx.x == 0);
     int n = blockIdx.x * 8 + (threadIdx.x >> 5);
     int lane = threadIdx.x & 31;
+    const bf16 *wr = w + (int64_t)(n < N ? n : 0) * D;
+    if (n < N)
+        l2_prefetch_warp(wr, (size_t)D * 2, lane);
+    pdl_wait();
+    pdl_trigger();
+    ek_norm_prologue<NT>(xs, h_in, delta, h_out, nw, eps, nullptr, D, blockIdx.x == 0);
     if (n >= N)
         return;
-    const bf16 *wr = w + (int64_t)n * D;
     float acc[NT];
 #pragma unroll
     for (int t = 0; t < NT; t++)
@@ -249,15 +259,17 @@ int ek_gemv_norm(cudaStream_t s, bf16 *y, const bf16 *w, int T, int N, int D, co
         return -EINVAL;
     size_t sm = (size_t)T * D * 2;
     int blocks = (N + 7) / 8;
+    cudaError_t e = cudaSuccess;
 #define GN_CASE(NT_)                                                                               \
     case NT_:                                                                                      \
-        k_gemv_norm<NT_><<<blocks, 256, sm, s>>>(y, w, N, D, h_in, delta, h_out, nw, eps);         \
+        e = ek_launch(k_gemv_norm<NT_>, dim3(blocks), dim3(256), sm, s, y, w, N, D, h_in, delta,   \
+                      h_out, nw, eps);                                                             \
         break;
     switch (T) {
         GN_CASE(1) GN_CASE(2) GN_CASE(3) GN_CASE(4) GN_CASE(5) GN_CASE(6) GN_CASE(7) GN_CASE(8)
     }
 #undef GN_CASE
-    CUDA_LAUNCH_CHECK();
+    CUDA_CHECK(e);
     return 0;
 }
 
@@ -274,6 +286,8 @@ __global__ void k_qk_norm_rope(A *q, int q_stride, A *k, int k_stride, const W *
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int64_t row = (int64_t)blockIdx.x * (blockDim.x >> 5) + warp;
     int nh = Hq + Hk;
+    pdl_wait();
+    pdl_trigger();
     if (row >= (int64_t)T * nh)
         return;
     int t = (int)(row / nh), h = (int)(row % nh);
@@ -334,10 +348,10 @@ int ek_qk_norm_rope(cudaStream_t s, A *q, int q_stride, A *k, int k_stride, cons
     int64_t rows = (int64_t)T * (Hq + Hk);
     int wpb = 8;
     int blocks = (int)((rows + wpb - 1) / wpb);
-    k_qk_norm_rope<A, W, KV><<<blocks, wpb * 32, wpb * hd * sizeof(float), s>>>(
-        q, q_stride, k, k_stride, qn, kn, pos, inv_freq, T, Hq, Hk, hd, eps, sec1, sec2, kpool,
-        vpool, v, v_stride, slots);
-    CUDA_LAUNCH_CHECK();
+    CUDA_CHECK(ek_launch(k_qk_norm_rope<A, W, KV>, dim3(blocks), dim3(wpb * 32),
+                         wpb * hd * sizeof(float), s, q, q_stride, k, k_stride, qn, kn, pos,
+                         inv_freq, T, Hq, Hk, hd, eps, sec1, sec2, kpool, vpool, v, v_stride,
+                         slots));
     return 0;
 }
 

@@ -117,6 +117,7 @@ struct eng_cuda_model {
     meta_off mo;
     std::vector<graph_ent> graphs;
     bool fuse;                /* fused decode kernels (default on; OM_CUDA_NOFUSE=1 turns off) */
+    bool pdl;                 /* programmatic dependent launch in decode (OM_CUDA_NOPDL=1: off) */
     int cap_layer;            /* capture_hidden */
     float *cap_host;
     eng_cuda_model_info_t info;
@@ -507,7 +508,8 @@ static int s_model_init(eng_cuda_model *m, const char *dir, char *err, size_t er
     RCHECK(s_alloc(m, (void **)&m->xl, (size_t)S * c.D * 2, "scratch: logits rows", err, errlen));
     RCHECK(s_alloc(m, (void **)&m->logits, (size_t)S * c.V * 4, "scratch: logits", err, errlen));
     RCHECK(s_alloc(m, (void **)&m->ids_dev, (size_t)S * 4, "scratch: ids", err, errlen));
-    size_t pb = (size_t)(S < T ? S : T) * c.Hq * m->max_splits * (c.hd + 2) * 4;
+    /* splits per step are capped by T (see forward): T·splits <= max(256, 2·T_max) */
+    size_t pb = (size_t)(2 * T > 256 ? 2 * T : 256) * c.Hq * (c.hd + 2) * 4;
     RCHECK(s_alloc(m, (void **)&m->partial, pb, "scratch: attention partials", err, errlen));
     void *msb;
     RCHECK(s_alloc(m, &msb, ek_moe_scratch_bytes(T, c.D, c.I, c.E, c.K), "scratch: MoE", err,
@@ -563,6 +565,7 @@ static int s_model_init(eng_cuda_model *m, const char *dir, char *err, size_t er
     in.kv_bytes = (uint64_t)(nb + 1) * per_block;
     m->cap_layer = -2;
     m->fuse = !getenv("OM_CUDA_NOFUSE");
+    m->pdl = !getenv("OM_CUDA_NOPDL");
     return 0;
 }
 
@@ -632,6 +635,10 @@ static int s_run(eng_cuda_model *m, const step &st, char *err, size_t errlen) {
        top-k), residual ping-pong between h and h2; otherwise separate norm kernels in place. */
     const bool fused = m->fuse && T <= 8 && ek_gemv_norm_supported(T, c.D);
     bf16 *cur = m->h, *oth = m->h2;
+    struct pdl_guard {
+        explicit pdl_guard(bool on) { ek_pdl = on; }
+        ~pdl_guard() { ek_pdl = false; }
+    } pg(fused && m->pdl);
     RCHECK(ek_embed<bf16>(s, cur, md + mo.tokens, m->embed, T, c.D, c.V));
     for (int l = 0; l < c.L; l++) {
         const layer_w &w = m->lw[l];
@@ -826,10 +833,10 @@ extern "C" int eng_cuda_model_forward(eng_cuda_model_t *m, const eng_batch_t *b,
     st.R = Rp;
     st.n_tiles = use_flash ? n_tiles : 0;
     if (bucket > 0)
-        st.splits = Tp <= 4 ? 32 : (Tp <= 16 ? 8 : (Tp <= 64 ? 2 : 1));
+        st.splits = Tp <= 4 ? 32 : (Tp <= 16 ? 8 : (Tp <= 64 ? 4 : 2));
     else {
-        int want = (max_len + 255) / 256;
-        int cap = T <= 4 ? 32 : (T <= 16 ? 8 : (T <= 64 ? 2 : 1));
+        int want = (max_len + 63) / 64;
+        int cap = T <= 4 ? 32 : (T <= 16 ? 8 : (T <= 64 ? 4 : 2));
         st.splits = want < 1 ? 1 : (want > cap ? cap : want);
         if (st.splits > m->max_splits)
             st.splits = m->max_splits;

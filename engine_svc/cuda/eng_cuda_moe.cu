@@ -130,9 +130,13 @@ __global__ void __launch_bounds__(256)
                    bf16 *h_out, const bf16 *nw, float eps, bf16 *xn_out) {
     extern __shared__ __align__(16) unsigned char smem_r[];
     bf16 *xs = (bf16 *)smem_r;
-    ek_norm_prologue<NT>(xs, h_in, delta, h_out, nw, eps, xn_out, D, blockIdx.x == 0);
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int e = blockIdx.x * 8 + warp;
+    if (e < E)
+        l2_prefetch_warp(router + (int64_t)e * D, (size_t)D * 2, lane);
+    pdl_wait();
+    pdl_trigger();
+    ek_norm_prologue<NT>(xs, h_in, delta, h_out, nw, eps, xn_out, D, blockIdx.x == 0);
     if (e < E) {
         const bf16 *wr = router + (int64_t)e * D;
         float acc[NT];
@@ -187,6 +191,8 @@ __global__ void __launch_bounds__(256)
     int i = blockIdx.x * 8 + (threadIdx.x >> 5);
     int lane = threadIdx.x & 31;
     int a = blockIdx.y; /* t*K + k */
+    pdl_wait();
+    pdl_trigger();
     if (i >= I)
         return;
     int t = a / K, e = ids[a];
@@ -229,6 +235,11 @@ __global__ void __launch_bounds__(256)
     int d = blockIdx.x * 8 + (threadIdx.x >> 5);
     int lane = threadIdx.x & 31;
     int t = blockIdx.y;
+    if (d < D)
+        for (int k = 0; k < K; k++)
+            l2_prefetch_warp(down + ((int64_t)ids[t * K + k] * D + d) * I, (size_t)I * 2, lane);
+    pdl_wait();
+    pdl_trigger();
     if (d >= D)
         return;
     float acc = 0.0f;
@@ -297,34 +308,32 @@ __global__ void k_moe_count(int32_t *counts, const int32_t *ids, int TK) {
 
 __global__ void k_moe_scan(const int32_t *counts, int32_t *offsets, int32_t *cursor,
                            int32_t *tiles, int32_t *n_tiles, int E) {
-    __shared__ int sc[512], so[513];
+    __shared__ int sc[512], so[513], st[513];
     for (int e = threadIdx.x; e < E; e += blockDim.x)
         sc[e] = counts[e];
     __syncthreads();
     if (threadIdx.x == 0) {
-        int off = 0;
+        int off = 0, nt = 0;
         for (int e = 0; e < E; e++) {
             so[e] = off;
+            st[e] = nt;
             off += sc[e];
+            nt += (sc[e] + 63) / 64;
         }
         so[E] = off;
+        st[E] = nt;
+        *n_tiles = nt;
     }
     __syncthreads();
     for (int e = threadIdx.x; e <= E; e += blockDim.x) {
         offsets[e] = so[e];
-        if (e < E)
+        if (e < E) {
             cursor[e] = so[e];
-    }
-    /* tiles: expert e owns tiles [so[e]/64 + e ... ) — computed per expert in parallel */
-    if (threadIdx.x == 0) {
-        int nt = 0;
-        for (int e = 0; e < E; e++)
-            for (int m0 = 0; m0 < sc[e]; m0 += 64) {
-                tiles[2 * nt] = e;
-                tiles[2 * nt + 1] = m0;
-                nt++;
+            for (int i = 0, m0 = 0; m0 < sc[e]; m0 += 64, i++) {
+                tiles[2 * (st[e] + i)] = e;
+                tiles[2 * (st[e] + i) + 1] = m0;
             }
-        *n_tiles = nt;
+        }
     }
 }
 
@@ -556,16 +565,18 @@ int ek_moe_experts(const ek_ctx *c, A *out, const A *x, const bf16 *gate, const 
         bool vec_i = I % 8 == 0;
         dim3 g1((I + 7) / 8, TK);
         if (vec_d)
-            k_moe_gu<A, true><<<g1, 256, 0, s>>>(h, x, gate, up, m->ids, K, I, D);
+            CUDA_CHECK(ek_launch(k_moe_gu<A, true>, g1, dim3(256), 0, s, h, x, gate, up, m->ids, K,
+                                 I, D));
         else
-            k_moe_gu<A, false><<<g1, 256, 0, s>>>(h, x, gate, up, m->ids, K, I, D);
-        CUDA_LAUNCH_CHECK();
+            CUDA_CHECK(ek_launch(k_moe_gu<A, false>, g1, dim3(256), 0, s, h, x, gate, up, m->ids,
+                                 K, I, D));
         dim3 g2((D + 7) / 8, T);
         if (vec_i)
-            k_moe_down<A, true><<<g2, 256, 0, s>>>(out, h, down, m->ids, m->wts, K, D, I);
+            CUDA_CHECK(ek_launch(k_moe_down<A, true>, g2, dim3(256), 0, s, out, h, down, m->ids,
+                                 m->wts, K, D, I));
         else
-            k_moe_down<A, false><<<g2, 256, 0, s>>>(out, h, down, m->ids, m->wts, K, D, I);
-        CUDA_LAUNCH_CHECK();
+            CUDA_CHECK(ek_launch(k_moe_down<A, false>, g2, dim3(256), 0, s, out, h, down, m->ids,
+                                 m->wts, K, D, I));
         return 0;
     }
     int max_tiles = s_max_tiles(TK, E);
@@ -608,16 +619,17 @@ int ek_router_fused(cudaStream_t s, const ek_moe_scratch *m, int *counter, const
     if (sm < (size_t)8 * E * 4)
         sm = (size_t)8 * E * 4;
     int blocks = (E + 7) / 8;
+    cudaError_t e = cudaSuccess;
 #define RF_CASE(NT_)                                                                               \
     case NT_:                                                                                      \
-        k_router_fused<NT_><<<blocks, 256, sm, s>>>(m->ids, m->wts, m->logits, counter, router, E, \
-                                                    D, K, norm, h_in, delta, h_out, nw, eps,       \
-                                                    xn_out);                                       \
+        e = ek_launch(k_router_fused<NT_>, dim3(blocks), dim3(256), sm, s, m->ids, m->wts,         \
+                      m->logits, counter, router, E, D, K, norm, h_in, delta, h_out, nw, eps,      \
+                      xn_out);                                                                     \
         break;
     switch (T) {
         RF_CASE(1) RF_CASE(2) RF_CASE(3) RF_CASE(4) RF_CASE(5) RF_CASE(6) RF_CASE(7) RF_CASE(8)
     }
 #undef RF_CASE
-    CUDA_LAUNCH_CHECK();
+    CUDA_CHECK(e);
     return 0;
 }

@@ -125,6 +125,7 @@ def conversations(multimodal):
     C.append([u("unicode: café naïve 日本語 中文 한국어 العربية עברית 😀👍🏽 e\u0301 \u200b zero-width \u2028 sep")])
     C.append([u("quotes ' \" and backslashes \\ \\\\ \\n literal")])
     C.append([u("tags <|im_start|> and <|im_end|> inside text")])
+    C.append([u("nul \u0000 byte and \u0085 next-line"), a("ok \u0000")])
     C.append([u("Q"), s("late system"), u("Q2")])
     C.append([s("s1"), s("s2"), u("Q")])
     C.append([u("Weather in Paris?"), a("", tool_calls=[tc("get_weather", {"city": "Paris"})]), tool('{"temp": 21}')])
@@ -201,7 +202,7 @@ H = [
     "{{ n }}|{{ t }}|{{ none }}|{{ false }}|{{ True }}|{{ [1, 'a', none, true, 1.0] }}|{{ {'a': 1, 'b': [1, 2]} }}|{{ ('x',) }}|{{ (1, 2) }}|{{ () }}",
     "{{ \"it's\" }}|{{ ['it\\'s', 'say \"hi\"', 'both \\' \"', 'back\\\\slash', 'nl\\n', 'tab\\t', 'ctl\\x01', 'uni é 日本 😀', 'zw\\u200b'] }}",
     "{{ mixed }}|{{ d }}|{{ msgs[0] }}|{{ q }}|{{ [q] }}",
-    "{{ undefined_var }}|{{ d.missing }}|{{ msgs[10] }}|{{ 'x' if false }}|[{{ e }}]",
+    "{{ undefined_var }}|{{ d.missing }}|{{ msgs[10] }}|{{ 'x' if false }}|[{{ e }}]|{{ [undefined_var, 1] }}|{{ {'k': d.missing} }}",
     # strings and slicing
     "{{ xs[1:] }}|{{ xs[::-1] }}|{{ xs[-2:] }}|{{ xs[:-1] }}|{{ xs[::2] }}|{{ xs[1:4:2] }}|{{ xs[10:] }}|{{ xs[-100:2] }}|{{ xs[3:1:-1] }}",
     "{{ s[::-1] }}|{{ s[1:3] }}|{{ s[0] }}|{{ s[-1] }}|{{ uni[1] }}|{{ uni[::-1] }}|{{ uni|length }}|{{ s|length }}|{{ uni[-2:] }}",
@@ -253,6 +254,7 @@ H = [
     "{% raw %}{{ not rendered }} {% if %}{% endraw %}|  {%- raw -%}  x  {%- endraw -%}  |\n{# multi\nline\ncomment #}\nafter",
     "{%- for m in msgs -%}\n  {{- m.role -}}\n  {%- if not loop.last %}, {% endif -%}\n{%- endfor %}\n\n  trailing  \n",
     "  {% if true %}a{% endif %}  \n  {% if false %}b{% else %}c{% endif %}\r\nwin\r\nlines\r\n{{ 'x' }}\n",
+    "trailing comment opener {#",
     "{% generation %}gen {{ s }}{% endgeneration %}|{% filter upper %}filtered {{ s }}{% endfilter %}|{{ bos_token }}{{ eos_token }}{{ pad_token }}",
     "{{ 'abc' }}{{ \"d\\\"e\" }}{{ 'f' 'g' }}{{ '\\u00e9\\x41\\101\\q' }}{{ 1_000 }}{{ 1.5e3 }}{{ 0.5 }}",
     "{{ msgs[0]['role'] }}{{ msgs[0].role }}{{ nested.a.b.c }}{{ nested['a']['b'] }}{{ msgs.0.content }}{{ d['c'][1]['z'] }}",
@@ -266,8 +268,9 @@ H = [
     # Python numerics and Unicode case mapping
     "{{ 0.1|round(1) }}|{{ 2.675|round(2) }}|{{ -0.5|round }}|{{ 1.5|round }}|{{ 3.14159|round(2, 'floor') }}|{{ 2 ** 0.5 }}|{{ 1e300 * 1e10 }}|{{ [1, 2]|sum(start=10) }}",
     "{{ 'ß'.upper() }}|{{ 'ǅ'.lower() }}|{{ 'İ'.lower()|length }}|{{ 'ﬁ'.upper() }}|{{ 'Straße'|upper }}|{{ 'ÀÉÎ'|lower }}",
+    "{{ \"they're bill's-friends (x) [y] <z>\"|title }}|{{ \"they're\".title() }}|{{ 'ǆemal'|capitalize }}|{{ 'hELLO wORLD'.capitalize() }}|{{ '<a href=\"x\">&\\'</a>'|e }}|{{ 'AbC'.swapcase() }}",
     "[{{ 'x'.center(5) }}]|[{{ 'abc'|center(8) }}]|[{{ 'ab'.ljust(4, '*') }}]|[{{ 'ab'.rjust(4) }}]|[{{ '-7'.zfill(4) }}]",
-    "{{ '%s-%d' % ('a', 3) }}|{{ 'x' ~ '%s' % 1 }}|{{ '%r' % 'q' }}",
+    "{{ '%s-%d' % ('a', 3) }}|{{ 'x' ~ '%s' % 1 }}|{{ '%r' % 'q' }}|{{ '%s and %s'|format('a', 1.0) }}|{{ '100%%'|format }}",
     # errors (both sides must fail)
     "{{ raise_exception('custom failure: ' ~ s) }}",
     "{% if xs|length > 2 %}{{ raise_exception('too many') }}{% endif %}",
@@ -429,6 +432,40 @@ def whitespace_fuzz(n, seed=1234):
     return [block(0) + rng.choice(["", "\n", "\n\n", " \n"]) for _ in range(n)]
 
 
+EXPR_VARS = {"i0": 0, "i1": 1, "im": -3, "fl": 2.5, "ft": 0.1, "fb": 1e15, "fn": -0.5, "sa": "ab", "sq": "q'",
+             "su": "é😀", "se": "", "sp": " pad ", "sh": "Hello World", "la": [1, "a"], "le": [], "lx": [3, 1, 2],
+             "tu": [1, 2], "da": {"k": 1}, "dd": {"b": 2, "a": 1.5}, "nn": None, "bt": True, "bf": False}
+
+
+def expr_fuzz(n, seed=99):
+    """Random expressions over variables (never all-literal, so jinja2's constant folding stays out of
+    the way): operators, filters, tests, methods, slices and inline ifs on every value type."""
+    import random
+    rng = random.Random(seed)
+    atoms = list(EXPR_VARS)
+    bins = ["+", "-", "*", "/", "//", "%", "~", "==", "!=", "<", ">", "<=", ">=", "in", "not in", "and", "or"]
+    posts = ["[0]", "[1:]", "[::-1]", "[-1]", ".upper()", ".strip()", ".split()", "|length", "|string", "|tojson",
+             "|list", "|first", "|last", "|join(',')", "|sort", "|reverse|list", "|unique|list", "|default('D')",
+             "|trim", "|int", "|float", "|abs", "|round", "|lower", "|items|list", "|sum", "|min", "|max",
+             "|dictsort", " is string", " is none", " is number", " is mapping", " is defined", " is iterable",
+             " is sequence", " is odd", ".keys()|list", ".get('k')", "|map('string')|list", "|select|list", "|count",
+             "|capitalize", "|title", ".startswith('a')", "|wordcount", "|center(6)", "|tojson(indent=1)"]
+
+    def expr(d):
+        r = rng.random()
+        if d <= 0 or r < 0.3:
+            return rng.choice(atoms)
+        if r < 0.6:
+            return "(" + expr(d - 1) + " " + rng.choice(bins) + " " + expr(d - 1) + ")"
+        if r < 0.7:
+            return "(not " + expr(d - 1) + ")"
+        if r < 0.75:
+            return "(" + expr(d - 1) + " if " + expr(d - 1) + " else " + expr(d - 1) + ")"
+        return "(" + expr(d - 1) + rng.choice(posts) + ")"
+
+    return ["{{ " + expr(3) + " }}" for _ in range(n)]
+
+
 def load_templates(shared):
     omni = open(os.path.join(shared, "fixtures/tiny-omni/chat_template.jinja"), encoding="utf-8").read()
     cfg = json.load(open(os.path.join(shared, "fixtures/qwen3-tokenizer/tokenizer_config.json"), encoding="utf-8"))
@@ -455,6 +492,8 @@ def build_cases(shared):
         cases.append((f"hand{i}", tpl, v))
     for i, tpl in enumerate(whitespace_fuzz(400)):
         cases.append((f"wsfuzz{i}", tpl, {}))
+    for i, tpl in enumerate(expr_fuzz(1500)):
+        cases.append((f"exprfuzz{i}", tpl, EXPR_VARS))
     return cases
 
 

@@ -227,6 +227,10 @@ static void test_filters(void **state)
           "[1, 2]432.532.01x");
     check("{{ m|sort(attribute='r')|map(attribute='n')|list }}{{ d|dictsort }}", v, "[2, 1, 3][('a', 2), ('b', 1)]");
     check("{{ 'a\nb'|indent(2) }}|{{ 'a\nb'|indent(2, true) }}", v, "a\n  b|  a\n  b");
+    /* Python/jinja2 details: round keeps ints, case-insensitive unique/min/max, \w+ word counts */
+    check("{{ 7|round }} {{ 2.5|round }} {{ 2.675|round(2) }} {{ ['A', 'a', 'b']|unique|list }} {{ 'Hello World'|max }}"
+          " {{ ['b', 'A']|min }} {{ \"[('k', 1)]\"|wordcount }} {{ -1.0 is odd }} {{ ' 42 '|int }}",
+          v, "7 2.0 2.67 ['A', 'b'] W A 2 True 42");
     check_error("{{ x|nosuchfilter }}", "{\"x\": 1}", "No filter named 'nosuchfilter'");
 }
 

@@ -3,6 +3,7 @@
  * form and the protobuf Conversation), media parts returned in order, the template loading order,
  * special tokens, and the validation errors naming the message index and field. */
 #include <errno.h>
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -17,6 +18,7 @@
 
 #include "omnipipe.pb-c.h"
 #include "tok_chat.h"
+#include "tok_codec.h"
 
 static const char *shared_dir(void)
 {
@@ -56,12 +58,19 @@ static tok_chat_t *chat_for(const char *tpl, tok_chat_t *omni, tok_chat_t *qwen3
     return NULL;
 }
 
-/* JSON form: {"messages", "tools"?, kwargs...} */
+/* JSON form: {"messages", "tools"?, kwargs...}; the rendering, encoded by tiny-omni's tokenizer (as
+ * the fixture's ids were), also gives the fixture's ids: what tokenizer_svc sends on. */
 static void test_fixture_json_form(void **state)
 {
     (void)state;
     json_t *g = load_golden();
     tok_chat_t *omni = load_chat("tiny-omni"), *qwen3 = load_chat("qwen3-tokenizer");
+    char path[1024], cerr[512] = "";
+    snprintf(path, sizeof(path), "%s/fixtures/tiny-omni", shared_dir());
+    tok_codec_t *codec = NULL;
+    int lr = tok_codec_load(path, &codec, cerr, sizeof(cerr));
+    if (lr)
+        fail_msg("tok_codec_load(%s): %d %s", path, lr, cerr);
     json_t *cases = json_object_get(g, "chat_template");
     assert_true(json_array_size(cases) > 0);
     size_t i;
@@ -80,10 +89,21 @@ static void test_fixture_json_form(void **state)
         const char *want = json_string_value(json_object_get(cs, "rendered"));
         if (len != strlen(want) || memcmp(text, want, len))
             fail_msg("case %zu differs:\n  want [%s]\n  got  [%s]", i, want, text);
+        int32_t *ids = NULL;
+        size_t n_ids = 0;
+        assert_int_equal(tok_codec_encode(codec, text, len, &ids, &n_ids), 0);
+        json_t *want_ids = json_object_get(cs, "ids");
+        assert_int_equal(n_ids, json_array_size(want_ids));
+        for (size_t k = 0; k < n_ids; k++)
+            if (ids[k] != json_integer_value(json_array_get(want_ids, k)))
+                fail_msg("case %zu: id %zu is %d, want %lld", i, k, ids[k],
+                         (long long)json_integer_value(json_array_get(want_ids, k)));
+        free(ids);
         free(text);
         free(s);
         json_decref(req);
     }
+    tok_codec_free(codec);
     tok_chat_free(omni);
     tok_chat_free(qwen3);
     json_decref(g);
@@ -491,12 +511,59 @@ static void test_validation_proto(void **state)
     tok_chat_free(c);
 }
 
+/* ---- concurrency: one tok_chat_t, renders from several threads at once ---- */
+
+typedef struct race_arg {
+    const tok_chat_t *c; /* shared */
+    const char *req;     /* request JSON */
+    const char *want;    /* the single-threaded rendering */
+    int mismatches;      /* out */
+} race_arg;
+
+static void *race_thread(void *p)
+{
+    race_arg *ra = p;
+    for (int i = 0; i < 200; i++) {
+        char *text = NULL;
+        tok_chat_error_t err = {{0}};
+        if (tok_chat_render_json(ra->c, ra->req, strlen(ra->req), &text, NULL, &err) != 0 || strcmp(text, ra->want))
+            ra->mismatches++;
+        free(text);
+    }
+    return NULL;
+}
+
+static void test_concurrent_renders(void **state)
+{
+    (void)state;
+    tok_chat_t *c = load_chat("tiny-omni");
+    const char *req = "{\"messages\": [{\"role\": \"system\", \"content\": \"s\"}, {\"role\": \"user\", \"content\": \"q1\"},"
+                      " {\"role\": \"assistant\", \"content\": \"<think>\\nr\\n</think>\\n\\na1\"}, {\"role\": \"user\", \"content\":"
+                      " [{\"type\": \"image\", \"image\": \"x.png\"}, {\"type\": \"text\", \"text\": \"q2\"}]}],"
+                      " \"tools\": [{\"type\": \"function\", \"function\": {\"name\": \"f\", \"parameters\": {}}}]}";
+    char *want = NULL;
+    tok_chat_error_t err = {{0}};
+    assert_int_equal(tok_chat_render_json(c, req, strlen(req), &want, NULL, &err), 0);
+    pthread_t th[4];
+    race_arg ra[4];
+    for (int i = 0; i < 4; i++) {
+        ra[i] = (race_arg){.c = c, .req = req, .want = want, .mismatches = 0};
+        assert_int_equal(pthread_create(&th[i], NULL, race_thread, &ra[i]), 0);
+    }
+    for (int i = 0; i < 4; i++) {
+        pthread_join(th[i], NULL);
+        assert_int_equal(ra[i].mismatches, 0);
+    }
+    free(want);
+    tok_chat_free(c);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_fixture_json_form), cmocka_unit_test(test_fixture_proto_form),
         cmocka_unit_test(test_loading_order),     cmocka_unit_test(test_validation_json),
-        cmocka_unit_test(test_validation_proto),
+        cmocka_unit_test(test_validation_proto),  cmocka_unit_test(test_concurrent_renders),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
