@@ -41,7 +41,10 @@ struct om_client {
     uint64_t tok_heard;       /* monotonic ms of the last frame from the tokenizer; 0 = never */
     uint64_t dec_heard;       /* same for the decoder */
     uint64_t started;         /* monotonic ms */
-    uint8_t *synth_frame;     /* scratch for synthesized events */
+    char tok_ep[4096];        /* endpoints, for reconnects */
+    char dec_ep[4096];
+    uint64_t tok_reset;       /* monotonic ms of the last (re)connect of "submit" */
+    uint64_t dec_reset;       /* same for "results" */
 };
 
 static int s_send_env(om_sock_t *s, om_arena_t *a, const Omnipipe__Envelope *env) {
@@ -109,6 +112,9 @@ int om_client_new(const om_client_opts_t *opts, om_client_t **ret, char *err, si
         om_client_free(c);
         return r;
     }
+    snprintf(c->tok_ep, sizeof c->tok_ep, "%s", tok_ep);
+    snprintf(c->dec_ep, sizeof c->dec_ep, "%s", dec_ep);
+    c->tok_reset = c->dec_reset = c->started;
     if ((r = om_sock_connect(c->submit, tok_ep)) < 0 || (r = om_sock_connect(c->results, dec_ep)) < 0) {
         snprintf(err, errlen, "cannot connect to '%s' / '%s': %s", tok_ep, dec_ep, zmq_strerror(-r));
         om_client_free(c);
@@ -269,10 +275,36 @@ static int s_synth(om_client_t *c, uint64_t id, int neg_errno, const char *stage
     return 1;
 }
 
+/* Paranoid Pirate: a stage silent for a whole window gets a fresh socket (close, reopen, connect),
+ * so a half-dead connection cannot keep the client deaf after the stage comes back. */
+static void s_reset(om_client_t *c, bool decoder, uint64_t mono) {
+    om_sock_t **sp = decoder ? &c->results : &c->submit;
+    om_sock_opts_t so = {.routing_id = c->id, .routing_id_len = c->id_len};
+    om_sock_t *fresh;
+    if (om_sock_new(c->t, ZMQ_DEALER, decoder ? "results" : "submit", &so, &fresh) < 0)
+        return;
+    if (om_sock_connect(fresh, decoder ? c->dec_ep : c->tok_ep) < 0) {
+        om_sock_free(fresh);
+        return;
+    }
+    om_sock_free(*sp);
+    *sp = fresh;
+    if (decoder)
+        c->dec_reset = mono;
+    else
+        c->tok_reset = mono;
+}
+
 /* Timers: pending sends, deadlines, dead stages. Returns 1 with one event or 0. */
 static int s_timers(om_client_t *c, om_client_event_t *ret) {
     uint64_t mono = om_time_mono_ms(), wall = om_time_wall_ms();
     uint64_t window = c->hb_ms * c->liveness;
+    uint64_t tok_seen = c->tok_heard > c->tok_reset ? c->tok_heard : c->tok_reset;
+    uint64_t dec_seen = c->dec_heard > c->dec_reset ? c->dec_heard : c->dec_reset;
+    if (mono - tok_seen > window)
+        s_reset(c, false, mono);
+    if (mono - dec_seen > window)
+        s_reset(c, true, mono);
     uint64_t hb = c->dec_heard && c->tok_heard ? c->hb_ms : 50; /* fast until both answered */
     if (mono - c->last_hb_sent >= hb) {
         s_heartbeat(c);

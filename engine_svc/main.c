@@ -42,6 +42,7 @@ typedef struct eng_main {
 static void s_progress(void *ud, uint64_t bytes_done, uint64_t bytes_total, uint32_t tensors_done,
                        uint32_t tensors_total) {
     eng_main_t *m = ud;
+    om_daemon_tick(m->d, om_time_mono_ms()); /* a long load is progress, not a hang */
     uint64_t pct = bytes_total ? bytes_done * 100 / bytes_total : 0;
     if (pct / 5 == m->last_pct / 5 && bytes_done != bytes_total)
         return;

@@ -11,7 +11,8 @@
  *               deadline; after a restart new requests succeed
  *   stuck_engine / stuck_decoder / stuck_mm_prep / stuck_tokenizer
  *               the same with the stage stopped (SIGSTOP: alive, silent), then resumed (SIGCONT)
- *   replay      record a run, then `omnipipe replay` every stage with zero differences */
+ *   replay      record a run, then `omnipipe replay` every stage with zero differences
+ *   notify      sd_notify READY / WATCHDOG (at half of WATCHDOG_USEC) / STOPPING from every daemon */
 #include <errno.h>
 #include <inttypes.h>
 #include <signal.h>
@@ -383,6 +384,29 @@ out:
     return s_fail;
 }
 
+/* sd_notify: READY=1 at start (testd waits for it), WATCHDOG=1 at half of WATCHDOG_USEC from every
+ * daemon's main loop, STOPPING=1 on SIGTERM */
+static int t_notify(testd_t *d) {
+    d->watchdog_usec = 200000; /* 200 ms: a ping about every 100 ms */
+    CHECK(testd_start_all(d, 1) == 0, "pipeline did not start");
+    static const char *names[] = {"decoder", "mm_prep", "engine-0", "tokenizer"};
+    static const char *want[] = {"WATCHDOG=1", "STOPPING=1"};
+    for (size_t i = 0; i < 4; i++) {
+        pid_t pid = d->pid[i];
+        CHECK(strcmp(d->name[i], names[i]) == 0 && pid > 0, "daemon %zu", i);
+        int counts[2];
+        testd_notify_count(d, pid, 700, want, 2, counts);
+        CHECK(counts[0] >= 3, "%s sent %d WATCHDOG=1 in 700 ms with WATCHDOG_USEC=200000", names[i], counts[0]);
+        CHECK(counts[1] == 0, "%s sent STOPPING=1 while running", names[i]);
+        kill(pid, SIGTERM);
+        testd_notify_count(d, pid, 300, want, 2, counts);
+        CHECK(counts[1] >= 1, "%s sent no STOPPING=1 on SIGTERM", names[i]);
+        fprintf(stderr, "%s: READY, WATCHDOG, STOPPING seen\n", names[i]);
+    }
+out:
+    return s_fail;
+}
+
 static int s_run(const char *const *argv, const char *expect_out) {
     char out[512];
     snprintf(out, sizeof out, "/tmp/omt-run-%d.txt", (int)getpid());
@@ -479,7 +503,7 @@ out:
 int main(int argc, char **argv) {
     if (argc < 2) {
         fprintf(stderr, "usage: test_pipeline routing|abort|malformed|fault_engine|fault_decoder|fault_mm_prep|"
-                        "fault_tokenizer|stuck_engine|stuck_decoder|stuck_mm_prep|stuck_tokenizer|replay\n");
+                        "fault_tokenizer|stuck_engine|stuck_decoder|stuck_mm_prep|stuck_tokenizer|replay|notify\n");
         return 2;
     }
     signal(SIGPIPE, SIG_IGN);
@@ -514,6 +538,8 @@ int main(int argc, char **argv) {
         r = t_fault(&d, "tokenizer", "tokenizer", false);
     else if (strcmp(t, "replay") == 0)
         r = t_replay(&d);
+    else if (strcmp(t, "notify") == 0)
+        r = t_notify(&d);
     else {
         fprintf(stderr, "unknown scenario '%s'\n", t);
         r = 2;

@@ -101,6 +101,11 @@ pid_t testd_start(testd_t *d, const char *name) {
         return -1;
     if (pid == 0) {
         setenv("NOTIFY_SOCKET", d->notify, 1);
+        if (d->watchdog_usec) {
+            char wd[32];
+            snprintf(wd, sizeof wd, "%u", d->watchdog_usec);
+            setenv("WATCHDOG_USEC", wd, 1);
+        }
         execv(bin, args);
         fprintf(stderr, "testd: cannot run %s: %s\n", bin, strerror(errno));
         _exit(127);
@@ -209,4 +214,35 @@ void testd_cleanup(testd_t *d) {
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", d->rt);
     if (system(cmd) != 0)
         fprintf(stderr, "testd: cannot remove %s\n", d->rt);
+}
+
+void testd_notify_count(testd_t *d, pid_t pid, unsigned ms, const char *const *want, size_t n, int *ret_counts) {
+    for (size_t k = 0; k < n; k++)
+        ret_counts[k] = 0;
+    unsigned long long end = s_now_ms() + ms;
+    while (s_now_ms() < end) {
+        struct pollfd p = {d->nfd, POLLIN, 0};
+        poll(&p, 1, 20);
+        char buf[2048];
+        char cbuf[CMSG_SPACE(sizeof(struct ucred))];
+        struct iovec iov = {buf, sizeof buf - 1};
+        struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf, .msg_controllen = sizeof cbuf};
+        ssize_t r;
+        while ((r = recvmsg(d->nfd, &mh, MSG_DONTWAIT)) >= 0) {
+            buf[r] = '\0';
+            pid_t from = 0;
+            for (struct cmsghdr *cm = CMSG_FIRSTHDR(&mh); cm; cm = CMSG_NXTHDR(&mh, cm))
+                if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_CREDENTIALS) {
+                    struct ucred uc;
+                    memcpy(&uc, CMSG_DATA(cm), sizeof uc);
+                    from = uc.pid;
+                }
+            mh.msg_controllen = sizeof cbuf;
+            if (from != pid)
+                continue;
+            for (char *line = strtok(buf, "\n"); line; line = strtok(NULL, "\n"))
+                for (size_t k = 0; k < n; k++)
+                    ret_counts[k] += strcmp(line, want[k]) == 0;
+        }
+    }
 }

@@ -21,6 +21,7 @@ typedef struct testd {
     char name[TESTD_MAX][32];
     size_t n;
     unsigned heartbeat_ms;   /* passed to every daemon */
+    unsigned watchdog_usec;  /* WATCHDOG_USEC for started daemons, 0 = none */
 } testd_t;
 
 /* tag names the temp dir; model NULL = $OM_SHARED_DIR/fixtures/tiny-omni. */
@@ -35,5 +36,7 @@ bool testd_alive(testd_t *d, const char *name);
 void testd_signal(testd_t *d, const char *name, int sig);   /* e.g. SIGSTOP/SIGCONT; no reaping */
 void testd_stop_all(testd_t *d);                        /* SIGTERM, wait, SIGKILL */
 void testd_cleanup(testd_t *d);                         /* stop all, remove the temp dir */
+/* Collects notify messages from pid for ms milliseconds; counts lines equal to each of want[n]. */
+void testd_notify_count(testd_t *d, pid_t pid, unsigned ms, const char *const *want, size_t n, int *ret_counts);
 
 #endif

@@ -280,12 +280,42 @@ static bool tok_codec_is_ws(uint32_t cp)
            cp == 0x3000;
 }
 
-/* Rust char::is_alphanumeric (Alphabetic || Numeric), approximated with the general category. */
-static bool tok_codec_is_alnum(uint32_t cp)
+/* The Rust regex crate's \\w, which tokenizers' single_word check uses (^\\w / \\w$): Alphabetic, marks,
+ * decimal digits, connector punctuation and the join controls U+200C / U+200D. Letters come from
+ * tokenizers' own table (tok_unicode.h, newer than utf8proc); for code points utf8proc does not know,
+ * tokenizers' numbers count as digits and new marks are missed. */
+static bool tok_codec_is_word(uint32_t cp)
 {
-    utf8proc_category_t k = utf8proc_category((utf8proc_int32_t)cp);
-    return (k >= UTF8PROC_CATEGORY_LU && k <= UTF8PROC_CATEGORY_LO) ||
-           (k >= UTF8PROC_CATEGORY_ND && k <= UTF8PROC_CATEGORY_NO);
+    if (cp < 0x80)
+        return (cp >= '0' && cp <= '9') || (cp >= 'a' && cp <= 'z') || (cp >= 'A' && cp <= 'Z') || cp == '_';
+    if (cp == 0x200C || cp == 0x200D)
+        return true;
+    /* Other_Alphabetic symbols: circled, parenthesized and squared Latin letters */
+    if ((cp >= 0x24B6 && cp <= 0x24E9) || (cp >= 0x1F130 && cp <= 0x1F149) || (cp >= 0x1F150 && cp <= 0x1F169) ||
+        (cp >= 0x1F170 && cp <= 0x1F189))
+        return true;
+    unsigned k = tok_pretok_classes(cp); /* tokenizers' own (newer) letters and numbers */
+    if (k & TOK_PRETOK_L)
+        return true;
+    utf8proc_category_t cat = utf8proc_category((utf8proc_int32_t)cp);
+    if (cat == UTF8PROC_CATEGORY_CN) /* newer than utf8proc: new numbers are mostly digits */
+        return (k & TOK_PRETOK_N) != 0;
+    switch (cat) {
+    case UTF8PROC_CATEGORY_LU:
+    case UTF8PROC_CATEGORY_LL:
+    case UTF8PROC_CATEGORY_LT:
+    case UTF8PROC_CATEGORY_LM:
+    case UTF8PROC_CATEGORY_LO:
+    case UTF8PROC_CATEGORY_MN:
+    case UTF8PROC_CATEGORY_MC:
+    case UTF8PROC_CATEGORY_ME:
+    case UTF8PROC_CATEGORY_ND:
+    case UTF8PROC_CATEGORY_NL:
+    case UTF8PROC_CATEGORY_PC:
+        return true;
+    default:
+        return false;
+    }
 }
 
 static size_t tok_codec_cp_before(const uint8_t *s, size_t i, uint32_t *cp)
@@ -328,12 +358,12 @@ static int tok_codec_split_added(tok_codec_ctx_t *x, const tok_codec_matcher_t *
             size_t start = i, stop = i + hit->len;
             if (hit->single_word) {
                 uint32_t cp;
-                bool start_space = start == 0 || (tok_codec_cp_before(u, start, &cp), !tok_codec_is_alnum(cp));
+                bool start_space = start == 0 || (tok_codec_cp_before(u, start, &cp), !tok_codec_is_word(cp));
                 bool stop_space = true;
                 if (stop < n) {
                     utf8proc_int32_t cq;
                     utf8proc_iterate(u + stop, (utf8proc_ssize_t)(n - stop), &cq);
-                    stop_space = !tok_codec_is_alnum((uint32_t)cq);
+                    stop_space = !tok_codec_is_word((uint32_t)cq);
                 }
                 if (!start_space || !stop_space) { /* the match is consumed all the same */
                     i = stop;

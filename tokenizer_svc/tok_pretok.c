@@ -189,6 +189,7 @@ static char *tok_pretok_translate(const char *pat)
 
 int tok_pretok_new(const char *pattern, tok_pretok_t **ret, char *err, size_t errlen)
 {
+    pthread_once(&tok_pretok_once, tok_pretok_build_classes);
     tok_pretok_t *p = calloc(1, sizeof(*p));
     if (!p)
         return -ENOMEM;
@@ -211,10 +212,7 @@ int tok_pretok_new(const char *pattern, tok_pretok_t **ret, char *err, size_t er
             return -EINVAL;
         }
         pcre2_jit_compile(p->re, PCRE2_JIT_COMPLETE); /* falls back to the interpreter on failure */
-        if (!strcmp(pattern, TOK_PRETOK_QWEN2)) {
-            pthread_once(&tok_pretok_once, tok_pretok_build_classes);
-            p->scanner = tok_pretok_class != NULL;
-        }
+        p->scanner = !strcmp(pattern, TOK_PRETOK_QWEN2) && tok_pretok_class != NULL;
     }
     *ret = p;
     return 0;
@@ -227,6 +225,11 @@ tok_pretok_t *tok_pretok_free(tok_pretok_t *p)
     pcre2_code_free(p->re);
     free(p);
     return NULL;
+}
+
+unsigned tok_pretok_classes(uint32_t cp)
+{
+    return tok_pretok_class && cp < TOK_PRETOK_MAXCP ? tok_pretok_class[cp] : 0;
 }
 
 bool tok_pretok_has_scanner(const tok_pretok_t *p)

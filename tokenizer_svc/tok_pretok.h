@@ -13,6 +13,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 typedef struct tok_pretok tok_pretok_t;
 
@@ -30,6 +31,13 @@ int tok_pretok_new(const char *pattern, tok_pretok_t **ret, char *err, size_t er
 tok_pretok_t *tok_pretok_free(tok_pretok_t *p);
 
 bool tok_pretok_has_scanner(const tok_pretok_t *p);
+
+/* tokenizers' regex classes of a code point (tok_unicode.h): TOK_PRETOK_L (\p{L}), TOK_PRETOK_N
+ * (\p{N}), TOK_PRETOK_WS (\s). Valid once any tok_pretok_new() has returned. */
+#define TOK_PRETOK_L 1u
+#define TOK_PRETOK_N 2u
+#define TOK_PRETOK_WS 4u
+unsigned tok_pretok_classes(uint32_t cp);
 
 /* Splits n bytes of valid UTF-8. Gaps between matches are words too (Isolated). Returns 0, the
  * callback's non-zero value, -ENOMEM, or -EINVAL on a regex failure (or SCANNER asked without one). */

@@ -33,7 +33,7 @@ typedef struct fake {
     atomic_int n_chat;     /* chat envelopes the fake tokenizer swallowed */
     atomic_int n_abort;    /* aborts it received */
     uint64_t deadline_ms;  /* header.deadline_unix_ms of the last chat */
-    void *tok, *dec;       /* the fake stages' ROUTERs (bound before the thread starts) */
+    void *tok, *dec;       /* the fake stages' ROUTERs (bound before the client exists) */
     pthread_t thread;
 } fake_t;
 

@@ -190,19 +190,22 @@ __global__ void __launch_bounds__(512)
     if (!last)
         return;
     __threadfence();
+    /* warp g merges head g: per-split weights once (lane = split, n_splits <= 32), then lanes
+       over head_dim with the split loop unrolled so the partial loads are in flight together */
+    __shared__ float wsh[16][32];
     const float *pb = partial + ((int64_t)t * Hq + h) * n_splits * (hd + 2);
-    float MM = -INFINITY;
-    for (int sp = 0; sp < n_splits; sp++)
-        MM = fmaxf(MM, __ldcg(&pb[sp * (hd + 2) + hd]));
+    float mm = lane < n_splits ? __ldcg(&pb[lane * (hd + 2) + hd]) : -INFINITY;
+    float ll = lane < n_splits ? __ldcg(&pb[lane * (hd + 2) + hd + 1]) : 0.0f;
+    float MM = warp_max(mm);
+    float w = (MM == -INFINITY || mm == -INFINITY) ? 0.0f : __expf(mm - MM);
+    float LL = warp_sum(ll * w);
+    wsh[g][lane] = w;
+    __syncwarp();
     for (int d = lane; d < hd; d += 32) {
-        float acc = 0.0f, LL = 0.0f;
-        for (int sp = 0; sp < n_splits; sp++) {
-            const float *q2 = pb + sp * (hd + 2);
-            float mm = __ldcg(&q2[hd]);
-            float w = (MM == -INFINITY || mm == -INFINITY) ? 0.0f : __expf(mm - MM);
-            acc += __ldcg(&q2[d]) * w;
-            LL += __ldcg(&q2[hd + 1]) * w;
-        }
+        float acc = 0.0f;
+#pragma unroll 8
+        for (int sp = 0; sp < n_splits; sp++)
+            acc = fmaf(wsh[g][sp], __ldcg(&pb[sp * (hd + 2) + d]), acc);
         float v = LL > 0.0f ? acc / LL : 0.0f;
         int64_t oi = ((int64_t)t * Hq + h) * hd + d;
         if (out_f)
@@ -257,6 +260,8 @@ int ek_attention(cudaStream_t s, O *out, const Q *q, const KV *kpool, const KV *
     const int G = Hq / Hk;
     if (G > 16)
         return -EOPNOTSUPP;
+    if (n_splits > 32)
+        n_splits = 32; /* the in-kernel merge handles up to 32 splits */
     dim3 grid(n_splits, Hk, T);
     float *of = s_of<O>(out);
     bf16 *ob = s_ob<O>(out);

@@ -324,7 +324,7 @@ static int s_attention(eng_backend_t *b, eng_tensor_t *out, const eng_tensor_t *
         return -EINVAL;
     cuda_be *c = s_be(b);
     int splits = (mt->max_kv_len + 63) / 64;
-    int cap = T <= 4 ? 32 : (T <= 16 ? 8 : (T <= 64 ? 4 : 2));
+    int cap = T <= 4 ? 32 : (T <= 64 ? 16 : 8);
     splits = splits < 1 ? 1 : (splits > cap ? cap : splits);
     if (splits > 1) {
         int r = s_grow(c, (void **)&c->partial, &c->partial_bytes,

@@ -508,8 +508,8 @@ static int s_model_init(eng_cuda_model *m, const char *dir, char *err, size_t er
     RCHECK(s_alloc(m, (void **)&m->xl, (size_t)S * c.D * 2, "scratch: logits rows", err, errlen));
     RCHECK(s_alloc(m, (void **)&m->logits, (size_t)S * c.V * 4, "scratch: logits", err, errlen));
     RCHECK(s_alloc(m, (void **)&m->ids_dev, (size_t)S * 4, "scratch: ids", err, errlen));
-    /* splits per step are capped by T (see forward): T·splits <= max(256, 2·T_max) */
-    size_t pb = (size_t)(2 * T > 256 ? 2 * T : 256) * c.Hq * (c.hd + 2) * 4;
+    /* splits per step are capped by T (see forward): T·splits <= max(1024, 8·T_max) */
+    size_t pb = (size_t)(8 * T > 1024 ? 8 * T : 1024) * c.Hq * (c.hd + 2) * 4;
     RCHECK(s_alloc(m, (void **)&m->partial, pb, "scratch: attention partials", err, errlen));
     void *msb;
     RCHECK(s_alloc(m, &msb, ek_moe_scratch_bytes(T, c.D, c.I, c.E, c.K), "scratch: MoE", err,
@@ -833,10 +833,10 @@ extern "C" int eng_cuda_model_forward(eng_cuda_model_t *m, const eng_batch_t *b,
     st.R = Rp;
     st.n_tiles = use_flash ? n_tiles : 0;
     if (bucket > 0)
-        st.splits = Tp <= 4 ? 32 : (Tp <= 16 ? 8 : (Tp <= 64 ? 4 : 2));
+        st.splits = Tp <= 4 ? 32 : (Tp <= 64 ? 16 : 8);
     else {
         int want = (max_len + 63) / 64;
-        int cap = T <= 4 ? 32 : (T <= 16 ? 8 : (T <= 64 ? 4 : 2));
+        int cap = T <= 4 ? 32 : (T <= 64 ? 16 : 8);
         st.splits = want < 1 ? 1 : (want > cap ? cap : want);
         if (st.splits > m->max_splits)
             st.splits = m->max_splits;
