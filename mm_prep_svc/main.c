@@ -83,10 +83,78 @@ static void s_reply(mmp_main_t *m, om_sock_t *s, om_arena_t *a, om_msg_in_t *in,
         m->n_dropped++;
 }
 
+/* Control.stats_request (a client's, forwarded by the tokenizer with header.client_id): answered on
+ * the same socket with a StatsReply carrying every live engine's latest EngineLoad and mm_prep's
+ * counters; the header is echoed so the tokenizer can route the reply to the client. */
+static void s_stats(mmp_main_t *m, om_arena_t *a, om_msg_in_t *in) {
+    size_t ne = mmp_service_n_engines(m->svc);
+    static const char *const names[] = {"engines", "inflight", "queued", "dropped", "malformed"};
+    enum { NC = sizeof names / sizeof names[0] };
+    uint64_t vals[NC] = {ne, mmp_service_n_inflight(m->svc), mmp_service_n_queued(m->svc), m->n_dropped,
+                         m->n_malformed};
+    Omnipipe__Envelope *env = om_arena_alloc(a, sizeof *env);
+    Omnipipe__Control *c = om_arena_alloc(a, sizeof *c);
+    Omnipipe__StatsReply *sr = om_arena_alloc(a, sizeof *sr);
+    Omnipipe__EngineLoad **loads = om_arena_alloc(a, ne * sizeof *loads);
+    Omnipipe__StatsReply__CountersEntry **cs = om_arena_alloc(a, NC * sizeof *cs);
+    if (!env || !c || !sr || !loads || !cs)
+        goto fail;
+    omnipipe__envelope__init(env);
+    omnipipe__control__init(c);
+    omnipipe__stats_reply__init(sr);
+    for (size_t i = 0; i < ne; i++) {
+        mmp_engine_info_t info;
+        Omnipipe__EngineLoad *l = om_arena_alloc(a, sizeof *l);
+        if (!l || mmp_service_engine(m->svc, i, &info) < 0)
+            goto fail;
+        omnipipe__engine_load__init(l);
+        l->engine_id = om_arena_strdup(a, info.engine_id);
+        l->has_running = l->has_waiting = l->has_max_running = l->has_credits = true;
+        l->running = info.running;
+        l->waiting = info.waiting;
+        l->max_running = info.max_running;
+        l->credits = info.credits;
+        l->has_kv_blocks_total = l->has_kv_blocks_free = true;
+        l->kv_blocks_total = info.kv_blocks_total;
+        l->kv_blocks_free = info.kv_blocks_free;
+        l->has_prefix_cache_hits = l->has_prefix_cache_queries = true;
+        l->prefix_cache_hits = info.prefix_hits;
+        l->prefix_cache_queries = info.prefix_queries;
+        loads[i] = l;
+    }
+    for (size_t i = 0; i < NC; i++) {
+        Omnipipe__StatsReply__CountersEntry *e = om_arena_alloc(a, sizeof *e);
+        if (!e)
+            goto fail;
+        omnipipe__stats_reply__counters_entry__init(e);
+        e->key = (char *)names[i];
+        e->has_value = true;
+        e->value = vals[i];
+        cs[i] = e;
+    }
+    sr->stage = OM_STAGE_MM_PREP;
+    sr->engines = loads;
+    sr->n_engines = ne;
+    sr->counters = cs;
+    sr->n_counters = NC;
+    c->kind_case = OMNIPIPE__CONTROL__KIND_STATS_REPLY;
+    c->stats_reply = sr;
+    env->header = in->env->header;
+    env->body_case = OMNIPIPE__ENVELOPE__BODY_CONTROL;
+    env->control = c;
+    if (om_msg_send(m->upstream, a, in->ident, in->ident_len, env) == 0)
+        return;
+fail:
+    m->n_dropped++;
+}
+
 static void s_on_upstream(mmp_main_t *m, om_arena_t *a) {
     om_msg_in_t in;
     while (om_msg_recv(m->upstream, a, true, &in) == 0) {
-        if (in.err < 0 || om_msg_is_control(in.env)) {
+        if (in.err == 0 && om_msg_is_control(in.env) &&
+            in.env->control->kind_case == OMNIPIPE__CONTROL__KIND_STATS_REQUEST) {
+            s_stats(m, a, &in);
+        } else if (in.err < 0 || om_msg_is_control(in.env)) {
             s_reply(m, m->upstream, a, &in, OM_STAGE_MM_PREP);
         } else {
             m->recv_mono_ns = in.recv_mono_ns;

@@ -27,6 +27,11 @@ typedef struct mmp_engine {
     uint32_t assigned_since;   /* requests sent since the last report */
     double kv_free_frac;       /* kv_blocks_free / total at the last report, 1 if unknown */
     size_t n_inflight;         /* assigned, not done */
+    uint32_t max_running;      /* last report */
+    uint64_t kv_blocks_total;  /* last report, blocks */
+    uint64_t kv_blocks_free;   /* last report, blocks (free + evictable cached) */
+    uint64_t prefix_hits;      /* last report, tokens served from the prefix cache (cumulative) */
+    uint64_t prefix_queries;   /* last report, prompt tokens looked up (cumulative) */
 } mmp_engine_t;
 
 typedef struct mmp_inflight {
@@ -430,6 +435,11 @@ int mmp_service_on_engine(mmp_service_t *s, const uint8_t *ident, size_t ident_l
         e->credits = l->credits;
         e->assigned_since = 0;
         e->kv_free_frac = l->kv_blocks_total ? (double)l->kv_blocks_free / (double)l->kv_blocks_total : 1.0;
+        e->max_running = l->max_running;
+        e->kv_blocks_total = l->kv_blocks_total;
+        e->kv_blocks_free = l->kv_blocks_free;
+        e->prefix_hits = l->prefix_cache_hits;
+        e->prefix_queries = l->prefix_cache_queries;
     }
     return s_drain_queue(s, now_ms, emit, ud);
 }
@@ -501,5 +511,11 @@ int mmp_service_engine(const mmp_service_t *s, size_t i, mmp_engine_info_t *ret)
     ret->waiting = e->waiting;
     ret->credit = s_credit(e);
     ret->n_inflight = e->n_inflight;
+    ret->credits = e->credits;
+    ret->max_running = e->max_running;
+    ret->kv_blocks_total = e->kv_blocks_total;
+    ret->kv_blocks_free = e->kv_blocks_free;
+    ret->prefix_hits = e->prefix_hits;
+    ret->prefix_queries = e->prefix_queries;
     return 0;
 }

@@ -53,6 +53,12 @@ typedef struct mmp_engine_info {
     uint32_t waiting;       /* last report */
     int64_t credit;         /* effective credit now */
     size_t n_inflight;      /* requests assigned and not reported done */
+    uint32_t credits;       /* last report */
+    uint32_t max_running;   /* last report */
+    uint64_t kv_blocks_total; /* last report, blocks */
+    uint64_t kv_blocks_free;  /* last report, blocks allocatable (free + evictable cached) */
+    uint64_t prefix_hits;     /* last report, prompt tokens served by the prefix cache (cumulative) */
+    uint64_t prefix_queries;  /* last report, prompt tokens looked up (cumulative) */
 } mmp_engine_info_t;
 
 int mmp_service_new(const mmp_service_opts_t *opts, mmp_service_t **ret);

@@ -280,7 +280,7 @@ static bool tok_codec_is_ws(uint32_t cp)
            cp == 0x3000;
 }
 
-/* The Rust regex crate's \\w, which tokenizers' single_word check uses (^\\w / \\w$): Alphabetic, marks,
+/* The Rust regex crate's \w, which tokenizers' single_word check uses (^\w / \w$): Alphabetic, marks,
  * decimal digits, connector punctuation and the join controls U+200C / U+200D. Letters come from
  * tokenizers' own table (tok_unicode.h, newer than utf8proc); for code points utf8proc does not know,
  * tokenizers' numbers count as digits and new marks are missed. */

@@ -138,7 +138,8 @@ static int tok_norm_append(const char *s, size_t n, char **buf, size_t *len, siz
         *buf = p;
         *cap = c;
     }
-    memcpy(*buf + *len, dst, (size_t)m);
+    if (m)
+        memcpy(*buf + *len, dst, (size_t)m);
     *len += (size_t)m;
     free(dst);
     return 0;

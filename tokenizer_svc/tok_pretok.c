@@ -60,16 +60,16 @@ static void tok_pretok_mark(uint8_t *cl, const uint32_t (*r)[2], size_t n, uint8
             cl[cp] |= cls;
 }
 
-#define TOK_PRETOK_N(a) (sizeof(a) / sizeof((a)[0]))
+#define TOK_PRETOK_COUNT(a) (sizeof(a) / sizeof((a)[0]))
 
 static void tok_pretok_build_classes(void)
 {
     uint8_t *cl = calloc(TOK_PRETOK_MAXCP, 1);
     if (!cl)
         return;
-    tok_pretok_mark(cl, tok_unicode_L, TOK_PRETOK_N(tok_unicode_L), TOK_CL_L);
-    tok_pretok_mark(cl, tok_unicode_N, TOK_PRETOK_N(tok_unicode_N), TOK_CL_N);
-    tok_pretok_mark(cl, tok_unicode_S, TOK_PRETOK_N(tok_unicode_S), TOK_CL_WS);
+    tok_pretok_mark(cl, tok_unicode_L, TOK_PRETOK_COUNT(tok_unicode_L), TOK_CL_L);
+    tok_pretok_mark(cl, tok_unicode_N, TOK_PRETOK_COUNT(tok_unicode_N), TOK_CL_N);
+    tok_pretok_mark(cl, tok_unicode_S, TOK_PRETOK_COUNT(tok_unicode_S), TOK_CL_WS);
     tok_pretok_class = cl;
 }
 
@@ -133,12 +133,12 @@ static char *tok_pretok_translate(const char *pat)
         size_t n;
         bool neg;
     } map[] = {
-        {"\\p{L}", tok_unicode_L, TOK_PRETOK_N(tok_unicode_L), false},
-        {"\\p{N}", tok_unicode_N, TOK_PRETOK_N(tok_unicode_N), false},
-        {"\\s", tok_unicode_S, TOK_PRETOK_N(tok_unicode_S), false},
-        {"\\P{L}", tok_unicode_L, TOK_PRETOK_N(tok_unicode_L), true},
-        {"\\P{N}", tok_unicode_N, TOK_PRETOK_N(tok_unicode_N), true},
-        {"\\S", tok_unicode_S, TOK_PRETOK_N(tok_unicode_S), true},
+        {"\\p{L}", tok_unicode_L, TOK_PRETOK_COUNT(tok_unicode_L), false},
+        {"\\p{N}", tok_unicode_N, TOK_PRETOK_COUNT(tok_unicode_N), false},
+        {"\\s", tok_unicode_S, TOK_PRETOK_COUNT(tok_unicode_S), false},
+        {"\\P{L}", tok_unicode_L, TOK_PRETOK_COUNT(tok_unicode_L), true},
+        {"\\P{N}", tok_unicode_N, TOK_PRETOK_COUNT(tok_unicode_N), true},
+        {"\\S", tok_unicode_S, TOK_PRETOK_COUNT(tok_unicode_S), true},
     };
     tok_pretok_sb_t b = {0};
     size_t n = strlen(pat);

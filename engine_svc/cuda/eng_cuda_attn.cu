@@ -9,6 +9,7 @@
  *    64 queries of one sequence per block, 64-key tiles gathered through the block table, online
  *    softmax in f32, O kept in shared memory in f32.
  * Both read K/V from the paged pools (n_slots, Hk·hd) through block tables (eng_batch.h). */
+#include <cstdlib>
 #include <mma.h>
 
 #include "eng_cuda_kern.cuh"
@@ -50,6 +51,81 @@ __device__ __forceinline__ void s_ldv(const KV *row, int hd, int lane, float *v)
         }
     }
 }
+
+/* Writes a warp's (head h) result: the normalised output when n_splits == 1, else its partial
+ * (o, m, l); with counters, the last split block of (t, kvh) merges the partials of its heads.
+ * o: NI values per lane, contiguous (lane*NI + i) when contig, else strided (lane + 32*i). */
+template <int NI>
+__device__ __forceinline__ void s_attn_finish(const float *o, float m, float l, bool contig,
+                                              float *out_f, bf16 *out_b, float *partial,
+                                              int *counters, int t, int h, int kvh, int g,
+                                              int Hq, int Hk, int hd, int split, int n_splits) {
+    const int lane = threadIdx.x & 31;
+    if (n_splits == 1) {
+#pragma unroll
+        for (int i = 0; i < NI; i++) {
+            int d = contig ? lane * NI + i : lane + 32 * i;
+            if (d < hd) {
+                float v = l > 0.0f ? o[i] / l : 0.0f;
+                int64_t oi = ((int64_t)t * Hq + h) * hd + d;
+                if (out_f)
+                    out_f[oi] = v;
+                else
+                    out_b[oi] = __float2bfloat16(v);
+            }
+        }
+        return;
+    }
+    float *pp = partial + (((int64_t)t * Hq + h) * n_splits + split) * (hd + 2);
+#pragma unroll
+    for (int i = 0; i < NI; i++) {
+        int d = contig ? lane * NI + i : lane + 32 * i;
+        if (d < hd)
+            pp[d] = o[i];
+    }
+    if (lane == 0) {
+        pp[hd] = m;
+        pp[hd + 1] = l;
+    }
+    if (!counters)
+        return;
+    /* the last split block of this (token, KV head) merges the partials of its G heads */
+    __threadfence();
+    __syncthreads();
+    __shared__ int last;
+    if (threadIdx.x == 0)
+        last = atomicAdd(&counters[(int64_t)t * Hk + kvh], 1) == n_splits - 1;
+    __syncthreads();
+    if (!last)
+        return;
+    __threadfence();
+    /* warp g merges head g: per-split weights once (lane = split, n_splits <= 32), then lanes
+       over head_dim with the split loop unrolled so the partial loads are in flight together */
+    __shared__ float wsh[16][32];
+    const float *pb = partial + ((int64_t)t * Hq + h) * n_splits * (hd + 2);
+    float mm = lane < n_splits ? __ldcg(&pb[lane * (hd + 2) + hd]) : -INFINITY;
+    float ll = lane < n_splits ? __ldcg(&pb[lane * (hd + 2) + hd + 1]) : 0.0f;
+    float MM = warp_max(mm);
+    float w = (MM == -INFINITY || mm == -INFINITY) ? 0.0f : __expf(mm - MM);
+    float LL = warp_sum(ll * w);
+    wsh[g][lane] = w;
+    __syncwarp();
+    for (int d = lane; d < hd; d += 32) {
+        float acc = 0.0f;
+#pragma unroll 8
+        for (int sp = 0; sp < n_splits; sp++)
+            acc = fmaf(wsh[g][sp], __ldcg(&pb[sp * (hd + 2) + d]), acc);
+        float v = LL > 0.0f ? acc / LL : 0.0f;
+        int64_t oi = ((int64_t)t * Hq + h) * hd + d;
+        if (out_f)
+            out_f[oi] = v;
+        else
+            out_b[oi] = __float2bfloat16(v);
+    }
+    if (threadIdx.x == 0)
+        counters[(int64_t)t * Hk + kvh] = 0;
+}
+
 
 /* One block per (key split, KV head, token); warp g serves query head kvh·G + g, so the G warps of
  * a block read the same K/V rows (L1 hits) and the cache is read once per KV head. Each lane
@@ -151,70 +227,107 @@ __global__ void __launch_bounds__(512)
         }
         m = m_new;
     }
-    const bool contig = hd == 32 * NI;
-    if (n_splits == 1) {
+    s_attn_finish<NI>(o, m, l, hd == 32 * NI, out_f, out_b, partial, counters, t, h, kvh, g, Hq,
+                      Hk, hd, split, n_splits);
+}
+
+/* Decode-oriented variant for bf16 KV and head_dim 128: lanes over head_dim for K as well as V,
+ * so every K/V row is one coalesced 256-byte warp access; 16 rows in flight per batch, scores
+ * reduced with warp sums; few registers, so many warps per SM hide the memory latency. Same
+ * grid, partials and merge as k_attn. */
+__device__ __forceinline__ void s_bf4(uint2 u, float *f) {
+    const __nv_bfloat162 *h2 = reinterpret_cast<const __nv_bfloat162 *>(&u);
+    float2 a = __bfloat1622float2(h2[0]), b = __bfloat1622float2(h2[1]);
+    f[0] = a.x; f[1] = a.y; f[2] = b.x; f[3] = b.y;
+}
+
+template <typename Q>
+__global__ void __launch_bounds__(512)
+    k_attn128(float *out_f, bf16 *out_b, const Q *q, const bf16 *kpool, const bf16 *vpool,
+              const int32_t *tok_seq, const int32_t *tok_pos, const int32_t *bt, int Hq, int Hk,
+              int max_blocks, int bs, float scale, int n_splits, float *partial, int q_stride,
+              int *counters) {
+    constexpr int HD = 128;
+    const int split = blockIdx.x, kvh = blockIdx.y, t = blockIdx.z;
+    const int G = Hq / Hk;
+    const int g = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int h = kvh * G + g;
+    pdl_wait();
+    pdl_trigger();
+    const int len = tok_pos[t] + 1, sq = tok_seq[t];
+    int chunk = (len + n_splits - 1) / n_splits;
+    chunk = chunk < 64 ? 64 : chunk;
+    chunk = (chunk + 31) & ~31;
+    const int k0 = split * chunk;
+    const int k1 = min(len, k0 + chunk);
+    float qv[4];
 #pragma unroll
-        for (int i = 0; i < NI; i++) {
-            int d = contig ? lane * NI + i : lane + 32 * i;
-            if (d < hd) {
-                float v = l > 0.0f ? o[i] / l : 0.0f;
-                int64_t oi = ((int64_t)t * Hq + h) * hd + d;
-                if (out_f)
-                    out_f[oi] = v;
-                else
-                    out_b[oi] = __float2bfloat16(v);
+    for (int i = 0; i < 4; i++)
+        qv[i] = ld(&q[(int64_t)t * q_stride + (int64_t)h * HD + lane * 4 + i]) * scale;
+    float m = -INFINITY, l = 0.0f, o[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    const int32_t *tab = bt + (int64_t)sq * max_blocks;
+    for (int base = k0; base < k1; base += 32) {
+        const int p = base + lane;
+        const bool valid = p < k1;
+        const int64_t slot = valid ? (int64_t)tab[p / bs] * bs + p % bs : 0;
+        const int nvalid = min(32, k1 - base);
+        float sc = -INFINITY;
+        for (int j0 = 0; j0 < nvalid; j0 += 16) {
+            uint2 raw[16];
+#pragma unroll
+            for (int u = 0; u < 16; u++) {
+                int j = j0 + u < nvalid ? j0 + u : j0;
+                int64_t sj = __shfl_sync(0xffffffffu, slot, j);
+                raw[u] = *reinterpret_cast<const uint2 *>(kpool + (sj * Hk + kvh) * HD + lane * 4);
+            }
+#pragma unroll
+            for (int u = 0; u < 16; u++) {
+                float kf[4];
+                s_bf4(raw[u], kf);
+                float part = qv[0] * kf[0] + qv[1] * kf[1] + qv[2] * kf[2] + qv[3] * kf[3];
+                part = warp_sum(part);
+                if (lane == j0 + u && j0 + u < nvalid)
+                    sc = part;
             }
         }
-        return;
-    }
-    float *pp = partial + (((int64_t)t * Hq + h) * n_splits + split) * (hd + 2);
+        float cmax = warp_max(sc);
+        float m_new = fmaxf(m, cmax);
+        float alpha, pj;
+        if (m_new == -INFINITY) {
+            alpha = 1.0f;
+            pj = 0.0f;
+        } else {
+            alpha = __expf(m - m_new);
+            pj = valid ? __expf(sc - m_new) : 0.0f;
+        }
+        l = l * alpha + warp_sum(pj);
 #pragma unroll
-    for (int i = 0; i < NI; i++) {
-        int d = contig ? lane * NI + i : lane + 32 * i;
-        if (d < hd)
-            pp[d] = o[i];
+        for (int i = 0; i < 4; i++)
+            o[i] *= alpha;
+        for (int j0 = 0; j0 < nvalid; j0 += 16) {
+            uint2 raw[16];
+            float pw[16];
+#pragma unroll
+            for (int u = 0; u < 16; u++) {
+                int j = j0 + u < nvalid ? j0 + u : j0;
+                int64_t sj = __shfl_sync(0xffffffffu, slot, j);
+                float pjj = __shfl_sync(0xffffffffu, pj, j);
+                pw[u] = j0 + u < nvalid ? pjj : 0.0f;
+                raw[u] = *reinterpret_cast<const uint2 *>(vpool + (sj * Hk + kvh) * HD + lane * 4);
+            }
+#pragma unroll
+            for (int u = 0; u < 16; u++) {
+                float vf[4];
+                s_bf4(raw[u], vf);
+#pragma unroll
+                for (int i = 0; i < 4; i++)
+                    o[i] = fmaf(pw[u], vf[i], o[i]);
+            }
+        }
+        m = m_new;
     }
-    if (lane == 0) {
-        pp[hd] = m;
-        pp[hd + 1] = l;
-    }
-    if (!counters)
-        return;
-    /* the last split block of this (token, KV head) merges the partials of its G heads */
-    __threadfence();
-    __syncthreads();
-    __shared__ int last;
-    if (threadIdx.x == 0)
-        last = atomicAdd(&counters[(int64_t)t * Hk + kvh], 1) == n_splits - 1;
-    __syncthreads();
-    if (!last)
-        return;
-    __threadfence();
-    /* warp g merges head g: per-split weights once (lane = split, n_splits <= 32), then lanes
-       over head_dim with the split loop unrolled so the partial loads are in flight together */
-    __shared__ float wsh[16][32];
-    const float *pb = partial + ((int64_t)t * Hq + h) * n_splits * (hd + 2);
-    float mm = lane < n_splits ? __ldcg(&pb[lane * (hd + 2) + hd]) : -INFINITY;
-    float ll = lane < n_splits ? __ldcg(&pb[lane * (hd + 2) + hd + 1]) : 0.0f;
-    float MM = warp_max(mm);
-    float w = (MM == -INFINITY || mm == -INFINITY) ? 0.0f : __expf(mm - MM);
-    float LL = warp_sum(ll * w);
-    wsh[g][lane] = w;
-    __syncwarp();
-    for (int d = lane; d < hd; d += 32) {
-        float acc = 0.0f;
-#pragma unroll 8
-        for (int sp = 0; sp < n_splits; sp++)
-            acc = fmaf(wsh[g][sp], __ldcg(&pb[sp * (hd + 2) + d]), acc);
-        float v = LL > 0.0f ? acc / LL : 0.0f;
-        int64_t oi = ((int64_t)t * Hq + h) * hd + d;
-        if (out_f)
-            out_f[oi] = v;
-        else
-            out_b[oi] = __float2bfloat16(v);
-    }
-    if (threadIdx.x == 0)
-        counters[(int64_t)t * Hk + kvh] = 0;
+    s_attn_finish<4>(o, m, l, true, out_f, out_b, partial, counters, t, h, kvh, g, Hq, Hk, HD,
+                     split, n_splits);
 }
 
 __global__ void k_attn_combine(float *out_f, bf16 *out_b, const float *partial, int Hq, int hd,
@@ -267,7 +380,12 @@ int ek_attention(cudaStream_t s, O *out, const Q *q, const KV *kpool, const KV *
     bf16 *ob = s_ob<O>(out);
     size_t sm = (size_t)G * hd * sizeof(float);
     cudaError_t e;
-    if (hd <= 32)
+    if (sizeof(KV) == 2 && hd == 128 && !getenv("OM_CUDA_ATTN_GENERIC"))
+        e = ek_launch(k_attn128<Q>, grid, dim3(32 * G), 0, s, of, ob, q,
+                      reinterpret_cast<const bf16 *>(kpool), reinterpret_cast<const bf16 *>(vpool),
+                      tok_seq, tok_pos, block_tables, Hq, Hk, max_blocks, block_size, scale,
+                      n_splits, partial, q_stride, counters);
+    else if (hd <= 32)
         e = ek_launch(k_attn<1, Q, KV>, grid, dim3(32 * G), sm, s, of, ob, q, kpool, vpool,
                       tok_seq, tok_pos, block_tables, Hq, Hk, hd, max_blocks, block_size, scale,
                       n_splits, partial, q_stride, counters);

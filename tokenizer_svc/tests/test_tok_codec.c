@@ -416,6 +416,80 @@ static void test_merges_string_form(void **state)
     rmdir(dir);
 }
 
+/* Loads tiny-omni with some added-token flags changed, written to a temporary checkpoint dir. */
+static tok_codec_t *load_with_flags(void)
+{
+    char path[4200], err[512];
+    snprintf(path, sizeof(path), "%s/tiny-omni/tokenizer.json", g_fix);
+    json_t *tj = json_load_file(path, 0, NULL);
+    assert_non_null(tj);
+    size_t i;
+    json_t *a;
+    json_array_foreach(json_object_get(tj, "added_tokens"), i, a) {
+        const char *c = json_string_value(json_object_get(a, "content"));
+        if (!strcmp(c, "<|im_end|>")) {
+            json_object_set_new(a, "lstrip", json_true());
+            json_object_set_new(a, "rstrip", json_true());
+        } else if (!strcmp(c, "<tool_call>")) {
+            json_object_set_new(a, "single_word", json_true());
+        } else if (!strcmp(c, "<|audio_pad|>")) {
+            json_object_set_new(a, "normalized", json_true());
+        }
+    }
+    char dir[] = "/tmp/test_tok_codec_XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    snprintf(path, sizeof(path), "%s/tokenizer.json", dir);
+    assert_int_equal(json_dump_file(tj, path, JSON_COMPACT), 0);
+    json_decref(tj);
+    tok_codec_t *c = NULL;
+    assert_int_equal(tok_codec_load(dir, &c, err, sizeof(err)), 0);
+    unlink(path);
+    rmdir(dir);
+    return c;
+}
+
+static void encode_eq(const tok_codec_t *c, const char *text, const int32_t *want, size_t n)
+{
+    int32_t *ids;
+    size_t k;
+    assert_int_equal(tok_codec_encode(c, text, strlen(text), &ids, &k), 0);
+    if (k != n || memcmp(ids, want, n * sizeof(int32_t)))
+        fprintf(stderr, "encode(\"%s\"): %zu ids, want %zu\n", text, k, n);
+    assert_int_equal(k, n);
+    assert_memory_equal(ids, want, n * sizeof(int32_t));
+    free(ids);
+}
+
+/* lstrip / rstrip swallow the whitespace beside the token; single_word matches only between non-word
+ * characters (the behaviour was checked against tokenizers on 100k texts with bench/tok_fuzz_corpus.py). */
+static void test_added_token_flags(void **state)
+{
+    tok_codec_t *c = load_with_flags();
+    const om_vocab_t *v = tok_codec_vocab(c);
+    int32_t end = om_vocab_token_id(v, "<|im_end|>", 10), call = om_vocab_token_id(v, "<tool_call>", 11);
+    int32_t pad = om_vocab_token_id(v, "<|audio_pad|>", 13);
+    int32_t a = om_vocab_token_id(v, "a", 1), b = om_vocab_token_id(v, "b", 1), x = om_vocab_token_id(v, "x", 1);
+    int32_t sp = om_vocab_token_id(v, "\xc4\xa0", 2), spb = om_vocab_token_id(v, "\xc4\xa0" "b", 3); /* " ", " b" */
+    assert_true(end > 0 && call > 0 && pad > 0 && a >= 0 && b >= 0 && x >= 0 && sp >= 0 && spb >= 0);
+    encode_eq(c, "a  \t<|im_end|> \n b", (int32_t[]){a, end, b}, 3);
+    encode_eq(c, "<|im_end|><|im_end|>", (int32_t[]){end, end}, 2);
+    encode_eq(c, "a <tool_call> b", (int32_t[]){a, sp, call, spb}, 4);
+    encode_eq(c, "<tool_call>", (int32_t[]){call}, 1);
+    encode_eq(c, "x<|audio_pad|>x", (int32_t[]){x, pad, x}, 3);
+    /* single_word: glued to a word character on either side, it is plain text */
+    int32_t *ids;
+    size_t n;
+    static const char *glued[] = {"x<tool_call>", "<tool_call>x", "_<tool_call>", "\xe2\x80\x8d<tool_call>",
+                                  "\xc3\xa9<tool_call>", "<tool_call>\xe0\xae\xbe"};
+    for (size_t i = 0; i < sizeof(glued) / sizeof(glued[0]); i++) {
+        assert_int_equal(tok_codec_encode(c, glued[i], strlen(glued[i]), &ids, &n), 0);
+        for (size_t k = 0; k < n; k++)
+            assert_int_not_equal(ids[k], call);
+        free(ids);
+    }
+    tok_codec_free(c);
+}
+
 typedef struct mt_arg {
     size_t ok, total;
 } mt_arg_t;
@@ -453,7 +527,7 @@ int main(void)
         cmocka_unit_test(test_vocab_layouts_agree),  cmocka_unit_test(test_load_errors),
         cmocka_unit_test(test_invalid_utf8),         cmocka_unit_test(test_roundtrip_golden),
         cmocka_unit_test(test_encode_threads),       cmocka_unit_test(test_vocab_fast_vs_jansson),
-        cmocka_unit_test(test_merges_string_form),
+        cmocka_unit_test(test_merges_string_form),   cmocka_unit_test(test_added_token_flags),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
