@@ -132,7 +132,7 @@ static void s_stats(mmp_main_t *m, om_arena_t *a, om_msg_in_t *in) {
         e->value = vals[i];
         cs[i] = e;
     }
-    sr->stage = OM_STAGE_MM_PREP;
+    sr->stage = (char *)OM_STAGE_MM_PREP;
     sr->engines = loads;
     sr->n_engines = ne;
     sr->counters = cs;

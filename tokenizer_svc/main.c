@@ -193,6 +193,14 @@ static void s_on_frontend(tok_main_t *m, om_arena_t *a, bool stopping) {
             m->n_malformed++;
             om_log_warning("frontend: malformed frame from a client: %s", in.errmsg);
             s_reply_status(m, a, in.ident, in.ident_len, rid, -EPROTO, OM_STAGE_TOKENIZER, in.errmsg);
+        } else if (om_msg_is_control(in.env) &&
+                   in.env->control->kind_case == OMNIPIPE__CONTROL__KIND_STATS_REQUEST) {
+            /* answered by mm_prep (engine loads), routed back to this client by s_on_downstream */
+            in.env->header->has_client_id = true;
+            in.env->header->client_id.data = (uint8_t *)in.ident;
+            in.env->header->client_id.len = in.ident_len;
+            if (om_msg_send(m->downstream, a, NULL, 0, in.env) < 0)
+                m->n_dropped++;
         } else if (om_msg_is_control(in.env)) {
             Omnipipe__Envelope *hb = om_msg_heartbeat_env(a, OM_STAGE_TOKENIZER, (uint32_t)getpid(), NULL);
             if (!hb || om_msg_send(m->frontend, a, in.ident, in.ident_len, hb) < 0)
@@ -290,6 +298,11 @@ static void s_on_downstream(tok_main_t *m, om_arena_t *a) {
             m->n_malformed++;
         } else if (om_msg_is_control(in.env)) {
             m->n_recent = 0; /* mm_prep was alive after taking them */
+            if (in.env->control->kind_case == OMNIPIPE__CONTROL__KIND_STATS_REPLY &&
+                in.env->header->has_client_id &&
+                om_msg_send(m->frontend, a, in.env->header->client_id.data, in.env->header->client_id.len,
+                            in.env) < 0)
+                m->n_dropped++;
         } else if (in.env->body_case == OMNIPIPE__ENVELOPE__BODY_STATUS && in.env->header->has_client_id) {
             if (om_msg_send(m->frontend, a, in.env->header->client_id.data, in.env->header->client_id.len,
                             in.env) < 0)

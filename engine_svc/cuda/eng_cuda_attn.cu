@@ -380,7 +380,8 @@ int ek_attention(cudaStream_t s, O *out, const Q *q, const KV *kpool, const KV *
     bf16 *ob = s_ob<O>(out);
     size_t sm = (size_t)G * hd * sizeof(float);
     cudaError_t e;
-    if (sizeof(KV) == 2 && hd == 128 && !getenv("OM_CUDA_ATTN_GENERIC"))
+    static const bool generic_only = getenv("OM_CUDA_ATTN_GENERIC") != nullptr;
+    if (sizeof(KV) == 2 && hd == 128 && !generic_only)
         e = ek_launch(k_attn128<Q>, grid, dim3(32 * G), 0, s, of, ob, q,
                       reinterpret_cast<const bf16 *>(kpool), reinterpret_cast<const bf16 *>(vpool),
                       tok_seq, tok_pos, block_tables, Hq, Hk, max_blocks, block_size, scale,

@@ -235,7 +235,10 @@ static void t_rope(int64_t T, int Hq, int Hk, int hd, int s0, int s1, int s2, en
 }
 
 /* A paged batch: S sequences with n_past[i] cached tokens and n_new[i] new ones. */
-static void t_attention(int S, const int *n_past, const int *n_new, int Hq, int Hk, int hd, int bs) {
+/* kv_bf16: the GPU reads bf16 pools (the model runner's layout); the CPU reference gets the same
+ * bf16-rounded values in f32 pools. */
+static void t_attention(int S, const int *n_past, const int *n_new, int Hq, int Hk, int hd, int bs,
+                        int kv_bf16) {
     int max_blocks = 0, T = 0, total_blocks = 0;
     for (int i = 0; i < S; i++) {
         int nb = (n_past[i] + n_new[i] + bs - 1) / bs;
@@ -255,8 +258,29 @@ static void t_attention(int S, const int *n_past, const int *n_new, int Hq, int 
     s_pair(&tp, ENG_DTYPE_I32, 1, T, 1, 1);
     s_pair(&bt, ENG_DTYPE_I32, 2, S, max_blocks, 1);
     s_set_rand(&q, 1.0f);
-    s_set_rand(&kp, 1.0f);
-    s_set_rand(&vp, 1.0f);
+    eng_tensor_t kb = kp.g, vb = vp.g; /* GPU bf16 pools when kv_bf16 */
+    {
+        int64_t n = kp.n;
+        float *kv = malloc((size_t)n * 4), *vv = malloc((size_t)n * 4);
+        uint16_t *kh = malloc((size_t)n * 2), *vh = malloc((size_t)n * 2);
+        for (int64_t i = 0; i < n; i++) {
+            kh[i] = eng_f32_to_bf16(s_unif(1.0f));
+            vh[i] = eng_f32_to_bf16(s_unif(1.0f));
+            kv[i] = eng_bf16_to_f32(kh[i]);
+            vv[i] = eng_bf16_to_f32(vh[i]);
+        }
+        s_set(&kp, kv);
+        s_set(&vp, vv);
+        if (kv_bf16) {
+            kb.dtype = vb.dtype = ENG_DTYPE_BF16;
+            kb.data = vb.data = NULL;
+            s_check(g_gpu->ops->alloc(g_gpu, &kb), "gpu alloc");
+            s_check(g_gpu->ops->alloc(g_gpu, &vb), "gpu alloc");
+            s_check(g_gpu->ops->upload(g_gpu, &kb, 0, kh, (size_t)n * 2), "up");
+            s_check(g_gpu->ops->upload(g_gpu, &vb, 0, vh, (size_t)n * 2), "up");
+        }
+        free(kv); free(vv); free(kh); free(vh);
+    }
     /* shuffled block ids */
     int *perm = malloc(n_blocks * sizeof(int));
     for (int i = 0; i < n_blocks; i++)
@@ -286,11 +310,15 @@ static void t_attention(int S, const int *n_past, const int *n_new, int Hq, int 
     struct eng_attn_params p = {1.0f / sqrtf((float)hd), Hq, Hk, hd};
     s_check(g_cpu->ops->attention(g_cpu, &out.c, &q.c, &kp.c, &vp.c, &m, &p), "cpu attention");
     struct eng_attn_meta mg = {&ts.g, &tp.g, &bt.g, S, max_blocks, bs, max_len};
-    s_check(g_gpu->ops->attention(g_gpu, &out.g, &q.g, &kp.g, &vp.g, &mg, &p), "gpu attention");
+    s_check(g_gpu->ops->attention(g_gpu, &out.g, &q.g, &kb, &vb, &mg, &p), "gpu attention");
     char nm[120];
-    snprintf(nm, sizeof nm, "ATTENTION S=%d T=%d max_kv=%d Hq=%d Hk=%d hd=%d bs=%d", S, T, max_len,
-             Hq, Hk, hd, bs);
+    snprintf(nm, sizeof nm, "ATTENTION S=%d T=%d max_kv=%d Hq=%d Hk=%d hd=%d bs=%d kv=%s", S, T,
+             max_len, Hq, Hk, hd, bs, kv_bf16 ? "bf16" : "f32");
     s_compare(nm, &out, 1e-9);
+    if (kv_bf16) {
+        g_gpu->ops->release(g_gpu, &kb);
+        g_gpu->ops->release(g_gpu, &vb);
+    }
     free(perm); free(btv); free(tsv); free(tpv);
     s_free(&q); s_free(&out); s_free(&kp); s_free(&vp); s_free(&ts); s_free(&tp); s_free(&bt);
 }
@@ -393,18 +421,27 @@ int main(int argc, char **argv) {
     t_rope(3, 6, 3, 12, 0, 0, 0, ENG_DTYPE_BF16);
     {
         int np1[] = {511}, nn1[] = {1};
-        t_attention(1, np1, nn1, 32, 4, 128, 16);
+        t_attention(1, np1, nn1, 32, 4, 128, 16, 0);
+        t_attention(1, np1, nn1, 32, 4, 128, 16, 1);
         int np2[] = {4095}, nn2[] = {1};
-        if (!quick)
-            t_attention(1, np2, nn2, 32, 4, 128, 16);
+        if (!quick) {
+            t_attention(1, np2, nn2, 32, 4, 128, 16, 0);
+            t_attention(1, np2, nn2, 32, 4, 128, 16, 1);
+        }
         int np3[] = {50}, nn3[] = {100};
-        t_attention(1, np3, nn3, 32, 4, 128, 16);
+        t_attention(1, np3, nn3, 32, 4, 128, 16, 0);
+        t_attention(1, np3, nn3, 32, 4, 128, 16, 1);
         int np4[] = {0, 33, 700, 5}, nn4[] = {20, 1, 1, 7};
-        t_attention(4, np4, nn4, 32, 4, 128, 16);
+        t_attention(4, np4, nn4, 32, 4, 128, 16, 0);
+        t_attention(4, np4, nn4, 32, 4, 128, 16, 1);
+        int np7[] = {511, 511, 511, 511, 511, 511, 511, 511, 511, 300};
+        int nn7[] = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1};
+        t_attention(10, np7, nn7, 32, 4, 128, 16, 1);
         int np5[] = {3, 0}, nn5[] = {1, 36};
-        t_attention(2, np5, nn5, 4, 2, 8, 4);
+        t_attention(2, np5, nn5, 4, 2, 8, 4, 0);
+        t_attention(2, np5, nn5, 4, 2, 8, 4, 1);
         int np6[] = {17}, nn6[] = {9};
-        t_attention(1, np6, nn6, 6, 3, 12, 16);
+        t_attention(1, np6, nn6, 6, 3, 12, 16, 0);
     }
     t_moe(1, 2048, 768, 128, 8, 1, 0);
     t_moe(1, 2048, 768, 128, 8, 2, 0);
