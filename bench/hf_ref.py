@@ -28,7 +28,7 @@ def main():
     t0 = time.time()
     with torch.device("cuda"):
         model = Qwen3OmniMoeThinkerForConditionalGeneration._from_config(
-            tcfg, torch_dtype=torch.bfloat16, attn_implementation="sdpa")
+            tcfg, dtype=torch.bfloat16, attn_implementation="sdpa")
     model.eval()
     torch.cuda.synchronize()
     print(f"transformers {transformers.__version__} torch {torch.__version__}; model built in "

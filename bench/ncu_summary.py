@@ -31,7 +31,7 @@ def main():
         e[0] += 1
         e[1] += t
         e[2] += b
-        if name == "k_argmax":
+        if name in ("k_argmax", "k_argmax_final"):
             phases.append(cur)
             cur = OrderedDict()
     if cur:

@@ -16,7 +16,8 @@ typedef __nv_bfloat16 bf16;
 
 /* Records the last CUDA failure (file:line: message) for the log; defined in eng_cuda_kern.cu. */
 void eng_cuda_note_error(const char *file, int line, const char *what, int code);
-/* -EIO for a sticky error (the context is unusable), else the mapped errno. */
+/* -EIO for a sticky error (the context is unusable; also sets eng_cuda_sticky), else the mapped
+ * errno. */
 int eng_cuda_errno(cudaError_t e);
 
 #define CUDA_CHECK(expr)                                                                           \

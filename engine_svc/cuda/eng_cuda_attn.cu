@@ -1,14 +1,17 @@
 /* eng_cuda_attn.cu: paged causal GQA attention for the CUDA backend.
  *
- *  - k_attn: any head_dim <= 256, one block per (key split, query head, token). Each lane scores
- *    one key (a whole row, 16-byte loads), the warp keeps an online softmax and accumulates V with
- *    lanes over head_dim. With n_splits > 1 the keys are split over blocks and k_attn_combine
- *    merges the partial (o, m, l) (flash-decoding), so a batch-1 decode step at a long context
- *    still fills the GPU. Used for decode and for the vtable's ATTENTION op.
+ *  - k_attn128 (bf16 KV, head_dim 128: the model runner's decode path): one block per (key
+ *    split, KV head, token), warp g = query head kvh·G + g; lanes over head_dim for K and V, so
+ *    each cache row is one coalesced 256-byte warp read, 16 rows in flight; few registers.
+ *  - k_attn (any head_dim <= 256, f32 or bf16 KV): same grid; each lane scores one key per
+ *    32-key chunk, V accumulated with lanes over head_dim. Used by the vtable and tiny models.
+ *  Both split the keys over blocks (flash-decoding, >= 64 keys per split) when n_splits > 1; the
+ *  last block of each (token, KV head) merges the partial (o, m, l) itself (self-resetting
+ *  counter, graph-safe), or k_attn_combine does when no counters are given.
  *  - k_attn_prefill: tiled flash-style prefill on tensor cores (WMMA bf16, f32 accumulate):
  *    64 queries of one sequence per block, 64-key tiles gathered through the block table, online
  *    softmax in f32, O kept in shared memory in f32.
- * Both read K/V from the paged pools (n_slots, Hk·hd) through block tables (eng_batch.h). */
+ * All read K/V from the paged pools (n_slots, Hk·hd) through block tables (eng_batch.h). */
 #include <cstdlib>
 #include <mma.h>
 

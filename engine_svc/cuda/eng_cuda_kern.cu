@@ -21,14 +21,21 @@ void eng_cuda_note_error(const char *file, int line, const char *what, int code)
 
 extern "C" const char *eng_cuda_last_error(void) { return s_last_error; }
 
+bool eng_cuda_sticky = false;
+
 int eng_cuda_errno(cudaError_t e) {
     switch (e) {
     case cudaErrorMemoryAllocation: return -ENOMEM;
     case cudaErrorInvalidValue: return -EINVAL;
     case cudaErrorNotSupported: return -EOPNOTSUPP;
-    default: return -EIO;
+    default:
+        /* anything off the short recoverable list poisons the context (DESIGN.md) */
+        eng_cuda_sticky = true;
+        return -EIO;
     }
 }
+
+extern "C" bool eng_cuda_error_is_sticky(void) { return eng_cuda_sticky; }
 
 /* --- embed -------------------------------------------------------------------------------- */
 
@@ -120,7 +127,7 @@ __global__ void __launch_bounds__(256) k_gemv(O *y, const A *x, const bf16 *w, i
     for (int t = 0; t < NT; t++)
         acc[t] = 0.0f;
     if (VEC) {
-#pragma unroll 4
+#pragma unroll 8
         for (int c = lane * 8; c < K; c += 256) {
             float wf[8];
             ld8(wr + c, wf);
@@ -473,9 +480,70 @@ __global__ void k_argmax(int32_t *ids, const float *logits, int V) {
     }
 }
 
-int ek_argmax(cudaStream_t s, int32_t *ids, const float *logits, int R, int V) {
+/* Stage 1 of a wide argmax: block b of row r reduces a slice into part[r][b]. */
+__global__ void k_argmax_part(float *pv, int *pi, const float *logits, int V, int nb) {
+    const float *row = logits + (int64_t)blockIdx.y * V;
+    int per = (V + nb - 1) / nb;
+    int lo = blockIdx.x * per, hi = min(V, lo + per);
+    float best = -INFINITY;
+    int bi = 0x7fffffff;
+    for (int i = lo + threadIdx.x; i < hi; i += blockDim.x)
+        s_amax_merge(best, bi, row[i], i);
+    for (int o = 16; o > 0; o >>= 1) {
+        float v2 = __shfl_xor_sync(0xffffffffu, best, o);
+        int i2 = __shfl_xor_sync(0xffffffffu, bi, o);
+        s_amax_merge(best, bi, v2, i2);
+    }
+    __shared__ float sv[32];
+    __shared__ int si[32];
+    int w = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    if (lane == 0) {
+        sv[w] = best;
+        si[w] = bi;
+    }
+    __syncthreads();
+    if (w == 0) {
+        best = lane < (int)(blockDim.x >> 5) ? sv[lane] : -INFINITY;
+        bi = lane < (int)(blockDim.x >> 5) ? si[lane] : 0x7fffffff;
+        for (int o = 16; o > 0; o >>= 1) {
+            float v2 = __shfl_xor_sync(0xffffffffu, best, o);
+            int i2 = __shfl_xor_sync(0xffffffffu, bi, o);
+            s_amax_merge(best, bi, v2, i2);
+        }
+        if (lane == 0) {
+            pv[blockIdx.y * nb + blockIdx.x] = best;
+            pi[blockIdx.y * nb + blockIdx.x] = bi;
+        }
+    }
+}
+
+/* Stage 2: one warp per row over the nb partials (nb <= 32). */
+__global__ void k_argmax_final(int32_t *ids, const float *pv, const int *pi, int nb) {
+    int r = blockIdx.x, lane = threadIdx.x;
+    float best = lane < nb ? pv[r * nb + lane] : -INFINITY;
+    int bi = lane < nb ? pi[r * nb + lane] : 0x7fffffff;
+    for (int o = 16; o > 0; o >>= 1) {
+        float v2 = __shfl_xor_sync(0xffffffffu, best, o);
+        int i2 = __shfl_xor_sync(0xffffffffu, bi, o);
+        s_amax_merge(best, bi, v2, i2);
+    }
+    if (lane == 0)
+        ids[r] = bi == 0x7fffffff ? 0 : bi;
+}
+
+int ek_argmax(cudaStream_t s, int32_t *ids, const float *logits, int R, int V, float *pv,
+              int *pi) {
     if (R == 0)
         return 0;
+    /* small batches: split each row over 32 blocks so the 600 KB row is read by many SMs */
+    const int nb = 32;
+    if (pv && pi && R <= 64 && V >= 8192) {
+        k_argmax_part<<<dim3(nb, R), 256, 0, s>>>(pv, pi, logits, V, nb);
+        CUDA_LAUNCH_CHECK();
+        k_argmax_final<<<R, 32, 0, s>>>(ids, pv, pi, nb);
+        CUDA_LAUNCH_CHECK();
+        return 0;
+    }
     k_argmax<<<R, 1024, 0, s>>>(ids, logits, V);
     CUDA_LAUNCH_CHECK();
     return 0;

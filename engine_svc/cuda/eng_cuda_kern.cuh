@@ -108,8 +108,9 @@ template <typename A> int ek_add(cudaStream_t s, A *out, const A *x, const A *y,
 /* out (R,D) = x[rows[r]]. */
 template <typename A>
 int ek_get_rows(cudaStream_t s, A *out, const A *x, const int32_t *rows, int R, int D, int n_rows_x);
-/* ids (R) = argmax of each row of logits (R,V), lowest id on ties. */
-int ek_argmax(cudaStream_t s, int32_t *ids, const float *logits, int R, int V);
+/* ids (R) = argmax of each row of logits (R,V), lowest id on ties, NaN never wins. With scratch
+ * pv/pi (64·32 each) and R <= 64, each row is split over 32 blocks. */
+int ek_argmax(cudaStream_t s, int32_t *ids, const float *logits, int R, int V, float *pv, int *pi);
 /* Fills n bf16 values with uniform(-scale, scale) + offset from a counter hash (dummy weights). */
 int ek_fill_random(cudaStream_t s, bf16 *p, size_t n, uint64_t seed, float scale, float offset);
 

@@ -29,9 +29,8 @@
 #include "eng_cuda.h"
 #include "eng_cuda_kern.cuh"
 
-static bool s_sticky = false;
-
-extern "C" bool eng_cuda_error_is_sticky(void) { return s_sticky; }
+extern bool eng_cuda_sticky; /* eng_cuda_kern.cu */
+#define s_sticky eng_cuda_sticky
 
 #define MCHECK(expr)                                                                               \
     do {                                                                                           \
@@ -109,6 +108,8 @@ struct eng_cuda_model {
     int *router_cnt;          /* (1) fused-router counter, zero */
     float *logits;            /* (max_seqs, V) */
     int32_t *ids_dev;         /* (max_seqs) */
+    float *amax_v;            /* (64, 32) argmax partials */
+    int *amax_i;              /* (64, 32) */
     float *partial;           /* split-K attention partials */
     int max_splits;
     ek_moe_scratch ms;
@@ -508,6 +509,8 @@ static int s_model_init(eng_cuda_model *m, const char *dir, char *err, size_t er
     RCHECK(s_alloc(m, (void **)&m->xl, (size_t)S * c.D * 2, "scratch: logits rows", err, errlen));
     RCHECK(s_alloc(m, (void **)&m->logits, (size_t)S * c.V * 4, "scratch: logits", err, errlen));
     RCHECK(s_alloc(m, (void **)&m->ids_dev, (size_t)S * 4, "scratch: ids", err, errlen));
+    RCHECK(s_alloc(m, (void **)&m->amax_v, 64 * 32 * 4, "scratch: argmax", err, errlen));
+    RCHECK(s_alloc(m, (void **)&m->amax_i, 64 * 32 * 4, "scratch: argmax", err, errlen));
     /* splits per step are capped by T (see forward): T·splits <= max(1024, 8·T_max) */
     size_t pb = (size_t)(8 * T > 1024 ? 8 * T : 1024) * c.Hq * (c.hd + 2) * 4;
     RCHECK(s_alloc(m, (void **)&m->partial, pb, "scratch: attention partials", err, errlen));
@@ -685,7 +688,7 @@ static int s_run(eng_cuda_model *m, const step &st, char *err, size_t errlen) {
     RCHECK(ek_add_rmsnorm<bf16, bf16>(s, m->xn, cur, m->delta, m->final_norm, T, c.D, c.eps));
     RCHECK(ek_get_rows<bf16>(s, m->xl, m->xn, md + mo.logit_rows, st.R, c.D, T));
     RCHECK(ek_matmul<bf16, float>(&m->kc, m->logits, m->xl, m->lm_head, st.R, c.V, c.D));
-    RCHECK(ek_argmax(s, m->ids_dev, m->logits, st.R, c.V));
+    RCHECK(ek_argmax(s, m->ids_dev, m->logits, st.R, c.V, m->amax_v, m->amax_i));
     return 0;
 }
 
@@ -761,6 +764,11 @@ extern "C" int eng_cuda_model_forward(eng_cuda_model_t *m, const eng_batch_t *b,
             max_nt = q.n_tokens;
         if ((int)len > max_len)
             max_len = (int)len;
+    }
+    if ((uint32_t)T != b->n_tokens || (uint32_t)R != b->n_logits) {
+        snprintf(err, errlen, "batch.n_tokens/n_logits: %u/%u, the sequences hold %d/%d",
+                 b->n_tokens, b->n_logits, T, R);
+        return -EINVAL;
     }
     if (T > (int)m->o.max_batch_tokens || b->n_seqs > m->o.max_seqs) {
         snprintf(err, errlen, "batch: %d tokens / %u sequences exceed max_batch_tokens %u / max_seqs %u",
