@@ -13,6 +13,7 @@ int cmd_up(int argc, char **argv);
 int cmd_chat(int argc, char **argv);
 int cmd_replay(int argc, char **argv);
 int cmd_dump(int argc, char **argv);
+int cmd_stats(int argc, char **argv);
 
 /* Directory of the running omnipipe binary (where the *_svc daemons are built and installed). */
 int cli_bindir(char *buf, size_t len);

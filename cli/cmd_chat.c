@@ -132,18 +132,19 @@ static int s_turn(om_client_t *c, chat_history_t *h, const chat_opts_t *o, const
             continue;
         if (ev.kind == OM_CLIENT_DELTA) {
             const Omnipipe__TextDelta *d = ev.env->delta;
-            if (d->text)
-                fputs(d->text, stdout);
+            if (d->has_text)
+                fwrite(d->text.data, 1, d->text.len, stdout);
             fflush(stdout);
         } else if (ev.kind == OM_CLIENT_FINAL) {
             const Omnipipe__Final *f = ev.env->final;
-            const char *text = f->text ? f->text : "";
+            const char *text = f->has_text ? (const char *)f->text.data : "";
+            size_t text_len = f->has_text ? f->text.len : 0;
             if (!o->stream)
-                fputs(text, stdout);
+                fwrite(text, 1, text_len, stdout);
             fputc('\n', stdout);
             fflush(stdout);
             s_push(h, "user", user, strlen(user));
-            s_push(h, "assistant", text, strlen(text));
+            s_push(h, "assistant", text, text_len);
             return 0;
         } else {
             const Omnipipe__Status *st = ev.env->status;

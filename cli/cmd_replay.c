@@ -9,7 +9,8 @@
  *   mm_prep    upstream/engines IN and ticks -> mmp_service; outputs compared in order per socket
  *   engine     mm_prep IN -> eng_service_submit/abort; each recorded step TICK -> eng_service_step at
  *              its now_ms, so step boundaries and deadlines replay exactly; batches in order
- *   decoder    in IN -> dec_service_handle_batch / dec_service_fail; outputs in order per socket
+ *   decoder    in IN -> dec_service_handle_batch / dec_service_fail, ticks -> dec_service_tick;
+ *              outputs in order per socket
  * Heartbeats and other Control traffic are not compared (they carry pids and timer-driven loads).
  * Replies the daemon shell itself produced when a peer was down (UNAVAILABLE) are left out, with the
  * requests they answered. The model and options come from the capture's config entry (--model
@@ -571,14 +572,10 @@ static void s_dec_stop(void *ud, const Omnipipe__Header *hdr) {
     om_arena_t *a;
     if (om_arena_new(4096, &a) < 0)
         return;
-    Omnipipe__Envelope e = OMNIPIPE__ENVELOPE__INIT;
-    Omnipipe__Abort ab = OMNIPIPE__ABORT__INIT;
-    ab.reason = "ended by the decoder";
-    e.header = om_msg_header_new(a, hdr->request_id, hdr->client_id.data, hdr->client_id.len);
-    e.body_case = OMNIPIPE__ENVELOPE__BODY_ABORT;
-    e.abort = &ab;
-    if (e.header)
-        s_produce(p, "upstream", NULL, 0, &e);
+    Omnipipe__Envelope *e =
+        om_msg_abort_env(a, hdr->request_id, hdr->client_id.data, hdr->client_id.len, "ended by the decoder");
+    if (e)
+        s_produce(p, "upstream", NULL, 0, e);
     om_arena_free(a);
 }
 #endif
@@ -600,6 +597,10 @@ static int s_replay_decoder(rp_t *p, rp_cap_t *c, const char *model) {
     for (size_t i = 0; i < c->n && r >= 0; i++) {
         const Omnipipe__RecordEntry *e = c->e[i];
         om_arena_reset(p->a);
+        if (s_is(e, OMNIPIPE__RECORD_ENTRY__DIR__TICK, "tick")) {
+            dec_service_tick(svc, e->now_ms, s_dec_emit, p); /* the daemon's idle housekeeping */
+            continue;
+        }
         if (e->dir != OMNIPIPE__RECORD_ENTRY__DIR__IN)
             continue;
         bool clients = strcmp(e->socket, "clients") == 0;

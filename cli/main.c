@@ -1,5 +1,5 @@
-/* omnipipe: the command-line front end. One binary, a table of subcommands: up, chat, replay, dump
- * (here) and tokenize, detokenize, render, generate, make-model, bench (their owners' cmd_*.c files).
+/* omnipipe: the command-line front end. One binary, a table of subcommands: up, chat, replay, dump,
+ * stats (here) and tokenize, detokenize, render, generate, make-model, bench (their owners' cmd_*.c files).
  * It links the same _core libraries as the daemons, so `omnipipe generate` or `omnipipe replay` run
  * exactly the daemons' code. */
 #include <errno.h>
@@ -52,6 +52,7 @@ int main(int argc, char **argv) {
         {"chat", cmd_chat, "multi-turn conversation through the running pipeline"},
         {"replay", cmd_replay, "replay a stage's recorded inputs and compare its outputs"},
         {"dump", cmd_dump, "print a capture file (.omcap) as text"},
+        {"stats", cmd_stats, "the running pipeline's engine load (KV blocks, prefix cache) as JSON"},
         {"tokenize", cmd_tokenize, "text -> token ids"},
         {"detokenize", cmd_detokenize, "token ids -> text"},
         {"render", cmd_render, "render a conversation with the model's chat template"},

@@ -240,12 +240,25 @@ int om_client_abort(om_client_t *c, uint64_t request_id) {
     int r = om_arena_new(4096, &a);
     if (r < 0)
         return r;
+    Omnipipe__Envelope *env = om_msg_abort_env(a, request_id, c->id, c->id_len, "client abort");
+    r = env ? s_send_env(c->submit, a, env) : -ENOMEM;
+    om_arena_free(a);
+    return r;
+}
+
+int om_client_stats(om_client_t *c) {
+    om_arena_t *a;
+    int r = om_arena_new(4096, &a);
+    if (r < 0)
+        return r;
     Omnipipe__Envelope env = OMNIPIPE__ENVELOPE__INIT;
-    Omnipipe__Abort ab = OMNIPIPE__ABORT__INIT;
-    ab.reason = "client abort";
-    env.header = om_msg_header_new(a, request_id, c->id, c->id_len);
-    env.body_case = OMNIPIPE__ENVELOPE__BODY_ABORT;
-    env.abort = &ab;
+    Omnipipe__Control ctl = OMNIPIPE__CONTROL__INIT;
+    Omnipipe__StatsRequest sr = OMNIPIPE__STATS_REQUEST__INIT;
+    ctl.kind_case = OMNIPIPE__CONTROL__KIND_STATS_REQUEST;
+    ctl.stats_request = &sr;
+    env.header = om_msg_header_new(a, 0, c->id, c->id_len);
+    env.body_case = OMNIPIPE__ENVELOPE__BODY_CONTROL;
+    env.control = &ctl;
     r = env.header ? s_send_env(c->submit, a, &env) : -ENOMEM;
     om_arena_free(a);
     return r;
@@ -373,6 +386,12 @@ static int s_read(om_client_t *c, om_sock_t *s, bool from_decoder, om_client_eve
         return 0; /* counted by the transport as received; dropped */
     }
     om_rmsg_close(&m);
+    if (om_msg_is_control(env) && env->control->kind_case == OMNIPIPE__CONTROL__KIND_STATS_REPLY) {
+        ret->kind = OM_CLIENT_STATS;
+        ret->request_id = 0;
+        ret->env = env;
+        return 1;
+    }
     if (om_msg_is_control(env) || !env->header->has_request_id)
         return 0;
     om_creq_t *q = s_find(c, env->header->request_id);

@@ -37,6 +37,7 @@ enum om_client_event_kind {
     OM_CLIENT_DELTA = 1, /* env->delta */
     OM_CLIENT_FINAL,     /* env->final: the request is done */
     OM_CLIENT_STATUS,    /* env->status: the request failed (done) */
+    OM_CLIENT_STATS,     /* env->control->stats_reply (request_id 0): answer to om_client_stats() */
 };
 
 typedef struct om_client_event {
@@ -60,6 +61,10 @@ int om_client_abort(om_client_t *c, uint64_t request_id);
 int om_client_poll(om_client_t *c, long timeout_ms, om_client_event_t *ret);
 size_t om_client_inflight(const om_client_t *c);
 const uint8_t *om_client_id(const om_client_t *c, size_t *ret_len); /* routing identity, borrowed */
+/* Asks for the pipeline's stats: mm_prep answers (through the tokenizer) with a StatsReply holding
+ * every live engine's latest EngineLoad (KV blocks, running, prefix cache counters) and its own
+ * counters; it arrives as an OM_CLIENT_STATS event. Fire and forget: no reply when mm_prep is down. */
+int om_client_stats(om_client_t *c);
 /* Sends raw frames on the submit socket (tests: malformed input). */
 int om_client_send_raw(om_client_t *c, bool to_decoder, const void *data, size_t len);
 

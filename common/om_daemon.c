@@ -16,6 +16,7 @@
 #include <systemd/sd-daemon.h>
 
 #include "om_log.h"
+#include "om_transport.h"
 
 /* sd_notify(3) sender that never blocks: a supervisor that stops reading its notify socket (full
  * datagram queue) must not stall the daemon's loop, so the message is sent with MSG_DONTWAIT and
@@ -153,4 +154,71 @@ void om_daemon_tick(om_daemon_t *d, uint64_t now_mono_ms) {
 
 long om_daemon_watchdog_poll_ms(const om_daemon_t *d) {
     return d->watchdog_ms ? (long)(d->watchdog_ms / 4 + 1) : -1;
+}
+
+/* ---- the start-up and main-loop steps every daemon's main.c shares ---- */
+
+int om_daemon_config(const char *stage, const char *prog, const om_config_key_t *keys, int argc, char **argv,
+                     om_config_t **ret) {
+    char err[512];
+    om_config_t *cfg = NULL;
+    om_log_set_ident(stage);
+    int r = om_config_load_section(stage, keys, argc, argv, &cfg, err, sizeof err);
+    if (r < 0)
+        return om_log_errno(r, "%s", err);
+    if (om_config_get_bool(cfg, "help")) {
+        om_config_usage(cfg, prog);
+        om_config_free(cfg);
+        *ret = NULL;
+        return 1;
+    }
+    int lvl = om_log_parse_level(om_config_get(cfg, "log_level"));
+    if (lvl >= 0)
+        om_log_max_level = lvl;
+    *ret = cfg;
+    return 0;
+}
+
+int om_daemon_transport(const om_config_t *cfg, const char *stage, const char *const *kv, size_t n_kv,
+                        om_transport_t **ret) {
+    char err[512];
+    uint64_t hwm = 0;
+    int r = om_config_get_u64(cfg, "hwm", &hwm, err, sizeof err);
+    if (r < 0 || hwm > 1000000) {
+        om_log_err("%s", r < 0 ? err : "hwm: at most 1000000 messages");
+        return -EINVAL;
+    }
+    om_transport_t *t = NULL;
+    if ((r = om_transport_new(stage, om_config_get(cfg, "record"), &t, err, sizeof err)) < 0) {
+        om_log_err("%s", err);
+        return r;
+    }
+    om_transport_set_hwm(t, (int)hwm);
+    om_transport_record_config(t, kv, n_kv);
+    *ret = t;
+    return 0;
+}
+
+const char *om_daemon_recording_note(const om_transport_t *t, char *buf, size_t len) {
+    const char *path = om_transport_capture_path(t);
+    if (!path)
+        return "";
+    snprintf(buf, len, ", recording to %s", path);
+    return buf;
+}
+
+int om_daemon_poll(om_daemon_t *d, zmq_pollitem_t *items, int n, long timeout_ms) {
+    items[0] = (zmq_pollitem_t){NULL, d->sfd, ZMQ_POLLIN, 0};
+    long wd = om_daemon_watchdog_poll_ms(d);
+    if (wd > 0 && (timeout_ms < 0 || wd < timeout_ms))
+        timeout_ms = wd;
+    int r = zmq_poll(items, n, timeout_ms);
+    if (r < 0) {
+        if (errno == EINTR)
+            return 0;
+        return om_log_errno(-errno, "zmq_poll: %s", zmq_strerror(errno));
+    }
+    if (items[0].revents & ZMQ_POLLIN)
+        om_daemon_on_signal(d);
+    return r;
 }

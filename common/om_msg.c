@@ -175,6 +175,21 @@ Omnipipe__Envelope *om_msg_heartbeat_env(om_arena_t *a, const char *stage, uint3
     return env->header ? env : NULL;
 }
 
+Omnipipe__Envelope *om_msg_abort_env(om_arena_t *a, uint64_t request_id, const void *client_id, size_t client_id_len,
+                                     const char *reason) {
+    Omnipipe__Envelope *env = om_arena_alloc(a, sizeof *env);
+    Omnipipe__Abort *ab = om_arena_alloc(a, sizeof *ab);
+    if (!env || !ab)
+        return NULL;
+    omnipipe__envelope__init(env);
+    omnipipe__abort__init(ab);
+    ab->reason = om_arena_strdup(a, reason);
+    env->header = om_msg_header_new(a, request_id, client_id, client_id_len);
+    env->body_case = OMNIPIPE__ENVELOPE__BODY_ABORT;
+    env->abort = ab;
+    return env->header ? env : NULL;
+}
+
 const char *om_msg_body_name(const Omnipipe__Envelope *env) {
     switch (env->body_case) {
     case OMNIPIPE__ENVELOPE__BODY_CHAT: return "chat";

@@ -52,6 +52,10 @@ Omnipipe__Envelope *om_msg_status_env(om_arena_t *a, Omnipipe__Header *hdr, Omni
 Omnipipe__Envelope *om_msg_heartbeat_env(om_arena_t *a, const char *stage, uint32_t pid,
                                          Omnipipe__EngineLoad *load);
 
+/* An Envelope {header(request_id, client_id copied), Abort{reason}} (reason copied). */
+Omnipipe__Envelope *om_msg_abort_env(om_arena_t *a, uint64_t request_id, const void *client_id, size_t client_id_len,
+                                     const char *reason);
+
 /* Body name for logs: "chat", "status", ... */
 const char *om_msg_body_name(const Omnipipe__Envelope *env);
 

@@ -342,6 +342,7 @@ static int s_req_start(dec_service_t *s, dec_req_t *q, const Omnipipe__SeqStep *
         }
     }
     o.split_reasoning = st->has_split_reasoning && st->split_reasoning;
+    o.reasoning_starts_open = st->has_reasoning_starts_open && st->reasoning_starts_open;
     int r = dec_stream_new(s->vocab, &o, &q->stream);
     if (r == -E2BIG) {
         snprintf(err, errlen,
@@ -470,10 +471,16 @@ static int s_step(dec_service_t *s, const Omnipipe__SeqStep *st, uint64_t now_ms
             snprintf(err, sizeof(err), "decoder out of memory");
             return s_fail_here(s, q, &h, -ENOMEM, err, now_ms, emit, ud);
         }
-        if (d.text_len > 0)
-            td.text = s->text.p;
-        if (d.reasoning_len > 0)
-            td.reasoning_text = s->reasoning.p;
+        if (d.text_len > 0) {
+            td.has_text = true;
+            td.text.data = (uint8_t *)s->text.p;
+            td.text.len = d.text_len;
+        }
+        if (d.reasoning_len > 0) {
+            td.has_reasoning_text = true;
+            td.reasoning_text.data = (uint8_t *)s->reasoning.p;
+            td.reasoning_text.len = d.reasoning_len;
+        }
         td.n_token_ids = q->n_ids - q->n_ids_sent;
         td.token_ids = q->ids + q->n_ids_sent;
         td.n_logprobs = st->n_logprobs;
@@ -500,9 +507,14 @@ static int s_step(dec_service_t *s, const Omnipipe__SeqStep *st, uint64_t now_ms
     Omnipipe__Final fin = OMNIPIPE__FINAL__INIT;
     Omnipipe__Usage usage = OMNIPIPE__USAGE__INIT;
     char stop_id[16];
-    fin.text = s->text.p;
-    if (q->split && reason_len > 0)
-        fin.reasoning_content = s->reasoning.p;
+    fin.has_text = true;
+    fin.text.data = (uint8_t *)s->text.p;
+    fin.text.len = text_len;
+    if (q->split && reason_len > 0) {
+        fin.has_reasoning_content = true;
+        fin.reasoning_content.data = (uint8_t *)s->reasoning.p;
+        fin.reasoning_content.len = reason_len;
+    }
     fin.n_token_ids = q->n_ids;
     fin.token_ids = q->ids;
     fin.has_finish = true;

@@ -60,14 +60,10 @@ static void s_stop(void *ud, const Omnipipe__Header *hdr) {
     om_arena_t *a;
     if (om_arena_new(4096, &a) < 0)
         return;
-    Omnipipe__Envelope e = OMNIPIPE__ENVELOPE__INIT;
-    Omnipipe__Abort ab = OMNIPIPE__ABORT__INIT;
-    ab.reason = "ended by the decoder";
-    e.header = om_msg_header_new(a, hdr->request_id, hdr->client_id.data, hdr->client_id.len);
-    e.body_case = OMNIPIPE__ENVELOPE__BODY_ABORT;
-    e.abort = &ab;
-    if (e.header)
-        om_msg_send(m->upstream, a, NULL, 0, &e);
+    Omnipipe__Envelope *e =
+        om_msg_abort_env(a, hdr->request_id, hdr->client_id.data, hdr->client_id.len, "ended by the decoder");
+    if (e)
+        om_msg_send(m->upstream, a, NULL, 0, e);
     om_arena_free(a);
 }
 
@@ -119,20 +115,11 @@ static void s_on_clients(dec_main_t *m, om_arena_t *a) {
 
 static int run(int argc, char **argv) {
     static const om_config_key_t keys[] = {{NULL, false, NULL, NULL}};
-    char err[512], ep_in[4096], ep_out[4096], ep_up[4096];
-    om_log_set_ident("decoder");
+    char err[512], ep_in[4096], ep_out[4096], ep_up[4096], note[4200];
     om_config_t *cfg = NULL;
-    int r = om_config_load_section("decoder", keys, argc, argv, &cfg, err, sizeof err);
-    if (r < 0)
-        return om_log_errno(r, "%s", err);
-    if (om_config_get_bool(cfg, "help")) {
-        om_config_usage(cfg, "decoder_svc");
-        om_config_free(cfg);
-        return 0;
-    }
-    int lvl = om_log_parse_level(om_config_get(cfg, "log_level"));
-    if (lvl >= 0)
-        om_log_max_level = lvl;
+    int r = om_daemon_config(OM_STAGE_DECODER, "decoder_svc", keys, argc, argv, &cfg);
+    if (r != 0)
+        return r < 0 ? r : 0;
     dec_main_t m = {0};
     om_daemon_t *d = NULL;
     om_arena_t *a = NULL;
@@ -156,24 +143,12 @@ static int run(int argc, char **argv) {
         goto out;
     }
     dec_service_set_stop_callback(m.svc, s_stop, &m);
-    if ((r = om_transport_new(OM_STAGE_DECODER, om_config_get(cfg, "record"), &m.t, err, sizeof err)) < 0) {
-        om_log_err("%s", err);
-        goto out;
-    }
-    {
-        uint64_t hwm = 0;
-        if ((r = om_config_get_u64(cfg, "hwm", &hwm, err, sizeof err)) < 0 || hwm > 1000000) {
-            om_log_err("%s", r < 0 ? err : "hwm: at most 1000000 messages");
-            r = -EINVAL;
-            goto out;
-        }
-        om_transport_set_hwm(m.t, (int)hwm);
-    }
     {
         char kv_model[4200];
         snprintf(kv_model, sizeof kv_model, "model=%s", model);
         const char *kv[] = {kv_model};
-        om_transport_record_config(m.t, kv, 1);
+        if ((r = om_daemon_transport(cfg, OM_STAGE_DECODER, kv, 1, &m.t)) < 0)
+            goto out;
     }
     if ((r = om_config_endpoint(cfg, "decoder_in", ep_in, sizeof ep_in)) < 0 ||
         (r = om_config_endpoint(cfg, "decoder", ep_out, sizeof ep_out)) < 0 ||
@@ -196,30 +171,36 @@ static int run(int argc, char **argv) {
         goto out;
     }
     om_daemon_ready(d, "serving on %s", ep_out);
-    om_log_notice("ready: %s -> %s%s%s", ep_in, ep_out,
-                  om_transport_capture_path(m.t) ? ", recording to " : "",
-                  om_transport_capture_path(m.t) ? om_transport_capture_path(m.t) : "");
+    om_log_notice("ready: %s -> %s%s", ep_in, ep_out, om_daemon_recording_note(m.t, note, sizeof note));
+    uint64_t last_tick = om_time_mono_ms();
     while (!om_daemon_stopping(d)) {
         zmq_pollitem_t items[3] = {
-            {NULL, om_daemon_fd(d), ZMQ_POLLIN, 0},
+            {0},
             {om_sock_zmq(m.in), 0, ZMQ_POLLIN, 0},
             {om_sock_zmq(m.clients), 0, ZMQ_POLLIN, 0},
         };
-        long timeout = (long)hb_ms;
-        long wd = om_daemon_watchdog_poll_ms(d);
-        if (wd > 0 && wd < timeout)
-            timeout = wd;
-        if (zmq_poll(items, 3, timeout) < 0 && errno != EINTR) {
-            r = om_log_errno(-errno, "zmq_poll: %s", zmq_strerror(errno));
+        int n_ready = om_daemon_poll(d, items, 3, (long)hb_ms);
+        if (n_ready < 0) {
+            r = n_ready;
             break;
         }
-        if (items[0].revents & ZMQ_POLLIN)
-            om_daemon_on_signal(d);
         if (items[1].revents & ZMQ_POLLIN)
             s_on_input(&m, a);
         if (items[2].revents & ZMQ_POLLIN)
             s_on_clients(&m, a);
-        om_daemon_tick(d, om_time_mono_ms());
+        /* housekeeping while no batches come (expired requests of a dead engine, tombstones): when
+         * the poll timed out, and at least once a second under steady client heartbeats */
+        uint64_t now = om_time_mono_ms();
+        if (n_ready == 0 || now - last_tick >= 1000) {
+            uint64_t wall = om_time_wall_ms();
+            om_transport_tick(m.t, "tick", wall);
+            m.recv_mono_ns = om_time_mono_ns();
+            int tr = dec_service_tick(m.svc, wall, s_emit, &m);
+            if (tr < 0)
+                om_log_warning("housekeeping: %s", strerror(-tr));
+            last_tick = now;
+        }
+        om_daemon_tick(d, now);
     }
     /* drain: what is already queued still reaches its clients */
     s_on_input(&m, a);

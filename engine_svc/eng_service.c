@@ -44,6 +44,7 @@ typedef struct s_req {
     Omnipipe__Header *hdr;         /* owned copy (unpacked), NULL if none came */
     Omnipipe__SamplingParams *sampling; /* owned copy, NULL if none came */
     bool split_reasoning, stream;
+    bool reasoning_starts_open;    /* PreparedRequest: the output starts inside <think> */
     eng_sampler_params_t params;   /* validated, defaults applied */
     int32_t *stop_ids;             /* (n_stop) */
     uint32_t n_stop;
@@ -427,9 +428,14 @@ static int s_prepare(eng_service_t *s, s_req_t *q, const Omnipipe__PreparedReque
             return -ENOMEM;
         memcpy(q->pos, pt->data.data, pt->data.len);
         q->rope_delta = req->has_rope_delta ? req->rope_delta : 0;
-        /* explicit positions come with media: the K/V of the placeholder ids depend on more than
-         * the ids, so the block keys would lie */
-        q->seq.no_prefix_cache = true;
+        /* positions other than the text-only default (0..n-1 on every row) come with media: the K/V
+         * of the placeholder ids depend on more than the ids, so the block keys would lie. mm_prep
+         * sends the default explicitly for text; that keeps the prefix cache. */
+        bool plain = q->rope_delta == 0;
+        for (uint32_t row = 0; plain && row < 3; row++)
+            for (uint32_t i = 0; plain && i < n_prompt; i++)
+                plain = q->pos[(size_t)row * n_prompt + i] == (int32_t)i;
+        q->seq.no_prefix_cache = !plain;
     }
     q->seq.cap = n_prompt + q->params.max_tokens;
     q->seq.tokens = malloc((size_t)q->seq.cap * sizeof *q->seq.tokens);
@@ -475,6 +481,7 @@ int eng_service_submit(eng_service_t *s, const Omnipipe__Header *hdr,
         return r;
     }
     q->split_reasoning = req->has_split_reasoning && req->split_reasoning;
+    q->reasoning_starts_open = req->has_reasoning_starts_open && req->reasoning_starts_open;
     q->stream = req->has_stream && req->stream;
     q->where = S_LIVE;
     s_list_push(&s->live, q);
@@ -625,6 +632,8 @@ static void s_fill_out(eng_service_t *s, s_req_t *q) {
         o->sampling = q->sampling;
         o->has_split_reasoning = true;
         o->split_reasoning = q->split_reasoning;
+        o->has_reasoning_starts_open = q->reasoning_starts_open;
+        o->reasoning_starts_open = q->reasoning_starts_open;
         o->has_stream = true;
         o->stream = q->stream;
         q->first_sent = true;

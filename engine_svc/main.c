@@ -14,6 +14,9 @@
 #include <unistd.h>
 
 #include "eng_service.h"
+#ifdef OM_HAVE_CUDA
+#include "eng_cuda.h"
+#endif
 #include "om_arena.h"
 #include "om_config.h"
 #include "om_daemon.h"
@@ -125,15 +128,25 @@ static bool s_on_mmp(eng_main_t *m, om_arena_t *a) {
     return got;
 }
 
+/* Whether a failed step left the device unusable (sticky CUDA error: the context is poisoned and
+ * only a new process recovers). */
+static bool s_device_lost(int r) {
+#ifdef OM_HAVE_CUDA
+    return r == -EIO && eng_cuda_error_is_sticky();
+#else
+    (void)r;
+    return false;
+#endif
+}
+
+/* One engine step; a failed step's batch (its requests ended with the error) is still sent. */
 static int s_step(eng_main_t *m, om_arena_t *a) {
     uint64_t now = om_time_wall_ms();
     om_transport_tick(m->t, "step", now);
     const Omnipipe__TokenBatch *b = NULL;
-    int r = eng_service_step(m->svc, now, &b);
-    if (r < 0)
-        return r;
+    int rs = eng_service_step(m->svc, now, &b);
     if (!b || b->n_seqs == 0)
-        return 0;
+        return rs;
     Omnipipe__Envelope env = OMNIPIPE__ENVELOPE__INIT;
     env.header = om_msg_header_new(a, 0, NULL, 0);
     env.body_case = OMNIPIPE__ENVELOPE__BODY_BATCH;
@@ -151,7 +164,7 @@ static int s_step(eng_main_t *m, om_arena_t *a) {
     om_arena_reset(a);
     if (finished)
         s_heartbeat(m, false); /* fresh credits and done keys for the router at once */
-    return 0;
+    return rs;
 }
 
 static int run(int argc, char **argv) {
@@ -166,20 +179,11 @@ static int run(int argc, char **argv) {
         {"drain_ms", false, "10000", "on SIGTERM, time to finish running requests"},
         {NULL, false, NULL, NULL},
     };
-    char err[512], ep_eng[4096], ep_dec[4096], engine_id[128];
-    om_log_set_ident("engine");
+    char err[512], ep_eng[4096], ep_dec[4096], engine_id[128], note[4200];
     om_config_t *cfg = NULL;
-    int r = om_config_load_section("engine", keys, argc, argv, &cfg, err, sizeof err);
-    if (r < 0)
-        return om_log_errno(r, "%s", err);
-    if (om_config_get_bool(cfg, "help")) {
-        om_config_usage(cfg, "engine_svc");
-        om_config_free(cfg);
-        return 0;
-    }
-    int lvl = om_log_parse_level(om_config_get(cfg, "log_level"));
-    if (lvl >= 0)
-        om_log_max_level = lvl;
+    int r = om_daemon_config(OM_STAGE_ENGINE, "engine_svc", keys, argc, argv, &cfg);
+    if (r != 0)
+        return r < 0 ? r : 0;
     eng_main_t m = {0};
     om_arena_t *a = NULL;
     uint64_t hb_ms = 500, device = 0, kv_blocks = 0, mbt = 0, threads = 0, drain_ms = 10000;
@@ -221,19 +225,6 @@ static int run(int argc, char **argv) {
         om_log_err("cannot load '%s' on %s: %s", model, eo.backend, err);
         goto out;
     }
-    if ((r = om_transport_new(OM_STAGE_ENGINE, om_config_get(cfg, "record"), &m.t, err, sizeof err)) < 0) {
-        om_log_err("%s", err);
-        goto out;
-    }
-    {
-        uint64_t hwm = 0;
-        if ((r = om_config_get_u64(cfg, "hwm", &hwm, err, sizeof err)) < 0 || hwm > 1000000) {
-            om_log_err("%s", r < 0 ? err : "hwm: at most 1000000 messages");
-            r = -EINVAL;
-            goto out;
-        }
-        om_transport_set_hwm(m.t, (int)hwm);
-    }
     {
         char kv[8][4200];
         snprintf(kv[0], sizeof kv[0], "model=%s", model);
@@ -247,7 +238,8 @@ static int run(int argc, char **argv) {
         const char *kvp[8];
         for (int i = 0; i < 8; i++)
             kvp[i] = kv[i];
-        om_transport_record_config(m.t, kvp, 8);
+        if ((r = om_daemon_transport(cfg, OM_STAGE_ENGINE, kvp, 8, &m.t)) < 0)
+            goto out;
     }
     if ((r = om_config_endpoint(cfg, "engines", ep_eng, sizeof ep_eng)) < 0 ||
         (r = om_config_endpoint(cfg, "decoder_in", ep_dec, sizeof ep_dec)) < 0) {
@@ -268,9 +260,8 @@ static int run(int argc, char **argv) {
     }
     s_heartbeat(&m, false);
     om_daemon_ready(m.d, "%s serving %s on %s", engine_id, model, eo.backend);
-    om_log_notice("ready: %s (%s) -> %s%s%s", engine_id, eo.backend, ep_dec,
-                  om_transport_capture_path(m.t) ? ", recording to " : "",
-                  om_transport_capture_path(m.t) ? om_transport_capture_path(m.t) : "");
+    om_log_notice("ready: %s (%s) -> %s%s", engine_id, eo.backend, ep_dec,
+                  om_daemon_recording_note(m.t, note, sizeof note));
     uint64_t last_hb = om_time_mono_ms(), stop_at = 0;
     for (;;) {
         bool stopping = om_daemon_stopping(m.d);
@@ -289,24 +280,32 @@ static int run(int argc, char **argv) {
         }
         bool busy = eng_service_has_work(m.svc);
         zmq_pollitem_t items[2] = {
-            {NULL, om_daemon_fd(m.d), ZMQ_POLLIN, 0},
+            {0},
             {om_sock_zmq(m.mmp), 0, ZMQ_POLLIN, 0},
         };
-        long timeout = busy ? 0 : (long)hb_ms / 2;
-        if (zmq_poll(items, 2, timeout) < 0 && errno != EINTR) {
-            r = om_log_errno(-errno, "zmq_poll: %s", zmq_strerror(errno));
+        if ((r = om_daemon_poll(m.d, items, 2, busy ? 0 : (long)hb_ms / 2)) < 0)
             break;
-        }
-        if (items[0].revents & ZMQ_POLLIN)
-            om_daemon_on_signal(m.d);
         if (items[1].revents & ZMQ_POLLIN)
             s_on_mmp(&m, a);
         if (eng_service_has_work(m.svc) && (r = s_step(&m, a)) < 0) {
-            om_log_err("engine step failed: %s; exiting so the service manager restarts a clean engine",
-                       strerror(-r));
-            om_daemon_status(m.d, "step failed: %s", strerror(-r));
+            if (!s_device_lost(r)) { /* the step's requests got the error; the engine goes on */
+                om_log_warning("engine step failed: %s (its requests were ended with the error)",
+                               strerror(-r));
+                r = 0;
+                goto next;
+            }
+#ifdef OM_HAVE_CUDA
+            om_log(OM_LOG_CRIT, "CUDA context lost (%s): failing all requests and exiting so the "
+                   "service manager restarts a clean engine", eng_cuda_last_error());
+#endif
+            om_daemon_status(m.d, "device lost: %s; restarting", strerror(-r));
+            eng_service_fail_all(m.svc, r, "engine device failed (sticky CUDA error); restarting");
+            for (int i = 0; i < 4 && eng_service_has_work(m.svc); i++)
+                s_step(&m, a); /* reports the failed requests; no model step runs */
+            r = -EIO;
             break;
         }
+    next:
         now = om_time_mono_ms();
         if (now - last_hb >= hb_ms) {
             s_heartbeat(&m, false);

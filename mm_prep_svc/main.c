@@ -188,20 +188,11 @@ static void s_on_engines(mmp_main_t *m, om_arena_t *a) {
 
 static int run(int argc, char **argv) {
     static const om_config_key_t keys[] = {{NULL, false, NULL, NULL}};
-    char err[512], ep_up[4096], ep_eng[4096], ep_dec[4096];
-    om_log_set_ident("mm_prep");
+    char err[512], ep_up[4096], ep_eng[4096], ep_dec[4096], note[4200];
     om_config_t *cfg = NULL;
-    int r = om_config_load_section("mm_prep", keys, argc, argv, &cfg, err, sizeof err);
-    if (r < 0)
-        return om_log_errno(r, "%s", err);
-    if (om_config_get_bool(cfg, "help")) {
-        om_config_usage(cfg, "mm_prep_svc");
-        om_config_free(cfg);
-        return 0;
-    }
-    int lvl = om_log_parse_level(om_config_get(cfg, "log_level"));
-    if (lvl >= 0)
-        om_log_max_level = lvl;
+    int r = om_daemon_config(OM_STAGE_MM_PREP, "mm_prep_svc", keys, argc, argv, &cfg);
+    if (r != 0)
+        return r < 0 ? r : 0;
     mmp_main_t m = {0};
     om_daemon_t *d = NULL;
     om_arena_t *a = NULL;
@@ -217,25 +208,13 @@ static int run(int argc, char **argv) {
         om_log_err("cannot set up: %s", strerror(-r));
         goto out;
     }
-    if ((r = om_transport_new(OM_STAGE_MM_PREP, om_config_get(cfg, "record"), &m.t, err, sizeof err)) < 0) {
-        om_log_err("%s", err);
-        goto out;
-    }
-    {
-        uint64_t hwm = 0;
-        if ((r = om_config_get_u64(cfg, "hwm", &hwm, err, sizeof err)) < 0 || hwm > 1000000) {
-            om_log_err("%s", r < 0 ? err : "hwm: at most 1000000 messages");
-            r = -EINVAL;
-            goto out;
-        }
-        om_transport_set_hwm(m.t, (int)hwm);
-    }
     {
         char kv_hb[64], kv_live[64];
         snprintf(kv_hb, sizeof kv_hb, "heartbeat_ms=%" PRIu64, hb_ms);
         snprintf(kv_live, sizeof kv_live, "liveness=%" PRIu64, liveness);
         const char *kv[] = {kv_hb, kv_live};
-        om_transport_record_config(m.t, kv, 2);
+        if ((r = om_daemon_transport(cfg, OM_STAGE_MM_PREP, kv, 2, &m.t)) < 0)
+            goto out;
     }
     if ((r = om_config_endpoint(cfg, "mm_prep", ep_up, sizeof ep_up)) < 0 ||
         (r = om_config_endpoint(cfg, "engines", ep_eng, sizeof ep_eng)) < 0 ||
@@ -260,25 +239,18 @@ static int run(int argc, char **argv) {
         goto out;
     }
     om_daemon_ready(d, "routing %s -> %s", ep_up, ep_eng);
-    om_log_notice("ready: %s -> engines on %s%s%s", ep_up, ep_eng,
-                  om_transport_capture_path(m.t) ? ", recording to " : "",
-                  om_transport_capture_path(m.t) ? om_transport_capture_path(m.t) : "");
+    om_log_notice("ready: %s -> engines on %s%s", ep_up, ep_eng, om_daemon_recording_note(m.t, note, sizeof note));
     uint64_t next_tick = om_time_mono_ms() + MMP_TICK_MS;
     size_t last_status[3] = {0, 0, 0};
     while (!om_daemon_stopping(d)) {
         zmq_pollitem_t items[3] = {
-            {NULL, om_daemon_fd(d), ZMQ_POLLIN, 0},
+            {0},
             {om_sock_zmq(m.upstream), 0, ZMQ_POLLIN, 0},
             {om_sock_zmq(m.engines), 0, ZMQ_POLLIN, 0},
         };
         uint64_t now = om_time_mono_ms();
-        long timeout = next_tick > now ? (long)(next_tick - now) : 0;
-        if (zmq_poll(items, 3, timeout) < 0 && errno != EINTR) {
-            r = om_log_errno(-errno, "zmq_poll: %s", zmq_strerror(errno));
+        if ((r = om_daemon_poll(d, items, 3, next_tick > now ? (long)(next_tick - now) : 0)) < 0)
             break;
-        }
-        if (items[0].revents & ZMQ_POLLIN)
-            om_daemon_on_signal(d);
         if (items[2].revents & ZMQ_POLLIN)
             s_on_engines(&m, a);
         if (items[1].revents & ZMQ_POLLIN)

@@ -189,6 +189,8 @@ int mmp_service_prepare(const Omnipipe__Envelope *in, uint64_t now_ms, om_arena_
     p->rope_delta = 0;
     p->has_split_reasoning = t->has_split_reasoning;
     p->split_reasoning = t->split_reasoning;
+    p->has_reasoning_starts_open = t->has_reasoning_starts_open;
+    p->reasoning_starts_open = t->reasoning_starts_open;
     p->has_stream = t->has_stream;
     p->stream = t->stream;
     omnipipe__envelope__init(out);

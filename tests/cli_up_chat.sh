@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # cli_up_chat.sh: `omnipipe up` starts the four daemons (READY through its own notify socket) and
-# prints `ready`; `omnipipe chat --script` holds a three-turn conversation through them; when a
+# prints `ready`; `omnipipe chat --script` holds a three-turn conversation through them; `omnipipe
+# stats` reports the idle engine's load (all KV blocks free, prefix-cache hits); when a
 # daemon dies `up` names it, stops the others and exits non-zero; nothing is left running.
 #   tests/cli_up_chat.sh BIN_DIR MODEL_DIR
 set -euo pipefail
@@ -26,6 +27,24 @@ printf 'Hello!\nName three colors.\nWhich one did you name first?\n' > "$RT/turn
 [[ "$(grep -c '^> ' "$RT/chat.txt")" == 3 ]] || fail "expected three turns: $(cat "$RT/chat.txt")"
 # each turn prints its prompt line and a reply line
 [[ "$(wc -l < "$RT/chat.txt")" -ge 6 ]] || fail "replies missing: $(cat "$RT/chat.txt")"
+
+# stats: one engine, idle again, every KV block free, the three turns' prompts looked up in the cache
+# (the load is the engine's last heartbeat: ask again for a moment if it is not idle yet)
+stats_ok() {
+    "$BIN/omnipipe" stats --runtime-dir "$RT" > "$RT/stats.json" || return 1
+    python3 - "$RT/stats.json" <<'PY'
+import json, sys
+s = json.load(open(sys.argv[1]))
+assert s["stage"] == "mm_prep" and s["counters"]["engines"] == 1, s
+e = s["engines"][0]
+assert e["engine_id"] == "engine-0" and e["running"] == 0, e
+assert e["kv_blocks_total"] > 0 and e["kv_blocks_free"] == e["kv_blocks_total"], e
+assert e["prefix_cache_queries"] > 0 and 0 < e["prefix_cache_hits"] <= e["prefix_cache_queries"], e
+PY
+}
+ok=""
+for _ in $(seq 1 10); do if stats_ok 2>"$RT/stats.err"; then ok=1; break; fi; sleep 0.2; done
+[[ -n "$ok" ]] || fail "stats: $(cat "$RT/stats.json" "$RT/stats.err")"
 
 # a daemon dies: up says which one and stops the rest
 PIDS="$(grep -o 'engine-0=[0-9]*' "$RT/up.log" | cut -d= -f2)"

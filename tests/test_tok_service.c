@@ -4,8 +4,10 @@
  * would send it, run through tok_service_handle(), and the ids must equal transformers' ids; media
  * parts must come out as MediaRef in order (and mm_prep must refuse them as not supported yet).
  * Also: prompt_ids pass through and are range-checked, prompt_text is encoded as-is, the default
- * deadline is applied and an expired one refused, errors carry stage "tokenizer". */
+ * deadline is applied and an expired one refused, errors carry stage "tokenizer"; reasoning_starts_open
+ * follows the prompt's last <think> (oracle: the rendered text) and mm_prep carries it on. */
 #include <errno.h>
+#include <stdbool.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -151,6 +153,14 @@ static Omnipipe__Envelope *s_env(om_arena_t *a, Omnipipe__ChatRequest *req, uint
     return e;
 }
 
+/* the oracle for reasoning_starts_open, on text: after the last "<think>" there is no "</think>" */
+static bool s_text_think_open(const char *text) {
+    const char *last = NULL;
+    for (const char *p = text; (p = strstr(p, "<think>")) != NULL; p++)
+        last = p;
+    return last && !strstr(last, "</think>");
+}
+
 static void test_chat_template_parity(void **state) {
     (void)state;
     const char *shared = getenv("OM_SHARED_DIR");
@@ -184,6 +194,11 @@ static void test_chat_template_parity(void **state) {
                 fail_msg("case %zu: id %zu is %d, transformers has %lld", idx, i, t->ids[i],
                          (long long)json_integer_value(json_array_get(ids, i)));
         assert_int_equal(t->n_media, n_media);
+        /* reasoning_starts_open: the rendered text (transformers') ends inside an open <think> */
+        const char *text = json_string_value(json_object_get(c, "rendered"));
+        bool open = s_text_think_open(text);
+        if ((t->has_reasoning_starts_open && t->reasoning_starts_open) != open)
+            fail_msg("case %zu: reasoning_starts_open %d, rendered text says %d", idx, t->reasoning_starts_open, open);
         /* the header survives, with the default deadline applied */
         assert_int_equal(out->header->request_id, 7);
         assert_int_equal(out->header->deadline_unix_ms, 1000 + TOK_SERVICE_DEFAULT_DEADLINE_MS);
@@ -262,10 +277,52 @@ static void test_prompt_ids_text_and_errors(void **state) {
     om_arena_free(a);
 }
 
+/* reasoning_starts_open is set when the prompt ends inside an open <think>, whichever way the prompt
+ * came (text, ids), and mm_prep carries it into the PreparedRequest */
+static void test_reasoning_starts_open(void **state) {
+    (void)state;
+    static const char *texts[] = {
+        "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n<think>\n",
+        "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n<think>\nfirst, the greeting",
+        "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n",
+        "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n",
+        "<think>a</think> then <think>b",
+        "no tags at all",
+    };
+    size_t n_open = 0;
+    for (size_t i = 0; i < sizeof texts / sizeof texts[0]; i++) {
+        om_arena_t *a;
+        assert_int_equal(om_arena_new(0, &a), 0);
+        Omnipipe__ChatRequest req = OMNIPIPE__CHAT_REQUEST__INIT;
+        req.prompt_text = (char *)texts[i];
+        Omnipipe__Envelope *out, *prep;
+        assert_int_equal(tok_service_handle(s_svc, s_env(a, &req, 0), 1000, a, &out), 0);
+        assert_int_equal(out->body_case, OMNIPIPE__ENVELOPE__BODY_TOKENIZED);
+        bool want = s_text_think_open(texts[i]);
+        n_open += want;
+        bool got = out->tokenized->has_reasoning_starts_open && out->tokenized->reasoning_starts_open;
+        if (got != want)
+            fail_msg("text %zu: reasoning_starts_open %d, expected %d", i, got, want);
+        assert_int_equal(mmp_service_prepare(out, 1000, a, &prep), 0);
+        assert_int_equal(prep->body_case, OMNIPIPE__ENVELOPE__BODY_PREPARED);
+        assert_int_equal(prep->prepared->has_reasoning_starts_open && prep->prepared->reasoning_starts_open, want);
+        /* the same prompt as ids */
+        Omnipipe__ChatRequest byid = OMNIPIPE__CHAT_REQUEST__INIT;
+        byid.prompt_ids = out->tokenized->ids;
+        byid.n_prompt_ids = out->tokenized->n_ids;
+        Omnipipe__Envelope *out2;
+        assert_int_equal(tok_service_handle(s_svc, s_env(a, &byid, 0), 1000, a, &out2), 0);
+        assert_int_equal(out2->tokenized->has_reasoning_starts_open && out2->tokenized->reasoning_starts_open, want);
+        om_arena_free(a);
+    }
+    assert_int_equal(n_open, 3);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_chat_template_parity),
         cmocka_unit_test(test_prompt_ids_text_and_errors),
+        cmocka_unit_test(test_reasoning_starts_open),
     };
     return cmocka_run_group_tests(tests, s_setup, s_teardown);
 }

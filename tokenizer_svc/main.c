@@ -341,20 +341,11 @@ static int run(int argc, char **argv) {
         {"deadline_ms", false, "60000", "default request deadline, ms"},
         {NULL, false, NULL, NULL},
     };
-    char err[512], ep_front[4096], ep_down[4096];
-    om_log_set_ident("tokenizer");
+    char err[512], ep_front[4096], ep_down[4096], note[4200];
     om_config_t *cfg = NULL;
-    int r = om_config_load_section("tokenizer", keys, argc, argv, &cfg, err, sizeof err);
-    if (r < 0)
-        return om_log_errno(r, "%s", err);
-    if (om_config_get_bool(cfg, "help")) {
-        om_config_usage(cfg, "tokenizer_svc");
-        om_config_free(cfg);
-        return 0;
-    }
-    int lvl = om_log_parse_level(om_config_get(cfg, "log_level"));
-    if (lvl >= 0)
-        om_log_max_level = lvl;
+    int r = om_daemon_config(OM_STAGE_TOKENIZER, "tokenizer_svc", keys, argc, argv, &cfg);
+    if (r != 0)
+        return r < 0 ? r : 0;
     tok_main_t m = {0};
     tok_service_t *svc = NULL;
     om_daemon_t *d = NULL;
@@ -392,25 +383,13 @@ static int run(int argc, char **argv) {
         goto out;
     }
     m.svc = svc;
-    if ((r = om_transport_new(OM_STAGE_TOKENIZER, om_config_get(cfg, "record"), &m.t, err, sizeof err)) < 0) {
-        om_log_err("%s", err);
-        goto out;
-    }
-    {
-        uint64_t hwm = 0;
-        if ((r = om_config_get_u64(cfg, "hwm", &hwm, err, sizeof err)) < 0 || hwm > 1000000) {
-            om_log_err("%s", r < 0 ? err : "hwm: at most 1000000 messages");
-            r = -EINVAL;
-            goto out;
-        }
-        om_transport_set_hwm(m.t, (int)hwm);
-    }
     {
         char kv_model[4200], kv_dl[64];
         snprintf(kv_model, sizeof kv_model, "model=%s", model);
         snprintf(kv_dl, sizeof kv_dl, "deadline_ms=%" PRIu64, deadline_ms);
         const char *kv[] = {kv_model, kv_dl};
-        om_transport_record_config(m.t, kv, 2);
+        if ((r = om_daemon_transport(cfg, OM_STAGE_TOKENIZER, kv, 2, &m.t)) < 0)
+            goto out;
     }
     if ((r = om_config_endpoint(cfg, "tokenizer", ep_front, sizeof ep_front)) < 0 ||
         (r = om_config_endpoint(cfg, "mm_prep", ep_down, sizeof ep_down)) < 0) {
@@ -452,9 +431,8 @@ static int run(int argc, char **argv) {
         }
     }
     om_daemon_ready(d, "serving on %s with %" PRIu64 " workers", ep_front, n_threads);
-    om_log_notice("ready: %s -> %s, %" PRIu64 " workers%s%s", ep_front, ep_down, n_threads,
-                  om_transport_capture_path(m.t) ? ", recording to " : "",
-                  om_transport_capture_path(m.t) ? om_transport_capture_path(m.t) : "");
+    om_log_notice("ready: %s -> %s, %" PRIu64 " workers%s", ep_front, ep_down, n_threads,
+                  om_daemon_recording_note(m.t, note, sizeof note));
     uint64_t last_hb = 0, stop_at = 0;
     for (;;) {
         bool stopping = om_daemon_stopping(d);
@@ -464,18 +442,13 @@ static int run(int argc, char **argv) {
         if (stopping && (m.jobs_done >= m.jobs_out || om_time_mono_ms() - stop_at > 5000))
             break;
         zmq_pollitem_t items[4] = {
-            {NULL, om_daemon_fd(d), ZMQ_POLLIN, 0},
+            {0},
             {om_sock_zmq(m.frontend), 0, ZMQ_POLLIN, 0},
             {m.done, 0, ZMQ_POLLIN, 0},
             {om_sock_zmq(m.downstream), 0, ZMQ_POLLIN, 0},
         };
-        long timeout = (long)m.hb_ms / 2;
-        if (zmq_poll(items, 4, timeout) < 0 && errno != EINTR) {
-            r = om_log_errno(-errno, "zmq_poll: %s", zmq_strerror(errno));
+        if ((r = om_daemon_poll(d, items, 4, (long)m.hb_ms / 2)) < 0)
             break;
-        }
-        if (items[0].revents & ZMQ_POLLIN)
-            om_daemon_on_signal(d);
         if (items[3].revents & ZMQ_POLLIN)
             s_on_downstream(&m, a);
         if (items[1].revents & ZMQ_POLLIN)

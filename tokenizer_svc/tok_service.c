@@ -2,6 +2,7 @@
 #include "tok_service.h"
 
 #include <errno.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,6 +16,7 @@ struct tok_service {
     tok_chat_t *chat;             /* chat template; NULL when the checkpoint ships none */
     char chat_err[512];           /* why chat is NULL */
     uint64_t default_deadline_ms; /* relative */
+    int32_t think_open, think_close; /* ids of <think> and </think>; -1 when the vocab has none */
 };
 
 int tok_service_new(const char *model_dir, uint64_t default_deadline_ms, tok_service_t **ret,
@@ -28,6 +30,9 @@ int tok_service_new(const char *model_dir, uint64_t default_deadline_ms, tok_ser
         free(s);
         return r;
     }
+    const om_vocab_t *v = tok_codec_vocab(s->codec);
+    s->think_open = om_vocab_token_id(v, "<think>", 7);
+    s->think_close = om_vocab_token_id(v, "</think>", 8);
     /* a checkpoint without a chat template still serves prompt_ids/prompt_text requests */
     if (tok_chat_new(model_dir, &s->chat, s->chat_err, sizeof s->chat_err) < 0)
         s->chat = NULL;
@@ -42,6 +47,20 @@ tok_service_t *tok_service_free(tok_service_t *s) {
     tok_chat_free(s->chat);
     free(s);
     return NULL;
+}
+
+/* true when the prompt ends inside an open <think>: after its last <think> there is no </think>
+ * (a template that opens the reasoning block for the model, e.g. thinking-only checkpoints) */
+static bool s_reasoning_open(const tok_service_t *s, const int32_t *ids, size_t n) {
+    if (s->think_open < 0)
+        return false;
+    for (size_t i = n; i-- > 0;) {
+        if (ids[i] == s->think_close)
+            return false;
+        if (ids[i] == s->think_open)
+            return true;
+    }
+    return false;
 }
 
 static int s_fail(om_arena_t *a, Omnipipe__Header *h, int neg_errno, const char *msg,
@@ -146,6 +165,10 @@ int tok_service_handle(const tok_service_t *s, const Omnipipe__Envelope *in, uin
     t->split_reasoning = req->split_reasoning;
     t->has_stream = req->has_stream;
     t->stream = req->stream;
+    if (s_reasoning_open(s, ids, n_ids)) {
+        t->has_reasoning_starts_open = true;
+        t->reasoning_starts_open = true;
+    }
     if (n_media) {
         t->media = om_arena_alloc(a, n_media * sizeof *t->media);
         if (!t->media) {

@@ -4,7 +4,8 @@
  * What it does: applies the default deadline (header.deadline_unix_ms unset/0 -> now_ms + default)
  * and refuses an expired one; uses prompt_ids as they are (checked against the vocab), or encodes
  * prompt_text as-is, or validates and renders the conversation with the checkpoint's chat template
- * and encodes it; lists media parts as MediaRef for mm_prep. No sockets, no clock (now_ms is an
+ * and encodes it; sets reasoning_starts_open when the ids end inside an open <think> (no </think>
+ * after the last <think>); lists media parts as MediaRef for mm_prep. No sockets, no clock (now_ms is an
  * argument), so tokenizer_svc's workers, `omnipipe replay` and the tests run exactly this code.
  *
  * Ownership: tok_service_new() returns a caller-owned service; tok_service_free() accepts NULL and

@@ -17,7 +17,9 @@
  * forwards an upstream Status unchanged and drops state bad_sampling       too many stop strings:
  * Status INVALID_ARGUMENT naming sampling.stop deadline_expiry    a request far past its deadline
  * with a silent engine: DEADLINE_EXCEEDED, dropped many_requests      700 requests over 7 clients,
- * some aborted (hash map growth and deletion) */
+ * some aborted (hash map growth and deletion)
+ *   nul_byte           a token decoding to U+0000 survives in Final.text and the deltas (bytes fields)
+ *   reasoning_starts_open  the SeqStep flag makes the streamed output start as reasoning */
 #include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -96,13 +98,23 @@ static void s_deltas(const char *cid, uint64_t rid, bool reasoning, dt_str_t *ou
         const Omnipipe__Envelope *e = cap.env[i];
         if (!s_is(e, cid, rid) || e->body_case != OMNIPIPE__ENVELOPE__BODY_DELTA)
             continue;
-        const char *t = reasoning ? e->delta->reasoning_text : e->delta->text;
-        if (!t)
+        bool has = reasoning ? e->delta->has_reasoning_text : e->delta->has_text;
+        ProtobufCBinaryData t = reasoning ? e->delta->reasoning_text : e->delta->text;
+        if (!has)
             continue;
-        assert_true(dt_utf8_valid(t, strlen(t)));
-        dt_str_add(out, t, strlen(t));
+        assert_true(dt_utf8_valid((const char *)t.data, t.len));
+        dt_str_add(out, (const char *)t.data, t.len);
     }
 }
+
+/* a bytes field (Final.text, ...) equals the C string want */
+#define assert_bytes_string(b, want)                                                               \
+    do {                                                                                           \
+        const char *w_ = (want);                                                                   \
+        assert_int_equal((b).len, strlen(w_));                                                     \
+        if ((b).len)                                                                               \
+            assert_memory_equal((b).data, w_, (b).len);                                            \
+    } while (0)
 
 static const Omnipipe__Envelope *s_find(const char *cid, uint64_t rid,
                                         Omnipipe__Envelope__BodyCase body) {
@@ -240,7 +252,7 @@ static void test_several_requests(void **state) {
     assert_string_equal(got.p, want);
     const Omnipipe__Envelope *f = s_find("A", 1, OMNIPIPE__ENVELOPE__BODY_FINAL);
     assert_non_null(f);
-    assert_string_equal(f->final->text, want);
+    assert_bytes_string(f->final->text, want);
     assert_int_equal(f->final->n_token_ids, na1 + 1);
     assert_memory_equal(f->final->token_ids, a1, na1 * sizeof(int32_t));
     assert_int_equal(f->final->token_ids[na1], s_eos);
@@ -264,7 +276,7 @@ static void test_several_requests(void **state) {
     assert_int_equal(s_count("A", 2, OMNIPIPE__ENVELOPE__BODY_DELTA), 0);
     assert_int_equal(s_count("A", 2, OMNIPIPE__ENVELOPE__BODY_FINAL), 1);
     f = s_find("A", 2, OMNIPIPE__ENVELOPE__BODY_FINAL);
-    assert_string_equal(f->final->text, "second request");
+    assert_bytes_string(f->final->text, "second request");
     assert_int_equal(f->final->usage->prompt_tokens, 11);
 
     /* B/1: reasoning split */
@@ -273,8 +285,8 @@ static void test_several_requests(void **state) {
     s_deltas("B", 1, false, &got);
     assert_string_equal(got.p, "ok \xf0\x9f\x98\x80");
     f = s_find("B", 1, OMNIPIPE__ENVELOPE__BODY_FINAL);
-    assert_string_equal(f->final->text, "ok \xf0\x9f\x98\x80");
-    assert_string_equal(f->final->reasoning_content, "hmm");
+    assert_bytes_string(f->final->text, "ok \xf0\x9f\x98\x80");
+    assert_bytes_string(f->final->reasoning_content, "hmm");
     assert_int_equal(s_count("B", 1, OMNIPIPE__ENVELOPE__BODY_FINAL), 1);
     /* nothing else went out */
     assert_int_equal(s_count("A", 1, OMNIPIPE__ENVELOPE__BODY_STATUS) +
@@ -369,7 +381,7 @@ static void test_abort(void **state) {
     assert_int_equal(s_run(svc, &pst, 1, 13 + 30000 + 61000), 0);
     const Omnipipe__Envelope *f = s_find("D", 3, OMNIPIPE__ENVELOPE__BODY_FINAL);
     assert_non_null(f);
-    assert_string_equal(f->final->text, "xyz");
+    assert_bytes_string(f->final->text, "xyz");
     cap_reset();
     dec_service_free(svc);
 }
@@ -400,7 +412,7 @@ static void test_stop_string(void **state) {
     assert_non_null(f);
     assert_int_equal(f->final->finish, OMNIPIPE__FINISH_REASON__FINISH_STOP_STRING);
     assert_string_equal(f->final->stop_reason, "STOP");
-    assert_string_equal(f->final->text, "abc ");
+    assert_bytes_string(f->final->text, "abc ");
     assert_int_equal(f->final->n_token_ids, 10);
     assert_int_equal(cap.n_stop_calls, 1);
     assert_int_equal(cap.stop_rid[0], 3);
@@ -446,8 +458,8 @@ static void test_stop_token(void **state) {
         const Omnipipe__Envelope *f = s_find("F", 9, OMNIPIPE__ENVELOPE__BODY_FINAL);
         assert_non_null(f);
         char *want = s_decode(ids, include ? n : n - 1, false);
-        assert_string_equal(f->final->text, want);
-        assert_string_equal(f->final->text, include ? "done<|endoftext|>" : "done");
+        assert_bytes_string(f->final->text, want);
+        assert_bytes_string(f->final->text, include ? "done<|endoftext|>" : "done");
         free(want);
         char id[16];
         snprintf(id, sizeof(id), "%d", stop_tok);
@@ -463,7 +475,7 @@ static void test_stop_token(void **state) {
         assert_int_equal(s_run(svc, &pst, 1, 31), 0);
         f = s_find("F", 10, OMNIPIPE__ENVELOPE__BODY_FINAL);
         assert_int_equal(f->final->finish, OMNIPIPE__FINISH_REASON__FINISH_LENGTH);
-        assert_string_equal(f->final->text, "done<|endoftext|>");
+        assert_bytes_string(f->final->text, "done<|endoftext|>");
         assert_null(f->final->stop_reason);
         cap_reset();
         dec_service_free(svc);
@@ -485,7 +497,7 @@ static void test_bad_step(void **state) {
     assert_int_equal(s_run(svc, pst, 2, 40), -EBADMSG);
     const Omnipipe__Envelope *f = s_find("G", 2, OMNIPIPE__ENVELOPE__BODY_FINAL);
     assert_non_null(f);
-    assert_string_equal(f->final->text, "o"); /* FINISH_STOP: the last token is the stop token */
+    assert_bytes_string(f->final->text, "o"); /* FINISH_STOP: the last token is the stop token */
     assert_int_equal(cap.n, 1);
     assert_int_equal(dec_service_handle_batch(svc, NULL, 0, s_emit, &cap), -EINVAL);
     cap_reset();
@@ -701,24 +713,25 @@ static void test_random_traffic(void **state) {
             size_t n_text = rq[i].len;
             if (rq[i].fin == OMNIPIPE__FINISH_REASON__FINISH_STOP)
                 n_text--;
-            char *want = s_decode(rq[i].ids, n_text, rq[i].skip);
-            /* protobuf strings end at a NUL byte: compare up to it */
-            assert_int_equal(strcmp(f->text, want), 0);
+            size_t want_len = 0;
+            char *want = NULL;
+            assert_int_equal(
+                om_vocab_decode(dt_vocab, rq[i].ids, n_text, rq[i].skip, &want, &want_len), 0);
+            /* text is bytes on the wire: exact, NUL bytes included */
+            assert_int_equal(f->text.len, want_len);
+            if (want_len)
+                assert_memory_equal(f->text.data, want, want_len);
             assert_int_equal(f->finish, rq[i].fin);
             assert_int_equal(f->n_token_ids, rq[i].len);
             assert_memory_equal(f->token_ids, rq[i].ids, rq[i].len * sizeof(int32_t));
-            size_t want_len = 0;
-            char *tmp = NULL;
-            assert_int_equal(
-                om_vocab_decode(dt_vocab, rq[i].ids, n_text, rq[i].skip, &tmp, &want_len), 0);
-            free(tmp);
             s_deltas(cid, (uint64_t)i, false, &got);
-            if (rq[i].stream && want_len == strlen(want)) /* no NUL byte: deltas are exact */
-                assert_string_equal(got.p, want);
-            else if (rq[i].stream)
-                assert_int_equal(strncmp(got.p, want, got.len), 0);
-            else
+            if (rq[i].stream) {
+                assert_int_equal(got.len, want_len);
+                if (want_len)
+                    assert_memory_equal(got.p, want, want_len);
+            } else {
                 assert_int_equal(got.len, 0);
+            }
             free(want);
         }
         free(got.p);
@@ -784,7 +797,7 @@ static void test_many_requests(void **state) {
         }
         assert_non_null(f);
         char *want = s_decode(ids[i], (size_t)(3 + i % 4), true);
-        assert_string_equal(f->final->text, want);
+        assert_bytes_string(f->final->text, want);
         free(want);
     }
     cap_reset();
@@ -803,6 +816,89 @@ static int teardown(void **state) {
     return 0;
 }
 
+/* a token that decodes to U+0000: Final.text and the streamed deltas keep it and what follows */
+static void test_nul_byte(void **state) {
+    (void)state;
+    dec_service_t *svc = s_svc();
+    int32_t ids[16];
+    size_t n = dt_bytes(ids, 0, "ab");
+    assert_true(dt_byte_id[0] >= 0);
+    ids[n++] = dt_byte_id[0];
+    n = dt_bytes(ids, n, "cd");
+    static const char want[] = "ab\0cd";
+    Omnipipe__SeqStep st, *pst = &st;
+    for (size_t i = 0; i < n; i++) {
+        s_step(&st, "N", 1, ids + i, 1);
+        st.has_stream = true;
+        st.stream = true;
+        if (i + 1 == n) {
+            st.has_finish = true;
+            st.finish = OMNIPIPE__FINISH_REASON__FINISH_LENGTH;
+        }
+        assert_int_equal(s_run(svc, &pst, 1, 10 + i), 0);
+    }
+    const Omnipipe__Envelope *f = s_find("N", 1, OMNIPIPE__ENVELOPE__BODY_FINAL);
+    assert_non_null(f);
+    assert_int_equal(f->final->text.len, sizeof want - 1);
+    assert_memory_equal(f->final->text.data, want, sizeof want - 1);
+    dt_str_t got = {0};
+    s_deltas("N", 1, false, &got);
+    assert_int_equal(got.len, sizeof want - 1);
+    assert_memory_equal(got.p, want, sizeof want - 1);
+    free(got.p);
+    cap_reset();
+    dec_service_free(svc);
+}
+
+/* SeqStep.reasoning_starts_open (the prompt ended inside <think>): with split_reasoning the streamed
+ * output is reasoning until </think>; without the flag the same tokens stream as content until a
+ * <think> that never comes. The Final splits at </think> either way (vLLM's Qwen3 parser). */
+static void test_reasoning_starts_open(void **state) {
+    (void)state;
+    dec_service_t *svc = s_svc();
+    int32_t ids[64];
+    size_t n = dt_bytes(ids, 0, "plan it");
+    int32_t close = dt_token("</think>");
+    assert_true(close >= 0);
+    ids[n++] = close;
+    n = dt_bytes(ids, n, "answer");
+    for (int open = 0; open < 2; open++) {
+        Omnipipe__SeqStep st, *pst = &st;
+        for (size_t i = 0; i < n; i++) {
+            s_step(&st, "R", 1, ids + i, 1);
+            st.has_split_reasoning = st.split_reasoning = true;
+            st.has_stream = st.stream = true;
+            if (i == 0) {
+                st.has_reasoning_starts_open = true;
+                st.reasoning_starts_open = open;
+            }
+            if (i + 1 == n) {
+                st.has_finish = true;
+                st.finish = OMNIPIPE__FINISH_REASON__FINISH_LENGTH;
+            }
+            assert_int_equal(s_run(svc, &pst, 1, 10 + i), 0);
+        }
+        dt_str_t reason = {0}, content = {0};
+        s_deltas("R", 1, true, &reason);
+        s_deltas("R", 1, false, &content);
+        if (open) {
+            assert_string_equal(reason.p, "plan it");
+            assert_string_equal(content.p, "answer");
+        } else {
+            assert_int_equal(reason.len, 0);
+            assert_true(strncmp(content.p, "plan it", 7) == 0);
+        }
+        const Omnipipe__Envelope *f = s_find("R", 1, OMNIPIPE__ENVELOPE__BODY_FINAL);
+        assert_non_null(f);
+        assert_bytes_string(f->final->reasoning_content, "plan it");
+        assert_bytes_string(f->final->text, "answer");
+        free(reason.p);
+        free(content.p);
+        cap_reset();
+    }
+    dec_service_free(svc);
+}
+
 int main(int argc, char **argv) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_several_requests),
@@ -816,6 +912,8 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_deadline_expiry),
         cmocka_unit_test(test_random_traffic),
         cmocka_unit_test(test_many_requests),
+        cmocka_unit_test(test_nul_byte),
+        cmocka_unit_test(test_reasoning_starts_open),
     };
     if (argc > 1)
         cmocka_set_test_filter(argv[1]);

@@ -4,7 +4,8 @@
  * small token budget (chunked prefill); abort frees the blocks; a second conversation turn reuses
  * the first turn's KV (cached_tokens) and gives the tokens of an uncached run; admission waits for
  * KV memory or fails RESOURCE_EXHAUSTED at the deadline; bad sampling fields are reported in a
- * SeqStep; seeded sampling does not depend on the batch. */
+ * SeqStep; seeded sampling does not depend on the batch; explicit default (text) positions keep the
+ * prefix cache, media-like positions bypass it. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -486,6 +487,61 @@ static void test_positions(void **state) {
     eng_service_free(s);
 }
 
+/* submits prompt ids with explicit [3, n] positions: the default 0..n-1 on every row (what mm_prep
+ * sends for text), or shifted rows as media would have */
+static void s_submit_pos(eng_service_t *s, uint64_t id, const int32_t *ids, uint32_t n, bool shifted) {
+    int32_t pos[3 * 128];
+    for (uint32_t row = 0; row < 3; row++)
+        for (uint32_t i = 0; i < n; i++)
+            pos[row * n + i] = (int32_t)i + (shifted && row == 1 && i > 2 ? 1 : 0);
+    int64_t shape[2] = {3, (int64_t)n};
+    Omnipipe__Tensor t = OMNIPIPE__TENSOR__INIT;
+    t.has_dtype = true;
+    t.dtype = OMNIPIPE__TENSOR__DTYPE__I32;
+    t.n_shape = 2;
+    t.shape = shape;
+    t.has_data = true;
+    t.data.data = (uint8_t *)pos;
+    t.data.len = 3 * (size_t)n * sizeof(int32_t);
+    Omnipipe__SamplingParams sp = OMNIPIPE__SAMPLING_PARAMS__INIT;
+    sp.has_max_tokens = sp.has_ignore_eos = true;
+    sp.max_tokens = 4;
+    sp.ignore_eos = true;
+    Omnipipe__PreparedRequest pr = OMNIPIPE__PREPARED_REQUEST__INIT;
+    pr.ids = (int32_t *)ids;
+    pr.n_ids = n;
+    pr.positions = &t;
+    pr.sampling = &sp;
+    Omnipipe__Header h = OMNIPIPE__HEADER__INIT;
+    h.has_request_id = true;
+    h.request_id = id;
+    assert_int_equal(eng_service_submit(s, &h, &pr, 1000), 0);
+}
+
+/* text-only requests that carry the default positions explicitly (mm_prep does) still use the prefix
+ * cache; positions as media make them (shifted rows) never do */
+static void test_positions_prefix_cache(void **state) {
+    (void)state;
+    t_golden_t g;
+    s_load_golden("tiny-omni", &g);
+    const uint32_t n = g.n_prompt[1];
+    assert_true(n >= 16 && n <= 128);
+    eng_service_t *s = s_new("tiny-omni", 0, 256, false);
+    static t_out_t out[MAX_REQ];
+    memset(out, 0, sizeof out);
+    s_submit_pos(s, 0, g.prompts[1], n, false);
+    s_drain(s, out, 1000);
+    s_submit_pos(s, 1, g.prompts[1], n, false);
+    s_drain(s, out, 1000);
+    assert_int_equal(out[0].cached, 0);
+    assert_true(out[1].cached >= n / 16 * 16 && out[1].cached > 0);
+    s_submit_pos(s, 2, g.prompts[1], n, true);
+    s_drain(s, out, 1000);
+    assert_int_equal(out[2].cached, 0);
+    assert_int_equal(out[2].n, 4);
+    eng_service_free(s);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_golden_qwen3),
@@ -497,6 +553,7 @@ int main(void) {
         cmocka_unit_test(test_bad_request),
         cmocka_unit_test(test_seeded_batch_independent),
         cmocka_unit_test(test_positions),
+        cmocka_unit_test(test_positions_prefix_cache),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

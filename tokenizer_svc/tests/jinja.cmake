@@ -1,8 +1,6 @@
 # jinja.cmake: tests of the chat-template interpreter (tok_jinja.c) and conversation rendering
 # (tok_chat.c). Included from tokenizer_svc/CMakeLists.txt after tok_core is defined.
 if(EXISTS ${CMAKE_CURRENT_SOURCE_DIR}/tok_jinja.c)
-  # tok_jinja.c uses libm (pow, floor, nearbyint for Python's float semantics).
-  target_link_libraries(tok_core PUBLIC m)
   om_add_test(NAME jinja SOURCES tests/test_jinja.c LIBS tok_core LABELS unit TIMEOUT 60)
 
   # C side of the jinja2 oracle: JSON lines in, renderings out.
