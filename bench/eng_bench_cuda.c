@@ -8,7 +8,12 @@
  * GEMV vs grouped path at batch 8; second chat turn with and without the prefix cache (turn-1
  * blocks reused vs the whole conversation prefilled again). Prints a table last.
  *
- * Usage: eng_bench_cuda CONFIG_DIR [--steps N] [--quick] [--profile] [--b1-only]
+ * --service: after the direct batch-1 runs, frees the runner and measures the same batch-1 decode
+ * through eng_service (what engine_svc and `omnipipe generate --backend cuda --load-format dummy`
+ * run: scheduler, KV block manager, the backend's SAMPLE hook), greedy and with temperature/top-p
+ * sampling on the GPU; OMNIPIPE_GPU_SAMPLE=0 in the environment samples on the host instead.
+ *
+ * Usage: eng_bench_cuda CONFIG_DIR [--steps N] [--quick] [--profile] [--b1-only] [--service]
  * --profile: only runs, inside a profiler range (ncu --profile-from-start off), one batch-1 decode
  * step at ctx 512, one 512-token prefill and one batch-128 decode step (bench/ncu_summary.py). */
 #include <errno.h>
@@ -18,6 +23,7 @@
 #include <time.h>
 
 #include "eng_cuda.h"
+#include "eng_service.h"
 
 static double s_now(void) {
     struct timespec ts;
@@ -122,12 +128,71 @@ static void s_seq_free(seq_t *s) {
     free(s->bt);
 }
 
+/* One request through eng_service: a ctx-token prompt, then up to steps timed decode tokens (after
+ * two warm-up tokens). ignore_eos stays off: the service hands only such rows to the GPU sampler
+ * (ignore_eos needs the host's eos suppression), so a dummy model may stop early at an eos; the
+ * rate is over the tokens actually timed (*ret_timed). Returns decode tok/s; *ret_ttft the seconds
+ * until the first token. */
+static double s_service_b1(const char *dir, int ctx, int steps, float temperature,
+                           double *ret_ttft, int *ret_timed) {
+    eng_service_opts_t o = {.model_dir = dir, .backend = "cuda", .load_format = "dummy",
+                            .engine_id = "bench", .max_model_len = (uint32_t)(ctx + steps + 64)};
+    eng_service_t *svc = NULL;
+    int r = eng_service_new(&o, NULL, NULL, &svc, g_err, sizeof g_err);
+    if (r < 0)
+        s_die(r, "eng_service_new");
+    seq_t p;
+    s_seq_init(&p, (uint32_t)ctx + 8, 77);
+    g_next_block = 0;
+    Omnipipe__Header h = OMNIPIPE__HEADER__INIT;
+    h.has_request_id = true;
+    h.request_id = 1;
+    Omnipipe__SamplingParams sp = OMNIPIPE__SAMPLING_PARAMS__INIT;
+    sp.has_max_tokens = sp.has_temperature = sp.has_seed = true;
+    sp.max_tokens = (uint32_t)steps + 3;
+    sp.temperature = temperature;
+    sp.seed = 5;
+    if (temperature > 0) {
+        sp.has_top_p = true;
+        sp.top_p = 0.95f;
+    }
+    Omnipipe__PreparedRequest pr = OMNIPIPE__PREPARED_REQUEST__INIT;
+    pr.ids = p.tokens;
+    pr.n_ids = (size_t)ctx;
+    pr.sampling = &sp;
+    if ((r = eng_service_submit(svc, &h, &pr, 1)) < 0)
+        s_die(r, "eng_service_submit");
+    int got = 0;
+    double t0 = s_now(), t_first = 0, t_dec = 0;
+    while (eng_service_has_work(svc)) {
+        const Omnipipe__TokenBatch *b = NULL;
+        if ((r = eng_service_step(svc, 1, &b)) < 0)
+            s_die(r, "eng_service_step");
+        for (size_t i = 0; b && i < b->n_seqs; i++) {
+            if (b->seqs[i]->has_finish && b->seqs[i]->finish == OMNIPIPE__FINISH_REASON__FINISH_ERROR)
+                s_die(-EIO, b->seqs[i]->error && b->seqs[i]->error->message
+                                ? b->seqs[i]->error->message : "request failed");
+            got += (int)b->seqs[i]->n_token_ids;
+        }
+        if (got >= 1 && t_first == 0)
+            t_first = s_now();
+        if (got >= 3 && t_dec == 0)
+            t_dec = s_now();
+    }
+    double dt = s_now() - t_dec;
+    eng_service_free(svc);
+    s_seq_free(&p);
+    *ret_ttft = t_first - t0;
+    *ret_timed = got - 3;
+    return got > 3 && dt > 0 ? (got - 3) / dt : 0;
+}
+
 int main(int argc, char **argv) {
     if (argc < 2) {
         fprintf(stderr, "usage: %s CONFIG_DIR [--steps N] [--quick]\n", argv[0]);
         return 2;
     }
-    int steps = 64, quick = 0, profile = 0, b1_only = 0;
+    int steps = 64, quick = 0, profile = 0, b1_only = 0, service = 0;
     for (int i = 2; i < argc; i++) {
         if (!strcmp(argv[i], "--steps") && i + 1 < argc)
             steps = atoi(argv[++i]);
@@ -137,6 +202,8 @@ int main(int argc, char **argv) {
             profile = 1;
         else if (!strcmp(argv[i], "--b1-only"))
             b1_only = 1;
+        else if (!strcmp(argv[i], "--service"))
+            service = 1;
     }
     double d2d = 0;
     int r = eng_cuda_measure_d2d_gbps(0, 1u << 30, &d2d);
@@ -208,8 +275,24 @@ int main(int argc, char **argv) {
         fflush(stdout);
         s_seq_free(&s);
     }
-    if (b1_only) {
+    if (b1_only || service) {
         eng_cuda_model_free(g_m);
+        g_m = NULL;
+        if (!service)
+            return 0;
+        /* the same batch-1 decode through eng_service (fast runner, scheduler, GPU sampling) */
+        const char *how[2] = {"greedy", "temperature 0.8, top-p 0.95"};
+        for (int c = 0; c < 2; c++)
+            for (int k = 0; k < 2; k++) {
+                double tt = 0;
+                int timed = 0;
+                double tps = s_service_b1(argv[1], ctxs[c], steps, k ? 0.8f : 0.0f, &tt, &timed);
+                printf("service batch 1, ctx %d, %s: TTFT %.1f ms, decode %.1f tok/s (%.2f "
+                       "ms/token over %d tokens; direct runner %.1f tok/s, %.1f%% overhead)\n",
+                       ctxs[c], how[k], tt * 1e3, tps, tps > 0 ? 1e3 / tps : 0, timed, dec1[c],
+                       tps > 0 ? 100.0 * (dec1[c] / tps - 1.0) : 0);
+                fflush(stdout);
+            }
         return 0;
     }
     /* aggregate decode at 8, 32, 128 */

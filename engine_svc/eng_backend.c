@@ -7,6 +7,10 @@
 #include <string.h>
 
 #include "eng_backend.h"
+#include "eng_sampler.h"
+#ifdef OM_HAVE_CUDA
+#include "eng_cuda.h"
+#endif
 
 size_t eng_dtype_size(eng_dtype_t dt) {
     switch (dt) {
@@ -159,6 +163,31 @@ void eng_backend_set_sample(eng_backend_t *b,
     b->ops = &b->ops_copy;
 }
 
+#ifdef OM_HAVE_CUDA
+/* SAMPLE hook of the CUDA backend: the rows' greedy/temperature/top-k/top-p/min-p draw on the
+ * device (eng_cuda_sample), on the backend's stream; only the ids come back. */
+static int s_cuda_sample(eng_backend_t *b, const eng_tensor_t *logits,
+                         const struct eng_sample_batch *req, int32_t *ret_ids) {
+    if (!logits || !logits->data || logits->dtype != ENG_DTYPE_F32 || !req || !req->params ||
+        !req->steps || !ret_ids || req->n_rows == 0 || eng_tensor_rows(logits) < req->n_rows)
+        return -EINVAL;
+    eng_cuda_sample_row_t stack[64], *rows = stack;
+    if (req->n_rows > 64 && !(rows = malloc(req->n_rows * sizeof *rows)))
+        return -ENOMEM;
+    for (uint32_t i = 0; i < req->n_rows; i++) {
+        const eng_sampler_params_t *p = &req->params[i];
+        rows[i] = (eng_cuda_sample_row_t){.temperature = p->temperature, .top_k = p->top_k,
+                                          .top_p = p->top_p, .min_p = p->min_p, .seed = p->seed,
+                                          .step = req->steps[i]};
+    }
+    int r = eng_cuda_sample(eng_backend_cuda_stream(b), logits->data, req->n_rows,
+                            (uint32_t)eng_tensor_cols(logits), rows, ret_ids);
+    if (rows != stack)
+        free(rows);
+    return r;
+}
+#endif
+
 int eng_backend_new(const char *name, int n_threads, int device, eng_backend_t **ret) {
     if (!name || !ret)
         return -EINVAL;
@@ -166,7 +195,12 @@ int eng_backend_new(const char *name, int n_threads, int device, eng_backend_t *
         return eng_backend_cpu_new(n_threads, ret);
     if (strcmp(name, "cuda") == 0 || strncmp(name, "cuda", 4) == 0) {
 #ifdef OM_HAVE_CUDA
-        return eng_backend_cuda_new(device, ret);
+        int r = eng_backend_cuda_new(device, ret);
+        /* OMNIPIPE_GPU_SAMPLE=0 keeps sampling on the host (debugging) */
+        const char *gs = getenv("OMNIPIPE_GPU_SAMPLE");
+        if (r == 0 && !(gs && strcmp(gs, "0") == 0))
+            eng_backend_set_sample(*ret, s_cuda_sample);
+        return r;
 #else
         return -EOPNOTSUPP;
 #endif

@@ -24,6 +24,9 @@
 
 #include "eng_loader.h"
 #include "eng_model.h"
+#ifdef OM_HAVE_CUDA
+#include "eng_cuda.h"
+#endif
 
 typedef struct s_layer {
     eng_tensor_t in_norm;   /* (D) */
@@ -92,6 +95,11 @@ struct eng_model {
     float *h_hidden;          /* (cap_tokens, D) host staging for the multimodal row edits */
     float *cap;               /* capture buffer (L+1, T, D) or NULL */
     char last_err[256];       /* why the last forward failed validation ("" = none) */
+#ifdef OM_HAVE_CUDA
+    eng_cuda_model_t *fast;   /* the fast bf16 runner (cuda backend); NULL = the vtable graph */
+#endif
+    eng_tensor_t fast_logits; /* (n_logits, V) f32 view of the runner's device logits */
+    const char *runner;       /* "vtable" or "cuda-fast" */
     uint32_t cap_tokens;      /* capacity of cap in tokens */
 };
 
@@ -448,6 +456,14 @@ int eng_model_reserve(eng_model_t *m, uint32_t max_tokens, uint32_t max_seqs,
                       uint32_t max_blocks_per_seq) {
     if (!m || !max_tokens || !max_seqs || !max_blocks_per_seq)
         return -EINVAL;
+#ifdef OM_HAVE_CUDA
+    if (m->fast) {
+        uint64_t ctx = (uint64_t)max_blocks_per_seq * (m->block_size ? m->block_size : 16);
+        return eng_cuda_model_reserve(m->fast, max_tokens, max_seqs,
+                                      ctx > UINT32_MAX ? UINT32_MAX : (uint32_t)ctx, m->last_err,
+                                      sizeof(m->last_err));
+    }
+#endif
     s_scratch_t *s = &m->s;
     if (max_tokens <= s->cap_tokens && max_seqs <= s->cap_seqs && max_blocks_per_seq <= s->cap_blocks)
         return 0;
@@ -503,6 +519,56 @@ fail:
 
 /* --- public API ------------------------------------------------------------------------------- */
 
+#ifdef OM_HAVE_CUDA
+/* Whether the fast runner drives this model: a cuda backend, unless the options or
+ * $OMNIPIPE_CUDA_RUNNER say "vtable". */
+static bool s_want_fast(const eng_backend_t *b, const eng_model_load_opts_t *o) {
+    if (strcmp(b->ops->name, "cuda") != 0)
+        return false;
+    const char *want = o && o->cuda_runner ? o->cuda_runner : getenv("OMNIPIPE_CUDA_RUNNER");
+    return !(want && strcmp(want, "vtable") == 0);
+}
+
+/* Loads the weights into the fast runner (straight to the GPU, or generated there for "dummy");
+ * step buffers and KV pools come later (eng_model_reserve, eng_model_alloc_kv). */
+static int s_fast_load(eng_model_t *m, const char *model_dir, const eng_model_load_opts_t *o,
+                       char *err, size_t errlen) {
+    eng_cuda_model_opts_t co;
+    memset(&co, 0, sizeof(co));
+    if (sscanf(m->b->name, "cuda%d", &co.device) != 1)
+        co.device = 0;
+    const char *fmt = o && o->load_format ? o->load_format : "auto";
+    if (strcmp(fmt, "dummy") == 0)
+        co.dummy = true;
+    else if (strcmp(fmt, "auto") != 0 && strcmp(fmt, "safetensors") != 0)
+        return s_err(err, errlen, -EINVAL, "load_format: '%s' is not auto, safetensors or dummy",
+                     fmt);
+    co.seed = o && o->dummy_seed ? o->dummy_seed : 0x5eed;
+    co.weights_only = true;
+    co.no_graphs = getenv("OMNIPIPE_CUDA_NO_GRAPHS") != NULL;
+    eng_cuda_model_t *fm = NULL;
+    int r = eng_cuda_model_load(model_dir, &co, &fm, err, errlen);
+    if (r < 0)
+        return r;
+    eng_cuda_model_info_t info;
+    eng_cuda_model_get_info(fm, &info);
+    if (info.vocab != m->cfg.vocab_size || info.hidden != m->cfg.hidden_size ||
+        info.n_layers != m->cfg.n_layers) {
+        eng_cuda_model_free(fm);
+        return s_err(err, errlen, -EINVAL,
+                     "%s/config.json: the fast CUDA runner read vocab %u, hidden %u, %u layers; "
+                     "the model config %u, %u, %u", model_dir, info.vocab, info.hidden,
+                     info.n_layers, m->cfg.vocab_size, m->cfg.hidden_size, m->cfg.n_layers);
+    }
+    m->fast = fm;
+    m->runner = "cuda-fast";
+    m->weight_bytes = info.weight_bytes;
+    if (o && o->progress)
+        o->progress(o->progress_ud, info.weight_bytes, info.weight_bytes, 1, 1, info.load_seconds);
+    return 0;
+}
+#endif
+
 int eng_model_load(const char *model_dir, const eng_model_load_opts_t *o, eng_backend_t *b,
                    eng_model_t **ret, char *err, size_t errlen) {
     if (!model_dir || !b || !ret)
@@ -523,6 +589,25 @@ int eng_model_load(const char *model_dir, const eng_model_load_opts_t *o, eng_ba
         free(m);
         return -ENOMEM;
     }
+    m->runner = "vtable";
+#ifdef OM_HAVE_CUDA
+    if (s_want_fast(b, o)) {
+        r = s_fast_load(m, model_dir, o, err, errlen);
+        if (r == 0) {
+            *ret = m;
+            return 0;
+        }
+        if (r != -EOPNOTSUPP) {
+            eng_model_free(m);
+            return r;
+        }
+        /* a checkpoint the runner cannot take (dtype, mixed layers): the vtable graph can */
+        snprintf(m->last_err, sizeof(m->last_err), "fast CUDA runner: %s; using the vtable graph",
+                 err ? err : "unsupported");
+        if (err && errlen)
+            err[0] = 0;
+    }
+#endif
     if ((r = s_load_weights(m, model_dir, o, err, errlen)) < 0) {
         eng_model_free(m);
         return r;
@@ -531,9 +616,16 @@ int eng_model_load(const char *model_dir, const eng_model_load_opts_t *o, eng_ba
     return 0;
 }
 
+const char *eng_model_runner(const eng_model_t *m) {
+    return m->runner;
+}
+
 eng_model_t *eng_model_free(eng_model_t *m) {
     if (!m)
         return NULL;
+#ifdef OM_HAVE_CUDA
+    m->fast = eng_cuda_model_free(m->fast);
+#endif
     s_scratch_free(m);
     s_free_weights(m);
     free(m->h_hidden);
@@ -559,12 +651,28 @@ uint32_t eng_model_n_mm_tensors(const eng_model_t *m) {
 }
 
 uint64_t eng_model_kv_bytes_per_token(const eng_model_t *m) {
+#ifdef OM_HAVE_CUDA
+    if (m->fast)
+        return eng_cuda_model_kv_bytes_per_token(m->fast);
+#endif
     return (uint64_t)m->cfg.n_layers * 2u * m->cfg.n_kv_heads * m->cfg.head_dim * sizeof(float);
 }
 
 int eng_model_alloc_kv(eng_model_t *m, uint32_t n_blocks, uint32_t block_size) {
     if (!m || !n_blocks || !block_size)
         return -EINVAL;
+#ifdef OM_HAVE_CUDA
+    if (m->fast) {
+        m->n_blocks = 0;
+        int r = eng_cuda_model_alloc_kv(m->fast, n_blocks, block_size, m->last_err,
+                                        sizeof(m->last_err));
+        if (r < 0)
+            return r;
+        m->n_blocks = n_blocks;
+        m->block_size = block_size;
+        return 0;
+    }
+#endif
     eng_backend_t *b = m->b;
     int64_t slots = (int64_t)n_blocks * block_size;
     int64_t kvo = (int64_t)m->cfg.n_kv_heads * m->cfg.head_dim;
@@ -595,6 +703,12 @@ int eng_model_set_mm_rows(eng_model_t *m, const int32_t *rows, uint32_t n_rows, 
     if (!m || !rows || !n_rows || !embeds || (n_deepstack && !deepstack) ||
         n_deepstack > m->cfg.n_layers)
         return -EINVAL;
+#ifdef OM_HAVE_CUDA
+    if (m->fast)
+        return s_err(m->last_err, sizeof(m->last_err), -EOPNOTSUPP,
+                     "multimodal rows: not supported by the fast CUDA runner "
+                     "(OMNIPIPE_CUDA_RUNNER=vtable)");
+#endif
     m->mm_rows = rows;
     m->n_mm = n_rows;
     m->mm_embeds = embeds;
@@ -626,6 +740,12 @@ static int s_mm_rows(eng_model_t *m, eng_tensor_t *h, uint32_t t_n, const int32_
 int eng_model_set_capture(eng_model_t *m, float *buf, uint32_t cap_tokens) {
     if (!m || (buf && !cap_tokens))
         return -EINVAL;
+#ifdef OM_HAVE_CUDA
+    if (m->fast && buf)
+        return s_err(m->last_err, sizeof(m->last_err), -EOPNOTSUPP,
+                     "hidden-state capture: not supported by the fast CUDA runner "
+                     "(OMNIPIPE_CUDA_RUNNER=vtable)");
+#endif
     m->cap = buf;
     m->cap_tokens = buf ? cap_tokens : 0;
     return 0;
@@ -686,6 +806,30 @@ const char *eng_model_last_error(const eng_model_t *m) {
     return m->last_err;
 }
 
+#ifdef OM_HAVE_CUDA
+/* One step on the fast runner; the logits stay on the GPU behind m->fast_logits. */
+static int s_fast_forward(eng_model_t *m, const eng_batch_t *batch, uint32_t max_blocks,
+                          eng_tensor_t **ret_logits) {
+    /* grows the step buffers if the batch is larger than anything reserved (no-op otherwise) */
+    int r = eng_model_reserve(m, batch->n_tokens, batch->n_seqs, max_blocks);
+    if (r < 0)
+        return r;
+    r = eng_cuda_model_forward(m->fast, batch, NULL, NULL, m->last_err, sizeof(m->last_err));
+    if (r < 0)
+        return r;
+    if (batch->n_logits == 0) {
+        *ret_logits = NULL;
+        return 0;
+    }
+    int64_t shape[2] = {batch->n_logits, m->cfg.vocab_size};
+    if ((r = eng_tensor_init(&m->fast_logits, ENG_DTYPE_F32, 2, shape)) < 0)
+        return r;
+    m->fast_logits.data = eng_cuda_model_logits(m->fast);
+    *ret_logits = &m->fast_logits;
+    return 0;
+}
+#endif
+
 int eng_model_forward(eng_model_t *m, const eng_batch_t *batch, eng_tensor_t **ret_logits) {
     if (!m || !ret_logits)
         return -EINVAL;
@@ -698,6 +842,12 @@ int eng_model_forward(eng_model_t *m, const eng_batch_t *batch, eng_tensor_t **r
     int r = s_validate(m, batch, &max_blocks);
     if (r < 0)
         return r;
+#ifdef OM_HAVE_CUDA
+    if (m->fast)
+        return n_mm ? s_err(m->last_err, sizeof(m->last_err), -EOPNOTSUPP,
+                            "multimodal rows: not supported by the fast CUDA runner")
+                    : s_fast_forward(m, batch, max_blocks, ret_logits);
+#endif
     uint32_t t_n = batch->n_tokens, s_n = batch->n_seqs, r_n = batch->n_logits;
     for (uint32_t i = 0; i < n_mm; i++)
         if (m->mm_rows[i] < 0 || (uint32_t)m->mm_rows[i] >= t_n)

@@ -36,6 +36,10 @@ typedef struct eng_model_load_opts {
     uint64_t dummy_seed;            /* seed of the dummy weights; 0 = default */
     eng_model_progress_fn progress; /* optional; called every ~64 MiB / tensor batch and at the end */
     void *progress_ud;
+    const char *cuda_runner;        /* cuda backend: "fast" (the bf16 runner eng_cuda_model, with
+                                       bf16 KV and CUDA graphs) or "vtable" (this graph over the
+                                       backend's f32 ops, for parity debugging); NULL = the
+                                       environment's OMNIPIPE_CUDA_RUNNER, else "fast" */
 } eng_model_load_opts_t;
 
 /* Loads config and weights. o may be NULL (auto). On failure -errno and a message in err naming
@@ -72,6 +76,12 @@ int eng_model_reserve(eng_model_t *m, uint32_t max_tokens, uint32_t max_seqs,
 int eng_model_forward(eng_model_t *m, const eng_batch_t *batch, eng_tensor_t **ret_logits);
 /* Why the last eng_model_forward failed validation ("" if it did not); valid until the next call. */
 const char *eng_model_last_error(const eng_model_t *m);
+/* Which runner executes the steps: "vtable" (this graph over the backend ops) or "cuda-fast" (the
+ * fast CUDA runner: bf16 weights, activations and KV, weights and KV owned by the runner, logits
+ * left on the GPU, no multimodal rows or capture yet: those return -EOPNOTSUPP). When the fast
+ * runner refuses a checkpoint (-EOPNOTSUPP: dtype, mixed dense/MoE layers) the load falls back to
+ * "vtable" and eng_model_last_error() says why. */
+const char *eng_model_runner(const eng_model_t *m);
 
 /* Multimodal rows for the NEXT eng_model_forward only (then cleared): the embeddings of the step
  * tokens rows[0..n_rows) (indices into the step's T tokens, batch order) are replaced by embeds

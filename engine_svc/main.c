@@ -39,6 +39,7 @@ typedef struct eng_main {
     uint8_t done_ids[ENG_DONE_MAX][64];
     size_t n_done;
     uint64_t last_pct;
+    uint64_t load_t0_ms; /* monotonic start of the weight load, for progress reports */
     uint64_t n_dropped, n_malformed;
 } eng_main_t;
 
@@ -50,8 +51,13 @@ static void s_progress(void *ud, uint64_t bytes_done, uint64_t bytes_total, uint
     if (pct / 5 == m->last_pct / 5 && bytes_done != bytes_total)
         return;
     m->last_pct = pct;
-    om_daemon_status(m->d, "loading weights %" PRIu64 "%% (%u/%u tensors)", pct, tensors_done,
-                     tensors_total);
+    double elapsed_s = (double)(om_time_mono_ms() - m->load_t0_ms) / 1000.0;
+    double gb_done = (double)bytes_done / 1e9, gb_total = (double)bytes_total / 1e9;
+    om_daemon_status(m->d, "loading weights %" PRIu64 "%%: %.2f/%.2f GB, %u/%u tensors, %.1f s", pct,
+                     gb_done, gb_total, tensors_done, tensors_total, elapsed_s);
+    om_log_info("loading weights %" PRIu64 "%%: %.2f/%.2f GB, %u/%u tensors, %.1f s (%.2f GB/s)", pct,
+                gb_done, gb_total, tensors_done, tensors_total, elapsed_s,
+                elapsed_s > 0 ? gb_done / elapsed_s : 0.0);
     om_daemon_extend_timeout(m->d, 60ull * 1000000ull);
 }
 
@@ -221,6 +227,7 @@ static int run(int argc, char **argv) {
         .n_threads = (int)threads,
     };
     om_daemon_status(m.d, "loading %s", model);
+    m.load_t0_ms = om_time_mono_ms();
     if ((r = eng_service_new(&eo, s_progress, &m, &m.svc, err, sizeof err)) < 0) {
         om_log_err("cannot load '%s' on %s: %s", model, eo.backend, err);
         goto out;

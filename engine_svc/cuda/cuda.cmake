@@ -7,7 +7,8 @@ if(OM_CUDA)
     ${CMAKE_CURRENT_LIST_DIR}/eng_cuda_attn.cu
     ${CMAKE_CURRENT_LIST_DIR}/eng_cuda_moe.cu
     ${CMAKE_CURRENT_LIST_DIR}/eng_cuda_backend.cu
-    ${CMAKE_CURRENT_LIST_DIR}/eng_cuda_model.cu)
+    ${CMAKE_CURRENT_LIST_DIR}/eng_cuda_model.cu
+    ${CMAKE_CURRENT_LIST_DIR}/eng_cuda_sample.cu)
   target_include_directories(eng_cuda PUBLIC ${CMAKE_CURRENT_LIST_DIR} ${CMAKE_CURRENT_SOURCE_DIR})
   target_compile_options(eng_cuda PRIVATE $<$<COMPILE_LANGUAGE:CUDA>:-O3 --expt-relaxed-constexpr -Xcompiler=-Wall>)
   set_target_properties(eng_cuda PROPERTIES CUDA_SEPARABLE_COMPILATION OFF POSITION_INDEPENDENT_CODE ON)
@@ -21,11 +22,16 @@ if(OM_CUDA)
                 LIBS eng_core LABELS gpu TIMEOUT 300)
     om_add_test(NAME cuda_model SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/tests/test_cuda_model.c
                 LIBS eng_core LABELS gpu TIMEOUT 300)
+    om_add_test(NAME cuda_sample SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/tests/test_cuda_sample.c
+                LIBS eng_core LABELS gpu TIMEOUT 300)
+    # the GPU sampler's algorithm on the host (no GPU needed)
+    om_add_test(NAME cuda_sample_host SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/tests/test_cuda_sample_host.c
+                LIBS eng_core LABELS unit TIMEOUT 120)
   endif()
   add_executable(eng_bench_cuda ${CMAKE_SOURCE_DIR}/bench/eng_bench_cuda.c)
   om_warnings(eng_bench_cuda)
-  target_link_libraries(eng_bench_cuda PRIVATE eng_cuda m)
+  target_link_libraries(eng_bench_cuda PRIVATE eng_core m)
 endif()
 if(OM_CUDA AND BUILD_TESTING)
-  set_tests_properties(cuda_ops cuda_model PROPERTIES SKIP_RETURN_CODE 77)
+  set_tests_properties(cuda_ops cuda_model cuda_sample PROPERTIES SKIP_RETURN_CODE 77)
 endif()

@@ -7,7 +7,8 @@
  *  - the fast model runner eng_cuda_model_*: the Qwen3 / Qwen3-MoE / Qwen3-Omni thinker text
  *    decoder with bf16 activations, fused kernels, paged KV in device memory, greedy argmax on the
  *    GPU and CUDA graphs for decode steps by batch-size bucket (eng_cuda_model.cu). It consumes the
- *    scheduler's eng_batch_t directly.
+ *    scheduler's eng_batch_t directly; eng_model drives it for a cuda backend (eng_model.h);
+ *  - sampling on the device, eng_cuda_sample (eng_cuda_sample.cu): the cuda backend's SAMPLE hook.
  *
  * Errors: 0 or -errno (-EINVAL bad argument, -ENOMEM device memory, -EOPNOTSUPP unsupported
  * model/dtype, -EIO device failure). After -EIO the CUDA context may be poisoned:
@@ -36,6 +37,9 @@ bool eng_cuda_error_is_sticky(void);
 struct eng_backend;
 int eng_backend_cuda_set_moe_mode(struct eng_backend *b, int mode);
 
+/* The CUDA stream (cudaStream_t) the vtable backend issues its work on. */
+void *eng_backend_cuda_stream(struct eng_backend *b);
+
 /* --- model runner ------------------------------------------------------------------------- */
 
 typedef struct eng_cuda_model eng_cuda_model_t;
@@ -52,6 +56,9 @@ typedef struct eng_cuda_model_opts {
     uint32_t max_ctx;           /* longest sequence, tokens; 0 = 32768 */
     bool no_graphs;             /* disable CUDA graphs for decode steps */
     int moe_mode;               /* 0 auto, 1 GEMV, 2 grouped */
+    bool weights_only;          /* load weights only; the caller then sizes the step buffers
+                                   (eng_cuda_model_reserve) and the KV pools
+                                   (eng_cuda_model_alloc_kv) before the first forward */
 } eng_cuda_model_opts_t;
 
 typedef struct eng_cuda_model_info {
@@ -77,6 +84,22 @@ int eng_cuda_model_load(const char *dir, const eng_cuda_model_opts_t *opts, eng_
 eng_cuda_model_t *eng_cuda_model_free(eng_cuda_model_t *m);
 void eng_cuda_model_get_info(const eng_cuda_model_t *m, eng_cuda_model_info_t *ret);
 
+/* (Re)sizes the step buffers for steps of up to max_batch_tokens tokens and max_seqs sequences
+ * of up to max_ctx tokens; never shrinks below an earlier reserve. Drops captured graphs. On
+ * failure err names the buffer that did not fit. */
+int eng_cuda_model_reserve(eng_cuda_model_t *m, uint32_t max_batch_tokens, uint32_t max_seqs,
+                           uint32_t max_ctx, char *err, size_t errlen);
+/* Replaces the KV pools (contents lost) with n_blocks usable blocks of block_size tokens (plus
+ * one trash block); n_blocks 0 = kv_fraction of the free device memory. -ENOMEM with err saying
+ * how much the KV cache needed and how much was free. */
+int eng_cuda_model_alloc_kv(eng_cuda_model_t *m, uint32_t n_blocks, uint32_t block_size, char *err,
+                            size_t errlen);
+/* bf16 KV bytes per token, all layers, K and V. */
+uint64_t eng_cuda_model_kv_bytes_per_token(const eng_cuda_model_t *m);
+/* Device pointer of the last forward's logits (n_logits, V) f32 (row stride V); valid until the
+ * next forward, reserve or free. NULL before the step buffers exist. */
+float *eng_cuda_model_logits(eng_cuda_model_t *m);
+
 /* Runs one step. Writes the KV of every token of the batch into its slots and, for each sequence
  * with want_logits (in sequence order), the logits of its last token: ret_logits (n_logits, V)
  * f32 host memory (NULL: logits stay on the GPU) and ret_ids (n_logits) greedy argmax (lowest id
@@ -98,6 +121,32 @@ int eng_cuda_measure_d2d_gbps(int device, size_t bytes, double *ret_gbps);
 
 /* Starts/stops the profiler range (ncu --profile-from-start off); bench use. */
 int eng_cuda_profiler(bool on);
+
+/* --- sampling on the device -------------------------------------------------------------- */
+
+/* Per-row parameters of eng_cuda_sample (a subset of eng_sampler_params_t). */
+typedef struct eng_cuda_sample_row {
+    float temperature;          /* <= 0: greedy argmax (lowest id on ties) */
+    int32_t top_k;              /* <= 0 or >= V: off */
+    float top_p;                /* (0, 1]; 1 = off */
+    float min_p;                /* [0, 1]; 0 = off */
+    uint64_t seed;              /* request RNG seed */
+    uint32_t step;              /* RNG counter: tokens generated so far */
+} eng_cuda_sample_row_t;
+
+/* Samples one token per row of logits (n_rows, V) f32 in device memory (row stride V) on the
+ * CUDA stream `stream` (NULL: the legacy default stream) with the semantics of eng_sampler.h's
+ * draw: temperature scaling, top-k, top-p, min-p, then an inverse-CDF draw over the survivors in
+ * descending-probability order (ties by lower id) at u = eng_sampler_uniform(seed, step),
+ * computed on the device with the same counter-based hash. The logits are not modified.
+ * ret_ids: (n_rows) host memory; returns after the ids are on the host. 0, -EINVAL or -EIO. */
+int eng_cuda_sample(void *stream, const float *logits, uint32_t n_rows, uint32_t V,
+                    const eng_cuda_sample_row_t *rows, int32_t *ret_ids);
+
+/* The same algorithm on the host, one row of host logits (V), for tests without a GPU: the kernel's
+ * template code instantiated for one thread. Not thread-safe. */
+int eng_cuda_sample_host(const float *logits, uint32_t V, const eng_cuda_sample_row_t *row,
+                         int32_t *ret_id);
 
 /* Blocks until the device is idle; 0 or -EIO. */
 int eng_cuda_model_sync(eng_cuda_model_t *m);

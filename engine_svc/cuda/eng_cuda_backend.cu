@@ -473,3 +473,7 @@ extern "C" int eng_backend_cuda_set_moe_mode(struct eng_backend *b, int mode) {
     s_be(b)->moe_mode = mode;
     return 0;
 }
+
+extern "C" void *eng_backend_cuda_stream(struct eng_backend *b) {
+    return b && b->ctx && strcmp(b->ops->name, "cuda") == 0 ? (void *)s_be(b)->s : nullptr;
+}

@@ -4,13 +4,16 @@
  * Start: config.json -> weights (safetensors read with pread into pinned staging and copied to the
  * GPU, or dummy random weights generated on the GPU) -> scratch for max_batch_tokens -> KV pools
  * from a fraction of what is left (one extra "trash" block takes the writes of padding tokens).
+ * With opts.weights_only the caller sizes the last two itself (eng_cuda_model_alloc_kv with the
+ * scheduler's block count, eng_cuda_model_reserve with its step limits): that is how eng_model
+ * puts this runner behind the engine service.
  * Each step: one upload of the step metadata (ids, positions, slots, block tables, tiles), then
  * embed -> 48 x [add+rmsnorm, QKV GEMM, qk-norm+rope+KV write, attention, O GEMM, add+rmsnorm,
  * MoE] -> final norm -> logits rows -> lm_head -> argmax. Decode steps (every sequence one token)
  * are replayed from CUDA graphs captured per batch-size bucket.
  *
  * Not here: scheduling, prefix-cache bookkeeping (the scheduler owns block tables), sampling
- * beyond greedy (the SAMPLE hook is the scheduler's). Invariants: nothing is allocated per step;
+ * beyond greedy (eng_cuda_sample.cu, the cuda backend's SAMPLE hook). Invariants: nothing is allocated per step;
  * the metadata layout is fixed, so graph replays see the same device pointers. */
 #include <algorithm>
 #include <chrono>
@@ -94,11 +97,12 @@ struct eng_cuda_model {
     cublasHandle_t blas;
     void *blas_ws;
     ek_ctx kc;
-    std::vector<void *> allocs;
+    std::vector<void *> allocs;       /* weights, inv_freq, cuBLAS workspace: freed at the end */
+    std::vector<void *> scratch;      /* step buffers (s_scratch_init), freed on re-reserve */
     bf16 *embed, *final_norm, *lm_head;
     std::vector<layer_w> lw;
     float *inv_freq;          /* (hd/2) */
-    bf16 *kv;                 /* (2, L, n_slots, Hk·hd) */
+    bf16 *kv;                 /* (2, L, n_slots, Hk·hd); NULL until s_kv_init */
     int64_t n_slots;          /* (n_blocks + 1) · block_size */
     int n_blocks;             /* usable blocks; block n_blocks is the trash block */
     int max_blocks;           /* block-table row length = max_ctx / block_size */
@@ -113,7 +117,7 @@ struct eng_cuda_model {
     float *partial;           /* split-K attention partials */
     int max_splits;
     ek_moe_scratch ms;
-    int32_t *meta_dev;
+    int32_t *meta_dev;        /* NULL until s_scratch_init */
     int32_t *meta_host;       /* pinned */
     meta_off mo;
     std::vector<graph_ent> graphs;
@@ -209,8 +213,8 @@ static int s_parse_config(const char *dir, cfg *c, char *err, size_t errlen) {
 
 /* --- allocation --------------------------------------------------------------------------- */
 
-static int s_alloc(eng_cuda_model *m, void **p, size_t bytes, const char *what, char *err,
-                   size_t errlen) {
+static int s_alloc_in(std::vector<void *> &list, void **p, size_t bytes, const char *what,
+                      char *err, size_t errlen) {
     cudaError_t e = cudaMalloc(p, bytes ? bytes : 16);
     if (e != cudaSuccess) {
         size_t fr = 0, tot = 0;
@@ -220,8 +224,13 @@ static int s_alloc(eng_cuda_model *m, void **p, size_t bytes, const char *what, 
                  what, bytes / 1073741824.0, fr / 1073741824.0, tot / 1073741824.0);
         return -ENOMEM;
     }
-    m->allocs.push_back(*p);
+    list.push_back(*p);
     return 0;
+}
+
+static int s_alloc(eng_cuda_model *m, void **p, size_t bytes, const char *what, char *err,
+                   size_t errlen) {
+    return s_alloc_in(m->allocs, p, bytes, what, err, errlen);
 }
 
 /* --- safetensors loading ------------------------------------------------------------------ */
@@ -376,24 +385,145 @@ static void s_meta_layout(eng_cuda_model *m) {
     mo.end = p;
 }
 
-extern "C" eng_cuda_model_t *eng_cuda_model_free(eng_cuda_model_t *m) {
-    if (!m)
-        return nullptr;
-    if (m->s)
-        cudaStreamSynchronize(m->s);
+/* Drops the captured decode graphs (they hold the device pointers of scratch and KV). */
+static void s_drop_graphs(eng_cuda_model *m) {
     for (graph_ent &g : m->graphs)
         if (g.exec)
             cudaGraphExecDestroy(g.exec);
-    for (void *p : m->allocs)
+    m->graphs.clear();
+}
+
+static void s_scratch_free(eng_cuda_model *m) {
+    if (m->s)
+        cudaStreamSynchronize(m->s);
+    s_drop_graphs(m);
+    for (void *p : m->scratch)
         cudaFree(p);
+    m->scratch.clear();
     if (m->meta_host)
         cudaFreeHost(m->meta_host);
+    m->meta_host = nullptr;
+    m->meta_dev = nullptr;
+    m->h = m->h2 = m->xn = m->qkv = m->attn = m->delta = m->xl = nullptr;
+    m->attn_cnt = m->router_cnt = nullptr;
+    m->logits = nullptr;
+    m->ids_dev = nullptr;
+    m->amax_v = nullptr;
+    m->amax_i = nullptr;
+    m->partial = nullptr;
+}
+
+static void s_kv_free(eng_cuda_model *m) {
+    if (m->s)
+        cudaStreamSynchronize(m->s);
+    s_drop_graphs(m);
+    if (m->kv)
+        cudaFree(m->kv);
+    m->kv = nullptr;
+    m->n_blocks = 0;
+    m->n_slots = 0;
+    m->info.n_blocks = 0;
+    m->info.kv_bytes = 0;
+}
+
+extern "C" eng_cuda_model_t *eng_cuda_model_free(eng_cuda_model_t *m) {
+    if (!m)
+        return nullptr;
+    s_scratch_free(m);
+    s_kv_free(m);
+    for (void *p : m->allocs)
+        cudaFree(p);
     if (m->blas)
         cublasDestroy(m->blas);
     if (m->s)
         cudaStreamDestroy(m->s);
     delete m;
     return nullptr;
+}
+
+/* Step buffers for m->o.max_batch_tokens tokens, max_seqs sequences and block tables of
+ * max_ctx / block_size entries. */
+static int s_scratch_init(eng_cuda_model *m, char *err, size_t errlen) {
+    const cfg &c = m->c;
+    const eng_cuda_model_opts_t &o = m->o;
+    std::vector<void *> &sl = m->scratch;
+    int Nqkv = (c.Hq + 2 * c.Hk) * c.hd;
+    int T = (int)o.max_batch_tokens, S = (int)o.max_seqs;
+    m->max_blocks = (int)((o.max_ctx + o.block_size - 1) / o.block_size);
+    m->max_splits = 32;
+    RCHECK(s_alloc_in(sl, (void **)&m->h, (size_t)T * c.D * 2, "scratch: hidden", err, errlen));
+    RCHECK(s_alloc_in(sl, (void **)&m->h2, (size_t)T * c.D * 2, "scratch: hidden", err, errlen));
+    RCHECK(s_alloc_in(sl, (void **)&m->attn_cnt, (size_t)T * c.Hq * 4 + 64, "scratch: counters",
+                      err, errlen));
+    MCHECK(cudaMemset(m->attn_cnt, 0, (size_t)T * c.Hq * 4 + 64));
+    m->router_cnt = m->attn_cnt + (size_t)T * c.Hq;
+    RCHECK(s_alloc_in(sl, (void **)&m->xn, (size_t)T * c.D * 2, "scratch: normed", err, errlen));
+    RCHECK(s_alloc_in(sl, (void **)&m->qkv, (size_t)T * Nqkv * 2, "scratch: qkv", err, errlen));
+    RCHECK(s_alloc_in(sl, (void **)&m->attn, (size_t)T * c.Hq * c.hd * 2, "scratch: attn", err,
+                      errlen));
+    RCHECK(s_alloc_in(sl, (void **)&m->delta, (size_t)T * c.D * 2, "scratch: delta", err, errlen));
+    RCHECK(s_alloc_in(sl, (void **)&m->xl, (size_t)S * c.D * 2, "scratch: logits rows", err,
+                      errlen));
+    RCHECK(s_alloc_in(sl, (void **)&m->logits, (size_t)S * c.V * 4, "scratch: logits", err,
+                      errlen));
+    RCHECK(s_alloc_in(sl, (void **)&m->ids_dev, (size_t)S * 4, "scratch: ids", err, errlen));
+    RCHECK(s_alloc_in(sl, (void **)&m->amax_v, 64 * 32 * 4, "scratch: argmax", err, errlen));
+    RCHECK(s_alloc_in(sl, (void **)&m->amax_i, 64 * 32 * 4, "scratch: argmax", err, errlen));
+    /* splits per step are capped by T (see forward): T·splits <= max(1024, 8·T_max) */
+    size_t pb = (size_t)(8 * T > 1024 ? 8 * T : 1024) * c.Hq * (c.hd + 2) * 4;
+    RCHECK(s_alloc_in(sl, (void **)&m->partial, pb, "scratch: attention partials", err, errlen));
+    void *msb;
+    RCHECK(s_alloc_in(sl, &msb, ek_moe_scratch_bytes(T, c.D, c.I, c.E, c.K), "scratch: MoE", err,
+                      errlen));
+    ek_moe_scratch_carve(&m->ms, msb, T, c.D, c.I, c.E, c.K);
+    s_meta_layout(m);
+    RCHECK(s_alloc_in(sl, (void **)&m->meta_dev, m->mo.end * 4, "scratch: step metadata", err,
+                      errlen));
+    MCHECK(cudaMallocHost(&m->meta_host, m->mo.end * 4));
+    return 0;
+}
+
+/* KV pools: n_blocks usable blocks (0: from kv_fraction of the free memory) plus the trash block. */
+static int s_kv_init(eng_cuda_model *m, int64_t nb, char *err, size_t errlen) {
+    const cfg &c = m->c;
+    const eng_cuda_model_opts_t &o = m->o;
+    size_t per_block = (size_t)2 * c.L * o.block_size * c.Hk * c.hd * 2;
+    size_t fr = 0, tot = 0;
+    MCHECK(cudaMemGetInfo(&fr, &tot));
+    if (nb <= 0) {
+        double frac = o.kv_fraction > 0 ? o.kv_fraction : 0.90;
+        nb = (int64_t)((double)fr * frac / per_block) - 1;
+        if (nb < 1) {
+            snprintf(err, errlen,
+                     "out of device memory: KV cache: no block of %.1f MiB fits (%.2f GiB free after "
+                     "%.2f GiB of weights)",
+                     per_block / 1048576.0, fr / 1073741824.0, m->info.weight_bytes / 1073741824.0);
+            return -ENOMEM;
+        }
+        if (nb > (1 << 30) / (int64_t)o.block_size)
+            nb = (1 << 30) / (int64_t)o.block_size;
+    } else if (nb > (1 << 30) / (int64_t)o.block_size) {
+        snprintf(err, errlen, "KV cache: %lld blocks of %u tokens exceed the 2^30 slot limit",
+                 (long long)nb, o.block_size);
+        return -EINVAL;
+    }
+    std::vector<void *> one;
+    int r = s_alloc_in(one, (void **)&m->kv, (size_t)(nb + 1) * per_block, "KV cache", err, errlen);
+    if (r < 0) {
+        char detail[256];
+        snprintf(detail, sizeof detail, "%s", err);
+        snprintf(err, errlen, "%s (%lld blocks of %u tokens, %.1f MiB each; lower kv_fraction or "
+                 "kv_blocks)", detail, (long long)nb, o.block_size, per_block / 1048576.0);
+        m->kv = nullptr;
+        return r;
+    }
+    MCHECK(cudaMemset(m->kv, 0, (size_t)(nb + 1) * per_block));
+    m->n_blocks = (int)nb;
+    m->n_slots = (nb + 1) * o.block_size;
+    m->info.n_blocks = m->n_blocks;
+    m->info.block_size = o.block_size;
+    m->info.kv_bytes = (uint64_t)(nb + 1) * per_block;
+    return 0;
 }
 
 static int s_model_init(eng_cuda_model *m, const char *dir, char *err, size_t errlen) {
@@ -492,66 +622,22 @@ static int s_model_init(eng_cuda_model *m, const char *dir, char *err, size_t er
     RCHECK(s_alloc(m, (void **)&m->inv_freq, inv.size() * 4, "inv_freq", err, errlen));
     MCHECK(cudaMemcpy(m->inv_freq, inv.data(), inv.size() * 4, cudaMemcpyHostToDevice));
 
-    /* scratch */
-    int T = (int)o.max_batch_tokens, S = (int)o.max_seqs;
-    m->max_blocks = (int)((o.max_ctx + o.block_size - 1) / o.block_size);
-    m->max_splits = 32;
-    RCHECK(s_alloc(m, (void **)&m->h, (size_t)T * c.D * 2, "scratch: hidden", err, errlen));
-    RCHECK(s_alloc(m, (void **)&m->h2, (size_t)T * c.D * 2, "scratch: hidden", err, errlen));
-    RCHECK(s_alloc(m, (void **)&m->attn_cnt, (size_t)T * c.Hq * 4 + 64, "scratch: counters", err,
-                   errlen));
-    MCHECK(cudaMemset(m->attn_cnt, 0, (size_t)T * c.Hq * 4 + 64));
-    m->router_cnt = m->attn_cnt + (size_t)T * c.Hq;
-    RCHECK(s_alloc(m, (void **)&m->xn, (size_t)T * c.D * 2, "scratch: normed", err, errlen));
-    RCHECK(s_alloc(m, (void **)&m->qkv, (size_t)T * Nqkv * 2, "scratch: qkv", err, errlen));
-    RCHECK(s_alloc(m, (void **)&m->attn, (size_t)T * c.Hq * c.hd * 2, "scratch: attn", err, errlen));
-    RCHECK(s_alloc(m, (void **)&m->delta, (size_t)T * c.D * 2, "scratch: delta", err, errlen));
-    RCHECK(s_alloc(m, (void **)&m->xl, (size_t)S * c.D * 2, "scratch: logits rows", err, errlen));
-    RCHECK(s_alloc(m, (void **)&m->logits, (size_t)S * c.V * 4, "scratch: logits", err, errlen));
-    RCHECK(s_alloc(m, (void **)&m->ids_dev, (size_t)S * 4, "scratch: ids", err, errlen));
-    RCHECK(s_alloc(m, (void **)&m->amax_v, 64 * 32 * 4, "scratch: argmax", err, errlen));
-    RCHECK(s_alloc(m, (void **)&m->amax_i, 64 * 32 * 4, "scratch: argmax", err, errlen));
-    /* splits per step are capped by T (see forward): T·splits <= max(1024, 8·T_max) */
-    size_t pb = (size_t)(8 * T > 1024 ? 8 * T : 1024) * c.Hq * (c.hd + 2) * 4;
-    RCHECK(s_alloc(m, (void **)&m->partial, pb, "scratch: attention partials", err, errlen));
-    void *msb;
-    RCHECK(s_alloc(m, &msb, ek_moe_scratch_bytes(T, c.D, c.I, c.E, c.K), "scratch: MoE", err,
-                   errlen));
-    ek_moe_scratch_carve(&m->ms, msb, T, c.D, c.I, c.E, c.K);
     RCHECK(s_alloc(m, &m->blas_ws, 32u << 20, "scratch: cuBLAS workspace", err, errlen));
     if (cublasSetWorkspace(m->blas, m->blas_ws, 32u << 20) != CUBLAS_STATUS_SUCCESS ||
         cublasSetStream(m->blas, m->s) != CUBLAS_STATUS_SUCCESS) {
         snprintf(err, errlen, "cuBLAS: workspace/stream setup failed");
         return -EIO;
     }
-    s_meta_layout(m);
-    RCHECK(s_alloc(m, (void **)&m->meta_dev, m->mo.end * 4, "scratch: step metadata", err, errlen));
-    MCHECK(cudaMallocHost(&m->meta_host, m->mo.end * 4));
     m->kc.stream = m->s;
     m->kc.blas = m->blas;
     m->kc.conv = nullptr;
     m->kc.conv_bytes = 0;
     m->kc.gemv_max_rows = 8;
-
-    /* KV pools from what is left */
-    size_t fr = 0, tot = 0;
-    MCHECK(cudaMemGetInfo(&fr, &tot));
-    double frac = o.kv_fraction > 0 ? o.kv_fraction : 0.90;
-    size_t per_block = (size_t)2 * c.L * o.block_size * c.Hk * c.hd * 2;
-    int64_t nb = (int64_t)((double)fr * frac / per_block) - 1;
-    if (nb < 1) {
-        snprintf(err, errlen,
-                 "out of device memory: KV cache: no block of %.1f MiB fits (%.2f GiB free after "
-                 "%.2f GiB of weights)",
-                 per_block / 1048576.0, fr / 1073741824.0, wbytes / 1073741824.0);
-        return -ENOMEM;
+    /* scratch, then the KV pools from what is left (unless the caller sizes them later) */
+    if (!o.weights_only) {
+        RCHECK(s_scratch_init(m, err, errlen));
+        RCHECK(s_kv_init(m, 0, err, errlen));
     }
-    if (nb > (1 << 30) / (int64_t)o.block_size)
-        nb = (1 << 30) / (int64_t)o.block_size;
-    m->n_blocks = (int)nb;
-    m->n_slots = (nb + 1) * o.block_size;
-    RCHECK(s_alloc(m, (void **)&m->kv, (size_t)(nb + 1) * per_block, "KV cache", err, errlen));
-    MCHECK(cudaMemset(m->kv, 0, (size_t)(nb + 1) * per_block));
 
     eng_cuda_model_info_t &in = m->info;
     in.vocab = c.V;
@@ -563,9 +649,7 @@ static int s_model_init(eng_cuda_model *m, const char *dir, char *err, size_t er
     in.n_experts = c.E;
     in.top_k = c.K;
     in.moe_inter = c.I;
-    in.n_blocks = m->n_blocks;
     in.block_size = o.block_size;
-    in.kv_bytes = (uint64_t)(nb + 1) * per_block;
     m->cap_layer = -2;
     m->fuse = !getenv("OM_CUDA_NOFUSE");
     m->pdl = !getenv("OM_CUDA_NOPDL");
@@ -601,6 +685,59 @@ extern "C" int eng_cuda_model_load(const char *dir, const eng_cuda_model_opts_t 
 
 extern "C" void eng_cuda_model_get_info(const eng_cuda_model_t *m, eng_cuda_model_info_t *ret) {
     *ret = m->info;
+}
+
+extern "C" int eng_cuda_model_reserve(eng_cuda_model_t *m, uint32_t max_batch_tokens,
+                                      uint32_t max_seqs, uint32_t max_ctx, char *err,
+                                      size_t errlen) {
+    if (!m || !max_batch_tokens || !max_seqs || !max_ctx) {
+        snprintf(err, errlen, "reserve: max_batch_tokens, max_seqs and max_ctx must be >= 1");
+        return -EINVAL;
+    }
+    if (max_seqs > max_batch_tokens)
+        max_seqs = max_batch_tokens;
+    if (m->meta_dev && max_batch_tokens <= m->o.max_batch_tokens && max_seqs <= m->o.max_seqs &&
+        max_ctx <= m->o.max_ctx)
+        return 0;
+    if (m->meta_dev) { /* grow: never shrink what an earlier reserve asked for */
+        max_batch_tokens = std::max(max_batch_tokens, m->o.max_batch_tokens);
+        max_seqs = std::max(max_seqs, m->o.max_seqs);
+        max_ctx = std::max(max_ctx, m->o.max_ctx);
+    }
+    s_scratch_free(m);
+    m->o.max_batch_tokens = max_batch_tokens;
+    m->o.max_seqs = max_seqs;
+    m->o.max_ctx = max_ctx;
+    int r = s_scratch_init(m, err, errlen);
+    if (r < 0)
+        s_scratch_free(m);
+    return r;
+}
+
+extern "C" int eng_cuda_model_alloc_kv(eng_cuda_model_t *m, uint32_t n_blocks, uint32_t block_size,
+                                       char *err, size_t errlen) {
+    if (!m || !block_size) {
+        snprintf(err, errlen, "KV cache: block_size must be >= 1");
+        return -EINVAL;
+    }
+    s_kv_free(m);
+    if (block_size != m->o.block_size && m->meta_dev) {
+        /* block tables are max_ctx / block_size long: re-lay the step buffers first */
+        s_scratch_free(m);
+        m->o.block_size = block_size;
+        RCHECK(s_scratch_init(m, err, errlen));
+    }
+    m->o.block_size = block_size;
+    m->info.block_size = block_size;
+    return s_kv_init(m, (int64_t)n_blocks, err, errlen);
+}
+
+extern "C" uint64_t eng_cuda_model_kv_bytes_per_token(const eng_cuda_model_t *m) {
+    return m ? (uint64_t)2 * m->c.L * m->c.Hk * m->c.hd * 2 : 0;
+}
+
+extern "C" float *eng_cuda_model_logits(eng_cuda_model_t *m) {
+    return m ? m->logits : nullptr;
 }
 
 extern "C" int eng_cuda_model_sync(eng_cuda_model_t *m) {
@@ -725,6 +862,11 @@ extern "C" int eng_cuda_model_forward(eng_cuda_model_t *m, const eng_batch_t *b,
     if (s_sticky) {
         snprintf(err, errlen, "CUDA context lost: %s", eng_cuda_last_error());
         return -EIO;
+    }
+    if (!m->kv || !m->meta_dev) {
+        snprintf(err, errlen, "%s", !m->kv ? "no KV cache allocated (eng_cuda_model_alloc_kv)"
+                                           : "no step buffers (eng_cuda_model_reserve)");
+        return -EINVAL;
     }
     const cfg &c = m->c;
     const int bs = (int)m->o.block_size;

@@ -6,8 +6,8 @@
  *    reference) within bf16 tolerance; then teacher-forced decode of runs.bf16[i].tokens, all
  *    prompts batched (CUDA-graph buckets): the CUDA top-1 must equal the reference's wherever the
  *    reference's top-2 gap exceeds the measured logit error, and that error must stay small.
- * 2. The model graph (eng_model) on the CUDA vtable backend vs the same on the CPU backend, same
- *    prompt, prefill + 3 decode steps: logits NMSE.
+ * 2. The model graph (eng_model, cuda_runner "vtable") on the CUDA backend vs the same on the CPU
+ *    backend, same prompt, prefill + 3 decode steps: logits NMSE.
  * Fixtures are read from $OM_FIXTURES_DIR or $OM_SHARED_DIR/fixtures; exit 77 without a GPU. */
 #include <math.h>
 #include <stdarg.h>
@@ -251,7 +251,9 @@ static int s_run_model(const char *dir, eng_backend_t *be, const int32_t *toks, 
                        int steps, float *ret, int V) {
     eng_model_t *m = NULL;
     char err[512] = "";
-    int r = eng_model_load(dir, NULL, be, &m, err, sizeof err);
+    /* the model graph over the backend ops, not the fast runner the cuda backend gets by default */
+    eng_model_load_opts_t lo = {.cuda_runner = "vtable"};
+    int r = eng_model_load(dir, &lo, be, &m, err, sizeof err);
     if (r < 0) {
         printf("eng_model_load(%s): %d %s\n", be->name, r, err);
         return r;

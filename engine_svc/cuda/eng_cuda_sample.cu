@@ -1,0 +1,557 @@
+/* eng_cuda_sample.cu: token sampling on the GPU (eng_cuda_sample, eng_cuda.h), so that logits
+ * never leave the device for greedy/temperature/top-k/top-p/min-p rows.
+ *
+ * Semantics are eng_sampler.c's draw (eng_sampler.h), row by row: logits scaled by 1/temperature
+ * (f32), candidates in the strict order "higher scaled logit first, then lower id", top-k keeps
+ * the first k, top-p the shortest prefix whose mass reaches top_p x (mass of the top-k set), min-p
+ * the tokens with p >= min_p x p_max (p = expf(l - max)), then an inverse-CDF draw over the
+ * survivors at u = eng_sampler_uniform(seed, step) (the same counter-based hash, computed here).
+ *
+ * How: one 1024-thread block per row, no sort. Every truncation and the draw is a "prefix
+ * select": find the shortest prefix (in the candidate order) whose weight (count, or mass)
+ * reaches a goal. It is a radix select over the 32-bit order-preserving key of the scaled logit
+ * (11 + 11 + 10 bits, one pass over the row each, histogram in shared memory), then, for a run of
+ * equal logits, a radix select over the ids (2 x 11 bits) for the n-th lowest id. Masses are
+ * fixed point (p x 2^32 rounded, u64): every sum is exact and order-independent, so the passes
+ * agree with each other and the same seed gives the same token on every run. A prefix is kept as
+ * its last element (key, id): element (k, v) is inside iff k > key or (k == key and v <= id).
+ * Greedy rows (temperature <= 0) take the argmax of the raw logits, lowest id on ties.
+ *
+ * Cost: about 12 passes over a row (L2-resident after the first), rows in parallel. Limits:
+ * V < 2^22. Not thread-safe (one static device workspace); the engine drives it from one thread.
+ * eng_cuda_sample_host runs the same template code with one thread on the host (tests). */
+#include <cfloat>
+#include <climits>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+
+#include "cuda_common.cuh"
+#include "eng_cuda.h"
+
+#define SS_THREADS 1024
+#define SS_BINS 2048
+#define SS_Q 4294967296.0 /* fixed-point scale of a probability */
+
+/* the last element of a prefix in candidate order */
+struct ss_bnd {
+    uint32_t key;
+    int32_t id;
+};
+
+/* one prefix select: eligible elements are those inside B (and with p >= thr when minp);
+ * weight 1 (count) or the fixed-point p (mass); goal G; strict: weight > G, else >= G */
+struct ss_sel {
+    ss_bnd B;
+    bool minp;
+    float thr;
+    bool mass;
+    bool strict;
+    double G;
+};
+
+struct ss_smem {
+    unsigned long long wbin[SS_BINS]; /* weight per digit */
+    uint32_t cbin[SS_BINS];           /* elements per digit */
+    int32_t minid[SS_BINS];           /* lowest id per digit */
+    unsigned long long warp[32];      /* scan / reduction partials */
+    float fwarp[32];
+    int32_t iwarp[32];
+    int pick;                         /* chosen scan position */
+    unsigned long long before;        /* weight before the chosen digit */
+};
+
+/* The algorithm is written once for a block of NT threads: on the device NT = SS_THREADS (the
+ * kernel), on the host NT = 1 (eng_cuda_sample_host: the same code, one "thread", for tests that
+ * run without a GPU). The primitives below are the only place the two differ. */
+#define SS_HD __host__ __device__
+#ifdef __CUDA_ARCH__
+#define SS_TID ((int)threadIdx.x)
+#define SS_SYNC() __syncthreads()
+#else
+#define SS_TID 0
+#define SS_SYNC() ((void)0)
+#endif
+
+SS_HD inline void ss_add(unsigned long long *p, unsigned long long v) {
+#ifdef __CUDA_ARCH__
+    atomicAdd(p, v);
+#else
+    *p += v;
+#endif
+}
+SS_HD inline void ss_addu(uint32_t *p, uint32_t v) {
+#ifdef __CUDA_ARCH__
+    atomicAdd(p, v);
+#else
+    *p += v;
+#endif
+}
+SS_HD inline void ss_min(int *p, int v) {
+#ifdef __CUDA_ARCH__
+    atomicMin(p, v);
+#else
+    *p = v < *p ? v : *p;
+#endif
+}
+SS_HD inline void ss_max_i(int *p, int v) {
+#ifdef __CUDA_ARCH__
+    atomicMax(p, v);
+#else
+    *p = v > *p ? v : *p;
+#endif
+}
+
+SS_HD inline uint64_t ss_mix(uint64_t x) {
+    x += 0x9e3779b97f4a7c15ull;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+    return x ^ (x >> 31);
+}
+
+/* eng_sampler_uniform (eng_sampler.c), bit for bit */
+SS_HD inline double ss_uniform(uint64_t seed, uint64_t step) {
+    uint64_t x = ss_mix(ss_mix(seed) ^ ss_mix(step ^ 0x632be59bd9b4e019ull));
+    return (double)(x >> 11) * (1.0 / 9007199254740992.0);
+}
+
+SS_HD inline uint32_t ss_bits(float f) {
+#ifdef __CUDA_ARCH__
+    return __float_as_uint(f);
+#else
+    uint32_t b;
+    memcpy(&b, &f, 4);
+    return b;
+#endif
+}
+SS_HD inline float ss_float(uint32_t b) {
+#ifdef __CUDA_ARCH__
+    return __uint_as_float(b);
+#else
+    float f;
+    memcpy(&f, &b, 4);
+    return f;
+#endif
+}
+/* order-preserving key of a float (-0 is folded into +0 by the caller) */
+SS_HD inline uint32_t ss_key(float f) {
+    uint32_t b = ss_bits(f);
+    return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
+}
+SS_HD inline float ss_unkey(uint32_t k) {
+    return ss_float((k & 0x80000000u) ? (k & 0x7fffffffu) : ~k);
+}
+SS_HD inline bool ss_in(uint32_t k, int v, ss_bnd b) {
+    return k > b.key || (k == b.key && v <= b.id);
+}
+SS_HD inline unsigned long long ss_q(float p) {
+    return (unsigned long long)((double)p * SS_Q + 0.5);
+}
+SS_HD inline bool ss_cross(double c, double G, bool strict) {
+    return strict ? c > G : c >= G;
+}
+SS_HD inline float ss_l(const float *row, int v, float inv_t) {
+    return row[v] * inv_t + 0.0f; /* the host's `logits[v] *= inv_t`; -0 -> +0 */
+}
+
+/* block-wide sum of u64 (every thread gets it) */
+template <int NT> SS_HD unsigned long long ss_sum(unsigned long long v, ss_smem &sm) {
+#ifdef __CUDA_ARCH__
+    int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+    for (int o = 16; o > 0; o >>= 1)
+        v += __shfl_xor_sync(0xffffffffu, v, o);
+    if (lane == 0)
+        sm.warp[w] = v;
+    __syncthreads();
+    unsigned long long t = 0;
+    for (int i = 0; i < NT / 32; i++)
+        t += sm.warp[i];
+    __syncthreads();
+    return t;
+#else
+    (void)sm;
+    return v;
+#endif
+}
+
+/* block-wide exclusive scan of u64 in thread order */
+template <int NT> SS_HD unsigned long long ss_excl(unsigned long long v, ss_smem &sm) {
+#ifdef __CUDA_ARCH__
+    int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+    unsigned long long x = v;
+    for (int o = 1; o < 32; o <<= 1) {
+        unsigned long long y = __shfl_up_sync(0xffffffffu, x, o);
+        if (lane >= o)
+            x += y;
+    }
+    if (lane == 31)
+        sm.warp[w] = x;
+    __syncthreads();
+    if (w == 0) {
+        unsigned long long t = lane < NT / 32 ? sm.warp[lane] : 0ull;
+        for (int o = 1; o < 32; o <<= 1) {
+            unsigned long long y = __shfl_up_sync(0xffffffffu, t, o);
+            if (lane >= o)
+                t += y;
+        }
+        sm.warp[lane] = t;
+    }
+    __syncthreads();
+    unsigned long long r = (w > 0 ? sm.warp[w - 1] : 0ull) + x - v;
+    __syncthreads();
+    return r;
+#else
+    (void)v;
+    (void)sm;
+    return 0;
+#endif
+}
+
+/* block max of the scaled logits (every thread gets it) */
+template <int NT> SS_HD float ss_max(const float *row, int V, float inv_t, ss_smem &sm) {
+    float m = -INFINITY;
+    for (int v = SS_TID; v < V; v += NT)
+        m = fmaxf(m, ss_l(row, v, inv_t));
+#ifdef __CUDA_ARCH__
+    m = warp_max(m);
+    if ((threadIdx.x & 31) == 0)
+        sm.fwarp[threadIdx.x >> 5] = m;
+    __syncthreads();
+    float r = -INFINITY;
+    for (int i = 0; i < NT / 32; i++)
+        r = fmaxf(r, sm.fwarp[i]);
+    __syncthreads();
+    return r;
+#else
+    (void)sm;
+    return m;
+#endif
+}
+
+/* Picks the first scan position (SS_BINS / NT consecutive positions per thread) where the running
+ * weight crosses G; take_all (or no crossing): the last non-empty position. Returns its digit
+ * (-1: nothing non-empty) and sets *ret_before to the weight before it. dig(pos) maps a scan
+ * position to a digit (-1: none). */
+template <int NT, typename F>
+SS_HD int ss_pick(ss_smem &sm, F dig, double G, bool strict, bool take_all,
+                  unsigned long long *ret_before, bool *ret_crossed) {
+    constexpr int P = SS_BINS / NT;
+    const int t = SS_TID;
+    unsigned long long mine_w = 0;
+    for (int k = 0; k < P; k++) {
+        int d = dig(P * t + k);
+        mine_w += d >= 0 ? sm.wbin[d] : 0ull;
+    }
+    const unsigned long long ex = ss_excl<NT>(mine_w, sm);
+    if (t == 0)
+        sm.pick = INT_MAX;
+    SS_SYNC();
+    if (!take_all) {
+        unsigned long long c = ex;
+        for (int k = 0; k < P; k++) {
+            int d = dig(P * t + k);
+            if (d < 0)
+                break;
+            unsigned long long c2 = c + sm.wbin[d];
+            if (!ss_cross((double)c, G, strict) && ss_cross((double)c2, G, strict)) {
+                ss_min(&sm.pick, P * t + k);
+                break;
+            }
+            c = c2;
+        }
+    }
+    SS_SYNC();
+    const bool crossed = sm.pick != INT_MAX;
+    SS_SYNC();
+    if (!crossed) {
+        int last = -1;
+        for (int k = 0; k < P; k++) {
+            int d = dig(P * t + k);
+            if (d >= 0 && sm.cbin[d] > 0)
+                last = P * t + k;
+        }
+        if (t == 0)
+            sm.pick = -1;
+        SS_SYNC();
+        if (last >= 0)
+            ss_max_i(&sm.pick, last);
+    }
+    SS_SYNC();
+    const int pos = sm.pick;
+    if (pos >= 0 && pos / P == t) {
+        unsigned long long c = ex;
+        for (int k = P * t; k < pos; k++) {
+            int d = dig(k);
+            c += d >= 0 ? sm.wbin[d] : 0ull;
+        }
+        sm.before = c;
+    }
+    SS_SYNC();
+    *ret_before = sm.before;
+    *ret_crossed = crossed;
+    const int d = pos >= 0 ? dig(pos) : -1;
+    SS_SYNC();
+    return d;
+}
+
+/* scan orders: keys from the highest digit down, ids from the lowest up */
+template <int NB> struct ss_desc {
+    SS_HD int operator()(int pos) const { return pos < NB ? NB - 1 - pos : -1; }
+};
+struct ss_asc {
+    SS_HD int operator()(int pos) const { return pos < SS_BINS ? pos : -1; }
+};
+
+/* the shortest prefix of the eligible elements whose weight reaches s.G (see the file comment) */
+template <int NT>
+SS_HD ss_bnd ss_select(const float *row, int V, float inv_t, float mx, const ss_sel &s,
+                       ss_smem &sm) {
+    const int t = SS_TID;
+    const int shifts[3] = {21, 10, 0}, bits[3] = {11, 11, 10};
+    uint32_t pre = 0;
+    double G = s.G;
+    bool all = false;
+    uint32_t cnt = 0;
+    int32_t minid = 0;
+    for (int r = 0; r < 3; r++) {
+        const int nb = 1 << bits[r], sh = shifts[r], psh = sh + bits[r];
+        for (int i = t; i < nb; i += NT) {
+            sm.wbin[i] = 0;
+            sm.cbin[i] = 0;
+            sm.minid[i] = INT_MAX;
+        }
+        SS_SYNC();
+        for (int v = t; v < V; v += NT) {
+            float l = ss_l(row, v, inv_t);
+            uint32_t k = ss_key(l);
+            if ((r > 0 && (k >> psh) != pre) || !ss_in(k, v, s.B))
+                continue;
+            float p = expf(l - mx);
+            if (s.minp && !(p >= s.thr))
+                continue;
+            int d = (int)((k >> sh) & (uint32_t)(nb - 1));
+            ss_add(&sm.wbin[d], s.mass ? ss_q(p) : 1ull);
+            ss_addu(&sm.cbin[d], 1u);
+            ss_min(&sm.minid[d], v);
+        }
+        SS_SYNC();
+        unsigned long long before = 0;
+        bool crossed = false;
+        int d = nb == SS_BINS
+                    ? ss_pick<NT>(sm, ss_desc<SS_BINS>(), G, s.strict, all, &before, &crossed)
+                    : ss_pick<NT>(sm, ss_desc<SS_BINS / 2>(), G, s.strict, all, &before, &crossed);
+        if (d < 0) /* nothing eligible: cannot happen for a non-empty set; keep B */
+            return s.B;
+        if (!crossed)
+            all = true;
+        G -= (double)before;
+        pre = r == 0 ? (uint32_t)d : (pre << bits[r]) | (uint32_t)d;
+        cnt = sm.cbin[d];
+        minid = sm.minid[d];
+        SS_SYNC();
+    }
+    /* pre is the key of the boundary; among its cnt equal logits take the n-th lowest id */
+    uint32_t n = cnt;
+    if (!all && cnt > 1) {
+        double w = s.mass ? (double)ss_q(expf(ss_unkey(pre) - mx)) : 1.0;
+        if (w > 0) {
+            double q = s.strict ? floor(G / w) + 1.0 : ceil(G / w);
+            n = q < 1.0 ? 1u : (q > (double)cnt ? cnt : (uint32_t)q);
+        }
+    }
+    if (n <= 1)
+        return ss_bnd{pre, minid};
+    uint32_t ipre = 0;
+    double need = n;
+    for (int r = 0; r < 2; r++) {
+        const int sh = r == 0 ? 11 : 0;
+        for (int i = t; i < SS_BINS; i += NT) {
+            sm.wbin[i] = 0;
+            sm.cbin[i] = 0;
+        }
+        SS_SYNC();
+        for (int v = t; v < V; v += NT) {
+            if (r > 0 && ((uint32_t)v >> 11) != ipre)
+                continue;
+            float l = ss_l(row, v, inv_t);
+            uint32_t k = ss_key(l);
+            if (k != pre || !ss_in(k, v, s.B))
+                continue;
+            if (s.minp && !(expf(l - mx) >= s.thr))
+                continue;
+            int d = (int)(((uint32_t)v >> sh) & (SS_BINS - 1));
+            ss_add(&sm.wbin[d], 1ull);
+            ss_addu(&sm.cbin[d], 1u);
+        }
+        SS_SYNC();
+        unsigned long long before = 0;
+        bool crossed = false;
+        int d = ss_pick<NT>(sm, ss_asc(), need, false, false, &before, &crossed);
+        if (d < 0)
+            return ss_bnd{pre, minid};
+        need -= (double)before;
+        ipre = r == 0 ? (uint32_t)d : (ipre << 11) | (uint32_t)d;
+        SS_SYNC();
+    }
+    return ss_bnd{pre, (int32_t)ipre};
+}
+
+/* fixed-point mass of the eligible elements */
+template <int NT>
+SS_HD unsigned long long ss_mass(const float *row, int V, float inv_t, float mx, ss_bnd B,
+                                 bool minp, float thr, ss_smem &sm) {
+    unsigned long long acc = 0;
+    for (int v = SS_TID; v < V; v += NT) {
+        float l = ss_l(row, v, inv_t);
+        if (!ss_in(ss_key(l), v, B))
+            continue;
+        float p = expf(l - mx);
+        if (minp && !(p >= thr))
+            continue;
+        acc += ss_q(p);
+    }
+    return ss_sum<NT>(acc, sm);
+}
+
+/* the temperature path of one row (temperature > 0): returns the sampled id */
+template <int NT>
+SS_HD int32_t ss_row(const float *row, int V, const eng_cuda_sample_row_t &rw, ss_smem &sm) {
+    const float inv_t = 1.0f / rw.temperature;
+    const float mx = ss_max<NT>(row, V, inv_t, sm);
+    const ss_bnd all = {0u, INT_MAX};
+    ss_bnd B = all;
+    if (rw.top_k > 0 && rw.top_k < V) {
+        ss_sel s = {all, false, 0.0f, false, false, (double)rw.top_k};
+        B = ss_select<NT>(row, V, inv_t, mx, s, sm);
+    }
+    const unsigned long long total = ss_mass<NT>(row, V, inv_t, mx, B, false, 0.0f, sm);
+    if (rw.top_p < 1.0f) {
+        ss_sel s = {B, false, 0.0f, true, false, (double)rw.top_p * (double)total};
+        ss_bnd P = ss_select<NT>(row, V, inv_t, mx, s, sm);
+        if (P.key > B.key || (P.key == B.key && P.id < B.id))
+            B = P; /* the shorter prefix */
+    }
+    const bool minp = rw.min_p > 0.0f;
+    const float thr = rw.min_p * 1.0f; /* p_max = expf(0) = 1 */
+    unsigned long long mass = total;
+    if (minp || rw.top_p < 1.0f)
+        mass = ss_mass<NT>(row, V, inv_t, mx, B, minp, thr, sm);
+    const double u = ss_uniform(rw.seed, rw.step);
+    ss_sel s = {B, minp, thr, true, true, u * (double)mass};
+    return ss_select<NT>(row, V, inv_t, mx, s, sm).id;
+}
+
+/* greedy: the first maximum of the raw logits */
+__device__ int32_t ss_argmax(const float *row, int V, ss_smem &sm) {
+    const int t = threadIdx.x;
+    float best = -INFINITY;
+    int bi = INT_MAX;
+    for (int v = t; v < V; v += SS_THREADS) {
+        float x = row[v];
+        if (x > best || (x == best && v < bi)) {
+            best = x;
+            bi = v;
+        }
+    }
+    for (int o = 16; o > 0; o >>= 1) {
+        float ob = __shfl_xor_sync(0xffffffffu, best, o);
+        int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+        if (ob > best || (ob == best && oi < bi)) {
+            best = ob;
+            bi = oi;
+        }
+    }
+    if ((t & 31) == 0) {
+        sm.fwarp[t >> 5] = best;
+        sm.iwarp[t >> 5] = bi;
+    }
+    __syncthreads();
+    float b = sm.fwarp[0];
+    int id = sm.iwarp[0];
+    for (int i = 1; i < SS_THREADS / 32; i++)
+        if (sm.fwarp[i] > b || (sm.fwarp[i] == b && sm.iwarp[i] < id)) {
+            b = sm.fwarp[i];
+            id = sm.iwarp[i];
+        }
+    return id == INT_MAX ? 0 : id;
+}
+
+__global__ void __launch_bounds__(SS_THREADS)
+    k_sample(const float *logits, int V, const eng_cuda_sample_row_t *rows, int32_t *out) {
+    __shared__ ss_smem sm;
+    const eng_cuda_sample_row_t rw = rows[blockIdx.x];
+    const float *row = logits + (size_t)blockIdx.x * V;
+    int32_t id = rw.temperature > 0.0f ? ss_row<SS_THREADS>(row, V, rw, sm)
+                                       : ss_argmax(row, V, sm);
+    if (threadIdx.x == 0)
+        out[blockIdx.x] = id;
+}
+
+extern "C" int eng_cuda_sample_host(const float *logits, uint32_t V,
+                                    const eng_cuda_sample_row_t *row, int32_t *ret_id) {
+    if (!logits || !row || !ret_id || V == 0 || V >= (1u << 22))
+        return -EINVAL;
+    if (!(row->temperature > 0.0f)) {
+        uint32_t b = 0;
+        for (uint32_t v = 1; v < V; v++)
+            if (logits[v] > logits[b])
+                b = v;
+        *ret_id = (int32_t)b;
+        return 0;
+    }
+    static ss_smem sm; /* one thread; see the file comment */
+    *ret_id = ss_row<1>(logits, (int)V, *row, sm);
+    return 0;
+}
+
+/* static workspace: row parameters and ids, device and pinned host */
+static eng_cuda_sample_row_t *s_rows_dev, *s_rows_host;
+static int32_t *s_ids_dev, *s_ids_host;
+static uint32_t s_cap;
+
+static int s_reserve(uint32_t n) {
+    if (n <= s_cap)
+        return 0;
+    cudaFree(s_rows_dev);
+    cudaFree(s_ids_dev);
+    cudaFreeHost(s_rows_host);
+    cudaFreeHost(s_ids_host);
+    s_rows_dev = s_rows_host = nullptr;
+    s_ids_dev = s_ids_host = nullptr;
+    s_cap = 0;
+    uint32_t cap = n < 64 ? 64 : n;
+    CUDA_CHECK(cudaMalloc(&s_rows_dev, cap * sizeof *s_rows_dev));
+    CUDA_CHECK(cudaMalloc(&s_ids_dev, cap * sizeof *s_ids_dev));
+    CUDA_CHECK(cudaMallocHost(&s_rows_host, cap * sizeof *s_rows_host));
+    CUDA_CHECK(cudaMallocHost(&s_ids_host, cap * sizeof *s_ids_host));
+    s_cap = cap;
+    return 0;
+}
+
+extern "C" int eng_cuda_sample(void *stream, const float *logits, uint32_t n_rows, uint32_t V,
+                               const eng_cuda_sample_row_t *rows, int32_t *ret_ids) {
+    if (!logits || !rows || !ret_ids || n_rows == 0 || V == 0 || V >= (1u << 22) ||
+        n_rows > 65535)
+        return -EINVAL;
+    if (eng_cuda_error_is_sticky())
+        return -EIO;
+    for (uint32_t i = 0; i < n_rows; i++)
+        if (rows[i].temperature > 0.0f &&
+            (!(rows[i].top_p > 0.0f && rows[i].top_p <= 1.0f) ||
+             !(rows[i].min_p >= 0.0f && rows[i].min_p <= 1.0f)))
+            return -EINVAL;
+    int r = s_reserve(n_rows);
+    if (r < 0)
+        return r;
+    cudaStream_t s = (cudaStream_t)stream;
+    memcpy(s_rows_host, rows, n_rows * sizeof *rows);
+    CUDA_CHECK(cudaMemcpyAsync(s_rows_dev, s_rows_host, n_rows * sizeof *rows,
+                               cudaMemcpyHostToDevice, s));
+    k_sample<<<n_rows, SS_THREADS, 0, s>>>(logits, (int)V, s_rows_dev, s_ids_dev);
+    CUDA_LAUNCH_CHECK();
+    CUDA_CHECK(cudaMemcpyAsync(s_ids_host, s_ids_dev, n_rows * sizeof *ret_ids,
+                               cudaMemcpyDeviceToHost, s));
+    CUDA_CHECK(cudaStreamSynchronize(s));
+    memcpy(ret_ids, s_ids_host, n_rows * sizeof *ret_ids);
+    return 0;
+}
