@@ -283,14 +283,17 @@ int eng_service_new(const eng_service_opts_t *opts, eng_progress_fn progress, vo
 
     r = eng_model_alloc_kv(s->model, (uint32_t)s->n_blocks, s->block_size);
     if (r < 0) {
-        snprintf(err, errlen, "KV cache: allocating %" PRIu64 " blocks of %u tokens: %s", s->n_blocks,
-                 s->block_size, strerror(-r));
+        const char *why = eng_model_last_error(s->model);
+        snprintf(err, errlen, "KV cache: allocating %" PRIu64 " blocks of %u tokens: %s%s%s", s->n_blocks,
+                 s->block_size, strerror(-r), why && *why ? ": " : "", why ? why : "");
         goto fail;
     }
     uint32_t max_blocks_per_seq = (s->max_model_len + s->block_size - 1) / s->block_size;
     r = eng_model_reserve(s->model, max_batch_tokens, max_running, max_blocks_per_seq);
     if (r < 0) {
-        snprintf(err, errlen, "step buffers for %u tokens: %s", max_batch_tokens, strerror(-r));
+        const char *why = eng_model_last_error(s->model);
+        snprintf(err, errlen, "step buffers for %u tokens: %s%s%s", max_batch_tokens, strerror(-r),
+                 why && *why ? ": " : "", why ? why : "");
         goto fail;
     }
     r = eng_kv_new((uint32_t)s->n_blocks, s->block_size, !opts->no_prefix_cache, &s->kv);
@@ -571,7 +574,7 @@ static bool s_device_row(const s_req_t *q) {
     const eng_sampler_params_t *p = &q->params;
     uint32_t n_out = q->seq.n_tokens - q->seq.n_prompt;
     return p->repetition_penalty == 1.0f && p->presence_penalty == 0.0f &&
-           p->frequency_penalty == 0.0f && p->min_p == 0.0f && p->n_logprobs == 0 && !p->ignore_eos &&
+           p->frequency_penalty == 0.0f && p->n_logprobs == 0 && !p->ignore_eos &&
            n_out >= p->min_tokens;
 }
 
