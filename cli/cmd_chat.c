@@ -160,19 +160,26 @@ static int s_turn(om_client_t *c, chat_history_t *h, const chat_opts_t *o, const
 
 static void s_usage(void) {
     printf("usage: omnipipe chat [--runtime-dir D] [--script FILE] [--system S] [--max-tokens N]\n"
-           "                     [--temperature T] [--seed S] [--deadline-ms N] [--no-stream]\n");
+           "                     [--temperature T] [--seed S] [--deadline-ms N] [--no-stream]\n"
+           "                     [--tokenizer-endpoint EP] [--decoder-endpoint EP]\n"
+           "  endpoints default to $OMNIPIPE_ENDPOINT_TOKENIZER / $OMNIPIPE_ENDPOINT_DECODER (as the\n"
+           "  daemons read them), else ipc:// sockets in the runtime dir; tcp://HOST:PORT works too\n");
 }
 
 int cmd_chat(int argc, char **argv) {
-    enum { O_RT = 1000, O_SCRIPT, O_SYSTEM, O_MAXTOK, O_TEMP, O_SEED, O_DEADLINE, O_NOSTREAM, O_HELP };
+    enum { O_RT = 1000, O_SCRIPT, O_SYSTEM, O_MAXTOK, O_TEMP, O_SEED, O_DEADLINE, O_NOSTREAM, O_HELP,
+           O_TOK_EP, O_DEC_EP };
     static const struct option longopts[] = {
         {"runtime-dir", required_argument, NULL, O_RT},   {"script", required_argument, NULL, O_SCRIPT},
         {"system", required_argument, NULL, O_SYSTEM},    {"max-tokens", required_argument, NULL, O_MAXTOK},
         {"temperature", required_argument, NULL, O_TEMP}, {"seed", required_argument, NULL, O_SEED},
         {"deadline-ms", required_argument, NULL, O_DEADLINE}, {"no-stream", no_argument, NULL, O_NOSTREAM},
+        {"tokenizer-endpoint", required_argument, NULL, O_TOK_EP},
+        {"decoder-endpoint", required_argument, NULL, O_DEC_EP},
         {"help", no_argument, NULL, O_HELP},              {NULL, 0, NULL, 0},
     };
     const char *rt = NULL, *script = NULL;
+    const char *tok_ep = getenv("OMNIPIPE_ENDPOINT_TOKENIZER"), *dec_ep = getenv("OMNIPIPE_ENDPOINT_DECODER");
     chat_opts_t o = {.max_tokens = -1, .temperature = -1, .seed = -1, .stream = true};
     int opt;
     while ((opt = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
@@ -186,6 +193,8 @@ int cmd_chat(int argc, char **argv) {
         case O_SEED: o.seed = strtoll(optarg, &end, 10); break;
         case O_DEADLINE: o.deadline_ms = strtol(optarg, &end, 10); break;
         case O_NOSTREAM: o.stream = false; break;
+        case O_TOK_EP: tok_ep = optarg; break;
+        case O_DEC_EP: dec_ep = optarg; break;
         case O_HELP: s_usage(); return 0;
         default: s_usage(); return 2;
         }
@@ -205,7 +214,9 @@ int cmd_chat(int argc, char **argv) {
     }
     char err[512];
     om_client_t *c = NULL;
-    om_client_opts_t co = {.runtime_dir = rt};
+    om_client_opts_t co = {.runtime_dir = rt,
+                           .tokenizer_ep = tok_ep && *tok_ep ? tok_ep : NULL,
+                           .decoder_ep = dec_ep && *dec_ep ? dec_ep : NULL};
     int r = om_client_new(&co, &c, err, sizeof err);
     if (r < 0) {
         fprintf(stderr, "omnipipe chat: %s\n", err);
