@@ -75,7 +75,7 @@ typedef struct eng_sampler_result {
 
 /* What a backend's SAMPLE hook (eng_backend_ops.sample) gets: per logits row, the parameters and
  * the RNG step (tokens generated so far). The service only hands over rows that need nothing but
- * greedy/temperature/top-k/top-p (no penalties, suppression, min-p or logprobs), drawing with
+ * greedy/temperature/top-k/top-p/min-p (no penalties, eos suppression or logprobs), drawing with
  * eng_sampler_uniform(seed, step) so device and host pick the same token. */
 struct eng_sample_batch {
     const eng_sampler_params_t *params; /* (n_rows) */

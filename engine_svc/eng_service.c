@@ -569,7 +569,7 @@ static bool s_in(const int32_t *ids, uint32_t n, int32_t t) {
     return false;
 }
 
-/* whether the backend's SAMPLE hook can take this row (greedy/temperature/top-k/top-p only) */
+/* whether the backend's SAMPLE hook can take this row (greedy/temperature/top-k/top-p/min-p only) */
 static bool s_device_row(const s_req_t *q) {
     const eng_sampler_params_t *p = &q->params;
     uint32_t n_out = q->seq.n_tokens - q->seq.n_prompt;

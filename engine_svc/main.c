@@ -181,6 +181,9 @@ static int run(int argc, char **argv) {
         {"engine_id", false, NULL, "name in TokenBatch and routing (default engine-<pid>)"},
         {"kv_blocks", false, "0", "KV cache blocks (0 = sized automatically)"},
         {"max_batch_tokens", false, "0", "token budget per step (0 = default)"},
+        {"kv_fraction", false, "0.9", "cuda: fraction of free device memory for KV after weights"},
+        {"max_running", false, "0", "max concurrent sequences (0 = default)"},
+        {"no_prefix_cache", true, NULL, "disable prefix caching"},
         {"threads", false, "0", "CPU backend threads (0 = all cores)"},
         {"drain_ms", false, "10000", "on SIGTERM, time to finish running requests"},
         {NULL, false, NULL, NULL},
@@ -193,6 +196,8 @@ static int run(int argc, char **argv) {
     eng_main_t m = {0};
     om_arena_t *a = NULL;
     uint64_t hb_ms = 500, device = 0, kv_blocks = 0, mbt = 0, threads = 0, drain_ms = 10000;
+    uint64_t max_running = 0;
+    double kv_fraction = 0.9;
     const char *model = om_config_get(cfg, "model");
     if (!model) {
         r = om_log_errno(-EINVAL, "--model DIR is required");
@@ -202,10 +207,22 @@ static int run(int argc, char **argv) {
         (r = om_config_get_u64(cfg, "device", &device, err, sizeof err)) < 0 ||
         (r = om_config_get_u64(cfg, "kv_blocks", &kv_blocks, err, sizeof err)) < 0 ||
         (r = om_config_get_u64(cfg, "max_batch_tokens", &mbt, err, sizeof err)) < 0 ||
+        (r = om_config_get_u64(cfg, "max_running", &max_running, err, sizeof err)) < 0 ||
         (r = om_config_get_u64(cfg, "threads", &threads, err, sizeof err)) < 0 ||
         (r = om_config_get_u64(cfg, "drain_ms", &drain_ms, err, sizeof err)) < 0) {
         om_log_err("%s", err);
         goto out;
+    }
+    {
+        const char *f = om_config_get(cfg, "kv_fraction");
+        char *end = NULL;
+        if (f) {
+            kv_fraction = strtod(f, &end);
+            if (end == f || *end || !(kv_fraction > 0.0 && kv_fraction <= 1.0)) {
+                r = om_log_errno(-EINVAL, "kv_fraction: must be in (0, 1], got '%s'", f);
+                goto out;
+            }
+        }
     }
     if (om_config_get(cfg, "engine_id"))
         snprintf(engine_id, sizeof engine_id, "%s", om_config_get(cfg, "engine_id"));
@@ -224,6 +241,9 @@ static int run(int argc, char **argv) {
         .engine_id = engine_id,
         .max_batch_tokens = (uint32_t)mbt,
         .kv_blocks = kv_blocks,
+        .kv_fraction = kv_fraction,
+        .max_running = (uint32_t)max_running,
+        .no_prefix_cache = om_config_get_bool(cfg, "no_prefix_cache"),
         .n_threads = (int)threads,
     };
     om_daemon_status(m.d, "loading %s", model);

@@ -513,7 +513,7 @@ static int s_kv_init(eng_cuda_model *m, int64_t nb, char *err, size_t errlen) {
         char detail[256];
         snprintf(detail, sizeof detail, "%s", err);
         snprintf(err, errlen, "%s (%lld blocks of %u tokens, %.1f MiB each; lower kv_fraction or "
-                 "kv_blocks)", detail, (long long)nb, o.block_size, per_block / 1048576.0);
+                 "kv_blocks in the engine config)", detail, (long long)nb, o.block_size, per_block / 1048576.0);
         m->kv = nullptr;
         return r;
     }
