@@ -5,12 +5,12 @@
  *             --keep-special flag); each output line is {"text": ...}.
  * Ids the vocabulary does not have are skipped, as tokenizers does. */
 #include <errno.h>
-#include <getopt.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "cmd_util.h"
 #include "om_log.h"
 #include "om_vocab.h"
 
@@ -48,117 +48,72 @@ static int cmd_detokenize_ids(json_t *arr, int32_t **ret, size_t *ret_n, char *w
     return 0;
 }
 
-static int cmd_detokenize_jsonl(const om_vocab_t *v, bool keep_default, FILE *in, FILE *out)
+typedef struct cmd_detokenize_ctx {
+    const om_vocab_t *v;
+    bool keep_default;  /* --keep-special: a line's keep_special when it has none */
+} cmd_detokenize_ctx_t;
+
+/* --jsonl: one stdin line {"ids": [...], "keep_special": bool} -> {"text": ...} */
+static int cmd_detokenize_line(void *ctx, const char *line, size_t len, size_t lineno)
 {
-    char *line = NULL, why[256];
-    size_t cap = 0, lineno = 0;
-    ssize_t n;
-    int rc = 0;
-    while ((n = getline(&line, &cap, in)) >= 0) {
-        lineno++;
-        size_t len = (size_t)n, k = 0;
-        while (k < len && (line[k] == ' ' || line[k] == '\t' || line[k] == '\n' || line[k] == '\r'))
-            k++;
-        if (k == len)
-            continue;
-        json_error_t je;
-        json_t *j = json_loadb(line, len, 0, &je);
-        if (!json_is_object(j)) {
-            om_log_err("detokenize: stdin line %zu: %s", lineno, j ? "expected a JSON object" : je.text);
-            json_decref(j);
-            rc = 1;
-            break;
-        }
-        json_t *ks = json_object_get(j, "keep_special");
-        if (ks && !json_is_boolean(ks) && !json_is_null(ks)) {
-            om_log_err("detokenize: stdin line %zu: keep_special: expected true or false", lineno);
-            json_decref(j);
-            rc = 1;
-            break;
-        }
-        bool keep = json_is_boolean(ks) ? json_is_true(ks) : keep_default;
-        int32_t *ids = NULL;
-        size_t nids = 0;
-        int r = cmd_detokenize_ids(json_object_get(j, "ids"), &ids, &nids, why, sizeof(why));
+    const cmd_detokenize_ctx_t *d = ctx;
+    char why[256];
+    json_error_t je;
+    json_t *j = json_loadb(line, len, 0, &je);
+    if (!json_is_object(j)) {
+        om_log_err("detokenize: stdin line %zu: %s", lineno, j ? "expected a JSON object" : je.text);
         json_decref(j);
-        if (r) {
-            om_log_err("detokenize: stdin line %zu: %s", lineno, r == -EINVAL ? why : strerror(-r));
-            rc = 1;
-            break;
-        }
-        char *text = NULL;
-        size_t tl = 0;
-        r = om_vocab_decode(v, ids, nids, !keep, &text, &tl);
-        free(ids);
-        if (r) {
-            om_log_err("detokenize: stdin line %zu: %s", lineno, strerror(-r));
-            rc = 1;
-            break;
-        }
-        json_t *o = json_pack("{s:s%}", "text", text, tl);
-        free(text);
-        char *s = o ? json_dumps(o, JSON_COMPACT) : NULL;
-        json_decref(o);
-        if (!s) {
-            om_log_err("detokenize: stdin line %zu: out of memory", lineno);
-            rc = 1;
-            break;
-        }
-        fputs(s, out);
-        fputc('\n', out);
-        free(s);
+        return 1;
     }
-    free(line);
-    return rc;
+    json_t *ks = json_object_get(j, "keep_special");
+    if (ks && !json_is_boolean(ks) && !json_is_null(ks)) {
+        om_log_err("detokenize: stdin line %zu: keep_special: expected true or false", lineno);
+        json_decref(j);
+        return 1;
+    }
+    bool keep = json_is_boolean(ks) ? json_is_true(ks) : d->keep_default;
+    int32_t *ids = NULL;
+    size_t nids = 0;
+    int r = cmd_detokenize_ids(json_object_get(j, "ids"), &ids, &nids, why, sizeof(why));
+    json_decref(j);
+    if (r) {
+        om_log_err("detokenize: stdin line %zu: %s", lineno, r == -EINVAL ? why : strerror(-r));
+        return 1;
+    }
+    char *text = NULL;
+    size_t tl = 0;
+    r = om_vocab_decode(d->v, ids, nids, !keep, &text, &tl);
+    free(ids);
+    if (r) {
+        om_log_err("detokenize: stdin line %zu: %s", lineno, strerror(-r));
+        return 1;
+    }
+    json_t *o = json_pack("{s:s%}", "text", text, tl);
+    free(text);
+    if (cmd_util_put_json(stdout, o)) {
+        om_log_err("detokenize: stdin line %zu: out of memory", lineno);
+        return 1;
+    }
+    return 0;
 }
 
 int cmd_detokenize(int argc, char **argv)
 {
-    static const struct option opts[] = {
-        {"model", required_argument, NULL, 'm'},
-        {"keep-special", no_argument, NULL, 'k'},
-        {"jsonl", no_argument, NULL, 'j'},
-        {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0},
-    };
-    const char *model = NULL;
-    bool jsonl = false, keep = false;
-    int o;
-    optind = 0;
-    while ((o = getopt_long(argc, argv, "m:kjh", opts, NULL)) != -1) {
-        switch (o) {
-        case 'm':
-            model = optarg;
-            break;
-        case 'k':
-            keep = true;
-            break;
-        case 'j':
-            jsonl = true;
-            break;
-        case 'h':
-            cmd_detokenize_usage(stdout);
-            return 0;
-        default:
-            cmd_detokenize_usage(stderr);
-            return 2;
-        }
-    }
-    if (!model || optind < argc) {
-        om_log_err("detokenize: %s", !model ? "--model DIR is required" : "unexpected argument");
-        cmd_detokenize_usage(stderr);
-        return 2;
-    }
+    cmd_util_args_t a;
+    int rc = cmd_util_args(argc, argv, "detokenize", true, cmd_detokenize_usage, &a);
+    if (rc >= 0)
+        return rc;
     char err[1024] = "", why[256];
     om_vocab_t *v = NULL;
-    int r = om_vocab_load(model, &v, err, sizeof(err));
+    int r = om_vocab_load(a.model, &v, err, sizeof(err));
     if (r) {
         om_log_err("detokenize: %s", err[0] ? err : strerror(-r));
         return 1;
     }
-    int rc = 0;
-    if (jsonl) {
-        rc = cmd_detokenize_jsonl(v, keep, stdin, stdout);
+    rc = 0;
+    if (a.jsonl) {
+        cmd_detokenize_ctx_t d = {v, a.keep_special};
+        rc = cmd_util_lines(stdin, 0, cmd_detokenize_line, &d);
     } else {
         json_error_t je;
         json_t *j = json_loadf(stdin, 0, &je);
@@ -172,7 +127,7 @@ int cmd_detokenize(int argc, char **argv)
         } else if ((r = cmd_detokenize_ids(j, &ids, &n, why, sizeof(why)))) {
             om_log_err("detokenize: stdin: %s", r == -EINVAL ? why : strerror(-r));
             rc = 1;
-        } else if ((r = om_vocab_decode(v, ids, n, !keep, &text, &tl))) {
+        } else if ((r = om_vocab_decode(v, ids, n, !a.keep_special, &text, &tl))) {
             om_log_err("detokenize: %s", strerror(-r));
             rc = 1;
         } else if (fwrite(text, 1, tl, stdout) != tl) {
@@ -183,10 +138,7 @@ int cmd_detokenize(int argc, char **argv)
         free(ids);
         json_decref(j);
     }
-    if (fflush(stdout)) {
-        om_log_err("detokenize: writing stdout: %s", strerror(errno));
-        rc = 1;
-    }
+    rc = cmd_util_flush("detokenize", rc);
     om_vocab_free(v);
     return rc;
 }

@@ -217,13 +217,16 @@ static bool s_same(const rp_out_t *a, const rp_out_t *b) {
            a->ident_len == b->ident_len && (!a->ident_len || memcmp(a->ident, b->ident, a->ident_len) == 0);
 }
 
-/* ordered comparison per socket */
-static void s_compare_ordered(rp_t *p) {
+/* Pairs each recorded output with the first unused produced one on the same socket (in order) or,
+ * keyed, with the same request key (tokenizer: worker threads reorder requests), and reports what
+ * differs or has no partner. */
+static void s_compare(rp_t *p, bool keyed) {
     for (size_t i = 0; i < p->recorded.n; i++) {
         rp_out_t *rec = &p->recorded.v[i];
         rp_out_t *got = NULL;
         for (size_t k = 0; k < p->produced.n && !got; k++)
-            if (!p->produced.v[k].used && strcmp(p->produced.v[k].socket, rec->socket) == 0)
+            if (!p->produced.v[k].used && strcmp(keyed ? p->produced.v[k].key : p->produced.v[k].socket,
+                                                 keyed ? rec->key : rec->socket) == 0)
                 got = &p->produced.v[k];
         rec->used = true;
         if (!got) {
@@ -239,26 +242,11 @@ static void s_compare_ordered(rp_t *p) {
             s_report(p, "replay produced an output that was not recorded", NULL, &p->produced.v[k]);
 }
 
-/* per-request comparison (tokenizer: worker threads reorder requests) */
-static void s_compare_keyed(rp_t *p) {
-    for (size_t i = 0; i < p->recorded.n; i++) {
-        rp_out_t *rec = &p->recorded.v[i];
-        rp_out_t *got = NULL;
-        for (size_t k = 0; k < p->produced.n && !got; k++)
-            if (!p->produced.v[k].used && strcmp(p->produced.v[k].key, rec->key) == 0)
-                got = &p->produced.v[k];
-        rec->used = true;
-        if (!got) {
-            s_report(p, "recorded output not produced by the replay", rec, NULL);
-            continue;
-        }
-        got->used = true;
-        if (!s_same(rec, got))
-            s_report(p, "output differs", rec, got);
-    }
-    for (size_t k = 0; k < p->produced.n; k++)
-        if (!p->produced.v[k].used)
-            s_report(p, "replay produced an output that was not recorded", NULL, &p->produced.v[k]);
+/* A stage replay's end: compares when the replay ran through, returns 0 or its error. */
+static int s_finish(rp_t *p, int r, bool keyed) {
+    if (r >= 0)
+        s_compare(p, keyed);
+    return r < 0 ? r : 0;
 }
 
 // --- capture loading ---------------------------------------------------------------------------
@@ -323,7 +311,7 @@ static bool s_is(const Omnipipe__RecordEntry *e, int dir, const char *socket) {
 
 /* Collects the recorded outputs (non-control). shell_unavailable: leave out UNAVAILABLE and CANCELLED
  * statuses (produced by the tokenizer's shell when a peer was down or an abort overtook the request
- * in a worker) and remember their keys in skip. */
+ * in a worker) and remember their keys in skip (NULL, with n_skip, when !shell_unavailable). */
 static int s_collect(rp_t *p, const rp_cap_t *c, bool routed_socket(const char *), bool shell_unavailable,
                      char (*skip)[160], size_t *n_skip, size_t max_skip) {
     for (size_t i = 0; i < c->n; i++) {
@@ -429,9 +417,7 @@ static int s_replay_tokenizer(rp_t *p, rp_cap_t *c, const char *model) {
             r = s_produce(p, "frontend", in.ident, in.ident_len, out);
     }
     tok_service_free(svc);
-    if (r >= 0)
-        s_compare_keyed(p);
-    return r < 0 ? r : 0;
+    return s_finish(p, r, true);
 #else
     (void)p; (void)c; (void)model;
     fprintf(stderr, "omnipipe replay: the tokenizer core is not in this build\n");
@@ -444,10 +430,9 @@ static int s_mmp_emit(void *ud, enum mmp_dest dest, const uint8_t *ident, size_t
     return s_produce(ud, dest == MMP_TO_ENGINE ? "engines" : "decoder", ident, ident_len, env);
 }
 
-static int s_replay_mm_prep(rp_t *p, rp_cap_t *c) {
-    char skip[1][160];
-    size_t n_skip = 0;
-    int r = s_collect(p, c, s_routed_mmp, false, skip, &n_skip, 0);
+static int s_replay_mm_prep(rp_t *p, rp_cap_t *c, const char *model) {
+    (void)model; /* mm_prep loads no model */
+    int r = s_collect(p, c, s_routed_mmp, false, NULL, NULL, 0);
     if (r < 0)
         return r;
     const char *hb = s_config(c, "heartbeat_ms"), *lv = s_config(c, "liveness");
@@ -482,16 +467,12 @@ static int s_replay_mm_prep(rp_t *p, rp_cap_t *c) {
             r = mmp_service_on_engine(svc, in.ident, in.ident_len, in.env, e->now_ms, s_mmp_emit, p);
     }
     mmp_service_free(svc);
-    if (r >= 0)
-        s_compare_ordered(p);
-    return r < 0 ? r : 0;
+    return s_finish(p, r, false);
 }
 
 static int s_replay_engine(rp_t *p, rp_cap_t *c, const char *model) {
 #ifdef OM_HAVE_ENG_SERVICE
-    char skip[1][160];
-    size_t n_skip = 0;
-    int r = s_collect(p, c, s_routed_none, false, skip, &n_skip, 0);
+    int r = s_collect(p, c, s_routed_none, false, NULL, NULL, 0);
     if (r < 0)
         return r;
     const char *v;
@@ -552,9 +533,7 @@ static int s_replay_engine(rp_t *p, rp_cap_t *c, const char *model) {
         }
     }
     eng_service_free(svc);
-    if (r >= 0)
-        s_compare_ordered(p);
-    return r < 0 ? r : 0;
+    return s_finish(p, r, false);
 #else
     (void)p; (void)c; (void)model;
     fprintf(stderr, "omnipipe replay: the engine core is not in this build\n");
@@ -582,9 +561,7 @@ static void s_dec_stop(void *ud, const Omnipipe__Header *hdr) {
 
 static int s_replay_decoder(rp_t *p, rp_cap_t *c, const char *model) {
 #ifdef OM_HAVE_DEC_SERVICE
-    char skip[1][160];
-    size_t n_skip = 0;
-    int r = s_collect(p, c, s_routed_dec, false, skip, &n_skip, 0);
+    int r = s_collect(p, c, s_routed_dec, false, NULL, NULL, 0);
     if (r < 0)
         return r;
     char err[512];
@@ -629,9 +606,7 @@ static int s_replay_decoder(rp_t *p, rp_cap_t *c, const char *model) {
             dec_service_fail(svc, in.env->header, in.env->status, s_dec_emit, p);
     }
     dec_service_free(svc);
-    if (r >= 0)
-        s_compare_ordered(p);
-    return r < 0 ? r : 0;
+    return s_finish(p, r, false);
 #else
     (void)p; (void)c; (void)model;
     fprintf(stderr, "omnipipe replay: the decoder core is not in this build\n");
@@ -641,28 +616,34 @@ static int s_replay_decoder(rp_t *p, rp_cap_t *c, const char *model) {
 
 // --- command -------------------------------------------------------------------------------------
 
-static int s_replay_file(const char *stage, const char *path, const char *model_override, bool verbose,
+typedef struct s_stage {
+    const char *name;                                       /* --stage NAME */
+    int (*replay)(rp_t *p, rp_cap_t *c, const char *model); /* model: may be NULL where !needs_model */
+    bool needs_model;
+} s_stage_t;
+
+static const s_stage_t s_stages[] = {
+    {"tokenizer", s_replay_tokenizer, true},
+    {"mm_prep", s_replay_mm_prep, false},
+    {"engine", s_replay_engine, true},
+    {"decoder", s_replay_decoder, true},
+};
+
+static int s_replay_file(const s_stage_t *stage, const char *path, const char *model_override, bool verbose,
                          size_t *ret_diff, size_t *ret_outputs) {
     rp_cap_t c = {0};
-    rp_t p = {.stage = stage, .verbose = verbose};
+    rp_t p = {.stage = stage->name, .verbose = verbose};
     int r = s_load(path, &c);
     if (r == 0)
         r = om_arena_new(0, &p.a);
     const char *model = model_override ? model_override : s_config(&c, "model");
-    if (r == 0 && !model && strcmp(stage, "mm_prep") != 0) {
+    if (r == 0 && !model && stage->needs_model) {
         fprintf(stderr, "omnipipe replay: %s has no recorded model directory; pass --model DIR\n", path);
         r = -EINVAL;
     }
     if (r == 0) {
         printf("replaying %s (%zu entries)\n", path, c.n);
-        if (strcmp(stage, "tokenizer") == 0)
-            r = s_replay_tokenizer(&p, &c, model);
-        else if (strcmp(stage, "mm_prep") == 0)
-            r = s_replay_mm_prep(&p, &c);
-        else if (strcmp(stage, "engine") == 0)
-            r = s_replay_engine(&p, &c, model);
-        else
-            r = s_replay_decoder(&p, &c, model);
+        r = stage->replay(&p, &c, model);
     }
     if (r == 0) {
         printf("%s: %zu inputs, %zu recorded outputs, %zu replayed outputs, %zu differences\n", path,
@@ -703,10 +684,10 @@ int cmd_replay(int argc, char **argv) {
         default: s_usage(); return 2;
         }
     }
-    static const char *stages[] = {"tokenizer", "mm_prep", "engine", "decoder"};
-    bool known = false;
-    for (size_t i = 0; stage && i < 4; i++)
-        known |= strcmp(stage, stages[i]) == 0;
+    const s_stage_t *known = NULL;
+    for (size_t i = 0; stage && i < sizeof s_stages / sizeof s_stages[0]; i++)
+        if (strcmp(stage, s_stages[i].name) == 0)
+            known = &s_stages[i];
     if (!known || !capture || optind < argc) {
         if (stage && !known)
             fprintf(stderr, "omnipipe replay: unknown stage '%s'\n", stage);
@@ -734,14 +715,14 @@ int cmd_replay(int argc, char **argv) {
             if (r == 0 && strncmp(f, stage, sl) == 0 && f[sl] == '-' && fl > 6 && strcmp(f + fl - 6, ".omcap") == 0) {
                 char path[8192];
                 snprintf(path, sizeof path, "%s/%s", capture, f);
-                r = s_replay_file(stage, path, model, verbose, &n_diff, &n_out);
+                r = s_replay_file(known, path, model, verbose, &n_diff, &n_out);
                 n_files++;
             }
             free(names[i]);
         }
         free(names);
     } else {
-        r = s_replay_file(stage, capture, model, verbose, &n_diff, &n_out);
+        r = s_replay_file(known, capture, model, verbose, &n_diff, &n_out);
         n_files++;
     }
     if (r < 0)

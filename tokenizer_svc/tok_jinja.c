@@ -584,15 +584,21 @@ static int s_line_at(lexer *L, size_t pos) {
     return L->line_no;
 }
 
+/* writes "chat template line LINE: " and the formatted message into err (errlen bytes; none: nothing) */
+static void s_errmsg(char *err, size_t errlen, int line, const char *fmt, va_list ap) {
+    if (!err || !errlen)
+        return;
+    int k = snprintf(err, errlen, "chat template line %d: ", line);
+    if (k >= 0 && (size_t)k < errlen)
+        vsnprintf(err + k, errlen - (size_t)k, fmt, ap);
+}
+
 static int s_lex_fail(lexer *L, size_t pos, const char *fmt, ...) {
     if (L->err && L->errlen) {
-        int k = snprintf(L->err, L->errlen, "chat template line %d: ", s_line_at(L, pos));
-        if (k >= 0 && (size_t)k < L->errlen) {
-            va_list ap;
-            va_start(ap, fmt);
-            vsnprintf(L->err + k, L->errlen - (size_t)k, fmt, ap);
-            va_end(ap);
-        }
+        va_list ap;
+        va_start(ap, fmt);
+        s_errmsg(L->err, L->errlen, s_line_at(L, pos), fmt, ap);
+        va_end(ap);
     }
     return -EINVAL;
 }
@@ -1071,15 +1077,10 @@ static node *s_pfail(parser *p, const char *fmt, ...) {
         return NULL;
     p->failed = 1;
     tok *t = &p->v[p->i < p->n ? p->i : p->n - 1];
-    if (p->err && p->errlen) {
-        int k = snprintf(p->err, p->errlen, "chat template line %d: ", t->line);
-        if (k >= 0 && (size_t)k < p->errlen) {
-            va_list ap;
-            va_start(ap, fmt);
-            vsnprintf(p->err + k, p->errlen - (size_t)k, fmt, ap);
-            va_end(ap);
-        }
-    }
+    va_list ap;
+    va_start(ap, fmt);
+    s_errmsg(p->err, p->errlen, t->line, fmt, ap);
+    va_end(ap);
     return NULL;
 }
 
@@ -1180,15 +1181,16 @@ static node *s_parse_and(parser *p);
 static node *s_parse_not(parser *p);
 static node *s_parse_compare(parser *p);
 
-static node *s_parse_or(parser *p) {
-    node *l = s_parse_and(p);
+/* `operand (word operand)*`, left-associative, as nodes of kind k (E_OR, E_AND) */
+static node *s_parse_logic(parser *p, const char *word, uint8_t k, node *(*operand)(parser *)) {
+    node *l = operand(p);
     P_CHECK(p);
-    while (s_is_name(s_cur(p), "or")) {
+    while (s_is_name(s_cur(p), word)) {
         int line = s_cur(p)->line;
         s_next(p);
-        node *r = s_parse_and(p);
+        node *r = operand(p);
         P_CHECK(p);
-        node *x = s_node(p, E_OR, line);
+        node *x = s_node(p, k, line);
         x->a = l;
         x->b = r;
         l = x;
@@ -1196,21 +1198,8 @@ static node *s_parse_or(parser *p) {
     return l;
 }
 
-static node *s_parse_and(parser *p) {
-    node *l = s_parse_not(p);
-    P_CHECK(p);
-    while (s_is_name(s_cur(p), "and")) {
-        int line = s_cur(p)->line;
-        s_next(p);
-        node *r = s_parse_not(p);
-        P_CHECK(p);
-        node *x = s_node(p, E_AND, line);
-        x->a = l;
-        x->b = r;
-        l = x;
-    }
-    return l;
-}
+static node *s_parse_or(parser *p) { return s_parse_logic(p, "or", E_OR, s_parse_and); }
+static node *s_parse_and(parser *p) { return s_parse_logic(p, "and", E_AND, s_parse_not); }
 
 static node *s_parse_not(parser *p) {
     if (s_is_name(s_cur(p), "not")) {
@@ -1284,20 +1273,34 @@ static node *s_parse_concat(parser *p);
 static node *s_parse_math2(parser *p);
 static node *s_parse_pow(parser *p);
 
-static node *s_parse_math1(parser *p) {
-    node *l = s_parse_concat(p);
+typedef struct binop {
+    const char *s; /* operator token */
+    int op;        /* OP_* */
+} binop;
+
+/* `operand (OP operand)*` for the operators of ops ({NULL} ends it), left-associative, as E_BIN nodes */
+static node *s_parse_binary(parser *p, const binop *ops, node *(*operand)(parser *)) {
+    node *l = operand(p);
     P_CHECK(p);
     for (;;) {
         tok *t = s_cur(p);
-        int op = s_is_op(t, "+") ? OP_ADD : s_is_op(t, "-") ? OP_SUB : -1;
+        int op = -1;
+        for (const binop *o = ops; o->s && op < 0; o++)
+            if (s_is_op(t, o->s))
+                op = o->op;
         if (op < 0)
             break;
         s_next(p);
-        node *r = s_parse_concat(p);
+        node *r = operand(p);
         P_CHECK(p);
         l = s_bin(p, op, l, r, t->line);
     }
     return l;
+}
+
+static node *s_parse_math1(parser *p) {
+    static const binop ops[] = {{"+", OP_ADD}, {"-", OP_SUB}, {NULL, 0}};
+    return s_parse_binary(p, ops, s_parse_concat);
 }
 
 static node *s_parse_concat(parser *p) {
@@ -1318,33 +1321,15 @@ static node *s_parse_concat(parser *p) {
 }
 
 static node *s_parse_math2(parser *p) {
-    node *l = s_parse_pow(p);
-    P_CHECK(p);
-    for (;;) {
-        tok *t = s_cur(p);
-        int op = s_is_op(t, "*") ? OP_MUL : s_is_op(t, "/") ? OP_DIV : s_is_op(t, "//") ? OP_FLOORDIV
-                 : s_is_op(t, "%") ? OP_MOD : -1;
-        if (op < 0)
-            break;
-        s_next(p);
-        node *r = s_parse_pow(p);
-        P_CHECK(p);
-        l = s_bin(p, op, l, r, t->line);
-    }
-    return l;
+    static const binop ops[] = {{"*", OP_MUL}, {"/", OP_DIV}, {"//", OP_FLOORDIV}, {"%", OP_MOD}, {NULL, 0}};
+    return s_parse_binary(p, ops, s_parse_pow);
 }
 
+static node *s_parse_unary_filtered(parser *p) { return s_parse_unary(p, true); }
+
 static node *s_parse_pow(parser *p) {
-    node *l = s_parse_unary(p, true);
-    P_CHECK(p);
-    while (s_is_op(s_cur(p), "**")) {
-        int line = s_cur(p)->line;
-        s_next(p);
-        node *r = s_parse_unary(p, true);
-        P_CHECK(p);
-        l = s_bin(p, OP_POW, l, r, line);
-    }
-    return l;
+    static const binop ops[] = {{"**", OP_POW}, {NULL, 0}};
+    return s_parse_binary(p, ops, s_parse_unary_filtered);
 }
 
 static node *s_parse_unary(parser *p, bool with_filter) {
@@ -1372,6 +1357,34 @@ static node *s_parse_unary(parser *p, bool with_filter) {
 static node *s_const(parser *p, jv v, int line) {
     node *x = s_node(p, E_CONST, line);
     x->v = v;
+    return x;
+}
+
+/* a list [a, b, ...] or (dict) a dict {k: v, ...} literal after its opening bracket, up to and
+ * including the closing one; items in l1 (dict: keys in l1, values in l2), a trailing comma allowed */
+static node *s_parse_display(parser *p, bool dict, int line) {
+    const char *close = dict ? "}" : "]";
+    node *x = s_node(p, dict ? E_DICT : E_LIST, line);
+    while (!s_is_op(s_cur(p), close)) {
+        if (x->l1.n && !s_expect_op(p, ","))
+            return NULL;
+        if (s_is_op(s_cur(p), close))
+            break;
+        node *k = s_parse_expression(p, true);
+        P_CHECK(p);
+        node *v = NULL;
+        if (dict) {
+            if (!s_expect_op(p, ":"))
+                return NULL;
+            v = s_parse_expression(p, true);
+            P_CHECK(p);
+        }
+        s_nl_push(p->a, &x->l1, k);
+        if (dict)
+            s_nl_push(p->a, &x->l2, v);
+    }
+    s_expect_op(p, close);
+    P_CHECK(p);
     return x;
 }
 
@@ -1419,42 +1432,9 @@ static node *s_parse_primary(parser *p) {
         P_CHECK(p);
         return x;
     }
-    if (s_is_op(t, "[")) {
+    if (s_is_op(t, "[") || s_is_op(t, "{")) {
         s_next(p);
-        node *x = s_node(p, E_LIST, t->line);
-        while (!s_is_op(s_cur(p), "]")) {
-            if (x->l1.n && !s_expect_op(p, ","))
-                return NULL;
-            if (s_is_op(s_cur(p), "]"))
-                break;
-            node *it = s_parse_expression(p, true);
-            P_CHECK(p);
-            s_nl_push(p->a, &x->l1, it);
-        }
-        s_expect_op(p, "]");
-        P_CHECK(p);
-        return x;
-    }
-    if (s_is_op(t, "{")) {
-        s_next(p);
-        node *x = s_node(p, E_DICT, t->line);
-        while (!s_is_op(s_cur(p), "}")) {
-            if (x->l1.n && !s_expect_op(p, ","))
-                return NULL;
-            if (s_is_op(s_cur(p), "}"))
-                break;
-            node *k = s_parse_expression(p, true);
-            P_CHECK(p);
-            if (!s_expect_op(p, ":"))
-                return NULL;
-            node *v = s_parse_expression(p, true);
-            P_CHECK(p);
-            s_nl_push(p->a, &x->l1, k);
-            s_nl_push(p->a, &x->l2, v);
-        }
-        s_expect_op(p, "}");
-        P_CHECK(p);
-        return x;
+        return s_parse_display(p, t->s[0] == '{', t->line);
     }
     return s_pfail(p, "unexpected '%s'", s_tok_desc(t));
 }
@@ -1563,6 +1543,13 @@ static bool s_parse_call_args(parser *p, node *x) {
     return s_expect_op(p, ")");
 }
 
+/* a call x(...): the arguments from the opening parenthesis on */
+static node *s_parse_call(parser *p, node *x, int line) {
+    node *c = s_node(p, E_CALL, line);
+    c->a = x;
+    return s_parse_call_args(p, c) ? c : NULL;
+}
+
 static node *s_parse_postfix(parser *p, node *x) {
     for (;;) {
         tok *t = s_cur(p);
@@ -1615,11 +1602,8 @@ static node *s_parse_postfix(parser *p, node *x) {
                 x = g;
             }
         } else if (s_is_op(t, "(")) {
-            node *c = s_node(p, E_CALL, t->line);
-            c->a = x;
-            if (!s_parse_call_args(p, c))
+            if (!(x = s_parse_call(p, x, t->line)))
                 return NULL;
-            x = c;
         } else
             break;
     }
@@ -1681,11 +1665,8 @@ static node *s_parse_filter_expr(parser *p, node *x) {
             }
             x = f;
         } else if (s_is_op(t, "(")) {
-            node *c = s_node(p, E_CALL, t->line);
-            c->a = x;
-            if (!s_parse_call_args(p, c))
+            if (!(x = s_parse_call(p, x, t->line)))
                 return NULL;
-            x = c;
         } else
             break;
     }
@@ -1749,6 +1730,15 @@ static node *s_parse_statements(parser *p, const char *const *end, int line) {
     return s_body_of(p, end, line);
 }
 
+/* s_parse_statements up to the one tag end_tag, then steps over end_tag */
+static node *s_parse_block(parser *p, const char *end_tag, int line) {
+    const char *const end[] = {end_tag, NULL};
+    node *b = s_parse_statements(p, end, line);
+    P_CHECK(p);
+    s_next(p);
+    return b;
+}
+
 static bool s_parse_signature(parser *p, node *x) {
     if (!s_expect_op(p, "("))
         return false;
@@ -1794,10 +1784,8 @@ static node *s_parse_statement(parser *p) {
             if (!strcmp(e->s, "elif"))
                 continue;
             if (!strcmp(e->s, "else")) {
-                static const char *const end[] = {"endif", NULL};
-                x->c = s_parse_statements(p, end, line);
+                x->c = s_parse_block(p, "endif", line);
                 P_CHECK(p);
-                s_next(p);
             }
             break;
         }
@@ -1824,10 +1812,8 @@ static node *s_parse_statement(parser *p) {
         tok *e = s_cur(p);
         s_next(p);
         if (!strcmp(e->s, "else")) {
-            static const char *const end[] = {"endfor", NULL};
-            x->e = s_parse_statements(p, end, line);
+            x->e = s_parse_block(p, "endfor", line);
             P_CHECK(p);
-            s_next(p);
         }
         return x;
     }
@@ -1849,10 +1835,8 @@ static node *s_parse_statement(parser *p) {
             x->b = s_parse_filter_expr(p, hole);
             P_CHECK(p);
         }
-        static const char *const end[] = {"endset", NULL};
-        x->d = s_parse_statements(p, end, line);
+        x->d = s_parse_block(p, "endset", line);
         P_CHECK(p);
-        s_next(p);
         return x;
     }
     if (!strcmp(nm, "macro")) {
@@ -1864,10 +1848,8 @@ static node *s_parse_statement(parser *p) {
         s_next(p);
         if (!s_parse_signature(p, x))
             return NULL;
-        static const char *const end[] = {"endmacro", NULL};
-        x->d = s_parse_statements(p, end, line);
+        x->d = s_parse_block(p, "endmacro", line);
         P_CHECK(p);
-        s_next(p);
         if (s_cur(p)->t == T_NAME) /* {% endmacro name %} */
             s_next(p);
         return x;
@@ -1880,10 +1862,8 @@ static node *s_parse_statement(parser *p) {
         P_CHECK(p);
         if (x->a->k != E_CALL)
             return s_pfail(p, "expected call");
-        static const char *const end[] = {"endcall", NULL};
-        x->d = s_parse_statements(p, end, line);
+        x->d = s_parse_block(p, "endcall", line);
         P_CHECK(p);
-        s_next(p);
         return x;
     }
     if (!strcmp(nm, "filter")) {
@@ -1895,10 +1875,8 @@ static node *s_parse_statement(parser *p) {
             return NULL;
         x->b = s_parse_filter_expr(p, f);
         P_CHECK(p);
-        static const char *const end[] = {"endfilter", NULL};
-        x->d = s_parse_statements(p, end, line);
+        x->d = s_parse_block(p, "endfilter", line);
         P_CHECK(p);
-        s_next(p);
         return x;
     }
     if (!strcmp(nm, "with")) {
@@ -1916,18 +1894,12 @@ static node *s_parse_statement(parser *p) {
             P_CHECK(p);
             s_nl_push(p->a, &x->l1, v);
         }
-        static const char *const end[] = {"endwith", NULL};
-        x->d = s_parse_statements(p, end, line);
+        x->d = s_parse_block(p, "endwith", line);
         P_CHECK(p);
-        s_next(p);
         return x;
     }
     if (!strcmp(nm, "generation")) {
-        static const char *const end[] = {"endgeneration", NULL};
-        node *b = s_parse_statements(p, end, line);
-        P_CHECK(p);
-        s_next(p);
-        return b;
+        return s_parse_block(p, "endgeneration", line);
     }
     if (!strcmp(nm, "break"))
         return s_node(p, S_BREAK, line);
@@ -2040,15 +2012,10 @@ static int s_fail(rctx *r, int line, const char *fmt, ...) {
     if (r->failed)
         return -EINVAL;
     r->failed = true;
-    if (r->err && r->errlen) {
-        int k = snprintf(r->err, r->errlen, "chat template line %d: ", line);
-        if (k >= 0 && (size_t)k < r->errlen) {
-            va_list ap;
-            va_start(ap, fmt);
-            vsnprintf(r->err + k, r->errlen - (size_t)k, fmt, ap);
-            va_end(ap);
-        }
-    }
+    va_list ap;
+    va_start(ap, fmt);
+    s_errmsg(r->err, r->errlen, line, fmt, ap);
+    va_end(ap);
     return -EINVAL;
 }
 
@@ -2121,13 +2088,18 @@ static size_t *s_cp_offsets(rctx *r, jv s, size_t *ret_n) {
     return off;
 }
 
+/* whether n is one of the NULL-terminated names */
+static bool s_in_names(const char *const *names, const char *n) {
+    for (size_t i = 0; names[i]; i++)
+        if (!strcmp(names[i], n))
+            return true;
+    return false;
+}
+
 static bool s_is_dict_method(const char *n) {
     static const char *const m[] = {"items", "keys", "values", "get", "copy", "pop", "popitem", "update",
                                     "setdefault", "clear", "fromkeys", NULL};
-    for (size_t i = 0; m[i]; i++)
-        if (!strcmp(m[i], n))
-            return true;
-    return false;
+    return s_in_names(m, n);
 }
 
 static bool s_is_str_method(const char *n) {
@@ -2137,19 +2109,13 @@ static bool s_is_str_method(const char *n) {
                                     "islower", "isupper", "format", "removeprefix", "removesuffix", "swapcase",
                                     "casefold", "zfill", "center", "ljust", "rjust", "partition", "rpartition",
                                     "encode", "isnumeric", "isdecimal", "istitle", NULL};
-    for (size_t i = 0; m[i]; i++)
-        if (!strcmp(m[i], n))
-            return true;
-    return false;
+    return s_in_names(m, n);
 }
 
 static bool s_is_list_method(const char *n) {
     static const char *const m[] = {"index", "count", "copy", "append", "extend", "insert", "pop", "remove",
                                     "reverse", "sort", "clear", NULL};
-    for (size_t i = 0; m[i]; i++)
-        if (!strcmp(m[i], n))
-            return true;
-    return false;
+    return s_in_names(m, n);
 }
 
 static int s_loop_attr(rctx *r, loopst *L, const char *name, jv self, jv *out, int line) {
@@ -2264,33 +2230,21 @@ static int s_getitem(rctx *r, jv obj, jv key, jv *out, int line) {
     }
 }
 
+/* one given slice bound i, Python's adjustment: negative counts from the end, then clamped */
+static int64_t s_slice_bound(int64_t i, int64_t len, int64_t step) {
+    if (i < 0) {
+        i += len;
+        if (i < 0)
+            i = step < 0 ? -1 : 0;
+    } else if (i >= len)
+        i = step < 0 ? len - 1 : len;
+    return i;
+}
+
 /* Python slice index adjustment */
 static void s_slice_indices(int64_t len, jv *st, jv *sp, int64_t step, int64_t *ret_start, int64_t *ret_stop) {
-    int64_t start, stop;
-    if (!st || st->t == V_NONE) {
-        start = step < 0 ? len - 1 : 0;
-    } else {
-        start = st->i;
-        if (start < 0) {
-            start += len;
-            if (start < 0)
-                start = step < 0 ? -1 : 0;
-        } else if (start >= len)
-            start = step < 0 ? len - 1 : len;
-    }
-    if (!sp || sp->t == V_NONE) {
-        stop = step < 0 ? -1 : len;
-    } else {
-        stop = sp->i;
-        if (stop < 0) {
-            stop += len;
-            if (stop < 0)
-                stop = step < 0 ? -1 : 0;
-        } else if (stop >= len)
-            stop = step < 0 ? len - 1 : len;
-    }
-    *ret_start = start;
-    *ret_stop = stop;
+    *ret_start = !st || st->t == V_NONE ? (step < 0 ? len - 1 : 0) : s_slice_bound(st->i, len, step);
+    *ret_stop = !sp || sp->t == V_NONE ? (step < 0 ? -1 : len) : s_slice_bound(sp->i, len, step);
 }
 
 static int s_slice(rctx *r, jv obj, jv *st, jv *sp, jv *stepv, jv *out, int line) {
