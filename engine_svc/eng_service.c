@@ -27,7 +27,8 @@
 #include "om_err.h"
 
 #define S_DEFAULT_MAX_BATCH_TOKENS 2048
-#define S_DEFAULT_MAX_RUNNING 64
+#define S_DEFAULT_MAX_RUNNING 64       /* cpu backend */
+#define S_DEFAULT_MAX_RUNNING_GPU 256  /* cuda: the decode graphs go to 512 rows; vLLM's max_num_seqs */
 #define S_DEFAULT_MAX_WAITING 1024
 #define S_DEFAULT_BLOCK_SIZE 16
 #define S_CPU_KV_BYTES (1ull << 30) /* default CPU KV budget */
@@ -243,7 +244,9 @@ int eng_service_new(const eng_service_opts_t *opts, eng_progress_fn progress, vo
     }
 
     uint32_t max_batch_tokens = opts->max_batch_tokens ? opts->max_batch_tokens : S_DEFAULT_MAX_BATCH_TOKENS;
-    uint32_t max_running = opts->max_running ? opts->max_running : S_DEFAULT_MAX_RUNNING;
+    uint32_t max_running = opts->max_running ? opts->max_running
+                          : strcmp(backend, "cpu") == 0 ? S_DEFAULT_MAX_RUNNING
+                                                        : S_DEFAULT_MAX_RUNNING_GPU;
     uint32_t max_waiting = opts->max_waiting ? opts->max_waiting : S_DEFAULT_MAX_WAITING;
     s->block_size = opts->block_size ? opts->block_size : S_DEFAULT_BLOCK_SIZE;
     uint64_t per_block = eng_model_kv_bytes_per_token(s->model) * s->block_size;

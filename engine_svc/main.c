@@ -182,7 +182,7 @@ static int run(int argc, char **argv) {
         {"kv_blocks", false, "0", "KV cache blocks (0 = sized automatically)"},
         {"max_batch_tokens", false, "0", "token budget per step (0 = default)"},
         {"kv_fraction", false, "0.9", "cuda: fraction of free device memory for KV after weights"},
-        {"max_running", false, "0", "max concurrent sequences (0 = default)"},
+        {"max_running", false, "0", "max concurrent sequences (0 = default: 64 cpu, 256 cuda)"},
         {"no_prefix_cache", true, NULL, "disable prefix caching"},
         {"threads", false, "0", "CPU backend threads (0 = all cores)"},
         {"drain_ms", false, "10000", "on SIGTERM, time to finish running requests"},
