@@ -12,7 +12,7 @@
  *    once per KV head; warp w takes keys 16w..16w+15 of each chunk; the 4 warps' (m, l, O) are
  *    merged through shared memory; with n_splits > 1 the last block of a (token, KV head)
  *    merges the splits' partials (self-resetting counter, graph-safe).
- *  - k_attn_prefill_tc: one block per (64-query tile, query head); warp w owns 16 query rows and
+ *  - k_attn_prefill_tc: one block per (query head, 64-query tile); warp w owns 16 query rows and
  *    skips key chunks past its last position (causal). */
 #include <cmath>
 #include <cstdlib>
@@ -395,8 +395,9 @@ __global__ void __launch_bounds__(128)
                       int Hq, int Hk, int max_blocks, int bs, float scale_log2, int q_stride) {
     extern __shared__ __align__(128) unsigned char smem[];
     bf16 *sb = reinterpret_cast<bf16 *>(smem);
-    /* the last tiles of a sequence see the most keys: start them first */
-    const int tile = n_tiles - 1 - (int)blockIdx.x, h = blockIdx.y;
+    /* heads vary fastest (the G heads of a KV head share its K/V in L2) and the last tiles of a
+       sequence, which see the most keys, start first */
+    const int tile = n_tiles - 1 - (int)blockIdx.y, h = blockIdx.x;
     const int t0 = tiles[3 * tile], nq = tiles[3 * tile + 1], sq = tiles[3 * tile + 2];
     const int kvh = h / (Hq / Hk);
     const int tid = threadIdx.x, w = tid >> 5, lane = tid & 31, g = lane >> 2, tq = lane & 3;
@@ -511,7 +512,7 @@ int ek_attention_prefill_tc(cudaStream_t s, O *out, const Q *q, const bf16 *kpoo
                             int q_stride) {
     if (n_tiles == 0)
         return 0;
-    if (hd != TC_HD || Hk <= 0 || Hq % Hk || Hq > 65535)
+    if (hd != TC_HD || Hk <= 0 || Hq % Hk || n_tiles > 65535)
         return -EOPNOTSUPP;
     if (block_size <= 0 || max_blocks <= 0)
         return -EINVAL;
@@ -521,7 +522,7 @@ int ek_attention_prefill_tc(cudaStream_t s, O *out, const Q *q, const bf16 *kpoo
     if (attr < 0)
         return attr;
     const float scale_log2 = scale * 1.4426950408889634f;
-    k_attn_prefill_tc<Q, O><<<dim3(n_tiles, Hq), 128, TC_SMEM, s>>>(
+    k_attn_prefill_tc<Q, O><<<dim3(Hq, n_tiles), 128, TC_SMEM, s>>>(
         out, q, kpool, vpool, tok_pos, block_tables, tiles, n_tiles, Hq, Hk, max_blocks,
         block_size, scale_log2, q_stride);
     CUDA_LAUNCH_CHECK();
