@@ -5,6 +5,7 @@ if(OM_CUDA)
   add_library(eng_cuda STATIC
     ${CMAKE_CURRENT_LIST_DIR}/eng_cuda_kern.cu
     ${CMAKE_CURRENT_LIST_DIR}/eng_cuda_attn.cu
+    ${CMAKE_CURRENT_LIST_DIR}/eng_cuda_attn_tc.cu
     ${CMAKE_CURRENT_LIST_DIR}/eng_cuda_moe.cu
     ${CMAKE_CURRENT_LIST_DIR}/eng_cuda_backend.cu
     ${CMAKE_CURRENT_LIST_DIR}/eng_cuda_model.cu

@@ -37,6 +37,12 @@ bool eng_cuda_error_is_sticky(void);
 struct eng_backend;
 int eng_backend_cuda_set_moe_mode(struct eng_backend *b, int mode);
 
+/* Test hook: attention kernel of the vtable backend. 0: the generic split kernels (default);
+ * where the tensor-core kernels of eng_cuda_attn_tc.cu apply (bf16 KV, head_dim 128,
+ * Hq/Hk <= 16): 1 the many-sequence decode kernel, 2 the causal prefill kernel (the call then
+ * synchronises: it builds the prefill tiles from the downloaded positions). -EINVAL otherwise. */
+int eng_backend_cuda_set_attn_mode(struct eng_backend *b, int mode);
+
 /* The CUDA stream (cudaStream_t) the vtable backend issues its work on. */
 void *eng_backend_cuda_stream(struct eng_backend *b);
 

@@ -17,6 +17,7 @@ extern "C" {
 }
 #include "eng_cuda.h"
 #include "eng_cuda_kern.cuh"
+#include "eng_cuda_attn_tc.cuh"
 
 struct cuda_be {
     int device;
@@ -30,6 +31,9 @@ struct cuda_be {
     void *moe;           size_t moe_bytes;
     float *inv_freq;     int inv_hd; float inv_theta;
     int moe_mode;
+    int attn_mode;       /* 0 generic split kernels; tensor-core kernels where supported:
+                            1 the decode kernel, 2 the prefill kernel (test hook) */
+    int32_t *tiles;      size_t tiles_bytes; /* prefill tiles of attn_mode 2 */
 };
 
 static cuda_be *s_be(eng_backend_t *b) { return (cuda_be *)b->ctx; }
@@ -89,6 +93,7 @@ static void s_destroy(eng_backend_t *b) {
         cudaFree(c->conv);
         cudaFree(c->partial);
         cudaFree(c->cnt);
+        cudaFree(c->tiles);
         cudaFree(c->moe);
         cudaFree(c->inv_freq);
         cudaFree(c->blas_ws);
@@ -307,6 +312,41 @@ static int s_kv_write(eng_backend_t *b, eng_tensor_t *kp, eng_tensor_t *vp, cons
     return -EOPNOTSUPP;
 }
 
+/* attn_mode 2 (test hook, synchronous): runs of consecutive positions of one sequence become
+ * <= 64-token tiles (downloaded positions), then the tensor-core prefill kernel. */
+static int s_attention_prefill_tc(cuda_be *c, eng_tensor_t *out, const eng_tensor_t *q,
+                                  const eng_tensor_t *kp, const eng_tensor_t *vp,
+                                  const struct eng_attn_meta *mt,
+                                  const struct eng_attn_params *p, int T) {
+    std::vector<int32_t> ts(T), tp(T), tl;
+    BCHECK(cudaMemcpyAsync(ts.data(), mt->tok_seq->data, (size_t)T * 4, cudaMemcpyDeviceToHost,
+                           c->s));
+    BCHECK(cudaMemcpyAsync(tp.data(), mt->tok_pos->data, (size_t)T * 4, cudaMemcpyDeviceToHost,
+                           c->s));
+    BCHECK(cudaStreamSynchronize(c->s));
+    for (int t = 0; t < T; t++) {
+        size_t n = tl.size();
+        if (n > 0 && tl[n - 2] < 64 && tl[n - 1] == ts[t] && tp[t] == tp[t - 1] + 1)
+            tl[n - 2]++;
+        else
+            tl.insert(tl.end(), {t, 1, ts[t]});
+    }
+    int r = s_grow(c, (void **)&c->tiles, &c->tiles_bytes, tl.size() * 4);
+    if (r < 0)
+        return r;
+    BCHECK(cudaMemcpyAsync(c->tiles, tl.data(), tl.size() * 4, cudaMemcpyHostToDevice, c->s));
+    r = ek_attention_prefill_tc<float, float>(
+        c->s, (float *)out->data, (const float *)q->data, (const bf16 *)kp->data,
+        (const bf16 *)vp->data, (const int32_t *)mt->tok_pos->data,
+        (const int32_t *)mt->block_tables->data, c->tiles, (int)(tl.size() / 3), p->n_heads,
+        p->n_kv_heads, p->head_dim, mt->max_blocks, mt->block_size, p->scale,
+        p->n_heads * p->head_dim);
+    if (r < 0)
+        return r;
+    BCHECK(cudaStreamSynchronize(c->s)); /* tl is freed on return */
+    return 0;
+}
+
 static int s_attention(eng_backend_t *b, eng_tensor_t *out, const eng_tensor_t *q,
                        const eng_tensor_t *kp, const eng_tensor_t *vp,
                        const struct eng_attn_meta *mt, const struct eng_attn_params *p) {
@@ -323,9 +363,15 @@ static int s_attention(eng_backend_t *b, eng_tensor_t *out, const eng_tensor_t *
         s_cols(kp) != (int64_t)Hk * hd || s_nelem(mt->tok_seq) != T || s_nelem(mt->tok_pos) != T)
         return -EINVAL;
     cuda_be *c = s_be(b);
+    const bool tc = c->attn_mode != 0 && kp->dtype == ENG_DTYPE_BF16 &&
+                    ek_attention_tc_supported(Hq, Hk, hd);
+    if (tc && c->attn_mode == 2)
+        return s_attention_prefill_tc(c, out, q, kp, vp, mt, p, (int)T);
     int splits = (mt->max_kv_len + 63) / 64;
     int cap = T <= 4 ? 32 : (T <= 64 ? 16 : 8);
     splits = splits < 1 ? 1 : (splits > cap ? cap : splits);
+    if (tc)
+        splits = ek_attention_tc_splits((int)T, Hk, mt->max_kv_len, 32, 1 << 30);
     if (splits > 1) {
         int r = s_grow(c, (void **)&c->partial, &c->partial_bytes,
                        (size_t)T * Hq * splits * (hd + 2) * 4);
@@ -347,6 +393,12 @@ static int s_attention(eng_backend_t *b, eng_tensor_t *out, const eng_tensor_t *
                                                  ts, tp, bt, (int)T, Hq, Hk, hd, mt->max_blocks,
                                                  mt->block_size, p->scale, splits, c->partial,
                                                  Hq * hd, c->cnt);
+    if (tc)
+        return ek_attention_tc<float, float>(c->s, (float *)out->data, (const float *)q->data,
+                                             (const bf16 *)kp->data, (const bf16 *)vp->data, ts,
+                                             tp, bt, (int)T, Hq, Hk, hd, mt->max_blocks,
+                                             mt->block_size, p->scale, splits, c->partial,
+                                             Hq * hd, c->cnt);
     if (kp->dtype == ENG_DTYPE_BF16)
         return ek_attention<float, bf16, float>(c->s, (float *)out->data, (const float *)q->data,
                                                 (const bf16 *)kp->data, (const bf16 *)vp->data, ts,
@@ -471,6 +523,13 @@ extern "C" int eng_backend_cuda_set_moe_mode(struct eng_backend *b, int mode) {
     if (!b || mode < 0 || mode > 2 || strcmp(b->ops->name, "cuda") != 0)
         return -EINVAL;
     s_be(b)->moe_mode = mode;
+    return 0;
+}
+
+extern "C" int eng_backend_cuda_set_attn_mode(struct eng_backend *b, int mode) {
+    if (!b || mode < 0 || mode > 2 || strcmp(b->ops->name, "cuda") != 0)
+        return -EINVAL;
+    s_be(b)->attn_mode = mode;
     return 0;
 }
 

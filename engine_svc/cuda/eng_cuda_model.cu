@@ -31,6 +31,7 @@
 
 #include "eng_cuda.h"
 #include "eng_cuda_kern.cuh"
+#include "eng_cuda_attn_tc.cuh"
 
 extern bool eng_cuda_sticky; /* eng_cuda_kern.cu */
 #define s_sticky eng_cuda_sticky
@@ -759,7 +760,21 @@ struct step {
     int T, S, R;            /* tokens, sequences, logits rows */
     int n_tiles;            /* prefill tiles (0: decode attention path) */
     int splits;             /* decode attention key splits */
+    bool attn_tc;           /* decode attention on the tensor-core kernel (large batches) */
 };
+
+/* OM_CUDA_ATTN_TC: "0" keeps the older attention kernels (decode and prefill); a number N > 0
+ * is the smallest decode batch (tokens) that uses the tensor-core decode kernel (default 16). */
+static int s_attn_tc_min_t() {
+    static int v = -2;
+    if (v == -2) {
+        const char *e = getenv("OM_CUDA_ATTN_TC");
+        v = e && *e ? atoi(e) : 16;
+        if (v < 0)
+            v = 0;
+    }
+    return v; /* 0: off */
+}
 
 /* The device work of one step; pure function of (m, st) and the uploaded metadata. */
 static int s_run(eng_cuda_model *m, const step &st, char *err, size_t errlen) {
@@ -799,10 +814,19 @@ static int s_run(eng_cuda_model *m, const step &st, char *err, size_t errlen) {
             s, m->qkv, Nqkv, m->qkv + c.Hq * c.hd, Nqkv, w.q_norm, w.k_norm, md + mo.pos3,
             m->inv_freq, T, c.Hq, c.Hk, c.hd, c.eps, c.sec[1], c.sec[2], kp, vp,
             m->qkv + (c.Hq + c.Hk) * c.hd, Nqkv, md + mo.slots));
-        if (st.n_tiles > 0)
+        if (st.n_tiles > 0 && s_attn_tc_min_t() > 0 && ek_attention_tc_supported(c.Hq, c.Hk, c.hd))
+            RCHECK((ek_attention_prefill_tc<bf16, bf16>(
+                s, m->attn, m->qkv, kp, vp, md + mo.tok_pos, md + mo.bt, md + mo.tiles,
+                st.n_tiles, c.Hq, c.Hk, c.hd, m->max_blocks, (int)m->o.block_size, scale, Nqkv)));
+        else if (st.n_tiles > 0)
             RCHECK(ek_attention_prefill(s, m->attn, m->qkv, kp, vp, md + mo.tok_pos, md + mo.bt,
                                         md + mo.tiles, st.n_tiles, c.Hq, c.Hk, c.hd, m->max_blocks,
                                         (int)m->o.block_size, scale, Nqkv));
+        else if (st.attn_tc)
+            RCHECK((ek_attention_tc<bf16, bf16>(s, m->attn, m->qkv, kp, vp, md + mo.tok_seq,
+                                                md + mo.tok_pos, md + mo.bt, T, c.Hq, c.Hk, c.hd,
+                                                m->max_blocks, (int)m->o.block_size, scale,
+                                                st.splits, m->partial, Nqkv, m->attn_cnt)));
         else
             RCHECK((ek_attention<bf16, bf16, bf16>(s, m->attn, m->qkv, kp, vp, md + mo.tok_seq,
                                                    md + mo.tok_pos, md + mo.bt, T, c.Hq, c.Hk,
@@ -990,6 +1014,15 @@ extern "C" int eng_cuda_model_forward(eng_cuda_model_t *m, const eng_batch_t *b,
         st.splits = want < 1 ? 1 : (want > cap ? cap : want);
         if (st.splits > m->max_splits)
             st.splits = m->max_splits;
+    }
+    /* large decode batches: the tensor-core kernel, with its own split rule (the partial buffer
+       holds max(8·T_max, 1024) token-splits, see s_scratch_init; graph buckets: length unknown) */
+    st.attn_tc = !use_flash && s_attn_tc_min_t() > 0 && Tp >= s_attn_tc_min_t() &&
+                 ek_attention_tc_supported(c.Hq, c.Hk, c.hd);
+    if (st.attn_tc) {
+        const int tmax = (int)m->o.max_batch_tokens;
+        st.splits = ek_attention_tc_splits(Tp, c.Hk, bucket > 0 ? -1 : max_len, m->max_splits,
+                                           8 * tmax > 1024 ? 8 * tmax : 1024);
     }
     size_t up_n = mo.bt + (size_t)Sp * m->max_blocks;
     MCHECK(cudaMemcpyAsync(m->meta_dev, mh, up_n * 4, cudaMemcpyHostToDevice, m->s));

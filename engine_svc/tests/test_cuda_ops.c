@@ -237,8 +237,10 @@ static void t_rope(int64_t T, int Hq, int Hk, int hd, int s0, int s1, int s2, en
 /* A paged batch: S sequences with n_past[i] cached tokens and n_new[i] new ones. */
 /* kv_bf16: the GPU reads bf16 pools (the model runner's layout); the CPU reference gets the same
  * bf16-rounded values in f32 pools. */
-static void t_attention(int S, const int *n_past, const int *n_new, int Hq, int Hk, int hd, int bs,
-                        int kv_bf16) {
+/* mode: 0 the generic kernels; 1/2 the tensor-core decode/prefill kernels (bf16 KV, hd 128; Q
+ * and P are rounded to bf16 for the MMAs, hence the looser bound). */
+static void t_attention_m(int S, const int *n_past, const int *n_new, int Hq, int Hk, int hd,
+                          int bs, int kv_bf16, int mode) {
     int max_blocks = 0, T = 0, total_blocks = 0;
     for (int i = 0; i < S; i++) {
         int nb = (n_past[i] + n_new[i] + bs - 1) / bs;
@@ -310,17 +312,62 @@ static void t_attention(int S, const int *n_past, const int *n_new, int Hq, int 
     struct eng_attn_params p = {1.0f / sqrtf((float)hd), Hq, Hk, hd};
     s_check(g_cpu->ops->attention(g_cpu, &out.c, &q.c, &kp.c, &vp.c, &m, &p), "cpu attention");
     struct eng_attn_meta mg = {&ts.g, &tp.g, &bt.g, S, max_blocks, bs, max_len};
+    s_check(eng_backend_cuda_set_attn_mode(g_gpu, mode), "attn mode");
     s_check(g_gpu->ops->attention(g_gpu, &out.g, &q.g, &kb, &vb, &mg, &p), "gpu attention");
-    char nm[120];
-    snprintf(nm, sizeof nm, "ATTENTION S=%d T=%d max_kv=%d Hq=%d Hk=%d hd=%d bs=%d kv=%s", S, T,
-             max_len, Hq, Hk, hd, bs, kv_bf16 ? "bf16" : "f32");
-    s_compare(nm, &out, 1e-9);
+    eng_backend_cuda_set_attn_mode(g_gpu, 0);
+    char nm[160];
+    snprintf(nm, sizeof nm, "ATTENTION%s S=%d T=%d max_kv=%d Hq=%d Hk=%d hd=%d bs=%d kv=%s",
+             mode == 1 ? " tc-decode" : (mode == 2 ? " tc-prefill" : ""), S, T, max_len, Hq, Hk,
+             hd, bs, kv_bf16 ? "bf16" : "f32");
+    s_compare(nm, &out, mode ? 1e-4 : 1e-9);
     if (kv_bf16) {
         g_gpu->ops->release(g_gpu, &kb);
         g_gpu->ops->release(g_gpu, &vb);
     }
     free(perm); free(btv); free(tsv); free(tpv);
     s_free(&q); s_free(&out); s_free(&kp); s_free(&vp); s_free(&ts); s_free(&tp); s_free(&bt);
+}
+
+static void t_attention(int S, const int *n_past, const int *n_new, int Hq, int Hk, int hd, int bs,
+                        int kv_bf16) {
+    t_attention_m(S, n_past, n_new, Hq, Hk, hd, bs, kv_bf16, 0);
+}
+
+/* The tensor-core kernels (eng_cuda_attn_tc.cu): decode for many sequences of different lengths
+ * (splits from 1 to 32, GQA groups of 1 to 16 heads, odd block sizes, several new tokens of one
+ * sequence) and causal prefill (tiles of <= 64 consecutive tokens, n_past > 0, 1-token tiles). */
+static void t_attention_tc(int quick) {
+    int np1[] = {511}, nn1[] = {1};
+    t_attention_m(1, np1, nn1, 32, 4, 128, 16, 1, 1);
+    int np2[] = {4095}, nn2[] = {1};
+    t_attention_m(1, np2, nn2, 32, 4, 128, 16, 1, 1);
+    int np3[] = {50}, nn3[] = {100};
+    t_attention_m(1, np3, nn3, 32, 4, 128, 16, 1, 1);
+    t_attention_m(1, np3, nn3, 32, 4, 128, 16, 1, 2);
+    int np4[] = {0, 33, 700, 5}, nn4[] = {20, 1, 1, 7};
+    t_attention_m(4, np4, nn4, 32, 4, 128, 16, 1, 1);
+    t_attention_m(4, np4, nn4, 32, 4, 128, 16, 1, 2);
+    /* 130 decoding sequences, lengths 1..900 (the model runner's large-batch case) */
+    enum { NS = 130 };
+    int npb[NS], nnb[NS];
+    for (int i = 0; i < NS; i++) {
+        npb[i] = i == 0 ? 0 : (i == 1 ? 511 : (int)(s_rand() % 900));
+        nnb[i] = 1;
+    }
+    t_attention_m(NS, npb, nnb, 32, 4, 128, 16, 1, 1);
+    /* group sizes 16, 1, 5; block size 5 */
+    int np5[] = {0, 130, 64, 7, 300, 1, 63}, nn5[] = {1, 1, 1, 1, 1, 1, 1};
+    t_attention_m(7, np5, nn5, 16, 1, 128, 5, 1, 1);
+    t_attention_m(7, np5, nn5, 4, 4, 128, 16, 1, 1);
+    t_attention_m(7, np5, nn5, 10, 2, 128, 5, 1, 1);
+    int np6[] = {0, 200, 0}, nn6[] = {130, 64, 1};
+    t_attention_m(3, np6, nn6, 32, 4, 128, 16, 1, 2);
+    t_attention_m(3, np6, nn6, 10, 2, 128, 5, 1, 2);
+    t_attention_m(3, np6, nn6, 16, 1, 128, 16, 1, 1);
+    if (!quick) {
+        int np7[] = {0}, nn7[] = {700};
+        t_attention_m(1, np7, nn7, 32, 4, 128, 16, 1, 2);
+    }
 }
 
 static void t_moe(int64_t T, int64_t D, int64_t I, int E, int K, int mode, int skew) {
@@ -443,6 +490,7 @@ int main(int argc, char **argv) {
         int np6[] = {17}, nn6[] = {9};
         t_attention(1, np6, nn6, 6, 3, 12, 16, 0);
     }
+    t_attention_tc(quick);
     t_moe(1, 2048, 768, 128, 8, 1, 0);
     t_moe(1, 2048, 768, 128, 8, 2, 0);
     t_moe(5, 64, 64, 16, 4, 1, 0);
