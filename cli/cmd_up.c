@@ -1,8 +1,15 @@
 /* cmd_up.c: `omnipipe up` starts the four daemons (decoder, mm_prep, N engines, tokenizer; the
  * binaries next to omnipipe), waits until each has sent READY=1 through the real sd_notify protocol
  * (a private AF_UNIX datagram socket passed as NOTIFY_SOCKET; the sender is identified by its
- * SCM_CREDENTIALS pid), prints a line containing `ready`, then supervises: if a daemon dies it says
- * which and stops the others; on SIGINT/SIGTERM it stops them all (SIGTERM, then SIGKILL after 15 s). */
+ * SCM_CREDENTIALS pid), prints a line containing `ready`, then supervises. With --restart no (the
+ * default) a daemon that dies is named and the others are stopped. With --restart on-failure (what the
+ * systemd units' Restart=on-failure does) a daemon that is killed by a signal or exits non-zero is
+ * started again with the same arguments after a backoff: --restart-delay-ms (default 1000), doubled for
+ * every failure in a row (a run that stayed ready 10 s resets the count), at most 30 s; after
+ * UP_MAX_FAILS failures in a row it gives up and stops the others. Stdout gets one line per restart,
+ * "omnipipe: restarted NAME (pid P)", and one when it has sent READY=1 again, "omnipipe: ready again:
+ * NAME (pid P)". A daemon that exits 0 on its own is not restarted (as on-failure). On SIGINT/SIGTERM
+ * it stops them all (SIGTERM, then SIGKILL after 15 s). */
 #include <errno.h>
 #include <getopt.h>
 #include <poll.h>
@@ -25,13 +32,25 @@
 #include "om_time.h"
 
 #define UP_MAX_CHILDREN 40
+#define UP_MAX_ARGS 40
+#define UP_MAX_FAILS 5           /* failures in a row before --restart on-failure gives up */
+#define UP_STABLE_MS 10000       /* a run ready this long resets the failure count */
+#define UP_MAX_DELAY_MS 30000    /* longest restart backoff */
 
 typedef struct up_child {
-    char name[32];  /* "tokenizer", "engine-0", ... */
-    pid_t pid;      /* 0 once reaped */
-    pid_t started;  /* the pid it was started with */
-    bool ready;     /* READY=1 received */
-    int status;     /* wait status once reaped */
+    char name[32];            /* "tokenizer", "engine-0", ... */
+    pid_t pid;                /* 0 once reaped */
+    pid_t started;            /* the pid it was last started with */
+    bool ready;               /* READY=1 received from the current run */
+    bool died;                /* reaped, not yet handled by the supervisor */
+    int status;               /* wait status once reaped */
+    uint64_t ready_ms;        /* monotonic ms of the current run's READY=1 */
+    uint64_t restart_at_ms;   /* monotonic ms to start it again; 0 = no restart pending */
+    unsigned fails;           /* failures in a row (reset by a stable run) */
+    unsigned restarts;        /* restarts so far */
+    char bin[4200];           /* executable path */
+    char eid[32], dev[24];    /* engines: --engine-id and --device values (argv points here) */
+    char *argv[UP_MAX_ARGS];  /* NULL-terminated; strings live here or in cmd_up's frame */
 } up_child_t;
 
 typedef struct up_state {
@@ -42,23 +61,21 @@ typedef struct up_state {
     sigset_t oldmask;
 } up_state_t;
 
-static int s_spawn(up_state_t *u, const char *name, const char *bin, char **args, const char *notify) {
-    if (u->n == UP_MAX_CHILDREN)
-        return -E2BIG;
+/* starts (or starts again) child c with its recorded bin and argv */
+static int s_spawn(up_state_t *u, up_child_t *c, const char *notify) {
     pid_t pid = fork();
     if (pid < 0)
         return -errno;
     if (pid == 0) {
         sigprocmask(SIG_SETMASK, &u->oldmask, NULL);
         setenv("NOTIFY_SOCKET", notify, 1);
-        execv(bin, args);
-        fprintf(stderr, "omnipipe up: cannot run '%s': %s\n", bin, strerror(errno));
+        execv(c->bin, c->argv);
+        fprintf(stderr, "omnipipe up: cannot run '%s': %s\n", c->bin, strerror(errno));
         _exit(127);
     }
-    up_child_t *c = &u->c[u->n++];
-    snprintf(c->name, sizeof c->name, "%s", name);
     c->pid = c->started = pid;
     c->ready = false;
+    c->died = false;
     return 0;
 }
 
@@ -83,6 +100,7 @@ static int s_reap(up_state_t *u) {
             if (u->c[i].pid == p) {
                 u->c[i].pid = 0;
                 u->c[i].status = st;
+                u->c[i].died = true;
                 if (dead < 0)
                     dead = (int)i;
             }
@@ -90,7 +108,7 @@ static int s_reap(up_state_t *u) {
     return dead;
 }
 
-static void s_read_notify(up_state_t *u, bool verbose) {
+static void s_read_notify(up_state_t *u, bool verbose, bool announce) {
     for (;;) {
         char buf[4096];
         char cbuf[CMSG_SPACE(sizeof(struct ucred))];
@@ -111,8 +129,14 @@ static void s_read_notify(up_state_t *u, bool verbose) {
             if (u->c[i].pid != pid || pid == 0)
                 continue;
             for (char *line = strtok(buf, "\n"); line; line = strtok(NULL, "\n")) {
-                if (strcmp(line, "READY=1") == 0)
+                if (strcmp(line, "READY=1") == 0 && !u->c[i].ready) {
                     u->c[i].ready = true;
+                    u->c[i].ready_ms = om_time_mono_ms();
+                    if (announce && u->c[i].restarts) {
+                        printf("omnipipe: ready again: %s (pid %d)\n", u->c[i].name, (int)pid);
+                        fflush(stdout);
+                    }
+                }
                 else if (verbose && strncmp(line, "STATUS=", 7) == 0 && !u->c[i].ready)
                     fprintf(stderr, "omnipipe up: %s: %s\n", u->c[i].name, line + 7);
             }
@@ -151,22 +175,29 @@ static void s_stop_all(up_state_t *u) {
 static void s_usage(void) {
     printf("usage: omnipipe up --model DIR [--runtime-dir D] [--engines N] [--backend cpu|cuda]\n"
            "                   [--record DIR] [--threads N] [--load-format auto|dummy]\n"
-           "                   [--heartbeat-ms N] [--log-level L] [--ready-timeout S]\n");
+           "                   [--heartbeat-ms N] [--log-level L] [--ready-timeout S]\n"
+           "                   [--restart no|on-failure] [--restart-delay-ms N]\n");
 }
 
 int cmd_up(int argc, char **argv) {
-    enum { O_MODEL = 1000, O_RT, O_ENGINES, O_BACKEND, O_RECORD, O_THREADS, O_LF, O_HB, O_LOG, O_TIMEOUT, O_HELP };
+    enum {
+        O_MODEL = 1000, O_RT, O_ENGINES, O_BACKEND, O_RECORD, O_THREADS, O_LF, O_HB, O_LOG, O_TIMEOUT, O_RESTART,
+        O_RDELAY, O_HELP
+    };
     static const struct option longopts[] = {
         {"model", required_argument, NULL, O_MODEL},     {"runtime-dir", required_argument, NULL, O_RT},
         {"engines", required_argument, NULL, O_ENGINES}, {"backend", required_argument, NULL, O_BACKEND},
         {"record", required_argument, NULL, O_RECORD},   {"threads", required_argument, NULL, O_THREADS},
         {"load-format", required_argument, NULL, O_LF},  {"heartbeat-ms", required_argument, NULL, O_HB},
         {"log-level", required_argument, NULL, O_LOG},   {"ready-timeout", required_argument, NULL, O_TIMEOUT},
+        {"restart", required_argument, NULL, O_RESTART}, {"restart-delay-ms", required_argument, NULL, O_RDELAY},
         {"help", no_argument, NULL, O_HELP},             {NULL, 0, NULL, 0},
     };
     const char *model = NULL, *rt = NULL, *backend = "cpu", *record = NULL, *threads = NULL, *lf = NULL;
     const char *hb = NULL, *loglevel = NULL;
-    long engines = 1, timeout_s = 300;
+    long engines = 1, timeout_s = 300, restart_delay_ms = 1000;
+    bool restart = false;
+    char *num_end = NULL;
     int opt;
     while ((opt = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
         switch (opt) {
@@ -180,6 +211,22 @@ int cmd_up(int argc, char **argv) {
         case O_HB: hb = optarg; break;
         case O_LOG: loglevel = optarg; break;
         case O_TIMEOUT: timeout_s = strtol(optarg, NULL, 10); break;
+        case O_RESTART:
+            if (strcmp(optarg, "no") != 0 && strcmp(optarg, "on-failure") != 0) {
+                fprintf(stderr, "omnipipe up: --restart: expected 'no' or 'on-failure', got '%s'\n", optarg);
+                return 2;
+            }
+            restart = strcmp(optarg, "on-failure") == 0;
+            break;
+        case O_RDELAY:
+            errno = 0;
+            restart_delay_ms = strtol(optarg, &num_end, 10);
+            if (num_end == optarg || *num_end || errno || restart_delay_ms < 0 || restart_delay_ms > UP_MAX_DELAY_MS) {
+                fprintf(stderr, "omnipipe up: --restart-delay-ms: expected 0..%d, got '%s'\n", UP_MAX_DELAY_MS,
+                        optarg);
+                return 2;
+            }
+            break;
         case O_HELP: s_usage(); return 0;
         default: s_usage(); return 2;
         }
@@ -254,9 +301,16 @@ int cmd_up(int argc, char **argv) {
     for (size_t k = 0; k < 4 && rc == 0; k++) {
         long count = strcmp(order[k].name, "engine") == 0 ? engines : 1;
         for (long e = 0; e < count && rc == 0; e++) {
-            char bin[4200], name[32], eid[32], dev[24];
-            snprintf(bin, sizeof bin, "%s/%s", bindir, order[k].bin);
-            char *args[40];
+            if (u.n == UP_MAX_CHILDREN) {
+                fprintf(stderr, "omnipipe up: too many daemons\n");
+                rc = 1;
+                break;
+            }
+            up_child_t *ch = &u.c[u.n];
+            memset(ch, 0, sizeof *ch);
+            char *bin = ch->bin, *name = ch->name, *eid = ch->eid, *dev = ch->dev;
+            snprintf(bin, sizeof ch->bin, "%s/%s", bindir, order[k].bin);
+            char **args = ch->argv;
             int na = 0;
             args[na++] = bin;
             for (int i = 0; i < nc; i++)
@@ -265,11 +319,11 @@ int cmd_up(int argc, char **argv) {
                 args[na++] = "--model";
                 args[na++] = (char *)model;
             }
-            snprintf(name, sizeof name, "%s", order[k].name);
+            snprintf(name, sizeof ch->name, "%s", order[k].name);
             if (strcmp(order[k].name, "engine") == 0) {
-                snprintf(name, sizeof name, "engine-%ld", e);
-                snprintf(eid, sizeof eid, "engine-%ld", e);
-                snprintf(dev, sizeof dev, "%ld", e);
+                snprintf(name, sizeof ch->name, "engine-%ld", e);
+                snprintf(eid, sizeof ch->eid, "engine-%ld", e);
+                snprintf(dev, sizeof ch->dev, "%ld", e);
                 args[na++] = "--engine-id";
                 args[na++] = eid;
                 args[na++] = "--backend";
@@ -291,9 +345,11 @@ int cmd_up(int argc, char **argv) {
             if (access(bin, X_OK) < 0) {
                 fprintf(stderr, "omnipipe up: '%s' is missing (build it first)\n", bin);
                 rc = 1;
-            } else if ((r = s_spawn(&u, name, bin, args, notify)) < 0) {
+            } else if ((r = s_spawn(&u, ch, notify)) < 0) {
                 fprintf(stderr, "omnipipe up: cannot start %s: %s\n", name, strerror(-r));
                 rc = 1;
+            } else {
+                u.n++;
             }
         }
     }
@@ -317,7 +373,7 @@ int cmd_up(int argc, char **argv) {
         }
         struct pollfd p[2] = {{u.sfd, POLLIN, 0}, {u.nfd, POLLIN, 0}};
         poll(p, 2, 200);
-        s_read_notify(&u, true);
+        s_read_notify(&u, true, false);
         struct signalfd_siginfo si;
         while (read(u.sfd, &si, sizeof si) == (ssize_t)sizeof si)
             if (si.ssi_signo == SIGINT || si.ssi_signo == SIGTERM)
@@ -339,22 +395,67 @@ int cmd_up(int argc, char **argv) {
             printf(" %s=%d", u.c[i].name, (int)u.c[i].pid);
         printf(")\n");
         fflush(stdout);
-        while (!stop) {
+        while (!stop && rc == 0) {
+            uint64_t now = om_time_mono_ms();
+            long wait_ms = 1000;
+            for (size_t i = 0; i < u.n; i++)
+                if (u.c[i].restart_at_ms)
+                    wait_ms = u.c[i].restart_at_ms <= now ? 0
+                              : (long)(u.c[i].restart_at_ms - now) < wait_ms ? (long)(u.c[i].restart_at_ms - now)
+                                                                              : wait_ms;
             struct pollfd p[2] = {{u.sfd, POLLIN, 0}, {u.nfd, POLLIN, 0}};
-            poll(p, 2, 1000);
-            s_read_notify(&u, false);
+            poll(p, 2, (int)wait_ms);
+            s_read_notify(&u, false, true);
             struct signalfd_siginfo si;
             while (read(u.sfd, &si, sizeof si) == (ssize_t)sizeof si)
                 if (si.ssi_signo == SIGINT || si.ssi_signo == SIGTERM)
                     stop = true;
-            int dead = s_reap(&u);
-            if (dead >= 0) {
-                char why[128];
-                s_describe(&u.c[dead], why, sizeof why);
-                fprintf(stderr, "omnipipe up: %s (pid %d) %s; stopping the others\n", u.c[dead].name,
-                        (int)u.c[dead].started, why);
-                rc = 1;
+            if (stop)
                 break;
+            s_reap(&u);
+            now = om_time_mono_ms();
+            for (size_t i = 0; i < u.n && rc == 0; i++) {
+                up_child_t *ch = &u.c[i];
+                if (ch->died) {
+                    ch->died = false;
+                    char why[128];
+                    s_describe(ch, why, sizeof why);
+                    bool failed = WIFSIGNALED(ch->status) || (WIFEXITED(ch->status) && WEXITSTATUS(ch->status));
+                    if (!restart || !failed) {
+                        fprintf(stderr, "omnipipe up: %s (pid %d) %s; stopping the others\n", ch->name,
+                                (int)ch->started, why);
+                        rc = 1;
+                        break;
+                    }
+                    if (ch->ready && now - ch->ready_ms >= UP_STABLE_MS)
+                        ch->fails = 0;
+                    ch->ready = false;
+                    if (++ch->fails > UP_MAX_FAILS) {
+                        fprintf(stderr, "omnipipe up: %s (pid %d) %s; %d failures in a row, giving up and "
+                                        "stopping the others\n", ch->name, (int)ch->started, why, UP_MAX_FAILS);
+                        rc = 1;
+                        break;
+                    }
+                    uint64_t delay = (uint64_t)restart_delay_ms << (ch->fails - 1);
+                    if (delay > UP_MAX_DELAY_MS)
+                        delay = UP_MAX_DELAY_MS;
+                    ch->restart_at_ms = now + delay;
+                    fprintf(stderr, "omnipipe up: %s (pid %d) %s; restarting it in %.1f s (failure %u in a row)\n",
+                            ch->name, (int)ch->started, why, (double)delay / 1000.0, ch->fails);
+                }
+                if (ch->restart_at_ms && now >= ch->restart_at_ms) {
+                    ch->restart_at_ms = 0;
+                    int sr = s_spawn(&u, ch, notify);
+                    if (sr < 0) {
+                        fprintf(stderr, "omnipipe up: cannot restart %s: %s; stopping the others\n", ch->name,
+                                strerror(-sr));
+                        rc = 1;
+                        break;
+                    }
+                    ch->restarts++;
+                    printf("omnipipe: restarted %s (pid %d)\n", ch->name, (int)ch->pid);
+                    fflush(stdout);
+                }
             }
         }
     }

@@ -2,7 +2,7 @@
 # Builds eng_cuda (kernels, the vtable backend, the fast model runner) and links it into eng_core
 # with OM_HAVE_CUDA defined; registers the gpu-labelled tests and the engine benchmark.
 if(OM_CUDA)
-  add_library(eng_cuda STATIC
+  add_library(eng_cuda ${OM_LIB_KIND}
     ${CMAKE_CURRENT_LIST_DIR}/eng_cuda_kern.cu
     ${CMAKE_CURRENT_LIST_DIR}/eng_cuda_attn.cu
     ${CMAKE_CURRENT_LIST_DIR}/eng_cuda_attn_tc.cu
