@@ -759,6 +759,7 @@ struct step {
     int T, S, R;            /* tokens, sequences, logits rows */
     int n_tiles;            /* prefill tiles (0: decode attention path) */
     int splits;             /* decode attention key splits */
+    bool decode;            /* one new token per sequence (ek_attention_decode) */
 };
 
 /* The device work of one step; pure function of (m, st) and the uploaded metadata. */
@@ -804,11 +805,20 @@ static int s_run(eng_cuda_model *m, const step &st, char *err, size_t errlen) {
                                         md + mo.tiles, st.n_tiles, c.Hq, c.Hk, c.hd, m->max_blocks,
                                         (int)m->o.block_size, scale, Nqkv));
         else
-            RCHECK((ek_attention<bf16, bf16, bf16>(s, m->attn, m->qkv, kp, vp, md + mo.tok_seq,
-                                                   md + mo.tok_pos, md + mo.bt, T, c.Hq, c.Hk,
-                                                   c.hd, m->max_blocks, (int)m->o.block_size,
-                                                   scale, st.splits, m->partial, Nqkv,
-                                                   m->fuse ? m->attn_cnt : nullptr)));
+            /* n_tiles == 0 with a flash-capable hd means a decode step: one new token per
+               sequence, so the decode kernel may read earlier K/V rows before its PDL wait */
+            RCHECK(st.decode
+                       ? ek_attention_decode(s, m->attn, m->qkv, kp, vp, md + mo.tok_seq,
+                                             md + mo.tok_pos, md + mo.bt, T, c.Hq, c.Hk, c.hd,
+                                             m->max_blocks, (int)m->o.block_size, scale,
+                                             st.splits, m->partial, Nqkv,
+                                             m->fuse ? m->attn_cnt : nullptr)
+                       : (ek_attention<bf16, bf16, bf16>(s, m->attn, m->qkv, kp, vp,
+                                                         md + mo.tok_seq, md + mo.tok_pos,
+                                                         md + mo.bt, T, c.Hq, c.Hk, c.hd,
+                                                         m->max_blocks, (int)m->o.block_size,
+                                                         scale, st.splits, m->partial, Nqkv,
+                                                         m->fuse ? m->attn_cnt : nullptr)));
         RCHECK(ek_matmul<bf16, bf16>(&m->kc, m->delta, m->attn, w.wo, T, c.D, c.Hq * c.hd));
         if (fused) {
             RCHECK(ek_router_fused(s, &m->ms, m->router_cnt, w.router, T, c.E, c.D, c.K,
@@ -982,6 +992,7 @@ extern "C" int eng_cuda_model_forward(eng_cuda_model_t *m, const eng_batch_t *b,
     st.S = Sp;
     st.R = Rp;
     st.n_tiles = use_flash ? n_tiles : 0;
+    st.decode = decode;
     if (bucket > 0)
         st.splits = Tp <= 4 ? 32 : (Tp <= 64 ? 16 : 8);
     else {
