@@ -462,10 +462,10 @@ __global__ void __launch_bounds__(512)
             const int b = r / DEC_TILE, rr = r % DEC_TILE;
             if (lane < 16)
                 *reinterpret_cast<uint4 *>(Kb + (b * DEC_TILE + rr) * DEC_KS + (lane & 15) * 8) =
-                    *reinterpret_cast<const uint4 *>(kpool + off);
+                    __ldcg(reinterpret_cast<const uint4 *>(kpool + off));
             else
                 *reinterpret_cast<uint4 *>(Vb + (b * DEC_TILE + rr) * DEC_HD + (lane & 15) * 8) =
-                    *reinterpret_cast<const uint4 *>(vpool + off);
+                    __ldcg(reinterpret_cast<const uint4 *>(vpool + off));
         }
     }
     /* q (scaled) of the G heads */
@@ -560,6 +560,13 @@ __global__ void __launch_bounds__(512)
     __threadfence();
     /* warp g merges head g: weights per split (lane = split, n_active <= 32), then 4 dims per
        lane with the split loop unrolled so the partial loads are in flight together */
+    const float *pr = po + row * DEC_HD + lane * 4;
+    /* the first 8 partials are loaded together with (m, l): one round trip up to 8 splits */
+    float4 pre[8];
+#pragma unroll
+    for (int i = 0; i < 8; i++)
+        pre[i] = i < n_active ? __ldcg(reinterpret_cast<const float4 *>(pr + i * DEC_HD))
+                              : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     float2 ml = lane < n_active ? __ldcg(reinterpret_cast<const float2 *>(pml + (row + lane) * 2))
                                 : make_float2(-INFINITY, 0.0f);
     const float MM = warp_max(ml.x);
@@ -568,9 +575,16 @@ __global__ void __launch_bounds__(512)
     wsh[g * 32 + lane] = w;
     __syncwarp();
     float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-    const float *pr = po + row * DEC_HD + lane * 4;
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+        const float ws = i < n_active ? wsh[g * 32 + i] : 0.0f;
+        acc[0] = fmaf(ws, pre[i].x, acc[0]);
+        acc[1] = fmaf(ws, pre[i].y, acc[1]);
+        acc[2] = fmaf(ws, pre[i].z, acc[2]);
+        acc[3] = fmaf(ws, pre[i].w, acc[3]);
+    }
 #pragma unroll 8
-    for (int sp = 0; sp < n_active; sp++) {
+    for (int sp = 8; sp < n_active; sp++) {
         const float ws = wsh[g * 32 + sp];
         const float4 v = __ldcg(reinterpret_cast<const float4 *>(pr + (int64_t)sp * DEC_HD));
         acc[0] = fmaf(ws, v.x, acc[0]);

@@ -993,8 +993,15 @@ extern "C" int eng_cuda_model_forward(eng_cuda_model_t *m, const eng_batch_t *b,
     st.R = Rp;
     st.n_tiles = use_flash ? n_tiles : 0;
     st.decode = decode;
-    if (bucket > 0)
+    if (bucket > 0) {
         st.splits = Tp <= 4 ? 32 : (Tp <= 64 ? 16 : 8);
+        /* OM_CUDA_ATTN_SPLITS=n (1..32): upper bound on the decode key splits of batch <= 4
+           graphs (bench sweeps; the hd-128 kernel uses ceil(len / 64) of them at most) */
+        static const char *split_s = getenv("OM_CUDA_ATTN_SPLITS");
+        static const int split_env = split_s ? atoi(split_s) : 0;
+        if (Tp <= 4 && split_env >= 1 && split_env <= 32)
+            st.splits = split_env;
+    }
     else {
         int want = (max_len + 63) / 64;
         int cap = T <= 4 ? 32 : (T <= 64 ? 16 : 8);
