@@ -139,6 +139,11 @@ __device__ __forceinline__ void ek_norm_prologue(bf16 *xs, const bf16 *h_in, con
                                                  bf16 *xn_out, int D, bool write) {
     __shared__ float red[NT][8];
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    /* this thread's first chunk of the norm weight, loaded together with the h rows (not one
+       dependent round trip after the reduction) */
+    float w0[8];
+    if (tid * 8 < D)
+        ld8(nw + tid * 8, w0);
 #pragma unroll
     for (int t = 0; t < NT; t++) {
         float ss = 0.0f;
@@ -179,7 +184,13 @@ __device__ __forceinline__ void ek_norm_prologue(bf16 *xs, const bf16 *h_in, con
         for (int c = tid * 8; c < D; c += 256 * 8) {
             float xf[8], wf[8];
             ld8(xs + t * D + c, xf);
-            ld8(nw + c, wf);
+            if (c == tid * 8) {
+#pragma unroll
+                for (int i = 0; i < 8; i++)
+                    wf[i] = w0[i];
+            } else {
+                ld8(nw + c, wf);
+            }
             __align__(16) __nv_bfloat162 pk[4];
 #pragma unroll
             for (int i = 0; i < 4; i++)
