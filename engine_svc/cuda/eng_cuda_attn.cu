@@ -357,6 +357,275 @@ __global__ void k_attn_combine(float *out_f, bf16 *out_b, const float *partial, 
     }
 }
 
+/* --- decode attention, bf16 KV, head_dim 128 (k_attn_dec) ---------------------------------- */
+
+/* One block per (key split, KV head, token) with G warps (warp g = query head kvh·G + g). The
+ * split's keys are processed in tiles of DEC_TILE positions: the K and V rows of a tile are copied
+ * into shared memory with cp.async (all rows of a tile in flight at once, two tiles in flight),
+ * so a block makes a handful of dependent memory round trips instead of one per 16 keys: metadata
+ * -> block-table entries -> K/V tile -> compute -> partial -> merge. Scores: lane = key (two keys
+ * per lane, whole 128-dim dot product from shared memory, no shuffles); P·V: lanes over head_dim.
+ * Splits hold a multiple of DEC_TILE keys (chunk = ceil(len / n_splits) rounded up), so short
+ * contexts use few blocks and few partials; splits past the end of the context return at once.
+ * More than one active split: partials (o, m, l) are written and the last block of (token, KV
+ * head) merges them (counter, self-resetting, graph-safe).
+ * prewait (the model runner's decode steps only, where every sequence has exactly one new token):
+ * the metadata and the K/V rows of positions < tok_pos (written by earlier steps) are loaded
+ * before the PDL wait, overlapping the previous kernels; the new token's row and q after it. */
+#define DEC_TILE 64
+#define DEC_HD 128
+#define DEC_KS (DEC_HD + 8) /* K row stride in shared memory (bf16): conflict-free row reads */
+
+__device__ __forceinline__ void dec_cp16(void *sm, const void *g) {
+    unsigned s = (unsigned)__cvta_generic_to_shared(sm);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(g));
+}
+__device__ __forceinline__ void dec_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+__device__ __forceinline__ void dec_wait1() { asm volatile("cp.async.wait_group 1;\n" ::); }
+
+static size_t dec_smem_bytes(int G) {
+    return (size_t)2 * DEC_TILE * DEC_KS * 2 + (size_t)2 * DEC_TILE * DEC_HD * 2 +
+           (size_t)G * DEC_HD * 4 + (size_t)G * DEC_TILE * 4 + (size_t)G * 32 * 4;
+}
+
+/* Issues the cp.async copies of positions [p0, p1) (at most DEC_TILE) into Ks/Vs, skipping
+ * position skip. Thread mapping: warp w copies rows w, w + nw, ...; lanes 0-15 the K chunks,
+ * 16-31 the V chunks of a row (16 bytes each). */
+__device__ __forceinline__ void dec_issue(bf16 *Ks, bf16 *Vs, const bf16 *kpool, const bf16 *vpool,
+                                          const int32_t *tab, int bs, int Hk, int kvh, int p0,
+                                          int p1, int skip) {
+    const int nw = blockDim.x >> 5, w = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int c = (lane & 15) * 8;
+    for (int r = w; r < p1 - p0; r += nw) {
+        const int p = p0 + r;
+        if (p == skip)
+            continue;
+        const int64_t slot = (int64_t)tab[p / bs] * bs + p % bs;
+        const int64_t off = (slot * Hk + kvh) * DEC_HD + c;
+        if (lane < 16)
+            dec_cp16(Ks + r * DEC_KS + c, kpool + off);
+        else
+            dec_cp16(Vs + r * DEC_HD + c, vpool + off);
+    }
+}
+
+template <typename Q, typename O>
+__global__ void __launch_bounds__(512)
+    k_attn_dec(O *out, const Q *q, const bf16 *kpool, const bf16 *vpool, const int32_t *tok_seq,
+               const int32_t *tok_pos, const int32_t *bt, int Hq, int Hk, int max_blocks, int bs,
+               float scale, int n_splits, float *partial, int q_stride, int *counters,
+               int prewait) {
+    extern __shared__ __align__(16) unsigned char dsm[];
+    const int split = blockIdx.x, kvh = blockIdx.y, t = blockIdx.z, T = gridDim.z;
+    const int G = Hq / Hk;
+    const int g = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int h = kvh * G + g;
+    bf16 *Kb = reinterpret_cast<bf16 *>(dsm);                 /* [2][DEC_TILE][DEC_KS] */
+    bf16 *Vb = Kb + 2 * DEC_TILE * DEC_KS;                     /* [2][DEC_TILE][DEC_HD] */
+    float *qs = reinterpret_cast<float *>(Vb + 2 * DEC_TILE * DEC_HD); /* [G][DEC_HD] */
+    float *ps = qs + G * DEC_HD;                               /* [G][DEC_TILE] */
+    float *wsh = ps + G * DEC_TILE;                            /* [G][32] */
+    if (!prewait) {
+        pdl_wait();
+        pdl_trigger();
+    }
+    const int len = tok_pos[t] + 1, sq = tok_seq[t];
+    int chunk = (len + n_splits - 1) / n_splits;
+    chunk = (chunk + DEC_TILE - 1) / DEC_TILE * DEC_TILE;
+    const int n_active = (len + chunk - 1) / chunk;
+    const int k0 = split * chunk, k1 = min(len, k0 + chunk);
+    if (split >= n_active) {
+        if (prewait) {
+            pdl_wait();
+            pdl_trigger();
+        }
+        return;
+    }
+    const int32_t *tab = bt + (int64_t)sq * max_blocks;
+    const int n_tiles = (k1 - k0 + DEC_TILE - 1) / DEC_TILE;
+    /* tiles 0 and 1 in flight; with prewait, without the new token's row (position len - 1) */
+    const int late = prewait ? len - 1 : -1;
+    dec_issue(Kb, Vb, kpool, vpool, tab, bs, Hk, kvh, k0, min(k1, k0 + DEC_TILE), late);
+    dec_commit();
+    if (n_tiles > 1)
+        dec_issue(Kb + DEC_TILE * DEC_KS, Vb + DEC_TILE * DEC_HD, kpool, vpool, tab, bs, Hk, kvh,
+                  k0 + DEC_TILE, min(k1, k0 + 2 * DEC_TILE), late);
+    dec_commit();
+    if (prewait) {
+        pdl_wait();
+        pdl_trigger();
+        /* the new token's row, written by the previous kernel, if it is in tile 0 or 1 */
+        const int r = late - k0;
+        if (late < k1 && r < 2 * DEC_TILE && threadIdx.x < 32) {
+            const int64_t slot = (int64_t)tab[late / bs] * bs + late % bs;
+            const int64_t off = (slot * Hk + kvh) * DEC_HD + (lane & 15) * 8;
+            const int b = r / DEC_TILE, rr = r % DEC_TILE;
+            if (lane < 16)
+                *reinterpret_cast<uint4 *>(Kb + (b * DEC_TILE + rr) * DEC_KS + (lane & 15) * 8) =
+                    __ldcg(reinterpret_cast<const uint4 *>(kpool + off));
+            else
+                *reinterpret_cast<uint4 *>(Vb + (b * DEC_TILE + rr) * DEC_HD + (lane & 15) * 8) =
+                    __ldcg(reinterpret_cast<const uint4 *>(vpool + off));
+        }
+    }
+    /* q (scaled) of the G heads */
+    for (int i = threadIdx.x; i < G * DEC_HD; i += blockDim.x)
+        qs[i] = ld(&q[(int64_t)t * q_stride + (int64_t)kvh * G * DEC_HD + i]) * scale;
+    float m = -INFINITY, l = 0.0f, o[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    const float *qg = qs + g * DEC_HD;
+    for (int it = 0; it < n_tiles; it++) {
+        dec_wait1();
+        __syncthreads();
+        const bf16 *Ks = Kb + (it & 1) * DEC_TILE * DEC_KS;
+        const bf16 *Vs = Vb + (it & 1) * DEC_TILE * DEC_HD;
+        const int p0 = k0 + it * DEC_TILE;
+        const int n = min(DEC_TILE, k1 - p0);
+        /* scores: keys lane and lane + 32 */
+        float s0 = 0.0f, s1 = 0.0f;
+        const bf16 *r0 = Ks + lane * DEC_KS, *r1 = Ks + (lane + 32) * DEC_KS;
+#pragma unroll 4
+        for (int c = 0; c < DEC_HD; c += 8) {
+            float4 qa = *reinterpret_cast<const float4 *>(qg + c);
+            float4 qb = *reinterpret_cast<const float4 *>(qg + c + 4);
+            float ka[8], kb[8];
+            ld8(r0 + c, ka);
+            ld8(r1 + c, kb);
+            s0 = fmaf(qa.x, ka[0], s0); s0 = fmaf(qa.y, ka[1], s0);
+            s0 = fmaf(qa.z, ka[2], s0); s0 = fmaf(qa.w, ka[3], s0);
+            s0 = fmaf(qb.x, ka[4], s0); s0 = fmaf(qb.y, ka[5], s0);
+            s0 = fmaf(qb.z, ka[6], s0); s0 = fmaf(qb.w, ka[7], s0);
+            s1 = fmaf(qa.x, kb[0], s1); s1 = fmaf(qa.y, kb[1], s1);
+            s1 = fmaf(qa.z, kb[2], s1); s1 = fmaf(qa.w, kb[3], s1);
+            s1 = fmaf(qb.x, kb[4], s1); s1 = fmaf(qb.y, kb[5], s1);
+            s1 = fmaf(qb.z, kb[6], s1); s1 = fmaf(qb.w, kb[7], s1);
+        }
+        if (lane >= n)
+            s0 = -INFINITY;
+        if (lane + 32 >= n)
+            s1 = -INFINITY;
+        /* online softmax (n >= 1, so the tile max is finite) */
+        const float m_new = fmaxf(m, warp_max(fmaxf(s0, s1)));
+        const float alpha = __expf(m - m_new); /* 0 on the first tile (m = -inf) */
+        const float e0 = __expf(s0 - m_new), e1 = __expf(s1 - m_new);
+        l = l * alpha + warp_sum(e0 + e1);
+        m = m_new;
+        ps[g * DEC_TILE + lane] = e0;
+        ps[g * DEC_TILE + lane + 32] = e1;
+        __syncwarp();
+#pragma unroll
+        for (int i = 0; i < 4; i++)
+            o[i] *= alpha;
+        const float *pg = ps + g * DEC_TILE;
+        const bf16 *vl = Vs + lane * 4;
+#pragma unroll 8
+        for (int k = 0; k < n; k++) {
+            const float pk = pg[k];
+            float vf[4];
+            s_bf4(*reinterpret_cast<const uint2 *>(vl + k * DEC_HD), vf);
+#pragma unroll
+            for (int i = 0; i < 4; i++)
+                o[i] = fmaf(pk, vf[i], o[i]);
+        }
+        __syncthreads(); /* every warp is done with this buffer and its ps row */
+        if (it + 2 < n_tiles)
+            dec_issue(Kb + (it & 1) * DEC_TILE * DEC_KS, Vb + (it & 1) * DEC_TILE * DEC_HD, kpool,
+                      vpool, tab, bs, Hk, kvh, p0 + 2 * DEC_TILE,
+                      min(k1, p0 + 3 * DEC_TILE), -1);
+        dec_commit();
+    }
+    const int64_t oi = ((int64_t)t * Hq + h) * DEC_HD + lane * 4;
+    if (n_active == 1) {
+        const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+#pragma unroll
+        for (int i = 0; i < 4; i++)
+            st(&out[oi + i], o[i] * inv);
+        return;
+    }
+    /* partials: o (T, Hq, n_splits, 128) then (m, l) (T, Hq, n_splits, 2) */
+    const int64_t row = ((int64_t)t * Hq + h) * n_splits;
+    float *po = partial;
+    float *pml = partial + (int64_t)T * Hq * n_splits * DEC_HD;
+    *reinterpret_cast<float4 *>(po + (row + split) * DEC_HD + lane * 4) =
+        make_float4(o[0], o[1], o[2], o[3]);
+    if (lane == 0)
+        *reinterpret_cast<float2 *>(pml + (row + split) * 2) = make_float2(m, l);
+    __threadfence();
+    __syncthreads();
+    __shared__ int last;
+    if (threadIdx.x == 0)
+        last = atomicAdd(&counters[(int64_t)t * Hk + kvh], 1) == n_active - 1;
+    __syncthreads();
+    if (!last)
+        return;
+    __threadfence();
+    /* warp g merges head g: weights per split (lane = split, n_active <= 32), then 4 dims per
+       lane with the split loop unrolled so the partial loads are in flight together */
+    const float *pr = po + row * DEC_HD + lane * 4;
+    /* the first 8 partials are loaded together with (m, l): one round trip up to 8 splits */
+    float4 pre[8];
+#pragma unroll
+    for (int i = 0; i < 8; i++)
+        pre[i] = i < n_active ? __ldcg(reinterpret_cast<const float4 *>(pr + i * DEC_HD))
+                              : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    float2 ml = lane < n_active ? __ldcg(reinterpret_cast<const float2 *>(pml + (row + lane) * 2))
+                                : make_float2(-INFINITY, 0.0f);
+    const float MM = warp_max(ml.x);
+    const float w = ml.x == -INFINITY ? 0.0f : __expf(ml.x - MM);
+    const float LL = warp_sum(ml.y * w);
+    wsh[g * 32 + lane] = w;
+    __syncwarp();
+    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+        const float ws = i < n_active ? wsh[g * 32 + i] : 0.0f;
+        acc[0] = fmaf(ws, pre[i].x, acc[0]);
+        acc[1] = fmaf(ws, pre[i].y, acc[1]);
+        acc[2] = fmaf(ws, pre[i].z, acc[2]);
+        acc[3] = fmaf(ws, pre[i].w, acc[3]);
+    }
+#pragma unroll 8
+    for (int sp = 8; sp < n_active; sp++) {
+        const float ws = wsh[g * 32 + sp];
+        const float4 v = __ldcg(reinterpret_cast<const float4 *>(pr + (int64_t)sp * DEC_HD));
+        acc[0] = fmaf(ws, v.x, acc[0]);
+        acc[1] = fmaf(ws, v.y, acc[1]);
+        acc[2] = fmaf(ws, v.z, acc[2]);
+        acc[3] = fmaf(ws, v.w, acc[3]);
+    }
+    const float inv = LL > 0.0f ? 1.0f / LL : 0.0f;
+#pragma unroll
+    for (int i = 0; i < 4; i++)
+        st(&out[oi + i], acc[i] * inv);
+    if (threadIdx.x == 0)
+        counters[(int64_t)t * Hk + kvh] = 0;
+}
+
+/* Launches k_attn_dec; -EOPNOTSUPP where it does not apply (the caller falls back). */
+template <typename Q, typename O>
+static int s_attn_dec(cudaStream_t s, O *out, const Q *q, const bf16 *kpool, const bf16 *vpool,
+                      const int32_t *tok_seq, const int32_t *tok_pos, const int32_t *bt, int T,
+                      int Hq, int Hk, int max_blocks, int bs, float scale, int n_splits,
+                      float *partial, int q_stride, int *counters, bool prewait) {
+    static const bool off = getenv("OM_CUDA_ATTN_OLD") != nullptr;
+    const int G = Hq / Hk;
+    if (off || G > 16 || (n_splits > 1 && (!partial || !counters)))
+        return -EOPNOTSUPP;
+    if (n_splits > 32)
+        n_splits = 32; /* the merge handles up to 32 partials (lane = split) */
+    static int attr_bytes = 0; /* per instantiation: largest dynamic smem size set so far */
+    const size_t bytes = dec_smem_bytes(G);
+    if ((int)bytes > attr_bytes) {
+        CUDA_CHECK(cudaFuncSetAttribute(k_attn_dec<Q, O>,
+                                        cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
+        attr_bytes = (int)bytes;
+    }
+    CUDA_CHECK(ek_launch(k_attn_dec<Q, O>, dim3(n_splits, Hk, T), dim3(32 * G), bytes, s, out, q,
+                         kpool, vpool, tok_seq, tok_pos, bt, Hq, Hk, max_blocks, bs, scale,
+                         n_splits, partial, q_stride, counters, prewait ? 1 : 0));
+    CUDA_LAUNCH_CHECK();
+    return 0;
+}
+
 template <typename O> static float *s_of(O *p);
 template <> float *s_of<float>(float *p) { return p; }
 template <> float *s_of<bf16>(bf16 *) { return nullptr; }
@@ -365,10 +634,10 @@ template <> bf16 *s_ob<float>(float *) { return nullptr; }
 template <> bf16 *s_ob<bf16>(bf16 *p) { return p; }
 
 template <typename Q, typename KV, typename O>
-int ek_attention(cudaStream_t s, O *out, const Q *q, const KV *kpool, const KV *vpool,
-                 const int32_t *tok_seq, const int32_t *tok_pos, const int32_t *block_tables,
-                 int T, int Hq, int Hk, int hd, int max_blocks, int block_size, float scale,
-                 int n_splits, float *partial, int q_stride, int *counters) {
+static int s_attention(cudaStream_t s, O *out, const Q *q, const KV *kpool, const KV *vpool,
+                       const int32_t *tok_seq, const int32_t *tok_pos, const int32_t *block_tables,
+                       int T, int Hq, int Hk, int hd, int max_blocks, int block_size, float scale,
+                       int n_splits, float *partial, int q_stride, int *counters, bool prewait) {
     if (T == 0)
         return 0;
     if (hd > 256 || Hk <= 0 || Hq % Hk || n_splits < 1 || (n_splits > 1 && !partial))
@@ -376,6 +645,15 @@ int ek_attention(cudaStream_t s, O *out, const Q *q, const KV *kpool, const KV *
     const int G = Hq / Hk;
     if (G > 16)
         return -EOPNOTSUPP;
+    static const bool generic_only = getenv("OM_CUDA_ATTN_GENERIC") != nullptr;
+    if (sizeof(KV) == 2 && hd == 128 && !generic_only) {
+        int r = s_attn_dec<Q, O>(s, out, q, reinterpret_cast<const bf16 *>(kpool),
+                                 reinterpret_cast<const bf16 *>(vpool), tok_seq, tok_pos,
+                                 block_tables, T, Hq, Hk, max_blocks, block_size, scale, n_splits,
+                                 partial, q_stride, counters, prewait);
+        if (r != -EOPNOTSUPP)
+            return r;
+    }
     if (n_splits > 32)
         n_splits = 32; /* the in-kernel merge handles up to 32 splits */
     dim3 grid(n_splits, Hk, T);
@@ -383,7 +661,6 @@ int ek_attention(cudaStream_t s, O *out, const Q *q, const KV *kpool, const KV *
     bf16 *ob = s_ob<O>(out);
     size_t sm = (size_t)G * hd * sizeof(float);
     cudaError_t e;
-    static const bool generic_only = getenv("OM_CUDA_ATTN_GENERIC") != nullptr;
     if (sizeof(KV) == 2 && hd == 128 && !generic_only)
         e = ek_launch(k_attn128<Q>, grid, dim3(32 * G), 0, s, of, ob, q,
                       reinterpret_cast<const bf16 *>(kpool), reinterpret_cast<const bf16 *>(vpool),
@@ -413,6 +690,30 @@ int ek_attention(cudaStream_t s, O *out, const Q *q, const KV *kpool, const KV *
         CUDA_LAUNCH_CHECK();
     }
     return 0;
+}
+
+template <typename Q, typename KV, typename O>
+int ek_attention(cudaStream_t s, O *out, const Q *q, const KV *kpool, const KV *vpool,
+                 const int32_t *tok_seq, const int32_t *tok_pos, const int32_t *block_tables,
+                 int T, int Hq, int Hk, int hd, int max_blocks, int block_size, float scale,
+                 int n_splits, float *partial, int q_stride, int *counters) {
+    /* test hook: without PDL every kernel starts after the previous one has finished, so the
+       prewait load order is valid for any input; test_cuda_ops runs its cases both ways */
+    const bool prewait = !ek_pdl && getenv("OM_CUDA_ATTN_PREWAIT_TEST") != nullptr;
+    return s_attention<Q, KV, O>(s, out, q, kpool, vpool, tok_seq, tok_pos, block_tables, T, Hq,
+                                 Hk, hd, max_blocks, block_size, scale, n_splits, partial,
+                                 q_stride, counters, prewait);
+}
+
+int ek_attention_decode(cudaStream_t s, bf16 *out, const bf16 *q, const bf16 *kpool,
+                        const bf16 *vpool, const int32_t *tok_seq, const int32_t *tok_pos,
+                        const int32_t *block_tables, int T, int Hq, int Hk, int hd,
+                        int max_blocks, int block_size, float scale, int n_splits,
+                        float *partial, int q_stride, int *counters) {
+    static const bool no_prewait = getenv("OM_CUDA_ATTN_NOPREWAIT") != nullptr;
+    return s_attention<bf16, bf16, bf16>(s, out, q, kpool, vpool, tok_seq, tok_pos, block_tables,
+                                         T, Hq, Hk, hd, max_blocks, block_size, scale, n_splits,
+                                         partial, q_stride, counters, !no_prewait);
 }
 
 template int ek_attention<float, float, float>(cudaStream_t, float *, const float *, const float *,

@@ -293,52 +293,80 @@ __global__ void k_qk_norm_rope(A *q, int q_stride, A *k, int k_stride, const W *
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int64_t row = (int64_t)blockIdx.x * (blockDim.x >> 5) + warp;
     int nh = Hq + Hk;
-    pdl_wait();
-    pdl_trigger();
-    if (row >= (int64_t)T * nh)
+    if (row >= (int64_t)T * nh) {
+        pdl_wait();
+        pdl_trigger();
         return;
+    }
     int t = (int)(row / nh), h = (int)(row % nh);
     bool is_q = h < Hq;
     A *p = is_q ? q + (int64_t)t * q_stride + (int64_t)h * hd
                 : k + (int64_t)t * k_stride + (int64_t)(h - Hq) * hd;
     const W *nw = is_q ? qn : kn;
+    /* before the PDL wait: step metadata (uploaded before the step) and weights only */
+    const int half = hd / 2;
+    const int pt = pos[t], ph = pos[T + t], pw = pos[2 * T + t];
+    /* lane owns d = lane + 32·i (i < 8, d < hd); unrolled so the per-lane values stay in
+       registers */
+    float nwv[8], ifv[8];
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+        const int d = lane + 32 * i;
+        nwv[i] = d < hd ? ld(&nw[d]) : 0.0f;
+        ifv[i] = d < hd ? inv_freq[d < half ? d : d - half] : 0.0f;
+    }
+    pdl_wait();
+    pdl_trigger();
     float *buf = sh + warp * hd;
     float ss = 0.0f;
-    for (int d = lane; d < hd; d += 32) {
-        float x = ld(&p[d]);
-        buf[d] = x;
-        ss += x * x;
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+        const int d = lane + 32 * i;
+        if (d < hd) {
+            float x = ld(&p[d]);
+            buf[d] = x;
+            ss += x * x;
+        }
     }
     ss = warp_sum(ss);
     float rs = rsqrtf(ss / (float)hd + eps);
-    for (int d = lane; d < hd; d += 32)
-        buf[d] = rnd<A>(rnd<A>(buf[d] * rs) * ld(&nw[d]));
-    __syncwarp();
-    int half = hd / 2;
-    int pt = pos[t], ph = pos[T + t], pw = pos[2 * T + t];
-    float outv[8];
-    int cnt = 0;
-    for (int d = lane; d < hd; d += 32, cnt++) {
-        int j = d < half ? d : d - half;
-        int pr = pt;
-        if (j % 3 == 1 && j < 3 * sec1)
-            pr = ph;
-        else if (j % 3 == 2 && j < 3 * sec2)
-            pr = pw;
-        float f = (float)pr * inv_freq[j];
-        float cs = rnd<A>(cosf(f)), sn = rnd<A>(sinf(f));
-        float x = buf[d];
-        float rot = d < half ? -buf[d + half] : buf[d - half];
-        outv[cnt] = rnd<A>(rnd<A>(x * cs) + rnd<A>(rot * sn));
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+        const int d = lane + 32 * i;
+        if (d < hd)
+            buf[d] = rnd<A>(rnd<A>(buf[d] * rs) * nwv[i]);
     }
-    cnt = 0;
+    __syncwarp();
+    float outv[8];
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+        const int d = lane + 32 * i;
+        outv[i] = 0.0f;
+        if (d < hd) {
+            int j = d < half ? d : d - half;
+            int pr = pt;
+            if (j % 3 == 1 && j < 3 * sec1)
+                pr = ph;
+            else if (j % 3 == 2 && j < 3 * sec2)
+                pr = pw;
+            float f = (float)pr * ifv[i];
+            float cs = rnd<A>(cosf(f)), sn = rnd<A>(sinf(f));
+            float x = buf[d];
+            float rot = d < half ? -buf[d + half] : buf[d - half];
+            outv[i] = rnd<A>(rnd<A>(x * cs) + rnd<A>(rot * sn));
+        }
+    }
     int64_t slot = kpool ? (int64_t)slots[t] : 0;
-    for (int d = lane; d < hd; d += 32, cnt++) {
-        st(&p[d], outv[cnt]);
-        if (kpool && !is_q) {
-            int64_t o = (slot * Hk + (h - Hq)) * hd + d;
-            st(&kpool[o], outv[cnt]);
-            st(&vpool[o], ld(&v[(int64_t)t * v_stride + (int64_t)(h - Hq) * hd + d]));
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+        const int d = lane + 32 * i;
+        if (d < hd) {
+            st(&p[d], outv[i]);
+            if (kpool && !is_q) {
+                int64_t o = (slot * Hk + (h - Hq)) * hd + d;
+                st(&kpool[o], outv[i]);
+                st(&vpool[o], ld(&v[(int64_t)t * v_stride + (int64_t)(h - Hq) * hd + d]));
+            }
         }
     }
 }

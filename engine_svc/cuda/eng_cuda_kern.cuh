@@ -52,8 +52,9 @@ int ek_kv_write(cudaStream_t s, KV *kpool, KV *vpool, const A *k, const A *v,
                 const int32_t *slots, int T, int row);
 
 /* Paged causal GQA attention, any hd <= 256: token t (sequence tok_seq[t]) attends to positions
- * 0..tok_pos[t]. n_splits > 1 splits the keys over blocks (flash-decoding); partial must then
- * hold T·Hq·n_splits·(hd+2) floats. q rows are q_stride elements apart (Hq·hd when dense).
+ * 0..tok_pos[t]. n_splits > 1 splits the keys over blocks (flash-decoding; n_splits is an upper
+ * bound: bf16 KV with hd 128 uses ceil(len / (64·k)) splits of whole 64-key tiles); partial must
+ * then hold T·Hq·n_splits·(hd+2) floats. q rows are q_stride elements apart (Hq·hd when dense).
  * counters (T·Hq ints, zero; left zero) != NULL: the last split block of each (token, head) merges
  * the partials itself (no combine launch). */
 template <typename Q, typename KV, typename O>
@@ -61,6 +62,17 @@ int ek_attention(cudaStream_t s, O *out, const Q *q, const KV *kpool, const KV *
                  const int32_t *tok_seq, const int32_t *tok_pos, const int32_t *block_tables,
                  int T, int Hq, int Hk, int hd, int max_blocks, int block_size, float scale,
                  int n_splits, float *partial, int q_stride, int *counters);
+
+/* ek_attention for the model runner's decode steps (bf16), where every sequence of the step has
+ * exactly one new token (at tok_pos) and all its earlier K/V rows were written by earlier steps:
+ * the bf16 head_dim-128 kernel then loads metadata and those rows before its PDL wait, overlapping
+ * the preceding kernels (OM_CUDA_ATTN_NOPREWAIT=1: after it). Same arguments and partial/counter
+ * requirements as ek_attention. */
+int ek_attention_decode(cudaStream_t s, bf16 *out, const bf16 *q, const bf16 *kpool,
+                        const bf16 *vpool, const int32_t *tok_seq, const int32_t *tok_pos,
+                        const int32_t *block_tables, int T, int Hq, int Hk, int hd,
+                        int max_blocks, int block_size, float scale, int n_splits,
+                        float *partial, int q_stride, int *counters);
 
 /* Tiled (flash-style) causal prefill attention on tensor cores, bf16, hd = 128 or 64 or 16·k<=128.
  * tiles (n_tiles, 3) i32: first token, token count (<= 64), sequence; the tile's tokens are
@@ -127,6 +139,11 @@ __device__ __forceinline__ void ek_norm_prologue(bf16 *xs, const bf16 *h_in, con
                                                  bf16 *xn_out, int D, bool write) {
     __shared__ float red[NT][8];
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    /* this thread's first chunk of the norm weight, loaded together with the h rows (not one
+       dependent round trip after the reduction) */
+    float w0[8];
+    if (tid * 8 < D)
+        ld8(nw + tid * 8, w0);
 #pragma unroll
     for (int t = 0; t < NT; t++) {
         float ss = 0.0f;
@@ -167,7 +184,13 @@ __device__ __forceinline__ void ek_norm_prologue(bf16 *xs, const bf16 *h_in, con
         for (int c = tid * 8; c < D; c += 256 * 8) {
             float xf[8], wf[8];
             ld8(xs + t * D + c, xf);
-            ld8(nw + c, wf);
+            if (c == tid * 8) {
+#pragma unroll
+                for (int i = 0; i < 8; i++)
+                    wf[i] = w0[i];
+            } else {
+                ld8(nw + c, wf);
+            }
             __align__(16) __nv_bfloat162 pk[4];
 #pragma unroll
             for (int i = 0; i < 4; i++)

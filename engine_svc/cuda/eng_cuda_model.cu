@@ -761,6 +761,7 @@ struct step {
     int n_tiles;            /* prefill tiles (0: decode attention path) */
     int splits;             /* decode attention key splits */
     bool attn_tc;           /* decode attention on the tensor-core kernel (large batches) */
+    bool decode;            /* one new token per sequence (ek_attention_decode) */
 };
 
 /* OM_CUDA_ATTN_TC: "0" keeps the older attention kernels (decode and prefill); a number N > 0
@@ -828,11 +829,20 @@ static int s_run(eng_cuda_model *m, const step &st, char *err, size_t errlen) {
                                                 m->max_blocks, (int)m->o.block_size, scale,
                                                 st.splits, m->partial, Nqkv, m->attn_cnt)));
         else
-            RCHECK((ek_attention<bf16, bf16, bf16>(s, m->attn, m->qkv, kp, vp, md + mo.tok_seq,
-                                                   md + mo.tok_pos, md + mo.bt, T, c.Hq, c.Hk,
-                                                   c.hd, m->max_blocks, (int)m->o.block_size,
-                                                   scale, st.splits, m->partial, Nqkv,
-                                                   m->fuse ? m->attn_cnt : nullptr)));
+            /* n_tiles == 0 with a flash-capable hd means a decode step: one new token per
+               sequence, so the decode kernel may read earlier K/V rows before its PDL wait */
+            RCHECK(st.decode
+                       ? ek_attention_decode(s, m->attn, m->qkv, kp, vp, md + mo.tok_seq,
+                                             md + mo.tok_pos, md + mo.bt, T, c.Hq, c.Hk, c.hd,
+                                             m->max_blocks, (int)m->o.block_size, scale,
+                                             st.splits, m->partial, Nqkv,
+                                             m->fuse ? m->attn_cnt : nullptr)
+                       : (ek_attention<bf16, bf16, bf16>(s, m->attn, m->qkv, kp, vp,
+                                                         md + mo.tok_seq, md + mo.tok_pos,
+                                                         md + mo.bt, T, c.Hq, c.Hk, c.hd,
+                                                         m->max_blocks, (int)m->o.block_size,
+                                                         scale, st.splits, m->partial, Nqkv,
+                                                         m->fuse ? m->attn_cnt : nullptr)));
         RCHECK(ek_matmul<bf16, bf16>(&m->kc, m->delta, m->attn, w.wo, T, c.D, c.Hq * c.hd));
         if (fused) {
             RCHECK(ek_router_fused(s, &m->ms, m->router_cnt, w.router, T, c.E, c.D, c.K,
@@ -1006,8 +1016,16 @@ extern "C" int eng_cuda_model_forward(eng_cuda_model_t *m, const eng_batch_t *b,
     st.S = Sp;
     st.R = Rp;
     st.n_tiles = use_flash ? n_tiles : 0;
-    if (bucket > 0)
+    st.decode = decode;
+    if (bucket > 0) {
         st.splits = Tp <= 4 ? 32 : (Tp <= 64 ? 16 : 8);
+        /* OM_CUDA_ATTN_SPLITS=n (1..32): upper bound on the decode key splits of batch <= 4
+           graphs (bench sweeps; the hd-128 kernel uses ceil(len / 64) of them at most) */
+        static const char *split_s = getenv("OM_CUDA_ATTN_SPLITS");
+        static const int split_env = split_s ? atoi(split_s) : 0;
+        if (Tp <= 4 && split_env >= 1 && split_env <= 32)
+            st.splits = split_env;
+    }
     else {
         int want = (max_len + 63) / 64;
         int cap = T <= 4 ? 32 : (T <= 64 ? 16 : 8);

@@ -316,9 +316,9 @@ static void t_attention_m(int S, const int *n_past, const int *n_new, int Hq, in
     s_check(g_gpu->ops->attention(g_gpu, &out.g, &q.g, &kb, &vb, &mg, &p), "gpu attention");
     eng_backend_cuda_set_attn_mode(g_gpu, 0);
     char nm[160];
-    snprintf(nm, sizeof nm, "ATTENTION%s S=%d T=%d max_kv=%d Hq=%d Hk=%d hd=%d bs=%d kv=%s",
+    snprintf(nm, sizeof nm, "ATTENTION%s S=%d T=%d max_kv=%d Hq=%d Hk=%d hd=%d bs=%d kv=%s%s",
              mode == 1 ? " tc-decode" : (mode == 2 ? " tc-prefill" : ""), S, T, max_len, Hq, Hk,
-             hd, bs, kv_bf16 ? "bf16" : "f32");
+             hd, bs, kv_bf16 ? "bf16" : "f32", getenv("OM_CUDA_ATTN_PREWAIT_TEST") ? " prewait" : "");
     s_compare(nm, &out, mode ? 1e-4 : 1e-9);
     if (kv_bf16) {
         g_gpu->ops->release(g_gpu, &kb);
@@ -489,6 +489,36 @@ int main(int argc, char **argv) {
         t_attention(2, np5, nn5, 4, 2, 8, 4, 1);
         int np6[] = {17}, nn6[] = {9};
         t_attention(1, np6, nn6, 6, 3, 12, 16, 0);
+        /* bf16 KV, head_dim 128 (k_attn_dec: 64-key tiles, splits of whole tiles, last-block
+           merge): one tile exactly (64), one key past it (65), a partial last tile (1001, not a
+           multiple of the block size), 32 full splits (2001), several tiles per split (8192),
+           GQA groups 1, 2 and 16, block sizes that straddle tiles (48) and exceed them (256),
+           a mixed decode batch; then the same with the pre-PDL-wait load order (the model
+           runner's decode path: the newest row loaded last) */
+        for (int pw = 0; pw < 2; pw++) {
+            if (pw)
+                setenv("OM_CUDA_ATTN_PREWAIT_TEST", "1", 1);
+            int a1[] = {63}, b1[] = {1};
+            t_attention(1, a1, b1, 32, 4, 128, 16, 1);
+            int a2[] = {64}, b2[] = {1};
+            t_attention(1, a2, b2, 32, 4, 128, 16, 1);
+            int a3[] = {1000}, b3[] = {1};
+            t_attention(1, a3, b3, 32, 4, 128, 16, 1);
+            int a4[] = {2000}, b4[] = {1};
+            t_attention(1, a4, b4, 32, 4, 128, 16, 1);
+            int a5[] = {8191}, b5[] = {1};
+            if (!quick)
+                t_attention(1, a5, b5, 32, 4, 128, 16, 1);
+            int a6[] = {700, 129, 0, 64}, b6[] = {1, 1, 1, 1};
+            t_attention(4, a6, b6, 8, 4, 128, 48, 1);
+            t_attention(4, a6, b6, 32, 2, 128, 256, 1);
+            t_attention(4, a6, b6, 4, 4, 128, 16, 1);
+            int a7[] = {30, 200}, b7[] = {70, 3};
+            t_attention(2, a7, b7, 32, 4, 128, 48, 1);
+            t_attention(1, np1, nn1, 32, 4, 128, 16, 1);
+            t_attention(10, np7, nn7, 32, 4, 128, 16, 1);
+        }
+        unsetenv("OM_CUDA_ATTN_PREWAIT_TEST");
     }
     t_attention_tc(quick);
     t_moe(1, 2048, 768, 128, 8, 1, 0);
