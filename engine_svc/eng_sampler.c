@@ -9,6 +9,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#define S_BINS 2048  /* linear bins of (max - logit) */
+#define S_LBIN 64.0f /* bins per unit of scaled logit; the last bin takes the rest */
+
 struct eng_sampler {
     uint32_t n_vocab;     /* logits row length */
     uint8_t *mark;        /* (n_vocab) seen flags, all 0 between calls */
@@ -16,6 +19,8 @@ struct eng_sampler {
     int32_t *idx;         /* (n_vocab) candidate ids */
     float *raw;           /* (n_vocab) copy of the raw logits for logprobs */
     float *prob;          /* (n_vocab) candidate probabilities */
+    uint32_t *hcnt;       /* (S_BINS) elements per linear bin below the max */
+    double *hmass;        /* (S_BINS) probability mass per linear bin */
 };
 
 int eng_sampler_new(uint32_t n_vocab, eng_sampler_t **ret) {
@@ -30,7 +35,9 @@ int eng_sampler_new(uint32_t n_vocab, eng_sampler_t **ret) {
     s->idx = malloc(n_vocab * sizeof *s->idx);
     s->raw = malloc(n_vocab * sizeof *s->raw);
     s->prob = malloc(n_vocab * sizeof *s->prob);
-    if (!s->mark || !s->count || !s->idx || !s->raw || !s->prob) {
+    s->hcnt = malloc(S_BINS * sizeof *s->hcnt);
+    s->hmass = malloc(S_BINS * sizeof *s->hmass);
+    if (!s->mark || !s->count || !s->idx || !s->raw || !s->prob || !s->hcnt || !s->hmass) {
         eng_sampler_free(s);
         return -ENOMEM;
     }
@@ -46,6 +53,8 @@ eng_sampler_t *eng_sampler_free(eng_sampler_t *s) {
     free(s->idx);
     free(s->raw);
     free(s->prob);
+    free(s->hcnt);
+    free(s->hmass);
     free(s);
     return NULL;
 }
@@ -293,10 +302,30 @@ static void s_suppress(float *logits, uint32_t n_vocab, const int32_t *ids, uint
             logits[ids[i]] = -INFINITY;
 }
 
+/* linear bin of l below the maximum mx: non-decreasing along the candidate order */
+static int s_lbin(float l, float mx) {
+    float x = (mx - l) * S_LBIN;
+    return x < (float)(S_BINS - 1) ? (int)x : S_BINS - 1;
+}
+
+/* the first bin where the running count (mass when w) through it exceeds G; S_BINS - 1 if none */
+static int s_cut(const uint32_t *cnt, const double *w, double G) {
+    double c = 0;
+    for (int d = 0; d < S_BINS; d++) {
+        c += w ? w[d] : (double)cnt[d];
+        if (c > G)
+            return d;
+    }
+    return S_BINS - 1;
+}
+
 /* The draw over temperature-scaled logits: candidates sorted best first (higher logit, then lower
  * id), truncated by top-k, top-p and min-p, then inverse CDF at u. Only a sorted prefix of K
- * candidates is materialised; K grows (x8) until the cut and the draw fall inside it, so a peaked
- * distribution costs a partial selection instead of a sort of the whole vocabulary. */
+ * candidates is materialised: a histogram of (max - logit) in linear bins (one pass) bounds where
+ * the truncation (or, without one, the draw) ends, the elements of the bins up to there (a prefix
+ * of the order) are gathered and only they are selected and sorted. Should the cut or the draw
+ * still fall beyond K (rounding at a bin edge), K grows (x8) over the whole vocabulary. The
+ * result does not depend on K: every sum runs in the same order as a full sort would. */
 static int32_t s_draw(eng_sampler_t *s, const eng_sampler_params_t *p, const float *l, double u) {
     const uint32_t V = s->n_vocab;
     const uint32_t limit = p->top_k > 0 && (uint32_t)p->top_k < V ? (uint32_t)p->top_k : V;
@@ -305,17 +334,58 @@ static int32_t s_draw(eng_sampler_t *s, const eng_sampler_params_t *p, const flo
     for (uint32_t v = 0; v < V; v++)
         mx = l[v] > mx ? l[v] : mx;
     double total = 0; /* mass of the top-k set (all of V without top-k) */
-    if (limit == V)
+    memset(s->hcnt, 0, S_BINS * sizeof *s->hcnt);
+    memset(s->hmass, 0, S_BINS * sizeof *s->hmass);
+    if (limit == V) {
+        for (uint32_t v = 0; v < V; v++) {
+            float e = expf(l[v] - mx);
+            int d = s_lbin(l[v], mx);
+            total += e;
+            s->hcnt[d]++;
+            s->hmass[d] += e;
+        }
+    } else {
         for (uint32_t v = 0; v < V; v++)
-            total += expf(l[v] - mx);
-    uint32_t K = limit < V ? limit : (V < 64 ? V : 64);
+            s->hcnt[s_lbin(l[v], mx)]++;
+    }
+    /* the last bin the kept set (or the draw) can reach; one bin of slack for rounding */
+    int D = S_BINS - 1;
+    if (limit < V)
+        D = s_cut(s->hcnt, NULL, (double)limit);
+    else if (p->top_p < 1.0f)
+        D = s_cut(s->hcnt, s->hmass, (double)p->top_p * total) + 1;
+    if (p->min_p > 0.0f && limit == V) { /* (top-k needs its whole set for its mass) */
+        float x = -logf(p->min_p) * S_LBIN;
+        int dm = x < (float)(S_BINS - 2) ? (int)x + 1 : S_BINS - 1;
+        D = dm < D ? dm : D;
+    }
+    if (limit == V && !cutting)
+        D = s_cut(s->hcnt, s->hmass, u * total) + 1;
+    D = D < S_BINS - 1 ? D : S_BINS - 1;
+    uint32_t n_pre = 0; /* elements in bins <= D */
+    for (int d = 0; d <= D; d++)
+        n_pre += s->hcnt[d];
+    uint32_t K = limit < V ? limit : n_pre;
+    bool first = true;
     for (;;) {
-        for (uint32_t v = 0; v < V; v++)
-            s->idx[v] = (int32_t)v;
-        if (K < V && K >= V / 8)
-            K = limit == V ? V : K; /* a selection this large costs more than a sort */
-        if (K < V)
-            s_select(l, s->idx, V, K);
+        uint32_t n = V;
+        if (first && n_pre < V) { /* gather the prefix bins */
+            n = 0;
+            for (uint32_t v = 0; v < V; v++)
+                if (s_lbin(l[v], mx) <= D)
+                    s->idx[n++] = (int32_t)v;
+        } else {
+            for (uint32_t v = 0; v < V; v++)
+                s->idx[v] = (int32_t)v;
+            if (!first && K < V && K >= V / 8)
+                K = limit == V ? V : K; /* a selection this large costs more than a sort */
+        }
+        first = false;
+        K = K < n ? K : n;
+        if (K == 0)
+            K = 1;
+        if (K < n)
+            s_select(l, s->idx, n, K);
         qsort_r(s->idx, K, sizeof *s->idx, s_cmp_desc, (void *)l);
         double in_k = 0;
         for (uint32_t i = 0; i < K; i++) {

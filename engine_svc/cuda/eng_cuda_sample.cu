@@ -24,6 +24,7 @@
 #include <climits>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 
 #include "cuda_common.cuh"
@@ -58,6 +59,7 @@ struct ss_smem {
     float fwarp[32];
     int32_t iwarp[32];
     int pick;                         /* chosen scan position */
+    int ncand;                        /* candidates compacted so far */
     unsigned long long before;        /* weight before the chosen digit */
 };
 
@@ -152,6 +154,30 @@ SS_HD inline bool ss_cross(double c, double G, bool strict) {
 }
 SS_HD inline float ss_l(const float *row, int v, float inv_t) {
     return row[v] * inv_t + 0.0f; /* the host's `logits[v] *= inv_t`; -0 -> +0 */
+}
+
+/* The elements a select looks at: the whole row (ids = indices, logits scaled on the fly) or a
+ * compacted candidate list (scaled logits with their ids; inv_t unused). */
+struct ss_src {
+    const float *l;    /* (n) raw row, or scaled candidate logits */
+    const int32_t *id; /* (n) candidate ids; NULL: the whole row, id = index */
+    int n;
+    float inv_t;       /* 1 / temperature for the whole row */
+};
+SS_HD inline float ss_val(const ss_src &s, int i) {
+    return s.id ? s.l[i] : ss_l(s.l, i, s.inv_t);
+}
+SS_HD inline int ss_id(const ss_src &s, int i) {
+    return s.id ? s.id[i] : i;
+}
+
+/* Linear bin of a scaled logit below the row maximum: SS_LBIN bins per unit of (mx - l), the last
+ * bin takes the rest (and NaN). Non-decreasing along the candidate order, so "bins <= D" is
+ * always a prefix of that order (a tie run never straddles two bins). */
+#define SS_LBIN 64.0f
+SS_HD inline int ss_lbin(float l, float mx) {
+    float x = (mx - l) * SS_LBIN;
+    return x < (float)(SS_BINS - 1) ? (int)x : SS_BINS - 1;
 }
 
 /* block-wide sum of u64 (every thread gets it) */
@@ -304,8 +330,7 @@ struct ss_asc {
 
 /* the shortest prefix of the eligible elements whose weight reaches s.G (see the file comment) */
 template <int NT>
-SS_HD ss_bnd ss_select(const float *row, int V, float inv_t, float mx, const ss_sel &s,
-                       ss_smem &sm) {
+SS_HD ss_bnd ss_select(const ss_src &src, float mx, const ss_sel &s, ss_smem &sm) {
     const int t = SS_TID;
     const int shifts[3] = {21, 10, 0}, bits[3] = {11, 11, 10};
     uint32_t pre = 0;
@@ -321,8 +346,9 @@ SS_HD ss_bnd ss_select(const float *row, int V, float inv_t, float mx, const ss_
             sm.minid[i] = INT_MAX;
         }
         SS_SYNC();
-        for (int v = t; v < V; v += NT) {
-            float l = ss_l(row, v, inv_t);
+        for (int i = t; i < src.n; i += NT) {
+            float l = ss_val(src, i);
+            int v = ss_id(src, i);
             uint32_t k = ss_key(l);
             if ((r > 0 && (k >> psh) != pre) || !ss_in(k, v, s.B))
                 continue;
@@ -370,10 +396,11 @@ SS_HD ss_bnd ss_select(const float *row, int V, float inv_t, float mx, const ss_
             sm.cbin[i] = 0;
         }
         SS_SYNC();
-        for (int v = t; v < V; v += NT) {
+        for (int i = t; i < src.n; i += NT) {
+            int v = ss_id(src, i);
             if (r > 0 && ((uint32_t)v >> 11) != ipre)
                 continue;
-            float l = ss_l(row, v, inv_t);
+            float l = ss_val(src, i);
             uint32_t k = ss_key(l);
             if (k != pre || !ss_in(k, v, s.B))
                 continue;
@@ -398,12 +425,12 @@ SS_HD ss_bnd ss_select(const float *row, int V, float inv_t, float mx, const ss_
 
 /* fixed-point mass of the eligible elements */
 template <int NT>
-SS_HD unsigned long long ss_mass(const float *row, int V, float inv_t, float mx, ss_bnd B,
-                                 bool minp, float thr, ss_smem &sm) {
+SS_HD unsigned long long ss_mass(const ss_src &src, float mx, ss_bnd B, bool minp, float thr,
+                                 ss_smem &sm) {
     unsigned long long acc = 0;
-    for (int v = SS_TID; v < V; v += NT) {
-        float l = ss_l(row, v, inv_t);
-        if (!ss_in(ss_key(l), v, B))
+    for (int i = SS_TID; i < src.n; i += NT) {
+        float l = ss_val(src, i);
+        if (!ss_in(ss_key(l), ss_id(src, i), B))
             continue;
         float p = expf(l - mx);
         if (minp && !(p >= thr))
@@ -413,32 +440,166 @@ SS_HD unsigned long long ss_mass(const float *row, int V, float inv_t, float mx,
     return ss_sum<NT>(acc, sm);
 }
 
-/* the temperature path of one row (temperature > 0): returns the sampled id */
+/* One pass over the row: per linear bin (ss_lbin) the count and the fixed-point mass of the
+ * elements with a non-zero fixed-point mass (the others weigh nothing in any mass select and
+ * are never drawn). Returns the row's total fixed-point mass. */
 template <int NT>
-SS_HD int32_t ss_row(const float *row, int V, const eng_cuda_sample_row_t &rw, ss_smem &sm) {
+SS_HD unsigned long long ss_lhist(const float *row, int V, float inv_t, float mx, ss_smem &sm) {
+    const int t = SS_TID;
+    for (int i = t; i < SS_BINS; i += NT) {
+        sm.wbin[i] = 0;
+        sm.cbin[i] = 0;
+    }
+    SS_SYNC();
+    unsigned long long acc = 0;
+    for (int v = t; v < V; v += NT) {
+        float l = ss_l(row, v, inv_t);
+        unsigned long long q = ss_q(expf(l - mx));
+        if (q == 0)
+            continue;
+        int d = ss_lbin(l, mx);
+        ss_add(&sm.wbin[d], q);
+        ss_addu(&sm.cbin[d], 1u);
+        acc += q;
+    }
+    SS_SYNC();
+    return ss_sum<NT>(acc, sm);
+}
+
+/* The first linear bin where the running count (or mass) through it exceeds G: the prefix
+ * select for G then ends inside bins <= the result. SS_BINS - 1 when none does. */
+template <int NT> SS_HD int ss_cut(ss_smem &sm, bool count, double G) {
+    constexpr int P = SS_BINS / NT;
+    const int t = SS_TID;
+    unsigned long long w = 0;
+    for (int k = 0; k < P; k++)
+        w += count ? (unsigned long long)sm.cbin[P * t + k] : sm.wbin[P * t + k];
+    unsigned long long c = ss_excl<NT>(w, sm);
+    if (t == 0)
+        sm.pick = SS_BINS - 1;
+    SS_SYNC();
+    for (int k = 0; k < P; k++) {
+        c += count ? (unsigned long long)sm.cbin[P * t + k] : sm.wbin[P * t + k];
+        if ((double)c > G) {
+            ss_min(&sm.pick, P * t + k);
+            break;
+        }
+    }
+    SS_SYNC();
+    const int d = sm.pick;
+    SS_SYNC();
+    return d;
+}
+
+/* elements in linear bins <= D (per the histogram) */
+template <int NT> SS_HD int ss_count_to(ss_smem &sm, int D) {
+    constexpr int P = SS_BINS / NT;
+    unsigned long long c = 0;
+    for (int k = 0; k < P; k++)
+        c += P * SS_TID + k <= D ? sm.cbin[P * SS_TID + k] : 0u;
+    return (int)ss_sum<NT>(c, sm);
+}
+
+/* Writes the elements with a non-zero mass in linear bins <= D (scaled logit, id; any order) to
+ * cl/cid; returns how many. The caller checked that they fit. */
+template <int NT>
+SS_HD int ss_compact(const float *row, int V, float inv_t, float mx, int D, float *cl,
+                     int32_t *cid, ss_smem &sm) {
+#ifdef __CUDA_ARCH__
+    const int lane = threadIdx.x & 31;
+    if (threadIdx.x == 0)
+        sm.ncand = 0;
+    __syncthreads();
+    for (int base = 0; base < V; base += NT) { /* every lane runs every iteration */
+        const int v = base + (int)threadIdx.x;
+        float l = 0.0f;
+        bool take = false;
+        if (v < V) {
+            l = ss_l(row, v, inv_t);
+            take = ss_q(expf(l - mx)) > 0 && ss_lbin(l, mx) <= D;
+        }
+        const unsigned m = __ballot_sync(0xffffffffu, take);
+        int at = 0;
+        if (lane == 0 && m)
+            at = atomicAdd(&sm.ncand, __popc(m));
+        at = __shfl_sync(0xffffffffu, at, 0);
+        if (take) {
+            at += __popc(m & ((1u << lane) - 1u));
+            cl[at] = l;
+            cid[at] = v;
+        }
+    }
+    __syncthreads(); /* the candidates (global memory) are visible to the whole block */
+    const int n = sm.ncand;
+    __syncthreads();
+    return n;
+#else
+    (void)sm;
+    int n = 0;
+    for (int v = 0; v < V; v++) {
+        float l = ss_l(row, v, inv_t);
+        if (ss_q(expf(l - mx)) > 0 && ss_lbin(l, mx) <= D) {
+            cl[n] = l;
+            cid[n] = v;
+            n++;
+        }
+    }
+    return n;
+#endif
+}
+
+/* The temperature path of one row (temperature > 0): returns the sampled id. A histogram over
+ * linear bins below the maximum bounds where the truncation (top-k by count, else top-p by mass,
+ * min-p by its threshold) or, without truncation, the draw ends; the elements before that bound
+ * (a prefix of the candidate order: usually a few hundred) are compacted into cl/cid (cap
+ * elements; more, or cap 0: the selects run over the whole row as before) and the exact
+ * selects run over them only. The answer is the same as over the whole row. */
+template <int NT>
+SS_HD int32_t ss_row(const float *row, int V, const eng_cuda_sample_row_t &rw, float *cl,
+                     int32_t *cid, int cap, ss_smem &sm) {
     const float inv_t = 1.0f / rw.temperature;
     const float mx = ss_max<NT>(row, V, inv_t, sm);
+    const unsigned long long total_all = ss_lhist<NT>(row, V, inv_t, mx, sm);
+    const bool topk = rw.top_k > 0 && rw.top_k < V;
+    const bool minp = rw.min_p > 0.0f;
+    const double u = ss_uniform(rw.seed, rw.step);
+    int D = SS_BINS - 1;
+    if (topk)
+        D = ss_cut<NT>(sm, true, (double)rw.top_k);
+    else if (rw.top_p < 1.0f)
+        D = ss_cut<NT>(sm, false, (double)rw.top_p * (double)total_all);
+    if (minp && !topk) { /* p >= min_p: mx - l <= -log(min_p) (one bin of slack for rounding);
+                          * top-k needs its whole set for the top-p mass */
+        const float x = -logf(rw.min_p) * SS_LBIN;
+        const int dm = x < (float)(SS_BINS - 2) ? (int)x + 1 : SS_BINS - 1;
+        D = dm < D ? dm : D;
+    }
+    if (!topk && !minp && !(rw.top_p < 1.0f))
+        D = ss_cut<NT>(sm, false, u * (double)total_all);
+    ss_src src = {row, nullptr, V, inv_t};
+    if (cap > 0 && ss_count_to<NT>(sm, D) <= cap)
+        src = ss_src{cl, cid, ss_compact<NT>(row, V, inv_t, mx, D, cl, cid, sm), 1.0f};
+
     const ss_bnd all = {0u, INT_MAX};
     ss_bnd B = all;
-    if (rw.top_k > 0 && rw.top_k < V) {
+    if (topk) {
         ss_sel s = {all, false, 0.0f, false, false, (double)rw.top_k};
-        B = ss_select<NT>(row, V, inv_t, mx, s, sm);
+        B = ss_select<NT>(src, mx, s, sm);
     }
-    const unsigned long long total = ss_mass<NT>(row, V, inv_t, mx, B, false, 0.0f, sm);
+    const unsigned long long total =
+        topk ? ss_mass<NT>(src, mx, B, false, 0.0f, sm) : total_all;
     if (rw.top_p < 1.0f) {
         ss_sel s = {B, false, 0.0f, true, false, (double)rw.top_p * (double)total};
-        ss_bnd P = ss_select<NT>(row, V, inv_t, mx, s, sm);
+        ss_bnd P = ss_select<NT>(src, mx, s, sm);
         if (P.key > B.key || (P.key == B.key && P.id < B.id))
             B = P; /* the shorter prefix */
     }
-    const bool minp = rw.min_p > 0.0f;
     const float thr = rw.min_p * 1.0f; /* p_max = expf(0) = 1 */
     unsigned long long mass = total;
     if (minp || rw.top_p < 1.0f)
-        mass = ss_mass<NT>(row, V, inv_t, mx, B, minp, thr, sm);
-    const double u = ss_uniform(rw.seed, rw.step);
+        mass = ss_mass<NT>(src, mx, B, minp, thr, sm);
     ss_sel s = {B, minp, thr, true, true, u * (double)mass};
-    return ss_select<NT>(row, V, inv_t, mx, s, sm).id;
+    return ss_select<NT>(src, mx, s, sm).id;
 }
 
 /* greedy: the first maximum of the raw logits */
@@ -476,13 +637,19 @@ __device__ int32_t ss_argmax(const float *row, int V, ss_smem &sm) {
     return id == INT_MAX ? 0 : id;
 }
 
+/* candidate slots per row (scaled logit + id, 8 bytes each) in the device workspace, at most */
+#define SS_CAP 16384
+
 __global__ void __launch_bounds__(SS_THREADS)
-    k_sample(const float *logits, int V, const eng_cuda_sample_row_t *rows, int32_t *out) {
+    k_sample(const float *logits, int V, const eng_cuda_sample_row_t *rows, int32_t *out,
+             float *cand_l, int32_t *cand_id, int cap) {
     __shared__ ss_smem sm;
     const eng_cuda_sample_row_t rw = rows[blockIdx.x];
     const float *row = logits + (size_t)blockIdx.x * V;
-    int32_t id = rw.temperature > 0.0f ? ss_row<SS_THREADS>(row, V, rw, sm)
-                                       : ss_argmax(row, V, sm);
+    int32_t id = rw.temperature > 0.0f
+                     ? ss_row<SS_THREADS>(row, V, rw, cand_l + (size_t)blockIdx.x * cap,
+                                          cand_id + (size_t)blockIdx.x * cap, cap, sm)
+                     : ss_argmax(row, V, sm);
     if (threadIdx.x == 0)
         out[blockIdx.x] = id;
 }
@@ -500,31 +667,52 @@ extern "C" int eng_cuda_sample_host(const float *logits, uint32_t V,
         return 0;
     }
     static ss_smem sm; /* one thread; see the file comment */
-    *ret_id = ss_row<1>(logits, (int)V, *row, sm);
+    float *cl = (float *)malloc((size_t)V * sizeof *cl);
+    int32_t *cid = (int32_t *)malloc((size_t)V * sizeof *cid);
+    if (!cl || !cid) {
+        free(cl);
+        free(cid);
+        return -ENOMEM;
+    }
+    /* cap V/2: both the compacted path and (for flat rows) the whole-row path get exercised */
+    *ret_id = ss_row<1>(logits, (int)V, *row, cl, cid, (int)(V / 2), sm);
+    free(cl);
+    free(cid);
     return 0;
 }
 
-/* static workspace: row parameters and ids, device and pinned host */
+/* static workspace: row parameters and ids, device and pinned host; candidates (device) */
 static eng_cuda_sample_row_t *s_rows_dev, *s_rows_host;
 static int32_t *s_ids_dev, *s_ids_host;
-static uint32_t s_cap;
+static float *s_cand_l;    /* (s_cand) */
+static int32_t *s_cand_id; /* (s_cand) */
+static uint32_t s_cap;     /* rows */
+static size_t s_cand;      /* candidate slots, >= s_cap x the per-row cap */
 
-static int s_reserve(uint32_t n) {
-    if (n <= s_cap)
+static int s_reserve(uint32_t n, size_t cand) {
+    if (n <= s_cap && cand <= s_cand)
         return 0;
     cudaFree(s_rows_dev);
     cudaFree(s_ids_dev);
+    cudaFree(s_cand_l);
+    cudaFree(s_cand_id);
     cudaFreeHost(s_rows_host);
     cudaFreeHost(s_ids_host);
     s_rows_dev = s_rows_host = nullptr;
     s_ids_dev = s_ids_host = nullptr;
+    s_cand_l = nullptr;
+    s_cand_id = nullptr;
     s_cap = 0;
+    s_cand = 0;
     uint32_t cap = n < 64 ? 64 : n;
     CUDA_CHECK(cudaMalloc(&s_rows_dev, cap * sizeof *s_rows_dev));
     CUDA_CHECK(cudaMalloc(&s_ids_dev, cap * sizeof *s_ids_dev));
+    CUDA_CHECK(cudaMalloc(&s_cand_l, cand * sizeof *s_cand_l));
+    CUDA_CHECK(cudaMalloc(&s_cand_id, cand * sizeof *s_cand_id));
     CUDA_CHECK(cudaMallocHost(&s_rows_host, cap * sizeof *s_rows_host));
     CUDA_CHECK(cudaMallocHost(&s_ids_host, cap * sizeof *s_ids_host));
     s_cap = cap;
+    s_cand = cand;
     return 0;
 }
 
@@ -540,14 +728,16 @@ extern "C" int eng_cuda_sample(void *stream, const float *logits, uint32_t n_row
             (!(rows[i].top_p > 0.0f && rows[i].top_p <= 1.0f) ||
              !(rows[i].min_p >= 0.0f && rows[i].min_p <= 1.0f)))
             return -EINVAL;
-    int r = s_reserve(n_rows);
+    const int cap = V < SS_CAP ? (int)V : SS_CAP;
+    int r = s_reserve(n_rows, (size_t)n_rows * cap);
     if (r < 0)
         return r;
     cudaStream_t s = (cudaStream_t)stream;
     memcpy(s_rows_host, rows, n_rows * sizeof *rows);
     CUDA_CHECK(cudaMemcpyAsync(s_rows_dev, s_rows_host, n_rows * sizeof *rows,
                                cudaMemcpyHostToDevice, s));
-    k_sample<<<n_rows, SS_THREADS, 0, s>>>(logits, (int)V, s_rows_dev, s_ids_dev);
+    k_sample<<<n_rows, SS_THREADS, 0, s>>>(logits, (int)V, s_rows_dev, s_ids_dev, s_cand_l,
+                                           s_cand_id, cap);
     CUDA_LAUNCH_CHECK();
     CUDA_CHECK(cudaMemcpyAsync(s_ids_host, s_ids_dev, n_rows * sizeof *ret_ids,
                                cudaMemcpyDeviceToHost, s));
