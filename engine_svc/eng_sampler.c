@@ -441,6 +441,92 @@ static int32_t s_draw(eng_sampler_t *s, const eng_sampler_params_t *p, const flo
     }
 }
 
+/* ---- logit edits (for samplers on a device) ---- */
+
+/* the edit of token t, appended on first use (s->mark set, s->idx[t] = its slot) */
+static eng_sampler_edit_t *s_edit(eng_sampler_t *s, eng_sampler_edit_t *out, uint32_t *n, int32_t t) {
+    if (!s->mark[t]) {
+        s->mark[t] = 1;
+        s->idx[t] = (int32_t)*n;
+        out[*n] = (eng_sampler_edit_t){.id = t, .rp = 1.0f, .sub = 0.0f, .suppress = 0};
+        (*n)++;
+    }
+    return &out[s->idx[t]];
+}
+
+int eng_sampler_edits(eng_sampler_t *s, const eng_sampler_params_t *p, const eng_sampler_seq_t *seq,
+                      eng_sampler_edit_t *out, uint32_t cap) {
+    if (!s || !p || !seq || (!out && cap > 0))
+        return -EINVAL;
+    const uint32_t V = s->n_vocab;
+    const bool rep = p->repetition_penalty != 1.0f;
+    const bool pf = p->presence_penalty != 0.0f || p->frequency_penalty != 0.0f;
+    const bool sup_eos = p->ignore_eos || seq->n_output < p->min_tokens;
+    const bool sup_stop = seq->n_output < p->min_tokens;
+    uint64_t need = (rep ? (uint64_t)seq->n_prompt + seq->n_output : pf ? seq->n_output : 0) +
+                    (sup_eos ? seq->n_eos : 0) + (sup_stop ? seq->n_stop : 0);
+    if (need > cap) { /* an upper bound; count exactly before refusing */
+        uint32_t u = 0;
+        for (int pass = 0; pass < 4; pass++) {
+            const int32_t *ids = pass == 0 ? seq->prompt : pass == 1 ? seq->output
+                                 : pass == 2 ? seq->eos_ids : seq->stop_ids;
+            uint32_t n = pass == 0 ? (rep ? seq->n_prompt : 0)
+                         : pass == 1 ? (rep || pf ? seq->n_output : 0)
+                         : pass == 2 ? (sup_eos ? seq->n_eos : 0) : (sup_stop ? seq->n_stop : 0);
+            for (uint32_t i = 0; i < n; i++)
+                if (ids[i] >= 0 && (uint32_t)ids[i] < V && !s->mark[ids[i]]) {
+                    s->mark[ids[i]] = 1;
+                    u++;
+                }
+        }
+        for (int pass = 0; pass < 4; pass++) {
+            const int32_t *ids = pass == 0 ? seq->prompt : pass == 1 ? seq->output
+                                 : pass == 2 ? seq->eos_ids : seq->stop_ids;
+            uint32_t n = pass == 0 ? seq->n_prompt : pass == 1 ? seq->n_output
+                         : pass == 2 ? seq->n_eos : seq->n_stop;
+            for (uint32_t i = 0; i < n; i++)
+                if (ids[i] >= 0 && (uint32_t)ids[i] < V)
+                    s->mark[ids[i]] = 0;
+        }
+        if (u > cap)
+            return -ENOSPC;
+    }
+    uint32_t n = 0;
+    if (rep) {
+        for (int pass = 0; pass < 2; pass++) {
+            const int32_t *ids = pass ? seq->output : seq->prompt;
+            uint32_t m = pass ? seq->n_output : seq->n_prompt;
+            for (uint32_t i = 0; i < m; i++)
+                if (ids[i] >= 0 && (uint32_t)ids[i] < V)
+                    s_edit(s, out, &n, ids[i])->rp = p->repetition_penalty;
+        }
+    }
+    if (pf) {
+        for (uint32_t i = 0; i < seq->n_output; i++)
+            if (seq->output[i] >= 0 && (uint32_t)seq->output[i] < V)
+                s->count[seq->output[i]]++;
+        for (uint32_t i = 0; i < seq->n_output; i++) {
+            int32_t t = seq->output[i];
+            if (t < 0 || (uint32_t)t >= V || s->count[t] == 0)
+                continue;
+            s_edit(s, out, &n, t)->sub = p->presence_penalty + p->frequency_penalty * (float)s->count[t];
+            s->count[t] = 0;
+        }
+    }
+    for (int pass = 0; pass < 2; pass++) {
+        if (!(pass ? sup_stop : sup_eos))
+            continue;
+        const int32_t *ids = pass ? seq->stop_ids : seq->eos_ids;
+        uint32_t m = pass ? seq->n_stop : seq->n_eos;
+        for (uint32_t i = 0; i < m; i++)
+            if (ids[i] >= 0 && (uint32_t)ids[i] < V)
+                s_edit(s, out, &n, ids[i])->suppress = 1;
+    }
+    for (uint32_t i = 0; i < n; i++)
+        s->mark[out[i].id] = 0;
+    return (int)n;
+}
+
 int eng_sampler_sample(eng_sampler_t *s, const eng_sampler_params_t *p, const eng_sampler_seq_t *seq,
                        float *logits, eng_sampler_result_t *ret) {
     const uint32_t V = s->n_vocab;

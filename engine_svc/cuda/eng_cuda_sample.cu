@@ -57,6 +57,7 @@ struct ss_smem {
     int32_t minid[SS_BINS];           /* lowest id per digit */
     unsigned long long warp[32];      /* scan / reduction partials */
     float fwarp[32];
+    double dwarp[32];
     int32_t iwarp[32];
     int pick;                         /* chosen scan position */
     int ncand;                        /* candidates compacted so far */
@@ -602,13 +603,17 @@ SS_HD int32_t ss_row(const float *row, int V, const eng_cuda_sample_row_t &rw, f
     return ss_select<NT>(src, mx, s, sm).id;
 }
 
-/* greedy: the first maximum of the raw logits */
-__device__ int32_t ss_argmax(const float *row, int V, ss_smem &sm) {
+/* The best element (higher logit, then lower id) strictly after (pl, pid) in that order: the
+ * greedy argmax from (+inf, -1), the next top logprob from the previous one. Returns its id
+ * (INT_MAX: none; NaN never qualifies) and, in every thread, its logit in *ret_l. */
+__device__ int32_t ss_best(const float *row, int V, float pl, int pid, ss_smem &sm, float *ret_l) {
     const int t = threadIdx.x;
     float best = -INFINITY;
     int bi = INT_MAX;
     for (int v = t; v < V; v += SS_THREADS) {
         float x = row[v];
+        if (!(x < pl || (x == pl && v > pid)))
+            continue;
         if (x > best || (x == best && v < bi)) {
             best = x;
             bi = v;
@@ -634,24 +639,102 @@ __device__ int32_t ss_argmax(const float *row, int V, ss_smem &sm) {
             b = sm.fwarp[i];
             id = sm.iwarp[i];
         }
+    __syncthreads();
+    *ret_l = b;
+    return id;
+}
+
+/* greedy: the first maximum of the (edited) logits */
+__device__ int32_t ss_argmax(const float *row, int V, ss_smem &sm) {
+    float b;
+    int32_t id = ss_best(row, V, INFINITY, -1, sm, &b);
     return id == INT_MAX ? 0 : id;
+}
+
+/* logprobs of the raw row (eng_sampler_sample's: log_softmax in double, n best by logit, ties by
+ * lower id): the token's and the n best, into o (thread 0 writes) */
+__device__ void ss_logprobs(const float *raw, int V, uint32_t n, int32_t tok,
+                            eng_cuda_sample_out_t *o, ss_smem &sm) {
+    const int t = threadIdx.x;
+    const float mx = ss_max<SS_THREADS>(raw, V, 1.0f, sm);
+    double acc = 0;
+    for (int v = t; v < V; v += SS_THREADS)
+        acc += exp((double)raw[v] - (double)mx);
+    for (int off = 16; off > 0; off >>= 1)
+        acc += __shfl_xor_sync(0xffffffffu, acc, off);
+    if ((t & 31) == 0)
+        sm.dwarp[t >> 5] = acc;
+    __syncthreads();
+    double sum = 0;
+    for (int i = 0; i < SS_THREADS / 32; i++)
+        sum += sm.dwarp[i];
+    __syncthreads();
+    const double lse = (double)mx + log(sum);
+    float pl = INFINITY;
+    int pid = -1;
+    uint32_t k = 0;
+    for (; k < n; k++) {
+        float b;
+        int32_t id = ss_best(raw, V, pl, pid, sm, &b);
+        if (id == INT_MAX)
+            break;
+        if (t == 0) {
+            o->top_ids[k] = id;
+            o->top_logprobs[k] = (float)((double)b - lse);
+        }
+        pl = b;
+        pid = id;
+    }
+    if (t == 0) {
+        o->n_top = k;
+        o->logprob = (float)((double)raw[tok] - lse);
+    }
 }
 
 /* candidate slots per row (scaled logit + id, 8 bytes each) in the device workspace, at most */
 #define SS_CAP 16384
 
 __global__ void __launch_bounds__(SS_THREADS)
-    k_sample(const float *logits, int V, const eng_cuda_sample_row_t *rows, int32_t *out,
-             float *cand_l, int32_t *cand_id, int cap) {
+    k_sample(const float *logits, int V, const eng_cuda_sample_row_t *rows,
+             eng_cuda_sample_out_t *out, float *cand_l, int32_t *cand_id, int cap,
+             const eng_cuda_sample_edit_t *edits, float *proc) {
     __shared__ ss_smem sm;
     const eng_cuda_sample_row_t rw = rows[blockIdx.x];
-    const float *row = logits + (size_t)blockIdx.x * V;
+    const float *raw = logits + (size_t)blockIdx.x * V;
+    const float *row = raw;
+    if (rw.n_edit > 0) { /* the edited copy (eng_sampler_sample's processed logits) */
+        float *pr = proc + (size_t)rw.slot * V;
+        for (int v = threadIdx.x; v < V; v += SS_THREADS)
+            pr[v] = raw[v];
+        __syncthreads();
+        for (uint32_t j = threadIdx.x; j < rw.n_edit; j += SS_THREADS) {
+            const eng_cuda_sample_edit_t e = edits[rw.edit0 + j];
+            float l = raw[e.id];
+            if (e.rp != 1.0f)
+                l = l > 0 ? l / e.rp : l * e.rp;
+            l -= e.sub;
+            if (e.suppress)
+                l = -INFINITY;
+            pr[e.id] = l;
+        }
+        __syncthreads(); /* the copy (global memory) is visible to the whole block */
+        row = pr;
+    }
     int32_t id = rw.temperature > 0.0f
                      ? ss_row<SS_THREADS>(row, V, rw, cand_l + (size_t)blockIdx.x * cap,
                                           cand_id + (size_t)blockIdx.x * cap, cap, sm)
                      : ss_argmax(row, V, sm);
-    if (threadIdx.x == 0)
-        out[blockIdx.x] = id;
+    __syncthreads();
+    eng_cuda_sample_out_t *o = &out[blockIdx.x];
+    if (rw.n_logprobs > 0)
+        ss_logprobs(raw, V, rw.n_logprobs, id, o, sm);
+    if (threadIdx.x == 0) {
+        o->token = id;
+        if (rw.n_logprobs == 0) {
+            o->logprob = 0.0f;
+            o->n_top = 0;
+        }
+    }
 }
 
 extern "C" int eng_cuda_sample_host(const float *logits, uint32_t V,
@@ -681,67 +764,137 @@ extern "C" int eng_cuda_sample_host(const float *logits, uint32_t V,
     return 0;
 }
 
-/* static workspace: row parameters and ids, device and pinned host; candidates (device) */
+/* static workspace (grown, never shrunk): rows, results and edits (device and pinned host),
+ * candidates and edited row copies (device) */
 static eng_cuda_sample_row_t *s_rows_dev, *s_rows_host;
-static int32_t *s_ids_dev, *s_ids_host;
+static eng_cuda_sample_out_t *s_out_dev, *s_out_host;
+static eng_cuda_sample_edit_t *s_edits_dev, *s_edits_host;
 static float *s_cand_l;    /* (s_cand) */
 static int32_t *s_cand_id; /* (s_cand) */
+static float *s_proc;      /* (s_proc_n) edited row copies */
 static uint32_t s_cap;     /* rows */
-static size_t s_cand;      /* candidate slots, >= s_cap x the per-row cap */
+static size_t s_cand, s_edit_cap, s_proc_n;
 
-static int s_reserve(uint32_t n, size_t cand) {
-    if (n <= s_cap && cand <= s_cand)
-        return 0;
-    cudaFree(s_rows_dev);
-    cudaFree(s_ids_dev);
-    cudaFree(s_cand_l);
-    cudaFree(s_cand_id);
-    cudaFreeHost(s_rows_host);
-    cudaFreeHost(s_ids_host);
-    s_rows_dev = s_rows_host = nullptr;
-    s_ids_dev = s_ids_host = nullptr;
-    s_cand_l = nullptr;
-    s_cand_id = nullptr;
-    s_cap = 0;
-    s_cand = 0;
-    uint32_t cap = n < 64 ? 64 : n;
-    CUDA_CHECK(cudaMalloc(&s_rows_dev, cap * sizeof *s_rows_dev));
-    CUDA_CHECK(cudaMalloc(&s_ids_dev, cap * sizeof *s_ids_dev));
-    CUDA_CHECK(cudaMalloc(&s_cand_l, cand * sizeof *s_cand_l));
-    CUDA_CHECK(cudaMalloc(&s_cand_id, cand * sizeof *s_cand_id));
-    CUDA_CHECK(cudaMallocHost(&s_rows_host, cap * sizeof *s_rows_host));
-    CUDA_CHECK(cudaMallocHost(&s_ids_host, cap * sizeof *s_ids_host));
-    s_cap = cap;
-    s_cand = cand;
+static int s_reserve(uint32_t n, size_t cand, size_t n_edits, size_t proc) {
+    if (n > s_cap) {
+        cudaFree(s_rows_dev);
+        cudaFree(s_out_dev);
+        cudaFreeHost(s_rows_host);
+        cudaFreeHost(s_out_host);
+        s_rows_dev = s_rows_host = nullptr;
+        s_out_dev = s_out_host = nullptr;
+        s_cap = 0;
+        uint32_t cap = n < 64 ? 64 : n;
+        CUDA_CHECK(cudaMalloc(&s_rows_dev, cap * sizeof *s_rows_dev));
+        CUDA_CHECK(cudaMalloc(&s_out_dev, cap * sizeof *s_out_dev));
+        CUDA_CHECK(cudaMallocHost(&s_rows_host, cap * sizeof *s_rows_host));
+        CUDA_CHECK(cudaMallocHost(&s_out_host, cap * sizeof *s_out_host));
+        s_cap = cap;
+    }
+    if (cand > s_cand) {
+        cudaFree(s_cand_l);
+        cudaFree(s_cand_id);
+        s_cand_l = nullptr;
+        s_cand_id = nullptr;
+        s_cand = 0;
+        CUDA_CHECK(cudaMalloc(&s_cand_l, cand * sizeof *s_cand_l));
+        CUDA_CHECK(cudaMalloc(&s_cand_id, cand * sizeof *s_cand_id));
+        s_cand = cand;
+    }
+    if (n_edits > s_edit_cap) {
+        cudaFree(s_edits_dev);
+        cudaFreeHost(s_edits_host);
+        s_edits_dev = s_edits_host = nullptr;
+        s_edit_cap = 0;
+        size_t cap = n_edits < 4096 ? 4096 : n_edits + n_edits / 2;
+        CUDA_CHECK(cudaMalloc(&s_edits_dev, cap * sizeof *s_edits_dev));
+        CUDA_CHECK(cudaMallocHost(&s_edits_host, cap * sizeof *s_edits_host));
+        s_edit_cap = cap;
+    }
+    if (proc > s_proc_n) {
+        cudaFree(s_proc);
+        s_proc = nullptr;
+        s_proc_n = 0;
+        CUDA_CHECK(cudaMalloc(&s_proc, proc * sizeof *s_proc));
+        s_proc_n = proc;
+    }
+    return 0;
+}
+
+/* both entry points; plain: ids only, the rows' edit and logprob fields ignored */
+static int s_sample(void *stream, const float *logits, uint32_t n_rows, uint32_t V,
+                    const eng_cuda_sample_row_t *rows, const eng_cuda_sample_edit_t *edits,
+                    uint32_t n_edits, bool plain, eng_cuda_sample_out_t *ret,
+                    int32_t *ret_ids) {
+    if (!logits || !rows || n_rows == 0 || V == 0 || V >= (1u << 22) || n_rows > 65535 ||
+        (n_edits > 0 && !edits))
+        return -EINVAL;
+    if (eng_cuda_error_is_sticky())
+        return -EIO;
+    uint32_t n_slots = 0;
+    for (uint32_t i = 0; i < n_rows; i++) {
+        const eng_cuda_sample_row_t *r = &rows[i];
+        if (r->temperature > 0.0f &&
+            (!(r->top_p > 0.0f && r->top_p <= 1.0f) || !(r->min_p >= 0.0f && r->min_p <= 1.0f)))
+            return -EINVAL;
+        if (plain)
+            continue;
+        if (r->n_logprobs > ENG_CUDA_SAMPLE_MAX_LOGPROBS ||
+            (r->n_edit > 0 && ((uint64_t)r->edit0 + r->n_edit > n_edits)))
+            return -EINVAL;
+        n_slots += r->n_edit > 0;
+    }
+    for (uint32_t j = 0; j < n_edits; j++)
+        if (edits[j].id < 0 || (uint32_t)edits[j].id >= V)
+            return -EINVAL;
+    const int cap = V < SS_CAP ? (int)V : SS_CAP;
+    int r = s_reserve(n_rows, (size_t)n_rows * cap, plain ? 0 : n_edits, (size_t)n_slots * V);
+    if (r < 0)
+        return r;
+    cudaStream_t s = (cudaStream_t)stream;
+    memcpy(s_rows_host, rows, n_rows * sizeof *rows);
+    uint32_t slot = 0;
+    for (uint32_t i = 0; i < n_rows; i++) {
+        eng_cuda_sample_row_t *h = &s_rows_host[i];
+        if (plain) {
+            h->n_edit = 0;
+            h->n_logprobs = 0;
+        }
+        h->slot = h->n_edit > 0 ? slot++ : 0;
+    }
+    CUDA_CHECK(cudaMemcpyAsync(s_rows_dev, s_rows_host, n_rows * sizeof *rows,
+                               cudaMemcpyHostToDevice, s));
+    if (!plain && n_edits > 0) {
+        memcpy(s_edits_host, edits, n_edits * sizeof *edits);
+        CUDA_CHECK(cudaMemcpyAsync(s_edits_dev, s_edits_host, n_edits * sizeof *edits,
+                                   cudaMemcpyHostToDevice, s));
+    }
+    k_sample<<<n_rows, SS_THREADS, 0, s>>>(logits, (int)V, s_rows_dev, s_out_dev, s_cand_l,
+                                           s_cand_id, cap, s_edits_dev, s_proc);
+    CUDA_LAUNCH_CHECK();
+    CUDA_CHECK(cudaMemcpyAsync(s_out_host, s_out_dev, n_rows * sizeof *s_out_host,
+                               cudaMemcpyDeviceToHost, s));
+    CUDA_CHECK(cudaStreamSynchronize(s));
+    if (ret)
+        memcpy(ret, s_out_host, n_rows * sizeof *ret);
+    if (ret_ids)
+        for (uint32_t i = 0; i < n_rows; i++)
+            ret_ids[i] = s_out_host[i].token;
     return 0;
 }
 
 extern "C" int eng_cuda_sample(void *stream, const float *logits, uint32_t n_rows, uint32_t V,
                                const eng_cuda_sample_row_t *rows, int32_t *ret_ids) {
-    if (!logits || !rows || !ret_ids || n_rows == 0 || V == 0 || V >= (1u << 22) ||
-        n_rows > 65535)
+    if (!ret_ids)
         return -EINVAL;
-    if (eng_cuda_error_is_sticky())
-        return -EIO;
-    for (uint32_t i = 0; i < n_rows; i++)
-        if (rows[i].temperature > 0.0f &&
-            (!(rows[i].top_p > 0.0f && rows[i].top_p <= 1.0f) ||
-             !(rows[i].min_p >= 0.0f && rows[i].min_p <= 1.0f)))
-            return -EINVAL;
-    const int cap = V < SS_CAP ? (int)V : SS_CAP;
-    int r = s_reserve(n_rows, (size_t)n_rows * cap);
-    if (r < 0)
-        return r;
-    cudaStream_t s = (cudaStream_t)stream;
-    memcpy(s_rows_host, rows, n_rows * sizeof *rows);
-    CUDA_CHECK(cudaMemcpyAsync(s_rows_dev, s_rows_host, n_rows * sizeof *rows,
-                               cudaMemcpyHostToDevice, s));
-    k_sample<<<n_rows, SS_THREADS, 0, s>>>(logits, (int)V, s_rows_dev, s_ids_dev, s_cand_l,
-                                           s_cand_id, cap);
-    CUDA_LAUNCH_CHECK();
-    CUDA_CHECK(cudaMemcpyAsync(s_ids_host, s_ids_dev, n_rows * sizeof *ret_ids,
-                               cudaMemcpyDeviceToHost, s));
-    CUDA_CHECK(cudaStreamSynchronize(s));
-    memcpy(ret_ids, s_ids_host, n_rows * sizeof *ret_ids);
-    return 0;
+    return s_sample(stream, logits, n_rows, V, rows, nullptr, 0, true, nullptr, ret_ids);
+}
+
+extern "C" int eng_cuda_sample_ex(void *stream, const float *logits, uint32_t n_rows, uint32_t V,
+                                  const eng_cuda_sample_row_t *rows,
+                                  const eng_cuda_sample_edit_t *edits, uint32_t n_edits,
+                                  eng_cuda_sample_out_t *ret) {
+    if (!ret)
+        return -EINVAL;
+    return s_sample(stream, logits, n_rows, V, rows, edits, n_edits, false, ret, nullptr);
 }

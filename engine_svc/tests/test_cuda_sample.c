@@ -97,7 +97,7 @@ static void s_case(eng_backend_t *be, eng_tensor_t *dev, const float *logits, co
         params[i] = p;
         steps[i] = i;
     }
-    struct eng_sample_batch sb = {params, steps, N};
+    struct eng_sample_batch sb = {.params = params, .steps = steps, .n_rows = N};
     int r1 = be->ops->sample(be, dev, &sb, a), r2 = be->ops->sample(be, dev, &sb, b);
     if (r1 < 0 || r2 < 0) {
         s_result(0, name, "sample hook failed: %d %d", r1, r2);
