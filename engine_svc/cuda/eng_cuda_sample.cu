@@ -1,25 +1,32 @@
-/* eng_cuda_sample.cu: token sampling on the GPU (eng_cuda_sample, eng_cuda.h), so that logits
- * never leave the device for greedy/temperature/top-k/top-p/min-p rows.
+/* eng_cuda_sample.cu: token sampling on the GPU (eng_cuda_sample, eng_cuda_sample_ex, eng_cuda.h),
+ * the cuda backend's SAMPLE hook, so that logits never leave the device, whatever the request's
+ * sampling parameters.
  *
- * Semantics are eng_sampler.c's draw (eng_sampler.h), row by row: logits scaled by 1/temperature
- * (f32), candidates in the strict order "higher scaled logit first, then lower id", top-k keeps
- * the first k, top-p the shortest prefix whose mass reaches top_p x (mass of the top-k set), min-p
- * the tokens with p >= min_p x p_max (p = expf(l - max)), then an inverse-CDF draw over the
- * survivors at u = eng_sampler_uniform(seed, step) (the same counter-based hash, computed here).
+ * Semantics are eng_sampler.c's (eng_sampler.h), row by row: the row's logit edits (penalties,
+ * eos/stop suppression, built on the host by eng_sampler_edits) applied to a device copy with the
+ * same float operations; greedy (temperature <= 0) = the argmax, lowest id on ties; else logits
+ * scaled by 1/temperature (f32), candidates in the strict order "higher scaled logit first, then
+ * lower id", top-k keeps the first k, top-p the shortest prefix whose mass reaches top_p x (mass of
+ * the top-k set), min-p the tokens with p >= min_p x p_max (p = expf(l - max)), then an
+ * inverse-CDF draw over the survivors at u = eng_sampler_uniform(seed, step) (the same
+ * counter-based hash, computed here). Logprobs: log-softmax of the raw row in double, the n best by
+ * raw logit (ties by lower id).
  *
  * How: one 1024-thread block per row, no sort. Every truncation and the draw is a "prefix
  * select": find the shortest prefix (in the candidate order) whose weight (count, or mass)
- * reaches a goal. It is a radix select over the 32-bit order-preserving key of the scaled logit
- * (11 + 11 + 10 bits, one pass over the row each, histogram in shared memory), then, for a run of
- * equal logits, a radix select over the ids (2 x 11 bits) for the n-th lowest id. Masses are
- * fixed point (p x 2^32 rounded, u64): every sum is exact and order-independent, so the passes
- * agree with each other and the same seed gives the same token on every run. A prefix is kept as
- * its last element (key, id): element (k, v) is inside iff k > key or (k == key and v <= id).
- * Greedy rows (temperature <= 0) take the argmax of the raw logits, lowest id on ties.
+ * reaches a goal. Masses are fixed point (p x 2^32 rounded, u64): every sum is exact and
+ * order-independent, so the passes agree with each other and the same seed gives the same token
+ * on every run. After the maximum, one pass bins the row by (max - l) in linear bins (ss_lbin,
+ * 64 per unit; a bin is a contiguous piece of the candidate order) and bounds where the
+ * truncation or the draw ends; the elements before that bound are compacted into a per-row
+ * candidate list (up to SS_CAP; more: the selects read the whole row). A select finds the linear
+ * bin that crosses its goal, then radix-selects inside that bin over the 32-bit order-preserving
+ * key (11 + 11 + 10 bits, histogram in shared memory), then, for a run of equal logits, over the
+ * ids (2 x 11 bits). A prefix is kept as its last element (key, id): element (k, v) is inside iff
+ * k > key or (k == key and v <= id).
  *
- * Cost: about 12 passes over a row (L2-resident after the first), rows in parallel. Limits:
- * V < 2^22. Not thread-safe (one static device workspace); the engine drives it from one thread.
- * eng_cuda_sample_host runs the same template code with one thread on the host (tests). */
+ * Limits: V < 2^22. Not thread-safe (one static device workspace); the engine drives it from one
+ * thread. eng_cuda_sample_host runs the same template code with one thread on the host (tests). */
 #include <cfloat>
 #include <climits>
 #include <cmath>
@@ -49,6 +56,7 @@ struct ss_sel {
     bool mass;
     bool strict;
     double G;
+    bool reuse; /* the linear-bin histogram in shared memory is already this select's (ss_lhist) */
 };
 
 struct ss_smem {
@@ -339,6 +347,39 @@ SS_HD ss_bnd ss_select(const ss_src &src, float mx, const ss_sel &s, ss_smem &sm
     bool all = false;
     uint32_t cnt = 0;
     int32_t minid = 0;
+    /* stage 0: the linear bin (ss_lbin, a coarse prefix of the order) where the goal is crossed;
+     * the radix rounds then look at that bin's elements only, which spreads the histogram
+     * atomics (the float key's top bits put a whole row into a handful of digits) */
+    if (!s.reuse) {
+        for (int i = t; i < SS_BINS; i += NT) {
+            sm.wbin[i] = 0;
+            sm.cbin[i] = 0;
+        }
+        SS_SYNC();
+        for (int i = t; i < src.n; i += NT) {
+            float l = ss_val(src, i);
+            if (!ss_in(ss_key(l), ss_id(src, i), s.B))
+                continue;
+            float p = expf(l - mx);
+            if (s.minp && !(p >= s.thr))
+                continue;
+            int d = ss_lbin(l, mx);
+            ss_add(&sm.wbin[d], s.mass ? ss_q(p) : 1ull);
+            ss_addu(&sm.cbin[d], 1u);
+        }
+        SS_SYNC();
+    }
+    int lb;
+    {
+        unsigned long long before = 0;
+        bool crossed = false;
+        lb = ss_pick<NT>(sm, ss_asc(), G, s.strict, false, &before, &crossed);
+        if (lb < 0) /* nothing eligible: cannot happen for a non-empty set; keep B */
+            return s.B;
+        all = !crossed;
+        G -= (double)before;
+        SS_SYNC();
+    }
     for (int r = 0; r < 3; r++) {
         const int nb = 1 << bits[r], sh = shifts[r], psh = sh + bits[r];
         for (int i = t; i < nb; i += NT) {
@@ -351,7 +392,7 @@ SS_HD ss_bnd ss_select(const ss_src &src, float mx, const ss_sel &s, ss_smem &sm
             float l = ss_val(src, i);
             int v = ss_id(src, i);
             uint32_t k = ss_key(l);
-            if ((r > 0 && (k >> psh) != pre) || !ss_in(k, v, s.B))
+            if ((r > 0 && (k >> psh) != pre) || !ss_in(k, v, s.B) || ss_lbin(l, mx) != lb)
                 continue;
             float p = expf(l - mx);
             if (s.minp && !(p >= s.thr))
@@ -590,7 +631,10 @@ SS_HD int32_t ss_row(const float *row, int V, const eng_cuda_sample_row_t &rw, f
     const unsigned long long total =
         topk ? ss_mass<NT>(src, mx, B, false, 0.0f, sm) : total_all;
     if (rw.top_p < 1.0f) {
-        ss_sel s = {B, false, 0.0f, true, false, (double)rw.top_p * (double)total};
+        /* without top-k, ss_lhist's histogram is this select's stage 0: the same weights on
+         * every bin up to the crossing (it leaves out only zero-mass elements, and a top-p goal
+         * <= the total always crosses at a bin with mass) */
+        ss_sel s = {B, false, 0.0f, true, false, (double)rw.top_p * (double)total, !topk};
         ss_bnd P = ss_select<NT>(src, mx, s, sm);
         if (P.key > B.key || (P.key == B.key && P.id < B.id))
             B = P; /* the shorter prefix */
@@ -694,7 +738,7 @@ __device__ void ss_logprobs(const float *raw, int V, uint32_t n, int32_t tok,
 /* candidate slots per row (scaled logit + id, 8 bytes each) in the device workspace, at most */
 #define SS_CAP 16384
 
-__global__ void __launch_bounds__(SS_THREADS)
+__global__ void __launch_bounds__(SS_THREADS, 1)
     k_sample(const float *logits, int V, const eng_cuda_sample_row_t *rows,
              eng_cuda_sample_out_t *out, float *cand_l, int32_t *cand_id, int cap,
              const eng_cuda_sample_edit_t *edits, float *proc) {
