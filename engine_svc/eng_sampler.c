@@ -17,6 +17,7 @@ struct eng_sampler {
     uint8_t *mark;        /* (n_vocab) seen flags, all 0 between calls */
     uint32_t *count;      /* (n_vocab) output counts, all 0 between calls */
     int32_t *idx;         /* (n_vocab) candidate ids */
+    int32_t *tmp;         /* (n_vocab) radix sort buffer */
     float *raw;           /* (n_vocab) copy of the raw logits for logprobs */
     float *prob;          /* (n_vocab) candidate probabilities */
     uint32_t *hcnt;       /* (S_BINS) elements per linear bin below the max */
@@ -33,11 +34,13 @@ int eng_sampler_new(uint32_t n_vocab, eng_sampler_t **ret) {
     s->mark = calloc(n_vocab, sizeof *s->mark);
     s->count = calloc(n_vocab, sizeof *s->count);
     s->idx = malloc(n_vocab * sizeof *s->idx);
+    s->tmp = malloc(n_vocab * sizeof *s->tmp);
     s->raw = malloc(n_vocab * sizeof *s->raw);
     s->prob = malloc(n_vocab * sizeof *s->prob);
     s->hcnt = malloc(S_BINS * sizeof *s->hcnt);
     s->hmass = malloc(S_BINS * sizeof *s->hmass);
-    if (!s->mark || !s->count || !s->idx || !s->raw || !s->prob || !s->hcnt || !s->hmass) {
+    if (!s->mark || !s->count || !s->idx || !s->tmp || !s->raw || !s->prob || !s->hcnt ||
+        !s->hmass) {
         eng_sampler_free(s);
         return -ENOMEM;
     }
@@ -51,6 +54,7 @@ eng_sampler_t *eng_sampler_free(eng_sampler_t *s) {
     free(s->mark);
     free(s->count);
     free(s->idx);
+    free(s->tmp);
     free(s->raw);
     free(s->prob);
     free(s->hcnt);
@@ -302,6 +306,41 @@ static void s_suppress(float *logits, uint32_t n_vocab, const int32_t *ids, uint
             logits[ids[i]] = -INFINITY;
 }
 
+/* a key whose ascending order is descending logit (-0 folded into +0, so they tie as in s_before) */
+static uint32_t s_key_desc(float f) {
+    if (f == 0.0f)
+        f = 0.0f;
+    uint32_t b;
+    memcpy(&b, &f, sizeof b);
+    return (b & 0x80000000u) ? b : ~(b | 0x80000000u);
+}
+
+/* Sorts idx[0..n) (ascending ids on entry) best first: LSD radix over s_key_desc, 3 x 11 bits;
+ * stable, so equal logits keep the lower id first -- s_cmp_desc's order. */
+static void s_sort_desc(const float *l, int32_t *idx, int32_t *tmp, uint32_t n) {
+    static const int sh[3] = {0, 11, 22};
+    uint32_t cnt[2048];
+    int32_t *a = idx, *b = tmp;
+    for (int r = 0; r < 3; r++) {
+        memset(cnt, 0, sizeof cnt);
+        for (uint32_t i = 0; i < n; i++)
+            cnt[(s_key_desc(l[a[i]]) >> sh[r]) & 2047u]++;
+        uint32_t sum = 0;
+        for (int d = 0; d < 2048; d++) {
+            uint32_t c = cnt[d];
+            cnt[d] = sum;
+            sum += c;
+        }
+        for (uint32_t i = 0; i < n; i++)
+            b[cnt[(s_key_desc(l[a[i]]) >> sh[r]) & 2047u]++] = a[i];
+        int32_t *t = a;
+        a = b;
+        b = t;
+    }
+    if (a != idx)
+        memcpy(idx, a, n * sizeof *idx);
+}
+
 /* linear bin of l below the maximum mx: non-decreasing along the candidate order */
 static int s_lbin(float l, float mx) {
     float x = (mx - l) * S_LBIN;
@@ -384,9 +423,14 @@ static int32_t s_draw(eng_sampler_t *s, const eng_sampler_params_t *p, const flo
         K = K < n ? K : n;
         if (K == 0)
             K = 1;
-        if (K < n)
+        if (K < n) {
             s_select(l, s->idx, n, K);
-        qsort_r(s->idx, K, sizeof *s->idx, s_cmp_desc, (void *)l);
+            qsort_r(s->idx, K, sizeof *s->idx, s_cmp_desc, (void *)l);
+        } else if (K >= 1024) { /* idx in ascending id order: a stable radix sort */
+            s_sort_desc(l, s->idx, s->tmp, K);
+        } else {
+            qsort_r(s->idx, K, sizeof *s->idx, s_cmp_desc, (void *)l);
+        }
         double in_k = 0;
         for (uint32_t i = 0; i < K; i++) {
             s->prob[i] = expf(l[s->idx[i]] - mx);
