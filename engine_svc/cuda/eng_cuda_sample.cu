@@ -337,9 +337,87 @@ struct ss_asc {
     SS_HD int operator()(int pos) const { return pos < SS_BINS ? pos : -1; }
 };
 
+/* Writes the elements of src with pred(l, id) (scaled logit, id; any order) to ol/oid; returns
+ * how many. The caller knows they fit. */
+template <int NT, typename P>
+SS_HD int ss_gather(const ss_src &src, P pred, float *ol, int32_t *oid, ss_smem &sm) {
+#ifdef __CUDA_ARCH__
+    const int lane = threadIdx.x & 31;
+    if (threadIdx.x == 0)
+        sm.ncand = 0;
+    __syncthreads();
+    for (int base = 0; base < src.n; base += NT) { /* every lane runs every iteration */
+        const int i = base + (int)threadIdx.x;
+        float l = 0.0f;
+        int v = 0;
+        bool take = false;
+        if (i < src.n) {
+            l = ss_val(src, i);
+            v = ss_id(src, i);
+            take = pred(l, v);
+        }
+        const unsigned m = __ballot_sync(0xffffffffu, take);
+        int at = 0;
+        if (lane == 0 && m)
+            at = atomicAdd(&sm.ncand, __popc(m));
+        at = __shfl_sync(0xffffffffu, at, 0);
+        if (take) {
+            at += __popc(m & ((1u << lane) - 1u));
+            ol[at] = l;
+            oid[at] = v;
+        }
+    }
+    __syncthreads(); /* the list (global memory) is visible to the whole block */
+    const int n = sm.ncand;
+    __syncthreads();
+    return n;
+#else
+    (void)sm;
+    int n = 0;
+    for (int i = 0; i < src.n; i++) {
+        float l = ss_val(src, i);
+        int v = ss_id(src, i);
+        if (pred(l, v)) {
+            ol[n] = l;
+            oid[n] = v;
+            n++;
+        }
+    }
+    return n;
+#endif
+}
+
+/* candidates: non-zero fixed-point mass, linear bin <= D */
+struct ss_pred_prefix {
+    float mx;
+    int D;
+    SS_HD bool operator()(float l, int) const {
+        return ss_q(expf(l - mx)) > 0 && ss_lbin(l, mx) <= D;
+    }
+};
+/* a select's eligible elements in its linear bin lb */
+struct ss_pred_bin {
+    ss_bnd B;
+    bool minp;
+    float thr;
+    float mx;
+    int lb;
+    SS_HD bool operator()(float l, int v) const {
+        return ss_lbin(l, mx) == lb && ss_in(ss_key(l), v, B) && (!minp || expf(l - mx) >= thr);
+    }
+};
+
+/* per-row scratch for a select's bin list */
+struct ss_scr {
+    float *l;
+    int32_t *id;
+    int cap;
+};
+
 /* the shortest prefix of the eligible elements whose weight reaches s.G (see the file comment) */
 template <int NT>
-SS_HD ss_bnd ss_select(const ss_src &src, float mx, const ss_sel &s, ss_smem &sm) {
+SS_HD ss_bnd ss_select(const ss_src &src, float mx, const ss_sel &s, const ss_scr &scr,
+                       ss_smem &sm) {
     const int t = SS_TID;
     const int shifts[3] = {21, 10, 0}, bits[3] = {11, 11, 10};
     uint32_t pre = 0;
@@ -380,6 +458,15 @@ SS_HD ss_bnd ss_select(const ss_src &src, float mx, const ss_sel &s, ss_smem &sm
         G -= (double)before;
         SS_SYNC();
     }
+    /* the bin's elements into the scratch list when they fit: the rounds below then read a few
+     * hundred elements instead of the whole source */
+    ss_src in = src;
+    const int n_lb = (int)sm.cbin[lb];
+    SS_SYNC();
+    if (scr.cap > 0 && n_lb <= scr.cap)
+        in = ss_src{scr.l, scr.id,
+                    ss_gather<NT>(src, ss_pred_bin{s.B, s.minp, s.thr, mx, lb}, scr.l, scr.id, sm),
+                    1.0f};
     for (int r = 0; r < 3; r++) {
         const int nb = 1 << bits[r], sh = shifts[r], psh = sh + bits[r];
         for (int i = t; i < nb; i += NT) {
@@ -388,9 +475,9 @@ SS_HD ss_bnd ss_select(const ss_src &src, float mx, const ss_sel &s, ss_smem &sm
             sm.minid[i] = INT_MAX;
         }
         SS_SYNC();
-        for (int i = t; i < src.n; i += NT) {
-            float l = ss_val(src, i);
-            int v = ss_id(src, i);
+        for (int i = t; i < in.n; i += NT) {
+            float l = ss_val(in, i);
+            int v = ss_id(in, i);
             uint32_t k = ss_key(l);
             if ((r > 0 && (k >> psh) != pre) || !ss_in(k, v, s.B) || ss_lbin(l, mx) != lb)
                 continue;
@@ -438,11 +525,11 @@ SS_HD ss_bnd ss_select(const ss_src &src, float mx, const ss_sel &s, ss_smem &sm
             sm.cbin[i] = 0;
         }
         SS_SYNC();
-        for (int i = t; i < src.n; i += NT) {
-            int v = ss_id(src, i);
+        for (int i = t; i < in.n; i += NT) {
+            int v = ss_id(in, i);
             if (r > 0 && ((uint32_t)v >> 11) != ipre)
                 continue;
-            float l = ss_val(src, i);
+            float l = ss_val(in, i);
             uint32_t k = ss_key(l);
             if (k != pre || !ss_in(k, v, s.B))
                 continue;
@@ -542,54 +629,6 @@ template <int NT> SS_HD int ss_count_to(ss_smem &sm, int D) {
     return (int)ss_sum<NT>(c, sm);
 }
 
-/* Writes the elements with a non-zero mass in linear bins <= D (scaled logit, id; any order) to
- * cl/cid; returns how many. The caller checked that they fit. */
-template <int NT>
-SS_HD int ss_compact(const float *row, int V, float inv_t, float mx, int D, float *cl,
-                     int32_t *cid, ss_smem &sm) {
-#ifdef __CUDA_ARCH__
-    const int lane = threadIdx.x & 31;
-    if (threadIdx.x == 0)
-        sm.ncand = 0;
-    __syncthreads();
-    for (int base = 0; base < V; base += NT) { /* every lane runs every iteration */
-        const int v = base + (int)threadIdx.x;
-        float l = 0.0f;
-        bool take = false;
-        if (v < V) {
-            l = ss_l(row, v, inv_t);
-            take = ss_q(expf(l - mx)) > 0 && ss_lbin(l, mx) <= D;
-        }
-        const unsigned m = __ballot_sync(0xffffffffu, take);
-        int at = 0;
-        if (lane == 0 && m)
-            at = atomicAdd(&sm.ncand, __popc(m));
-        at = __shfl_sync(0xffffffffu, at, 0);
-        if (take) {
-            at += __popc(m & ((1u << lane) - 1u));
-            cl[at] = l;
-            cid[at] = v;
-        }
-    }
-    __syncthreads(); /* the candidates (global memory) are visible to the whole block */
-    const int n = sm.ncand;
-    __syncthreads();
-    return n;
-#else
-    (void)sm;
-    int n = 0;
-    for (int v = 0; v < V; v++) {
-        float l = ss_l(row, v, inv_t);
-        if (ss_q(expf(l - mx)) > 0 && ss_lbin(l, mx) <= D) {
-            cl[n] = l;
-            cid[n] = v;
-            n++;
-        }
-    }
-    return n;
-#endif
-}
-
 /* The temperature path of one row (temperature > 0): returns the sampled id. A histogram over
  * linear bins below the maximum bounds where the truncation (top-k by count, else top-p by mass,
  * min-p by its threshold) or, without truncation, the draw ends; the elements before that bound
@@ -598,7 +637,7 @@ SS_HD int ss_compact(const float *row, int V, float inv_t, float mx, int D, floa
  * selects run over them only. The answer is the same as over the whole row. */
 template <int NT>
 SS_HD int32_t ss_row(const float *row, int V, const eng_cuda_sample_row_t &rw, float *cl,
-                     int32_t *cid, int cap, ss_smem &sm) {
+                     int32_t *cid, int cap, const ss_scr &scr, ss_smem &sm) {
     const float inv_t = 1.0f / rw.temperature;
     const float mx = ss_max<NT>(row, V, inv_t, sm);
     const unsigned long long total_all = ss_lhist<NT>(row, V, inv_t, mx, sm);
@@ -620,13 +659,13 @@ SS_HD int32_t ss_row(const float *row, int V, const eng_cuda_sample_row_t &rw, f
         D = ss_cut<NT>(sm, false, u * (double)total_all);
     ss_src src = {row, nullptr, V, inv_t};
     if (cap > 0 && ss_count_to<NT>(sm, D) <= cap)
-        src = ss_src{cl, cid, ss_compact<NT>(row, V, inv_t, mx, D, cl, cid, sm), 1.0f};
+        src = ss_src{cl, cid, ss_gather<NT>(src, ss_pred_prefix{mx, D}, cl, cid, sm), 1.0f};
 
     const ss_bnd all = {0u, INT_MAX};
     ss_bnd B = all;
     if (topk) {
         ss_sel s = {all, false, 0.0f, false, false, (double)rw.top_k};
-        B = ss_select<NT>(src, mx, s, sm);
+        B = ss_select<NT>(src, mx, s, scr, sm);
     }
     const unsigned long long total =
         topk ? ss_mass<NT>(src, mx, B, false, 0.0f, sm) : total_all;
@@ -635,7 +674,7 @@ SS_HD int32_t ss_row(const float *row, int V, const eng_cuda_sample_row_t &rw, f
          * every bin up to the crossing (it leaves out only zero-mass elements, and a top-p goal
          * <= the total always crosses at a bin with mass) */
         ss_sel s = {B, false, 0.0f, true, false, (double)rw.top_p * (double)total, !topk};
-        ss_bnd P = ss_select<NT>(src, mx, s, sm);
+        ss_bnd P = ss_select<NT>(src, mx, s, scr, sm);
         if (P.key > B.key || (P.key == B.key && P.id < B.id))
             B = P; /* the shorter prefix */
     }
@@ -644,7 +683,7 @@ SS_HD int32_t ss_row(const float *row, int V, const eng_cuda_sample_row_t &rw, f
     if (minp || rw.top_p < 1.0f)
         mass = ss_mass<NT>(src, mx, B, minp, thr, sm);
     ss_sel s = {B, minp, thr, true, true, u * (double)mass};
-    return ss_select<NT>(src, mx, s, sm).id;
+    return ss_select<NT>(src, mx, s, scr, sm).id;
 }
 
 /* The best element (higher logit, then lower id) strictly after (pl, pid) in that order: the
@@ -735,13 +774,17 @@ __device__ void ss_logprobs(const float *raw, int V, uint32_t n, int32_t tok,
     }
 }
 
-/* candidate slots per row (scaled logit + id, 8 bytes each) in the device workspace, at most */
+/* candidate slots per row (scaled logit + id, 8 bytes each) in the device workspace: at least
+ * SS_CAP, up to the whole row while rows x slots stays within SS_CAND_BUDGET */
 #define SS_CAP 16384
+#define SS_CAND_BUDGET (8u << 20)
+/* slots per row for a select's bin list */
+#define SS_BCAP 8192
 
 __global__ void __launch_bounds__(SS_THREADS, 1)
     k_sample(const float *logits, int V, const eng_cuda_sample_row_t *rows,
              eng_cuda_sample_out_t *out, float *cand_l, int32_t *cand_id, int cap,
-             const eng_cuda_sample_edit_t *edits, float *proc) {
+             const eng_cuda_sample_edit_t *edits, float *proc, float *bin_l, int32_t *bin_id) {
     __shared__ ss_smem sm;
     const eng_cuda_sample_row_t rw = rows[blockIdx.x];
     const float *raw = logits + (size_t)blockIdx.x * V;
@@ -766,7 +809,10 @@ __global__ void __launch_bounds__(SS_THREADS, 1)
     }
     int32_t id = rw.temperature > 0.0f
                      ? ss_row<SS_THREADS>(row, V, rw, cand_l + (size_t)blockIdx.x * cap,
-                                          cand_id + (size_t)blockIdx.x * cap, cap, sm)
+                                          cand_id + (size_t)blockIdx.x * cap, cap,
+                                          ss_scr{bin_l + (size_t)blockIdx.x * SS_BCAP,
+                                                 bin_id + (size_t)blockIdx.x * SS_BCAP, SS_BCAP},
+                                          sm)
                      : ss_argmax(row, V, sm);
     __syncthreads();
     eng_cuda_sample_out_t *o = &out[blockIdx.x];
@@ -802,9 +848,22 @@ extern "C" int eng_cuda_sample_host(const float *logits, uint32_t V,
         return -ENOMEM;
     }
     /* cap V/2: both the compacted path and (for flat rows) the whole-row path get exercised */
-    *ret_id = ss_row<1>(logits, (int)V, *row, cl, cid, (int)(V / 2), sm);
+    float *bl = (float *)malloc((size_t)V * sizeof *bl);
+    int32_t *bid = (int32_t *)malloc((size_t)V * sizeof *bid);
+    if (!bl || !bid) {
+        free(cl);
+        free(cid);
+        free(bl);
+        free(bid);
+        return -ENOMEM;
+    }
+    /* caps V/2 and 64: the compacted and whole-row paths, the bin lists and the filtered rounds
+     * all get exercised */
+    *ret_id = ss_row<1>(logits, (int)V, *row, cl, cid, (int)(V / 2), ss_scr{bl, bid, 64}, sm);
     free(cl);
     free(cid);
+    free(bl);
+    free(bid);
     return 0;
 }
 
@@ -816,6 +875,8 @@ static eng_cuda_sample_edit_t *s_edits_dev, *s_edits_host;
 static float *s_cand_l;    /* (s_cand) */
 static int32_t *s_cand_id; /* (s_cand) */
 static float *s_proc;      /* (s_proc_n) edited row copies */
+static float *s_bin_l;     /* (s_cap, SS_BCAP) select bin lists */
+static int32_t *s_bin_id;  /* (s_cap, SS_BCAP) */
 static uint32_t s_cap;     /* rows */
 static size_t s_cand, s_edit_cap, s_proc_n;
 
@@ -825,10 +886,16 @@ static int s_reserve(uint32_t n, size_t cand, size_t n_edits, size_t proc) {
         cudaFree(s_out_dev);
         cudaFreeHost(s_rows_host);
         cudaFreeHost(s_out_host);
+        cudaFree(s_bin_l);
+        cudaFree(s_bin_id);
         s_rows_dev = s_rows_host = nullptr;
         s_out_dev = s_out_host = nullptr;
+        s_bin_l = nullptr;
+        s_bin_id = nullptr;
         s_cap = 0;
         uint32_t cap = n < 64 ? 64 : n;
+        CUDA_CHECK(cudaMalloc(&s_bin_l, (size_t)cap * SS_BCAP * sizeof *s_bin_l));
+        CUDA_CHECK(cudaMalloc(&s_bin_id, (size_t)cap * SS_BCAP * sizeof *s_bin_id));
         CUDA_CHECK(cudaMalloc(&s_rows_dev, cap * sizeof *s_rows_dev));
         CUDA_CHECK(cudaMalloc(&s_out_dev, cap * sizeof *s_out_dev));
         CUDA_CHECK(cudaMallocHost(&s_rows_host, cap * sizeof *s_rows_host));
@@ -891,7 +958,9 @@ static int s_sample(void *stream, const float *logits, uint32_t n_rows, uint32_t
     for (uint32_t j = 0; j < n_edits; j++)
         if (edits[j].id < 0 || (uint32_t)edits[j].id >= V)
             return -EINVAL;
-    const int cap = V < SS_CAP ? (int)V : SS_CAP;
+    uint32_t cap_u = SS_CAND_BUDGET / n_rows;
+    cap_u = cap_u < SS_CAP ? SS_CAP : cap_u;
+    const int cap = V < cap_u ? (int)V : (int)cap_u;
     int r = s_reserve(n_rows, (size_t)n_rows * cap, plain ? 0 : n_edits, (size_t)n_slots * V);
     if (r < 0)
         return r;
@@ -914,7 +983,8 @@ static int s_sample(void *stream, const float *logits, uint32_t n_rows, uint32_t
                                    cudaMemcpyHostToDevice, s));
     }
     k_sample<<<n_rows, SS_THREADS, 0, s>>>(logits, (int)V, s_rows_dev, s_out_dev, s_cand_l,
-                                           s_cand_id, cap, s_edits_dev, s_proc);
+                                           s_cand_id, cap, s_edits_dev, s_proc, s_bin_l,
+                                           s_bin_id);
     CUDA_LAUNCH_CHECK();
     CUDA_CHECK(cudaMemcpyAsync(s_out_host, s_out_dev, n_rows * sizeof *s_out_host,
                                cudaMemcpyDeviceToHost, s));
