@@ -658,7 +658,8 @@ SS_HD int32_t ss_row(const float *row, int V, const eng_cuda_sample_row_t &rw, f
     if (!topk && !minp && !(rw.top_p < 1.0f))
         D = ss_cut<NT>(sm, false, u * (double)total_all);
     ss_src src = {row, nullptr, V, inv_t};
-    if (cap > 0 && ss_count_to<NT>(sm, D) <= cap)
+    const int n_pre = cap > 0 ? ss_count_to<NT>(sm, D) : V;
+    if (n_pre <= cap && n_pre <= V / 2) /* (a list of most of the row saves nothing) */
         src = ss_src{cl, cid, ss_gather<NT>(src, ss_pred_prefix{mx, D}, cl, cid, sm), 1.0f};
 
     const ss_bnd all = {0u, INT_MAX};
