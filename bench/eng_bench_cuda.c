@@ -10,8 +10,9 @@
  *
  * --service: after the direct batch-1 runs, frees the runner and measures the same batch-1 decode
  * through eng_service (what engine_svc and `omnipipe generate --backend cuda --load-format dummy`
- * run: scheduler, KV block manager, the backend's SAMPLE hook), greedy and with temperature/top-p
- * sampling on the GPU; OMNIPIPE_GPU_SAMPLE=0 in the environment samples on the host instead.
+ * run: scheduler, KV block manager, the backend's SAMPLE hook), greedy, temperature/top-p, and
+ * top-p with penalties, with logprobs, greedy with ignore_eos + min_tokens, all sampled on the
+ * GPU; OMNIPIPE_GPU_SAMPLE=0 in the environment samples on the host instead.
  *
  * Usage: eng_bench_cuda CONFIG_DIR [--steps N] [--quick] [--profile] [--b1-only] [--service]
  * --profile: only runs, inside a profiler range (ncu --profile-from-start off), one batch-1 decode
@@ -128,13 +129,20 @@ static void s_seq_free(seq_t *s) {
     free(s->bt);
 }
 
+/* the --service rows: sampling configurations (every one samples on the GPU) */
+enum { S_GREEDY, S_TOPP, S_TOPP_PEN, S_TOPP_LP, S_GREEDY_IGN, S_N_MODES };
+static const char *const s_mode_name[S_N_MODES] = {
+    "greedy", "temperature 0.8, top-p 0.95",
+    "temperature 0.8, top-p 0.95, rep 1.1 + presence 0.5 + frequency 0.3",
+    "temperature 0.8, top-p 0.95, logprobs 5", "greedy, ignore_eos + min_tokens"};
+
 /* One request through eng_service: a ctx-token prompt, then up to steps timed decode tokens (after
- * two warm-up tokens). ignore_eos stays off: the service hands only such rows to the GPU sampler
- * (ignore_eos needs the host's eos suppression), so a dummy model may stop early at an eos; the
- * rate is over the tokens actually timed (*ret_timed). Returns decode tok/s; *ret_ttft the seconds
- * until the first token. */
-static double s_service_b1(const char *dir, int ctx, int steps, float temperature,
-                           double *ret_ttft, int *ret_timed) {
+ * two warm-up tokens). Without ignore_eos a dummy model may stop early at an eos; the rate is over
+ * the tokens actually timed (*ret_timed). Returns decode tok/s; *ret_ttft the seconds until the
+ * first token. */
+static double s_service_b1(const char *dir, int ctx, int steps, int mode, double *ret_ttft,
+                           int *ret_timed) {
+    const float temperature = mode == S_GREEDY || mode == S_GREEDY_IGN ? 0.0f : 0.8f;
     eng_service_opts_t o = {.model_dir = dir, .backend = "cuda", .load_format = "dummy",
                             .engine_id = "bench", .max_model_len = (uint32_t)(ctx + steps + 64)};
     eng_service_t *svc = NULL;
@@ -155,6 +163,21 @@ static double s_service_b1(const char *dir, int ctx, int steps, float temperatur
     if (temperature > 0) {
         sp.has_top_p = true;
         sp.top_p = 0.95f;
+    }
+    if (mode == S_TOPP_PEN) {
+        sp.has_repetition_penalty = sp.has_presence_penalty = sp.has_frequency_penalty = true;
+        sp.repetition_penalty = 1.1f;
+        sp.presence_penalty = 0.5f;
+        sp.frequency_penalty = 0.3f;
+    }
+    if (mode == S_TOPP_LP) {
+        sp.has_logprobs = true;
+        sp.logprobs = 5;
+    }
+    if (mode == S_GREEDY_IGN) {
+        sp.has_ignore_eos = sp.has_min_tokens = true;
+        sp.ignore_eos = true;
+        sp.min_tokens = (uint32_t)steps;
     }
     Omnipipe__PreparedRequest pr = OMNIPIPE__PREPARED_REQUEST__INIT;
     pr.ids = p.tokens;
@@ -281,12 +304,12 @@ int main(int argc, char **argv) {
         if (!service)
             return 0;
         /* the same batch-1 decode through eng_service (fast runner, scheduler, GPU sampling) */
-        const char *how[2] = {"greedy", "temperature 0.8, top-p 0.95"};
+        const char *const *how = s_mode_name;
         for (int c = 0; c < 2; c++)
-            for (int k = 0; k < 2; k++) {
+            for (int k = 0; k < S_N_MODES; k++) {
                 double tt = 0;
                 int timed = 0;
-                double tps = s_service_b1(argv[1], ctxs[c], steps, k ? 0.8f : 0.0f, &tt, &timed);
+                double tps = s_service_b1(argv[1], ctxs[c], steps, k, &tt, &timed);
                 printf("service batch 1, ctx %d, %s: TTFT %.1f ms, decode %.1f tok/s (%.2f "
                        "ms/token over %d tokens; direct runner %.1f tok/s, %.1f%% overhead)\n",
                        ctxs[c], how[k], tt * 1e3, tps, tps > 0 ? 1e3 / tps : 0, timed, dec1[c],

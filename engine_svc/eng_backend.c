@@ -164,26 +164,55 @@ void eng_backend_set_sample(eng_backend_t *b,
 }
 
 #ifdef OM_HAVE_CUDA
-/* SAMPLE hook of the CUDA backend: the rows' greedy/temperature/top-k/top-p/min-p draw on the
- * device (eng_cuda_sample), on the backend's stream; only the ids come back. */
+/* SAMPLE hook of the CUDA backend: every row's draw on the device (eng_cuda_sample_ex), on the
+ * backend's stream, penalties and eos/stop suppression as logit edits applied to a device copy
+ * of the row, logprobs from the raw row; only ids (and a few logprobs) come back. */
 static int s_cuda_sample(eng_backend_t *b, const eng_tensor_t *logits,
                          const struct eng_sample_batch *req, int32_t *ret_ids) {
     if (!logits || !logits->data || logits->dtype != ENG_DTYPE_F32 || !req || !req->params ||
         !req->steps || !ret_ids || req->n_rows == 0 || eng_tensor_rows(logits) < req->n_rows)
         return -EINVAL;
-    eng_cuda_sample_row_t stack[64], *rows = stack;
-    if (req->n_rows > 64 && !(rows = malloc(req->n_rows * sizeof *rows)))
+    _Static_assert(sizeof(eng_sampler_edit_t) == sizeof(eng_cuda_sample_edit_t),
+                   "edit layouts differ");
+    _Static_assert(ENG_SAMPLER_MAX_LOGPROBS == ENG_CUDA_SAMPLE_MAX_LOGPROBS, "logprob caps differ");
+    uint32_t n_edits = 0;
+    const bool has_edits = req->edits && req->edit0 && req->n_edit;
+    for (uint32_t i = 0; has_edits && i < req->n_rows; i++) {
+        uint32_t end = req->edit0[i] + req->n_edit[i];
+        n_edits = end > n_edits ? end : n_edits;
+    }
+    eng_cuda_sample_row_t *rows = malloc(req->n_rows * sizeof *rows);
+    eng_cuda_sample_out_t *outs = malloc(req->n_rows * sizeof *outs);
+    if (!rows || !outs) {
+        free(rows);
+        free(outs);
         return -ENOMEM;
+    }
     for (uint32_t i = 0; i < req->n_rows; i++) {
         const eng_sampler_params_t *p = &req->params[i];
-        rows[i] = (eng_cuda_sample_row_t){.temperature = p->temperature, .top_k = p->top_k,
-                                          .top_p = p->top_p, .min_p = p->min_p, .seed = p->seed,
-                                          .step = req->steps[i]};
+        rows[i] = (eng_cuda_sample_row_t){
+            .temperature = p->temperature, .top_k = p->top_k, .top_p = p->top_p,
+            .min_p = p->min_p, .seed = p->seed, .step = req->steps[i],
+            .edit0 = has_edits ? req->edit0[i] : 0, .n_edit = has_edits ? req->n_edit[i] : 0,
+            .n_logprobs = req->results ? p->n_logprobs : 0};
     }
-    int r = eng_cuda_sample(eng_backend_cuda_stream(b), logits->data, req->n_rows,
-                            (uint32_t)eng_tensor_cols(logits), rows, ret_ids);
-    if (rows != stack)
-        free(rows);
+    int r = eng_cuda_sample_ex(eng_backend_cuda_stream(b), logits->data, req->n_rows,
+                               (uint32_t)eng_tensor_cols(logits), rows,
+                               (const eng_cuda_sample_edit_t *)req->edits, n_edits, outs);
+    for (uint32_t i = 0; r == 0 && i < req->n_rows; i++) {
+        ret_ids[i] = outs[i].token;
+        if (!req->results)
+            continue;
+        eng_sampler_result_t *res = &req->results[i];
+        memset(res, 0, sizeof *res);
+        res->token = outs[i].token;
+        res->logprob = outs[i].logprob;
+        res->n_top = outs[i].n_top <= ENG_SAMPLER_MAX_LOGPROBS ? outs[i].n_top : 0;
+        memcpy(res->top_ids, outs[i].top_ids, res->n_top * sizeof *res->top_ids);
+        memcpy(res->top_logprobs, outs[i].top_logprobs, res->n_top * sizeof *res->top_logprobs);
+    }
+    free(rows);
+    free(outs);
     return r;
 }
 #endif

@@ -9,13 +9,19 @@
 #include <stdlib.h>
 #include <string.h>
 
+#define S_BINS 2048  /* linear bins of (max - logit) */
+#define S_LBIN 64.0f /* bins per unit of scaled logit; the last bin takes the rest */
+
 struct eng_sampler {
     uint32_t n_vocab;     /* logits row length */
     uint8_t *mark;        /* (n_vocab) seen flags, all 0 between calls */
     uint32_t *count;      /* (n_vocab) output counts, all 0 between calls */
     int32_t *idx;         /* (n_vocab) candidate ids */
+    int32_t *tmp;         /* (n_vocab) radix sort buffer */
     float *raw;           /* (n_vocab) copy of the raw logits for logprobs */
     float *prob;          /* (n_vocab) candidate probabilities */
+    uint32_t *hcnt;       /* (S_BINS) elements per linear bin below the max */
+    double *hmass;        /* (S_BINS) probability mass per linear bin */
 };
 
 int eng_sampler_new(uint32_t n_vocab, eng_sampler_t **ret) {
@@ -28,9 +34,13 @@ int eng_sampler_new(uint32_t n_vocab, eng_sampler_t **ret) {
     s->mark = calloc(n_vocab, sizeof *s->mark);
     s->count = calloc(n_vocab, sizeof *s->count);
     s->idx = malloc(n_vocab * sizeof *s->idx);
+    s->tmp = malloc(n_vocab * sizeof *s->tmp);
     s->raw = malloc(n_vocab * sizeof *s->raw);
     s->prob = malloc(n_vocab * sizeof *s->prob);
-    if (!s->mark || !s->count || !s->idx || !s->raw || !s->prob) {
+    s->hcnt = malloc(S_BINS * sizeof *s->hcnt);
+    s->hmass = malloc(S_BINS * sizeof *s->hmass);
+    if (!s->mark || !s->count || !s->idx || !s->tmp || !s->raw || !s->prob || !s->hcnt ||
+        !s->hmass) {
         eng_sampler_free(s);
         return -ENOMEM;
     }
@@ -44,8 +54,11 @@ eng_sampler_t *eng_sampler_free(eng_sampler_t *s) {
     free(s->mark);
     free(s->count);
     free(s->idx);
+    free(s->tmp);
     free(s->raw);
     free(s->prob);
+    free(s->hcnt);
+    free(s->hmass);
     free(s);
     return NULL;
 }
@@ -293,10 +306,65 @@ static void s_suppress(float *logits, uint32_t n_vocab, const int32_t *ids, uint
             logits[ids[i]] = -INFINITY;
 }
 
+/* a key whose ascending order is descending logit (-0 folded into +0, so they tie as in s_before) */
+static uint32_t s_key_desc(float f) {
+    if (f == 0.0f)
+        f = 0.0f;
+    uint32_t b;
+    memcpy(&b, &f, sizeof b);
+    return (b & 0x80000000u) ? b : ~(b | 0x80000000u);
+}
+
+/* Sorts idx[0..n) (ascending ids on entry) best first: LSD radix over s_key_desc, 3 x 11 bits;
+ * stable, so equal logits keep the lower id first -- s_cmp_desc's order. */
+static void s_sort_desc(const float *l, int32_t *idx, int32_t *tmp, uint32_t n) {
+    static const int sh[3] = {0, 11, 22};
+    uint32_t cnt[2048];
+    int32_t *a = idx, *b = tmp;
+    for (int r = 0; r < 3; r++) {
+        memset(cnt, 0, sizeof cnt);
+        for (uint32_t i = 0; i < n; i++)
+            cnt[(s_key_desc(l[a[i]]) >> sh[r]) & 2047u]++;
+        uint32_t sum = 0;
+        for (int d = 0; d < 2048; d++) {
+            uint32_t c = cnt[d];
+            cnt[d] = sum;
+            sum += c;
+        }
+        for (uint32_t i = 0; i < n; i++)
+            b[cnt[(s_key_desc(l[a[i]]) >> sh[r]) & 2047u]++] = a[i];
+        int32_t *t = a;
+        a = b;
+        b = t;
+    }
+    if (a != idx)
+        memcpy(idx, a, n * sizeof *idx);
+}
+
+/* linear bin of l below the maximum mx: non-decreasing along the candidate order */
+static int s_lbin(float l, float mx) {
+    float x = (mx - l) * S_LBIN;
+    return x < (float)(S_BINS - 1) ? (int)x : S_BINS - 1;
+}
+
+/* the first bin where the running count (mass when w) through it exceeds G; S_BINS - 1 if none */
+static int s_cut(const uint32_t *cnt, const double *w, double G) {
+    double c = 0;
+    for (int d = 0; d < S_BINS; d++) {
+        c += w ? w[d] : (double)cnt[d];
+        if (c > G)
+            return d;
+    }
+    return S_BINS - 1;
+}
+
 /* The draw over temperature-scaled logits: candidates sorted best first (higher logit, then lower
  * id), truncated by top-k, top-p and min-p, then inverse CDF at u. Only a sorted prefix of K
- * candidates is materialised; K grows (x8) until the cut and the draw fall inside it, so a peaked
- * distribution costs a partial selection instead of a sort of the whole vocabulary. */
+ * candidates is materialised: a histogram of (max - logit) in linear bins (one pass) bounds where
+ * the truncation (or, without one, the draw) ends, the elements of the bins up to there (a prefix
+ * of the order) are gathered and only they are selected and sorted. Should the cut or the draw
+ * still fall beyond K (rounding at a bin edge), K grows (x8) over the whole vocabulary. The
+ * result does not depend on K: every sum runs in the same order as a full sort would. */
 static int32_t s_draw(eng_sampler_t *s, const eng_sampler_params_t *p, const float *l, double u) {
     const uint32_t V = s->n_vocab;
     const uint32_t limit = p->top_k > 0 && (uint32_t)p->top_k < V ? (uint32_t)p->top_k : V;
@@ -305,18 +373,64 @@ static int32_t s_draw(eng_sampler_t *s, const eng_sampler_params_t *p, const flo
     for (uint32_t v = 0; v < V; v++)
         mx = l[v] > mx ? l[v] : mx;
     double total = 0; /* mass of the top-k set (all of V without top-k) */
-    if (limit == V)
+    memset(s->hcnt, 0, S_BINS * sizeof *s->hcnt);
+    memset(s->hmass, 0, S_BINS * sizeof *s->hmass);
+    if (limit == V) {
+        for (uint32_t v = 0; v < V; v++) {
+            float e = expf(l[v] - mx);
+            int d = s_lbin(l[v], mx);
+            total += e;
+            s->hcnt[d]++;
+            s->hmass[d] += e;
+        }
+    } else {
         for (uint32_t v = 0; v < V; v++)
-            total += expf(l[v] - mx);
-    uint32_t K = limit < V ? limit : (V < 64 ? V : 64);
+            s->hcnt[s_lbin(l[v], mx)]++;
+    }
+    /* the last bin the kept set (or the draw) can reach; one bin of slack for rounding */
+    int D = S_BINS - 1;
+    if (limit < V)
+        D = s_cut(s->hcnt, NULL, (double)limit);
+    else if (p->top_p < 1.0f)
+        D = s_cut(s->hcnt, s->hmass, (double)p->top_p * total) + 1;
+    if (p->min_p > 0.0f && limit == V) { /* (top-k needs its whole set for its mass) */
+        float x = -logf(p->min_p) * S_LBIN;
+        int dm = x < (float)(S_BINS - 2) ? (int)x + 1 : S_BINS - 1;
+        D = dm < D ? dm : D;
+    }
+    if (limit == V && !cutting)
+        D = s_cut(s->hcnt, s->hmass, u * total) + 1;
+    D = D < S_BINS - 1 ? D : S_BINS - 1;
+    uint32_t n_pre = 0; /* elements in bins <= D */
+    for (int d = 0; d <= D; d++)
+        n_pre += s->hcnt[d];
+    uint32_t K = limit < V ? limit : n_pre;
+    bool first = true;
     for (;;) {
-        for (uint32_t v = 0; v < V; v++)
-            s->idx[v] = (int32_t)v;
-        if (K < V && K >= V / 8)
-            K = limit == V ? V : K; /* a selection this large costs more than a sort */
-        if (K < V)
-            s_select(l, s->idx, V, K);
-        qsort_r(s->idx, K, sizeof *s->idx, s_cmp_desc, (void *)l);
+        uint32_t n = V;
+        if (first && n_pre < V) { /* gather the prefix bins */
+            n = 0;
+            for (uint32_t v = 0; v < V; v++)
+                if (s_lbin(l[v], mx) <= D)
+                    s->idx[n++] = (int32_t)v;
+        } else {
+            for (uint32_t v = 0; v < V; v++)
+                s->idx[v] = (int32_t)v;
+            if (!first && K < V && K >= V / 8)
+                K = limit == V ? V : K; /* a selection this large costs more than a sort */
+        }
+        first = false;
+        K = K < n ? K : n;
+        if (K == 0)
+            K = 1;
+        if (K < n) {
+            s_select(l, s->idx, n, K);
+            qsort_r(s->idx, K, sizeof *s->idx, s_cmp_desc, (void *)l);
+        } else if (K >= 1024) { /* idx in ascending id order: a stable radix sort */
+            s_sort_desc(l, s->idx, s->tmp, K);
+        } else {
+            qsort_r(s->idx, K, sizeof *s->idx, s_cmp_desc, (void *)l);
+        }
         double in_k = 0;
         for (uint32_t i = 0; i < K; i++) {
             s->prob[i] = expf(l[s->idx[i]] - mx);
@@ -369,6 +483,92 @@ static int32_t s_draw(eng_sampler_t *s, const eng_sampler_params_t *p, const flo
         }
         return s->idx[keep - 1]; /* rounding at the very end of the CDF */
     }
+}
+
+/* ---- logit edits (for samplers on a device) ---- */
+
+/* the edit of token t, appended on first use (s->mark set, s->idx[t] = its slot) */
+static eng_sampler_edit_t *s_edit(eng_sampler_t *s, eng_sampler_edit_t *out, uint32_t *n, int32_t t) {
+    if (!s->mark[t]) {
+        s->mark[t] = 1;
+        s->idx[t] = (int32_t)*n;
+        out[*n] = (eng_sampler_edit_t){.id = t, .rp = 1.0f, .sub = 0.0f, .suppress = 0};
+        (*n)++;
+    }
+    return &out[s->idx[t]];
+}
+
+int eng_sampler_edits(eng_sampler_t *s, const eng_sampler_params_t *p, const eng_sampler_seq_t *seq,
+                      eng_sampler_edit_t *out, uint32_t cap) {
+    if (!s || !p || !seq || (!out && cap > 0))
+        return -EINVAL;
+    const uint32_t V = s->n_vocab;
+    const bool rep = p->repetition_penalty != 1.0f;
+    const bool pf = p->presence_penalty != 0.0f || p->frequency_penalty != 0.0f;
+    const bool sup_eos = p->ignore_eos || seq->n_output < p->min_tokens;
+    const bool sup_stop = seq->n_output < p->min_tokens;
+    uint64_t need = (rep ? (uint64_t)seq->n_prompt + seq->n_output : pf ? seq->n_output : 0) +
+                    (sup_eos ? seq->n_eos : 0) + (sup_stop ? seq->n_stop : 0);
+    if (need > cap) { /* an upper bound; count exactly before refusing */
+        uint32_t u = 0;
+        for (int pass = 0; pass < 4; pass++) {
+            const int32_t *ids = pass == 0 ? seq->prompt : pass == 1 ? seq->output
+                                 : pass == 2 ? seq->eos_ids : seq->stop_ids;
+            uint32_t n = pass == 0 ? (rep ? seq->n_prompt : 0)
+                         : pass == 1 ? (rep || pf ? seq->n_output : 0)
+                         : pass == 2 ? (sup_eos ? seq->n_eos : 0) : (sup_stop ? seq->n_stop : 0);
+            for (uint32_t i = 0; i < n; i++)
+                if (ids[i] >= 0 && (uint32_t)ids[i] < V && !s->mark[ids[i]]) {
+                    s->mark[ids[i]] = 1;
+                    u++;
+                }
+        }
+        for (int pass = 0; pass < 4; pass++) {
+            const int32_t *ids = pass == 0 ? seq->prompt : pass == 1 ? seq->output
+                                 : pass == 2 ? seq->eos_ids : seq->stop_ids;
+            uint32_t n = pass == 0 ? seq->n_prompt : pass == 1 ? seq->n_output
+                         : pass == 2 ? seq->n_eos : seq->n_stop;
+            for (uint32_t i = 0; i < n; i++)
+                if (ids[i] >= 0 && (uint32_t)ids[i] < V)
+                    s->mark[ids[i]] = 0;
+        }
+        if (u > cap)
+            return -ENOSPC;
+    }
+    uint32_t n = 0;
+    if (rep) {
+        for (int pass = 0; pass < 2; pass++) {
+            const int32_t *ids = pass ? seq->output : seq->prompt;
+            uint32_t m = pass ? seq->n_output : seq->n_prompt;
+            for (uint32_t i = 0; i < m; i++)
+                if (ids[i] >= 0 && (uint32_t)ids[i] < V)
+                    s_edit(s, out, &n, ids[i])->rp = p->repetition_penalty;
+        }
+    }
+    if (pf) {
+        for (uint32_t i = 0; i < seq->n_output; i++)
+            if (seq->output[i] >= 0 && (uint32_t)seq->output[i] < V)
+                s->count[seq->output[i]]++;
+        for (uint32_t i = 0; i < seq->n_output; i++) {
+            int32_t t = seq->output[i];
+            if (t < 0 || (uint32_t)t >= V || s->count[t] == 0)
+                continue;
+            s_edit(s, out, &n, t)->sub = p->presence_penalty + p->frequency_penalty * (float)s->count[t];
+            s->count[t] = 0;
+        }
+    }
+    for (int pass = 0; pass < 2; pass++) {
+        if (!(pass ? sup_stop : sup_eos))
+            continue;
+        const int32_t *ids = pass ? seq->stop_ids : seq->eos_ids;
+        uint32_t m = pass ? seq->n_stop : seq->n_eos;
+        for (uint32_t i = 0; i < m; i++)
+            if (ids[i] >= 0 && (uint32_t)ids[i] < V)
+                s_edit(s, out, &n, ids[i])->suppress = 1;
+    }
+    for (uint32_t i = 0; i < n; i++)
+        s->mark[out[i].id] = 0;
+    return (int)n;
 }
 
 int eng_sampler_sample(eng_sampler_t *s, const eng_sampler_params_t *p, const eng_sampler_seq_t *seq,

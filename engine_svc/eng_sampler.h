@@ -73,14 +73,29 @@ typedef struct eng_sampler_result {
     float top_logprobs[ENG_SAMPLER_MAX_LOGPROBS];  /* (n_top) */
 } eng_sampler_result_t;
 
-/* What a backend's SAMPLE hook (eng_backend_ops.sample) gets: per logits row, the parameters and
- * the RNG step (tokens generated so far). The service only hands over rows that need nothing but
- * greedy/temperature/top-k/top-p/min-p (no penalties, eos suppression or logprobs), drawing with
- * eng_sampler_uniform(seed, step) so device and host pick the same token. */
+/* One token's logit edit, what penalties and suppression do to it (eng_sampler_edits), in the
+ * sampler's order: l = rp != 1 ? (l > 0 ? l / rp : l * rp) : l; then l -= sub; then, if
+ * suppress, l = -inf. A device applies these to a copy of the row and gets the CPU sampler's
+ * processed logits bit for bit. */
+typedef struct eng_sampler_edit {
+    int32_t id;        /* token id, < n_vocab; unique within a row */
+    float rp;          /* repetition penalty applied to it, 1 = none */
+    float sub;         /* presence + frequency x count, 0 = none */
+    uint32_t suppress; /* 1: eos/stop suppressed (-inf) */
+} eng_sampler_edit_t;
+
+/* What a backend's SAMPLE hook (eng_backend_ops.sample) gets: per logits row, the parameters, the
+ * RNG step (tokens generated so far) and the row's logit edits (penalties, eos/stop suppression);
+ * it draws with eng_sampler_uniform(seed, step) so device and host pick the same token, and fills
+ * results (token, and logprobs of the raw row when params.n_logprobs > 0) when given. */
 struct eng_sample_batch {
     const eng_sampler_params_t *params; /* (n_rows) */
     const uint32_t *steps;              /* (n_rows) RNG counters */
     uint32_t n_rows;
+    const eng_sampler_edit_t *edits;    /* all rows' edits, NULL: none */
+    const uint32_t *edit0;              /* (n_rows) row i's edits: edits[edit0[i] ..) or NULL */
+    const uint32_t *n_edit;             /* (n_rows) how many, or NULL */
+    eng_sampler_result_t *results;      /* (n_rows) or NULL: ids only */
 };
 
 typedef struct eng_sampler eng_sampler_t; /* scratch for one vocab size; one thread */
@@ -103,6 +118,14 @@ int eng_sampler_params_from_proto(const Omnipipe__SamplingParams *sp, const eng_
 
 /* Uniform in [0, 1) for (seed, step): the request RNG. */
 double eng_sampler_uniform(uint64_t seed, uint64_t step);
+
+/* The logit edits of one sequence's next token (see eng_sampler_edit_t): repetition penalty over
+ * the unique ids of prompt and output, presence/frequency over the output, suppression of eos
+ * (ignore_eos or before min_tokens) and stop ids (before min_tokens). Out-of-range ids are
+ * skipped. Writes at most cap edits to out; returns how many, or -ENOSPC (cap >= n_prompt +
+ * n_output + n_eos + n_stop always suffices). Uses s's scratch (one thread). */
+int eng_sampler_edits(eng_sampler_t *s, const eng_sampler_params_t *p, const eng_sampler_seq_t *seq,
+                      eng_sampler_edit_t *out, uint32_t cap);
 
 /* Samples one token from logits (n_vocab, modified in place: processed logits on return). */
 int eng_sampler_sample(eng_sampler_t *s, const eng_sampler_params_t *p, const eng_sampler_seq_t *seq,

@@ -95,6 +95,11 @@ struct eng_service {
     eng_sampler_params_t *dev_params; /* (max_running) rows for the SAMPLE hook */
     uint32_t *dev_steps;           /* (max_running) */
     int32_t *dev_ids;              /* (max_running) */
+    uint32_t *dev_edit0;           /* (max_running) first logit edit of each row */
+    uint32_t *dev_nedit;           /* (max_running) its number of edits */
+    eng_sampler_result_t *dev_results; /* (max_running) */
+    eng_sampler_edit_t *edits;     /* (cap_edits) this step's logit edits, all rows */
+    size_t cap_edits;
     s_req_t **logit_reqs;          /* (max_running) request of each logits row */
     /* the returned batch */
     Omnipipe__TokenBatch batch;
@@ -329,9 +334,12 @@ int eng_service_new(const eng_service_opts_t *opts, eng_progress_fn progress, vo
     s->dev_params = calloc(max_running, sizeof *s->dev_params);
     s->dev_steps = calloc(max_running, sizeof *s->dev_steps);
     s->dev_ids = calloc(max_running, sizeof *s->dev_ids);
+    s->dev_edit0 = calloc(max_running, sizeof *s->dev_edit0);
+    s->dev_nedit = calloc(max_running, sizeof *s->dev_nedit);
+    s->dev_results = calloc(max_running, sizeof *s->dev_results);
     s->logit_reqs = calloc(max_running, sizeof *s->logit_reqs);
     if (!s->items || !s->bseqs || !s->pos_scratch || !s->logits || !s->dev_params || !s->dev_steps ||
-        !s->dev_ids || !s->logit_reqs) {
+        !s->dev_ids || !s->logit_reqs || !s->dev_edit0 || !s->dev_nedit || !s->dev_results) {
         snprintf(err, errlen, "out of memory");
         r = -ENOMEM;
         goto fail;
@@ -369,6 +377,10 @@ eng_service_t *eng_service_free(eng_service_t *s) {
     free(s->dev_params);
     free(s->dev_steps);
     free(s->dev_ids);
+    free(s->dev_edit0);
+    free(s->dev_nedit);
+    free(s->dev_results);
+    free(s->edits);
     free(s->logit_reqs);
     free(s->out_ptrs);
     free(s);
@@ -572,13 +584,48 @@ static bool s_in(const int32_t *ids, uint32_t n, int32_t t) {
     return false;
 }
 
-/* whether the backend's SAMPLE hook can take this row (greedy/temperature/top-k/top-p/min-p only) */
-static bool s_device_row(const s_req_t *q) {
+/* the sampler's view of q's sequence (prompt, output, eos and stop ids) */
+static eng_sampler_seq_t s_seq_of(const eng_service_t *s, const s_req_t *q) {
+    return (eng_sampler_seq_t){
+        .prompt = q->seq.tokens,
+        .n_prompt = q->seq.n_prompt,
+        .output = q->seq.tokens + q->seq.n_prompt,
+        .n_output = q->seq.n_tokens - q->seq.n_prompt,
+        .eos_ids = s->defaults.eos_ids,
+        .n_eos = s->defaults.n_eos,
+        .stop_ids = q->stop_ids,
+        .n_stop = q->n_stop,
+    };
+}
+
+/* appends row q's logit edits (penalties, suppression) for the SAMPLE hook at s->edits[*n..) */
+static int s_add_edits(eng_service_t *s, const s_req_t *q, uint32_t row, size_t *n) {
+    eng_sampler_seq_t sq = s_seq_of(s, q);
     const eng_sampler_params_t *p = &q->params;
-    uint32_t n_out = q->seq.n_tokens - q->seq.n_prompt;
-    return p->repetition_penalty == 1.0f && p->presence_penalty == 0.0f &&
-           p->frequency_penalty == 0.0f && p->n_logprobs == 0 && !p->ignore_eos &&
-           n_out >= p->min_tokens;
+    s->dev_edit0[row] = (uint32_t)*n;
+    s->dev_nedit[row] = 0;
+    if (p->repetition_penalty == 1.0f && p->presence_penalty == 0.0f &&
+        p->frequency_penalty == 0.0f && !p->ignore_eos && sq.n_output >= p->min_tokens)
+        return 0; /* nothing to edit */
+    size_t need = *n + (size_t)sq.n_prompt + sq.n_output + sq.n_eos + sq.n_stop;
+    if (need > UINT32_MAX)
+        return -E2BIG;
+    if (need > s->cap_edits) {
+        size_t cap = need < 4096 ? 4096 : need + need / 2;
+        eng_sampler_edit_t *e = realloc(s->edits, cap * sizeof *e);
+        if (!e)
+            return -ENOMEM;
+        s->edits = e;
+        s->cap_edits = cap;
+    }
+    int r = eng_sampler_edits(s->samplers[0], &q->params, &sq, s->edits + *n,
+                              (uint32_t)(s->cap_edits - *n));
+    if (r < 0)
+        return r;
+    s->dev_edit0[row] = (uint32_t)*n;
+    s->dev_nedit[row] = (uint32_t)r;
+    *n += (size_t)r;
+    return 0;
 }
 
 /* appends token t to q, checks the stop conditions */
@@ -718,29 +765,27 @@ static int s_run(eng_service_t *s, uint32_t n_items, uint32_t n_step_tokens) {
 
     eng_backend_t *be = s->backend;
     const size_t row_bytes = (size_t)s->n_vocab * sizeof(float);
-    /* the backend samples on the device when every row allows it */
-    bool use_dev = be->ops->sample != NULL;
-    if (use_dev) {
-        uint32_t nd = 0;
-        for (uint32_t i = 0; i < n_logits; i++)
-            use_dev = use_dev && s_device_row(s->logit_reqs[i]);
-        if (use_dev) {
-            for (uint32_t i = 0; i < n_logits; i++) {
-                const s_req_t *q = s->logit_reqs[i];
-                s->dev_params[nd] = q->params;
-                s->dev_steps[nd] = q->seq.n_tokens - q->seq.n_prompt;
-                nd++;
-            }
-            struct eng_sample_batch sb = {s->dev_params, s->dev_steps, nd};
-            r = be->ops->sample(be, logits, &sb, s->dev_ids);
-            if (r < 0)
+    /* a backend with a SAMPLE hook samples every row on the device: penalties and suppression
+     * go as per-row logit edits, logprobs come back with the ids; the logits stay there */
+    if (be->ops->sample) {
+        size_t n_edits = 0;
+        for (uint32_t i = 0; i < n_logits; i++) {
+            const s_req_t *q = s->logit_reqs[i];
+            s->dev_params[i] = q->params;
+            s->dev_steps[i] = q->seq.n_tokens - q->seq.n_prompt;
+            if ((r = s_add_edits(s, q, i, &n_edits)) < 0)
                 return r;
-            for (uint32_t i = 0; i < n_logits; i++) {
-                eng_sampler_result_t res = {.token = s->dev_ids[i]};
-                s_accept(s, s->logit_reqs[i], &res);
-            }
-            return 0;
         }
+        struct eng_sample_batch sb = {.params = s->dev_params, .steps = s->dev_steps,
+                                      .n_rows = n_logits, .edits = s->edits,
+                                      .edit0 = s->dev_edit0, .n_edit = s->dev_nedit,
+                                      .results = s->dev_results};
+        r = be->ops->sample(be, logits, &sb, s->dev_ids);
+        if (r < 0)
+            return r;
+        for (uint32_t i = 0; i < n_logits; i++)
+            s_accept(s, s->logit_reqs[i], &s->dev_results[i]);
+        return 0;
     }
     for (uint32_t row0 = 0; row0 < n_logits; row0 += S_LOGIT_ROWS) {
         uint32_t nr = n_logits - row0 < S_LOGIT_ROWS ? n_logits - row0 : S_LOGIT_ROWS;
@@ -752,16 +797,7 @@ static int s_run(eng_service_t *s, uint32_t n_items, uint32_t n_step_tokens) {
 #pragma omp parallel for num_threads(s->n_samplers) schedule(dynamic, 1) reduction(min : rr)
         for (uint32_t k = 0; k < nr; k++) {
             const s_req_t *q = s->logit_reqs[row0 + k];
-            eng_sampler_seq_t sq = {
-                .prompt = q->seq.tokens,
-                .n_prompt = q->seq.n_prompt,
-                .output = q->seq.tokens + q->seq.n_prompt,
-                .n_output = q->seq.n_tokens - q->seq.n_prompt,
-                .eos_ids = s->defaults.eos_ids,
-                .n_eos = s->defaults.n_eos,
-                .stop_ids = q->stop_ids,
-                .n_stop = q->n_stop,
-            };
+            eng_sampler_seq_t sq = s_seq_of(s, q);
             int e = eng_sampler_sample(s->samplers[omp_get_thread_num()], &q->params, &sq,
                                        s->logits + (size_t)k * s->n_vocab, &s->results[k]);
             rr = e < rr ? e : rr;

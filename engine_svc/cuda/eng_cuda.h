@@ -130,6 +130,8 @@ int eng_cuda_profiler(bool on);
 
 /* --- sampling on the device -------------------------------------------------------------- */
 
+#define ENG_CUDA_SAMPLE_MAX_LOGPROBS 20
+
 /* Per-row parameters of eng_cuda_sample (a subset of eng_sampler_params_t). */
 typedef struct eng_cuda_sample_row {
     float temperature;          /* <= 0: greedy argmax (lowest id on ties) */
@@ -138,7 +140,29 @@ typedef struct eng_cuda_sample_row {
     float min_p;                /* [0, 1]; 0 = off */
     uint64_t seed;              /* request RNG seed */
     uint32_t step;              /* RNG counter: tokens generated so far */
+    uint32_t edit0;             /* the row's logit edits: edits[edit0 .. edit0 + n_edit) */
+    uint32_t n_edit;            /* 0: none (eng_cuda_sample_ex only) */
+    uint32_t n_logprobs;        /* top logprobs wanted, <= ENG_CUDA_SAMPLE_MAX_LOGPROBS */
+    uint32_t slot;              /* internal: the row's edited copy (set by eng_cuda_sample_ex) */
 } eng_cuda_sample_row_t;
+
+/* One token's logit edit (eng_sampler_edit_t's layout and meaning): l = rp != 1 ? (l > 0 ? l / rp
+ * : l * rp) : l; l -= sub; suppress: l = -inf. Ids unique within a row. */
+typedef struct eng_cuda_sample_edit {
+    int32_t id;
+    float rp;
+    float sub;
+    uint32_t suppress;
+} eng_cuda_sample_edit_t;
+
+/* One row's result (eng_sampler_result_t's meaning): logprobs of the raw (unedited) row. */
+typedef struct eng_cuda_sample_out {
+    int32_t token;
+    float logprob;                                      /* raw logprob of token (n_logprobs > 0) */
+    uint32_t n_top;                                     /* = n_logprobs */
+    int32_t top_ids[ENG_CUDA_SAMPLE_MAX_LOGPROBS];      /* (n_top) highest raw logits, descending */
+    float top_logprobs[ENG_CUDA_SAMPLE_MAX_LOGPROBS];   /* (n_top) */
+} eng_cuda_sample_out_t;
 
 /* Samples one token per row of logits (n_rows, V) f32 in device memory (row stride V) on the
  * CUDA stream `stream` (NULL: the legacy default stream) with the semantics of eng_sampler.h's
@@ -148,6 +172,15 @@ typedef struct eng_cuda_sample_row {
  * ret_ids: (n_rows) host memory; returns after the ids are on the host. 0, -EINVAL or -EIO. */
 int eng_cuda_sample(void *stream, const float *logits, uint32_t n_rows, uint32_t V,
                     const eng_cuda_sample_row_t *rows, int32_t *ret_ids);
+
+/* eng_cuda_sample with logit edits and logprobs: a row with n_edit > 0 is copied on the device,
+ * its edits (host memory, n_edits in all) applied to the copy, and drawn from it (the logits stay
+ * unmodified); with n_logprobs > 0 the raw row's log-softmax gives the token's logprob and the
+ * n_logprobs best. ret: (n_rows) host memory. 0, -EINVAL (bad row, edit id >= V, edit range
+ * outside the array) or -EIO. */
+int eng_cuda_sample_ex(void *stream, const float *logits, uint32_t n_rows, uint32_t V,
+                       const eng_cuda_sample_row_t *rows, const eng_cuda_sample_edit_t *edits,
+                       uint32_t n_edits, eng_cuda_sample_out_t *ret);
 
 /* The same algorithm on the host, one row of host logits (V), for tests without a GPU: the kernel's
  * template code instantiated for one thread. Not thread-safe. */

@@ -1,29 +1,37 @@
-/* eng_cuda_sample.cu: token sampling on the GPU (eng_cuda_sample, eng_cuda.h), so that logits
- * never leave the device for greedy/temperature/top-k/top-p/min-p rows.
+/* eng_cuda_sample.cu: token sampling on the GPU (eng_cuda_sample, eng_cuda_sample_ex, eng_cuda.h),
+ * the cuda backend's SAMPLE hook, so that logits never leave the device, whatever the request's
+ * sampling parameters.
  *
- * Semantics are eng_sampler.c's draw (eng_sampler.h), row by row: logits scaled by 1/temperature
- * (f32), candidates in the strict order "higher scaled logit first, then lower id", top-k keeps
- * the first k, top-p the shortest prefix whose mass reaches top_p x (mass of the top-k set), min-p
- * the tokens with p >= min_p x p_max (p = expf(l - max)), then an inverse-CDF draw over the
- * survivors at u = eng_sampler_uniform(seed, step) (the same counter-based hash, computed here).
+ * Semantics are eng_sampler.c's (eng_sampler.h), row by row: the row's logit edits (penalties,
+ * eos/stop suppression, built on the host by eng_sampler_edits) applied to a device copy with the
+ * same float operations; greedy (temperature <= 0) = the argmax, lowest id on ties; else logits
+ * scaled by 1/temperature (f32), candidates in the strict order "higher scaled logit first, then
+ * lower id", top-k keeps the first k, top-p the shortest prefix whose mass reaches top_p x (mass of
+ * the top-k set), min-p the tokens with p >= min_p x p_max (p = expf(l - max)), then an
+ * inverse-CDF draw over the survivors at u = eng_sampler_uniform(seed, step) (the same
+ * counter-based hash, computed here). Logprobs: log-softmax of the raw row in double, the n best by
+ * raw logit (ties by lower id).
  *
  * How: one 1024-thread block per row, no sort. Every truncation and the draw is a "prefix
  * select": find the shortest prefix (in the candidate order) whose weight (count, or mass)
- * reaches a goal. It is a radix select over the 32-bit order-preserving key of the scaled logit
- * (11 + 11 + 10 bits, one pass over the row each, histogram in shared memory), then, for a run of
- * equal logits, a radix select over the ids (2 x 11 bits) for the n-th lowest id. Masses are
- * fixed point (p x 2^32 rounded, u64): every sum is exact and order-independent, so the passes
- * agree with each other and the same seed gives the same token on every run. A prefix is kept as
- * its last element (key, id): element (k, v) is inside iff k > key or (k == key and v <= id).
- * Greedy rows (temperature <= 0) take the argmax of the raw logits, lowest id on ties.
+ * reaches a goal. Masses are fixed point (p x 2^32 rounded, u64): every sum is exact and
+ * order-independent, so the passes agree with each other and the same seed gives the same token
+ * on every run. After the maximum, one pass bins the row by (max - l) in linear bins (ss_lbin,
+ * 64 per unit; a bin is a contiguous piece of the candidate order) and bounds where the
+ * truncation or the draw ends; the elements before that bound are compacted into a per-row
+ * candidate list (up to SS_CAP; more: the selects read the whole row). A select finds the linear
+ * bin that crosses its goal, then radix-selects inside that bin over the 32-bit order-preserving
+ * key (11 + 11 + 10 bits, histogram in shared memory), then, for a run of equal logits, over the
+ * ids (2 x 11 bits). A prefix is kept as its last element (key, id): element (k, v) is inside iff
+ * k > key or (k == key and v <= id).
  *
- * Cost: about 12 passes over a row (L2-resident after the first), rows in parallel. Limits:
- * V < 2^22. Not thread-safe (one static device workspace); the engine drives it from one thread.
- * eng_cuda_sample_host runs the same template code with one thread on the host (tests). */
+ * Limits: V < 2^22. Not thread-safe (one static device workspace); the engine drives it from one
+ * thread. eng_cuda_sample_host runs the same template code with one thread on the host (tests). */
 #include <cfloat>
 #include <climits>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 
 #include "cuda_common.cuh"
@@ -48,6 +56,7 @@ struct ss_sel {
     bool mass;
     bool strict;
     double G;
+    bool reuse; /* the linear-bin histogram in shared memory is already this select's (ss_lhist) */
 };
 
 struct ss_smem {
@@ -56,8 +65,10 @@ struct ss_smem {
     int32_t minid[SS_BINS];           /* lowest id per digit */
     unsigned long long warp[32];      /* scan / reduction partials */
     float fwarp[32];
+    double dwarp[32];
     int32_t iwarp[32];
     int pick;                         /* chosen scan position */
+    int ncand;                        /* candidates compacted so far */
     unsigned long long before;        /* weight before the chosen digit */
 };
 
@@ -152,6 +163,30 @@ SS_HD inline bool ss_cross(double c, double G, bool strict) {
 }
 SS_HD inline float ss_l(const float *row, int v, float inv_t) {
     return row[v] * inv_t + 0.0f; /* the host's `logits[v] *= inv_t`; -0 -> +0 */
+}
+
+/* The elements a select looks at: the whole row (ids = indices, logits scaled on the fly) or a
+ * compacted candidate list (scaled logits with their ids; inv_t unused). */
+struct ss_src {
+    const float *l;    /* (n) raw row, or scaled candidate logits */
+    const int32_t *id; /* (n) candidate ids; NULL: the whole row, id = index */
+    int n;
+    float inv_t;       /* 1 / temperature for the whole row */
+};
+SS_HD inline float ss_val(const ss_src &s, int i) {
+    return s.id ? s.l[i] : ss_l(s.l, i, s.inv_t);
+}
+SS_HD inline int ss_id(const ss_src &s, int i) {
+    return s.id ? s.id[i] : i;
+}
+
+/* Linear bin of a scaled logit below the row maximum: SS_LBIN bins per unit of (mx - l), the last
+ * bin takes the rest (and NaN). Non-decreasing along the candidate order, so "bins <= D" is
+ * always a prefix of that order (a tie run never straddles two bins). */
+#define SS_LBIN 64.0f
+SS_HD inline int ss_lbin(float l, float mx) {
+    float x = (mx - l) * SS_LBIN;
+    return x < (float)(SS_BINS - 1) ? (int)x : SS_BINS - 1;
 }
 
 /* block-wide sum of u64 (every thread gets it) */
@@ -302,9 +337,86 @@ struct ss_asc {
     SS_HD int operator()(int pos) const { return pos < SS_BINS ? pos : -1; }
 };
 
+/* Writes the elements of src with pred(l, id) (scaled logit, id; any order) to ol/oid; returns
+ * how many. The caller knows they fit. */
+template <int NT, typename P>
+SS_HD int ss_gather(const ss_src &src, P pred, float *ol, int32_t *oid, ss_smem &sm) {
+#ifdef __CUDA_ARCH__
+    const int lane = threadIdx.x & 31;
+    if (threadIdx.x == 0)
+        sm.ncand = 0;
+    __syncthreads();
+    for (int base = 0; base < src.n; base += NT) { /* every lane runs every iteration */
+        const int i = base + (int)threadIdx.x;
+        float l = 0.0f;
+        int v = 0;
+        bool take = false;
+        if (i < src.n) {
+            l = ss_val(src, i);
+            v = ss_id(src, i);
+            take = pred(l, v);
+        }
+        const unsigned m = __ballot_sync(0xffffffffu, take);
+        int at = 0;
+        if (lane == 0 && m)
+            at = atomicAdd(&sm.ncand, __popc(m));
+        at = __shfl_sync(0xffffffffu, at, 0);
+        if (take) {
+            at += __popc(m & ((1u << lane) - 1u));
+            ol[at] = l;
+            oid[at] = v;
+        }
+    }
+    __syncthreads(); /* the list (global memory) is visible to the whole block */
+    const int n = sm.ncand;
+    __syncthreads();
+    return n;
+#else
+    (void)sm;
+    int n = 0;
+    for (int i = 0; i < src.n; i++) {
+        float l = ss_val(src, i);
+        int v = ss_id(src, i);
+        if (pred(l, v)) {
+            ol[n] = l;
+            oid[n] = v;
+            n++;
+        }
+    }
+    return n;
+#endif
+}
+
+/* candidates: non-zero fixed-point mass, linear bin <= D */
+struct ss_pred_prefix {
+    float mx;
+    int D;
+    SS_HD bool operator()(float l, int) const {
+        return ss_q(expf(l - mx)) > 0 && ss_lbin(l, mx) <= D;
+    }
+};
+/* a select's eligible elements in its linear bin lb */
+struct ss_pred_bin {
+    ss_bnd B;
+    bool minp;
+    float thr;
+    float mx;
+    int lb;
+    SS_HD bool operator()(float l, int v) const {
+        return ss_lbin(l, mx) == lb && ss_in(ss_key(l), v, B) && (!minp || expf(l - mx) >= thr);
+    }
+};
+
+/* per-row scratch for a select's bin list */
+struct ss_scr {
+    float *l;
+    int32_t *id;
+    int cap;
+};
+
 /* the shortest prefix of the eligible elements whose weight reaches s.G (see the file comment) */
 template <int NT>
-SS_HD ss_bnd ss_select(const float *row, int V, float inv_t, float mx, const ss_sel &s,
+SS_HD ss_bnd ss_select(const ss_src &src, float mx, const ss_sel &s, const ss_scr &scr,
                        ss_smem &sm) {
     const int t = SS_TID;
     const int shifts[3] = {21, 10, 0}, bits[3] = {11, 11, 10};
@@ -313,6 +425,48 @@ SS_HD ss_bnd ss_select(const float *row, int V, float inv_t, float mx, const ss_
     bool all = false;
     uint32_t cnt = 0;
     int32_t minid = 0;
+    /* stage 0: the linear bin (ss_lbin, a coarse prefix of the order) where the goal is crossed;
+     * the radix rounds then look at that bin's elements only, which spreads the histogram
+     * atomics (the float key's top bits put a whole row into a handful of digits) */
+    if (!s.reuse) {
+        for (int i = t; i < SS_BINS; i += NT) {
+            sm.wbin[i] = 0;
+            sm.cbin[i] = 0;
+        }
+        SS_SYNC();
+        for (int i = t; i < src.n; i += NT) {
+            float l = ss_val(src, i);
+            if (!ss_in(ss_key(l), ss_id(src, i), s.B))
+                continue;
+            float p = expf(l - mx);
+            if (s.minp && !(p >= s.thr))
+                continue;
+            int d = ss_lbin(l, mx);
+            ss_add(&sm.wbin[d], s.mass ? ss_q(p) : 1ull);
+            ss_addu(&sm.cbin[d], 1u);
+        }
+        SS_SYNC();
+    }
+    int lb;
+    {
+        unsigned long long before = 0;
+        bool crossed = false;
+        lb = ss_pick<NT>(sm, ss_asc(), G, s.strict, false, &before, &crossed);
+        if (lb < 0) /* nothing eligible: cannot happen for a non-empty set; keep B */
+            return s.B;
+        all = !crossed;
+        G -= (double)before;
+        SS_SYNC();
+    }
+    /* the bin's elements into the scratch list when they fit: the rounds below then read a few
+     * hundred elements instead of the whole source */
+    ss_src in = src;
+    const int n_lb = (int)sm.cbin[lb];
+    SS_SYNC();
+    if (scr.cap > 0 && n_lb <= scr.cap)
+        in = ss_src{scr.l, scr.id,
+                    ss_gather<NT>(src, ss_pred_bin{s.B, s.minp, s.thr, mx, lb}, scr.l, scr.id, sm),
+                    1.0f};
     for (int r = 0; r < 3; r++) {
         const int nb = 1 << bits[r], sh = shifts[r], psh = sh + bits[r];
         for (int i = t; i < nb; i += NT) {
@@ -321,10 +475,11 @@ SS_HD ss_bnd ss_select(const float *row, int V, float inv_t, float mx, const ss_
             sm.minid[i] = INT_MAX;
         }
         SS_SYNC();
-        for (int v = t; v < V; v += NT) {
-            float l = ss_l(row, v, inv_t);
+        for (int i = t; i < in.n; i += NT) {
+            float l = ss_val(in, i);
+            int v = ss_id(in, i);
             uint32_t k = ss_key(l);
-            if ((r > 0 && (k >> psh) != pre) || !ss_in(k, v, s.B))
+            if ((r > 0 && (k >> psh) != pre) || !ss_in(k, v, s.B) || ss_lbin(l, mx) != lb)
                 continue;
             float p = expf(l - mx);
             if (s.minp && !(p >= s.thr))
@@ -370,10 +525,11 @@ SS_HD ss_bnd ss_select(const float *row, int V, float inv_t, float mx, const ss_
             sm.cbin[i] = 0;
         }
         SS_SYNC();
-        for (int v = t; v < V; v += NT) {
+        for (int i = t; i < in.n; i += NT) {
+            int v = ss_id(in, i);
             if (r > 0 && ((uint32_t)v >> 11) != ipre)
                 continue;
-            float l = ss_l(row, v, inv_t);
+            float l = ss_val(in, i);
             uint32_t k = ss_key(l);
             if (k != pre || !ss_in(k, v, s.B))
                 continue;
@@ -398,12 +554,12 @@ SS_HD ss_bnd ss_select(const float *row, int V, float inv_t, float mx, const ss_
 
 /* fixed-point mass of the eligible elements */
 template <int NT>
-SS_HD unsigned long long ss_mass(const float *row, int V, float inv_t, float mx, ss_bnd B,
-                                 bool minp, float thr, ss_smem &sm) {
+SS_HD unsigned long long ss_mass(const ss_src &src, float mx, ss_bnd B, bool minp, float thr,
+                                 ss_smem &sm) {
     unsigned long long acc = 0;
-    for (int v = SS_TID; v < V; v += NT) {
-        float l = ss_l(row, v, inv_t);
-        if (!ss_in(ss_key(l), v, B))
+    for (int i = SS_TID; i < src.n; i += NT) {
+        float l = ss_val(src, i);
+        if (!ss_in(ss_key(l), ss_id(src, i), B))
             continue;
         float p = expf(l - mx);
         if (minp && !(p >= thr))
@@ -413,41 +569,135 @@ SS_HD unsigned long long ss_mass(const float *row, int V, float inv_t, float mx,
     return ss_sum<NT>(acc, sm);
 }
 
-/* the temperature path of one row (temperature > 0): returns the sampled id */
+/* One pass over the row: per linear bin (ss_lbin) the count and the fixed-point mass of the
+ * elements with a non-zero fixed-point mass (the others weigh nothing in any mass select and
+ * are never drawn). Returns the row's total fixed-point mass. */
 template <int NT>
-SS_HD int32_t ss_row(const float *row, int V, const eng_cuda_sample_row_t &rw, ss_smem &sm) {
+SS_HD unsigned long long ss_lhist(const float *row, int V, float inv_t, float mx, ss_smem &sm) {
+    const int t = SS_TID;
+    for (int i = t; i < SS_BINS; i += NT) {
+        sm.wbin[i] = 0;
+        sm.cbin[i] = 0;
+    }
+    SS_SYNC();
+    unsigned long long acc = 0;
+    for (int v = t; v < V; v += NT) {
+        float l = ss_l(row, v, inv_t);
+        unsigned long long q = ss_q(expf(l - mx));
+        if (q == 0)
+            continue;
+        int d = ss_lbin(l, mx);
+        ss_add(&sm.wbin[d], q);
+        ss_addu(&sm.cbin[d], 1u);
+        acc += q;
+    }
+    SS_SYNC();
+    return ss_sum<NT>(acc, sm);
+}
+
+/* The first linear bin where the running count (or mass) through it exceeds G: the prefix
+ * select for G then ends inside bins <= the result. SS_BINS - 1 when none does. */
+template <int NT> SS_HD int ss_cut(ss_smem &sm, bool count, double G) {
+    constexpr int P = SS_BINS / NT;
+    const int t = SS_TID;
+    unsigned long long w = 0;
+    for (int k = 0; k < P; k++)
+        w += count ? (unsigned long long)sm.cbin[P * t + k] : sm.wbin[P * t + k];
+    unsigned long long c = ss_excl<NT>(w, sm);
+    if (t == 0)
+        sm.pick = SS_BINS - 1;
+    SS_SYNC();
+    for (int k = 0; k < P; k++) {
+        c += count ? (unsigned long long)sm.cbin[P * t + k] : sm.wbin[P * t + k];
+        if ((double)c > G) {
+            ss_min(&sm.pick, P * t + k);
+            break;
+        }
+    }
+    SS_SYNC();
+    const int d = sm.pick;
+    SS_SYNC();
+    return d;
+}
+
+/* elements in linear bins <= D (per the histogram) */
+template <int NT> SS_HD int ss_count_to(ss_smem &sm, int D) {
+    constexpr int P = SS_BINS / NT;
+    unsigned long long c = 0;
+    for (int k = 0; k < P; k++)
+        c += P * SS_TID + k <= D ? sm.cbin[P * SS_TID + k] : 0u;
+    return (int)ss_sum<NT>(c, sm);
+}
+
+/* The temperature path of one row (temperature > 0): returns the sampled id. A histogram over
+ * linear bins below the maximum bounds where the truncation (top-k by count, else top-p by mass,
+ * min-p by its threshold) or, without truncation, the draw ends; the elements before that bound
+ * (a prefix of the candidate order: usually a few hundred) are compacted into cl/cid (cap
+ * elements; more, or cap 0: the selects run over the whole row as before) and the exact
+ * selects run over them only. The answer is the same as over the whole row. */
+template <int NT>
+SS_HD int32_t ss_row(const float *row, int V, const eng_cuda_sample_row_t &rw, float *cl,
+                     int32_t *cid, int cap, const ss_scr &scr, ss_smem &sm) {
     const float inv_t = 1.0f / rw.temperature;
     const float mx = ss_max<NT>(row, V, inv_t, sm);
+    const unsigned long long total_all = ss_lhist<NT>(row, V, inv_t, mx, sm);
+    const bool topk = rw.top_k > 0 && rw.top_k < V;
+    const bool minp = rw.min_p > 0.0f;
+    const double u = ss_uniform(rw.seed, rw.step);
+    int D = SS_BINS - 1;
+    if (topk)
+        D = ss_cut<NT>(sm, true, (double)rw.top_k);
+    else if (rw.top_p < 1.0f)
+        D = ss_cut<NT>(sm, false, (double)rw.top_p * (double)total_all);
+    if (minp && !topk) { /* p >= min_p: mx - l <= -log(min_p) (one bin of slack for rounding);
+                          * top-k needs its whole set for the top-p mass */
+        const float x = -logf(rw.min_p) * SS_LBIN;
+        const int dm = x < (float)(SS_BINS - 2) ? (int)x + 1 : SS_BINS - 1;
+        D = dm < D ? dm : D;
+    }
+    if (!topk && !minp && !(rw.top_p < 1.0f))
+        D = ss_cut<NT>(sm, false, u * (double)total_all);
+    ss_src src = {row, nullptr, V, inv_t};
+    const int n_pre = cap > 0 ? ss_count_to<NT>(sm, D) : V;
+    if (n_pre <= cap && n_pre <= V / 2) /* (a list of most of the row saves nothing) */
+        src = ss_src{cl, cid, ss_gather<NT>(src, ss_pred_prefix{mx, D}, cl, cid, sm), 1.0f};
+
     const ss_bnd all = {0u, INT_MAX};
     ss_bnd B = all;
-    if (rw.top_k > 0 && rw.top_k < V) {
+    if (topk) {
         ss_sel s = {all, false, 0.0f, false, false, (double)rw.top_k};
-        B = ss_select<NT>(row, V, inv_t, mx, s, sm);
+        B = ss_select<NT>(src, mx, s, scr, sm);
     }
-    const unsigned long long total = ss_mass<NT>(row, V, inv_t, mx, B, false, 0.0f, sm);
+    const unsigned long long total =
+        topk ? ss_mass<NT>(src, mx, B, false, 0.0f, sm) : total_all;
     if (rw.top_p < 1.0f) {
-        ss_sel s = {B, false, 0.0f, true, false, (double)rw.top_p * (double)total};
-        ss_bnd P = ss_select<NT>(row, V, inv_t, mx, s, sm);
+        /* without top-k, ss_lhist's histogram is this select's stage 0: the same weights on
+         * every bin up to the crossing (it leaves out only zero-mass elements, and a top-p goal
+         * <= the total always crosses at a bin with mass) */
+        ss_sel s = {B, false, 0.0f, true, false, (double)rw.top_p * (double)total, !topk};
+        ss_bnd P = ss_select<NT>(src, mx, s, scr, sm);
         if (P.key > B.key || (P.key == B.key && P.id < B.id))
             B = P; /* the shorter prefix */
     }
-    const bool minp = rw.min_p > 0.0f;
     const float thr = rw.min_p * 1.0f; /* p_max = expf(0) = 1 */
     unsigned long long mass = total;
     if (minp || rw.top_p < 1.0f)
-        mass = ss_mass<NT>(row, V, inv_t, mx, B, minp, thr, sm);
-    const double u = ss_uniform(rw.seed, rw.step);
+        mass = ss_mass<NT>(src, mx, B, minp, thr, sm);
     ss_sel s = {B, minp, thr, true, true, u * (double)mass};
-    return ss_select<NT>(row, V, inv_t, mx, s, sm).id;
+    return ss_select<NT>(src, mx, s, scr, sm).id;
 }
 
-/* greedy: the first maximum of the raw logits */
-__device__ int32_t ss_argmax(const float *row, int V, ss_smem &sm) {
+/* The best element (higher logit, then lower id) strictly after (pl, pid) in that order: the
+ * greedy argmax from (+inf, -1), the next top logprob from the previous one. Returns its id
+ * (INT_MAX: none; NaN never qualifies) and, in every thread, its logit in *ret_l. */
+__device__ int32_t ss_best(const float *row, int V, float pl, int pid, ss_smem &sm, float *ret_l) {
     const int t = threadIdx.x;
     float best = -INFINITY;
     int bi = INT_MAX;
     for (int v = t; v < V; v += SS_THREADS) {
         float x = row[v];
+        if (!(x < pl || (x == pl && v > pid)))
+            continue;
         if (x > best || (x == best && v < bi)) {
             best = x;
             bi = v;
@@ -473,18 +723,109 @@ __device__ int32_t ss_argmax(const float *row, int V, ss_smem &sm) {
             b = sm.fwarp[i];
             id = sm.iwarp[i];
         }
+    __syncthreads();
+    *ret_l = b;
+    return id;
+}
+
+/* greedy: the first maximum of the (edited) logits */
+__device__ int32_t ss_argmax(const float *row, int V, ss_smem &sm) {
+    float b;
+    int32_t id = ss_best(row, V, INFINITY, -1, sm, &b);
     return id == INT_MAX ? 0 : id;
 }
 
-__global__ void __launch_bounds__(SS_THREADS)
-    k_sample(const float *logits, int V, const eng_cuda_sample_row_t *rows, int32_t *out) {
+/* logprobs of the raw row (eng_sampler_sample's: log_softmax in double, n best by logit, ties by
+ * lower id): the token's and the n best, into o (thread 0 writes) */
+__device__ void ss_logprobs(const float *raw, int V, uint32_t n, int32_t tok,
+                            eng_cuda_sample_out_t *o, ss_smem &sm) {
+    const int t = threadIdx.x;
+    const float mx = ss_max<SS_THREADS>(raw, V, 1.0f, sm);
+    double acc = 0;
+    for (int v = t; v < V; v += SS_THREADS)
+        acc += exp((double)raw[v] - (double)mx);
+    for (int off = 16; off > 0; off >>= 1)
+        acc += __shfl_xor_sync(0xffffffffu, acc, off);
+    if ((t & 31) == 0)
+        sm.dwarp[t >> 5] = acc;
+    __syncthreads();
+    double sum = 0;
+    for (int i = 0; i < SS_THREADS / 32; i++)
+        sum += sm.dwarp[i];
+    __syncthreads();
+    const double lse = (double)mx + log(sum);
+    float pl = INFINITY;
+    int pid = -1;
+    uint32_t k = 0;
+    for (; k < n; k++) {
+        float b;
+        int32_t id = ss_best(raw, V, pl, pid, sm, &b);
+        if (id == INT_MAX)
+            break;
+        if (t == 0) {
+            o->top_ids[k] = id;
+            o->top_logprobs[k] = (float)((double)b - lse);
+        }
+        pl = b;
+        pid = id;
+    }
+    if (t == 0) {
+        o->n_top = k;
+        o->logprob = (float)((double)raw[tok] - lse);
+    }
+}
+
+/* candidate slots per row (scaled logit + id, 8 bytes each) in the device workspace: at least
+ * SS_CAP, up to the whole row while rows x slots stays within SS_CAND_BUDGET */
+#define SS_CAP 16384
+#define SS_CAND_BUDGET (8u << 20)
+/* slots per row for a select's bin list */
+#define SS_BCAP 8192
+
+__global__ void __launch_bounds__(SS_THREADS, 1)
+    k_sample(const float *logits, int V, const eng_cuda_sample_row_t *rows,
+             eng_cuda_sample_out_t *out, float *cand_l, int32_t *cand_id, int cap,
+             const eng_cuda_sample_edit_t *edits, float *proc, float *bin_l, int32_t *bin_id) {
     __shared__ ss_smem sm;
     const eng_cuda_sample_row_t rw = rows[blockIdx.x];
-    const float *row = logits + (size_t)blockIdx.x * V;
-    int32_t id = rw.temperature > 0.0f ? ss_row<SS_THREADS>(row, V, rw, sm)
-                                       : ss_argmax(row, V, sm);
-    if (threadIdx.x == 0)
-        out[blockIdx.x] = id;
+    const float *raw = logits + (size_t)blockIdx.x * V;
+    const float *row = raw;
+    if (rw.n_edit > 0) { /* the edited copy (eng_sampler_sample's processed logits) */
+        float *pr = proc + (size_t)rw.slot * V;
+        for (int v = threadIdx.x; v < V; v += SS_THREADS)
+            pr[v] = raw[v];
+        __syncthreads();
+        for (uint32_t j = threadIdx.x; j < rw.n_edit; j += SS_THREADS) {
+            const eng_cuda_sample_edit_t e = edits[rw.edit0 + j];
+            float l = raw[e.id];
+            if (e.rp != 1.0f)
+                l = l > 0 ? l / e.rp : l * e.rp;
+            l -= e.sub;
+            if (e.suppress)
+                l = -INFINITY;
+            pr[e.id] = l;
+        }
+        __syncthreads(); /* the copy (global memory) is visible to the whole block */
+        row = pr;
+    }
+    int32_t id = rw.temperature > 0.0f
+                     ? ss_row<SS_THREADS>(row, V, rw, cand_l + (size_t)blockIdx.x * cap,
+                                          cand_id + (size_t)blockIdx.x * cap, cap,
+                                          ss_scr{bin_l + (size_t)blockIdx.x * SS_BCAP,
+                                                 bin_id + (size_t)blockIdx.x * SS_BCAP, SS_BCAP},
+                                          sm)
+                     : ss_argmax(row, V, sm);
+    __syncthreads();
+    eng_cuda_sample_out_t *o = &out[blockIdx.x];
+    if (rw.n_logprobs > 0)
+        ss_logprobs(raw, V, rw.n_logprobs, id, o, sm);
+    if (threadIdx.x == 0) {
+        o->token = id;
+        if (rw.n_logprobs == 0) {
+            o->logprob = 0.0f;
+            o->n_top = 0;
+        }
+    }
 }
 
 extern "C" int eng_cuda_sample_host(const float *logits, uint32_t V,
@@ -500,58 +841,175 @@ extern "C" int eng_cuda_sample_host(const float *logits, uint32_t V,
         return 0;
     }
     static ss_smem sm; /* one thread; see the file comment */
-    *ret_id = ss_row<1>(logits, (int)V, *row, sm);
+    float *cl = (float *)malloc((size_t)V * sizeof *cl);
+    int32_t *cid = (int32_t *)malloc((size_t)V * sizeof *cid);
+    if (!cl || !cid) {
+        free(cl);
+        free(cid);
+        return -ENOMEM;
+    }
+    /* cap V/2: both the compacted path and (for flat rows) the whole-row path get exercised */
+    float *bl = (float *)malloc((size_t)V * sizeof *bl);
+    int32_t *bid = (int32_t *)malloc((size_t)V * sizeof *bid);
+    if (!bl || !bid) {
+        free(cl);
+        free(cid);
+        free(bl);
+        free(bid);
+        return -ENOMEM;
+    }
+    /* caps V/2 and 64: the compacted and whole-row paths, the bin lists and the filtered rounds
+     * all get exercised */
+    *ret_id = ss_row<1>(logits, (int)V, *row, cl, cid, (int)(V / 2), ss_scr{bl, bid, 64}, sm);
+    free(cl);
+    free(cid);
+    free(bl);
+    free(bid);
     return 0;
 }
 
-/* static workspace: row parameters and ids, device and pinned host */
+/* static workspace (grown, never shrunk): rows, results and edits (device and pinned host),
+ * candidates and edited row copies (device) */
 static eng_cuda_sample_row_t *s_rows_dev, *s_rows_host;
-static int32_t *s_ids_dev, *s_ids_host;
-static uint32_t s_cap;
+static eng_cuda_sample_out_t *s_out_dev, *s_out_host;
+static eng_cuda_sample_edit_t *s_edits_dev, *s_edits_host;
+static float *s_cand_l;    /* (s_cand) */
+static int32_t *s_cand_id; /* (s_cand) */
+static float *s_proc;      /* (s_proc_n) edited row copies */
+static float *s_bin_l;     /* (s_cap, SS_BCAP) select bin lists */
+static int32_t *s_bin_id;  /* (s_cap, SS_BCAP) */
+static uint32_t s_cap;     /* rows */
+static size_t s_cand, s_edit_cap, s_proc_n;
 
-static int s_reserve(uint32_t n) {
-    if (n <= s_cap)
-        return 0;
-    cudaFree(s_rows_dev);
-    cudaFree(s_ids_dev);
-    cudaFreeHost(s_rows_host);
-    cudaFreeHost(s_ids_host);
-    s_rows_dev = s_rows_host = nullptr;
-    s_ids_dev = s_ids_host = nullptr;
-    s_cap = 0;
-    uint32_t cap = n < 64 ? 64 : n;
-    CUDA_CHECK(cudaMalloc(&s_rows_dev, cap * sizeof *s_rows_dev));
-    CUDA_CHECK(cudaMalloc(&s_ids_dev, cap * sizeof *s_ids_dev));
-    CUDA_CHECK(cudaMallocHost(&s_rows_host, cap * sizeof *s_rows_host));
-    CUDA_CHECK(cudaMallocHost(&s_ids_host, cap * sizeof *s_ids_host));
-    s_cap = cap;
+static int s_reserve(uint32_t n, size_t cand, size_t n_edits, size_t proc) {
+    if (n > s_cap) {
+        cudaFree(s_rows_dev);
+        cudaFree(s_out_dev);
+        cudaFreeHost(s_rows_host);
+        cudaFreeHost(s_out_host);
+        cudaFree(s_bin_l);
+        cudaFree(s_bin_id);
+        s_rows_dev = s_rows_host = nullptr;
+        s_out_dev = s_out_host = nullptr;
+        s_bin_l = nullptr;
+        s_bin_id = nullptr;
+        s_cap = 0;
+        uint32_t cap = n < 64 ? 64 : n;
+        CUDA_CHECK(cudaMalloc(&s_bin_l, (size_t)cap * SS_BCAP * sizeof *s_bin_l));
+        CUDA_CHECK(cudaMalloc(&s_bin_id, (size_t)cap * SS_BCAP * sizeof *s_bin_id));
+        CUDA_CHECK(cudaMalloc(&s_rows_dev, cap * sizeof *s_rows_dev));
+        CUDA_CHECK(cudaMalloc(&s_out_dev, cap * sizeof *s_out_dev));
+        CUDA_CHECK(cudaMallocHost(&s_rows_host, cap * sizeof *s_rows_host));
+        CUDA_CHECK(cudaMallocHost(&s_out_host, cap * sizeof *s_out_host));
+        s_cap = cap;
+    }
+    if (cand > s_cand) {
+        cudaFree(s_cand_l);
+        cudaFree(s_cand_id);
+        s_cand_l = nullptr;
+        s_cand_id = nullptr;
+        s_cand = 0;
+        CUDA_CHECK(cudaMalloc(&s_cand_l, cand * sizeof *s_cand_l));
+        CUDA_CHECK(cudaMalloc(&s_cand_id, cand * sizeof *s_cand_id));
+        s_cand = cand;
+    }
+    if (n_edits > s_edit_cap) {
+        cudaFree(s_edits_dev);
+        cudaFreeHost(s_edits_host);
+        s_edits_dev = s_edits_host = nullptr;
+        s_edit_cap = 0;
+        size_t cap = n_edits < 4096 ? 4096 : n_edits + n_edits / 2;
+        CUDA_CHECK(cudaMalloc(&s_edits_dev, cap * sizeof *s_edits_dev));
+        CUDA_CHECK(cudaMallocHost(&s_edits_host, cap * sizeof *s_edits_host));
+        s_edit_cap = cap;
+    }
+    if (proc > s_proc_n) {
+        cudaFree(s_proc);
+        s_proc = nullptr;
+        s_proc_n = 0;
+        CUDA_CHECK(cudaMalloc(&s_proc, proc * sizeof *s_proc));
+        s_proc_n = proc;
+    }
+    return 0;
+}
+
+/* both entry points; plain: ids only, the rows' edit and logprob fields ignored */
+static int s_sample(void *stream, const float *logits, uint32_t n_rows, uint32_t V,
+                    const eng_cuda_sample_row_t *rows, const eng_cuda_sample_edit_t *edits,
+                    uint32_t n_edits, bool plain, eng_cuda_sample_out_t *ret,
+                    int32_t *ret_ids) {
+    if (!logits || !rows || n_rows == 0 || V == 0 || V >= (1u << 22) || n_rows > 65535 ||
+        (n_edits > 0 && !edits))
+        return -EINVAL;
+    if (eng_cuda_error_is_sticky())
+        return -EIO;
+    uint32_t n_slots = 0;
+    for (uint32_t i = 0; i < n_rows; i++) {
+        const eng_cuda_sample_row_t *r = &rows[i];
+        if (r->temperature > 0.0f &&
+            (!(r->top_p > 0.0f && r->top_p <= 1.0f) || !(r->min_p >= 0.0f && r->min_p <= 1.0f)))
+            return -EINVAL;
+        if (plain)
+            continue;
+        if (r->n_logprobs > ENG_CUDA_SAMPLE_MAX_LOGPROBS ||
+            (r->n_edit > 0 && ((uint64_t)r->edit0 + r->n_edit > n_edits)))
+            return -EINVAL;
+        n_slots += r->n_edit > 0;
+    }
+    for (uint32_t j = 0; j < n_edits; j++)
+        if (edits[j].id < 0 || (uint32_t)edits[j].id >= V)
+            return -EINVAL;
+    uint32_t cap_u = SS_CAND_BUDGET / n_rows;
+    cap_u = cap_u < SS_CAP ? SS_CAP : cap_u;
+    const int cap = V < cap_u ? (int)V : (int)cap_u;
+    int r = s_reserve(n_rows, (size_t)n_rows * cap, plain ? 0 : n_edits, (size_t)n_slots * V);
+    if (r < 0)
+        return r;
+    cudaStream_t s = (cudaStream_t)stream;
+    memcpy(s_rows_host, rows, n_rows * sizeof *rows);
+    uint32_t slot = 0;
+    for (uint32_t i = 0; i < n_rows; i++) {
+        eng_cuda_sample_row_t *h = &s_rows_host[i];
+        if (plain) {
+            h->n_edit = 0;
+            h->n_logprobs = 0;
+        }
+        h->slot = h->n_edit > 0 ? slot++ : 0;
+    }
+    CUDA_CHECK(cudaMemcpyAsync(s_rows_dev, s_rows_host, n_rows * sizeof *rows,
+                               cudaMemcpyHostToDevice, s));
+    if (!plain && n_edits > 0) {
+        memcpy(s_edits_host, edits, n_edits * sizeof *edits);
+        CUDA_CHECK(cudaMemcpyAsync(s_edits_dev, s_edits_host, n_edits * sizeof *edits,
+                                   cudaMemcpyHostToDevice, s));
+    }
+    k_sample<<<n_rows, SS_THREADS, 0, s>>>(logits, (int)V, s_rows_dev, s_out_dev, s_cand_l,
+                                           s_cand_id, cap, s_edits_dev, s_proc, s_bin_l,
+                                           s_bin_id);
+    CUDA_LAUNCH_CHECK();
+    CUDA_CHECK(cudaMemcpyAsync(s_out_host, s_out_dev, n_rows * sizeof *s_out_host,
+                               cudaMemcpyDeviceToHost, s));
+    CUDA_CHECK(cudaStreamSynchronize(s));
+    if (ret)
+        memcpy(ret, s_out_host, n_rows * sizeof *ret);
+    if (ret_ids)
+        for (uint32_t i = 0; i < n_rows; i++)
+            ret_ids[i] = s_out_host[i].token;
     return 0;
 }
 
 extern "C" int eng_cuda_sample(void *stream, const float *logits, uint32_t n_rows, uint32_t V,
                                const eng_cuda_sample_row_t *rows, int32_t *ret_ids) {
-    if (!logits || !rows || !ret_ids || n_rows == 0 || V == 0 || V >= (1u << 22) ||
-        n_rows > 65535)
+    if (!ret_ids)
         return -EINVAL;
-    if (eng_cuda_error_is_sticky())
-        return -EIO;
-    for (uint32_t i = 0; i < n_rows; i++)
-        if (rows[i].temperature > 0.0f &&
-            (!(rows[i].top_p > 0.0f && rows[i].top_p <= 1.0f) ||
-             !(rows[i].min_p >= 0.0f && rows[i].min_p <= 1.0f)))
-            return -EINVAL;
-    int r = s_reserve(n_rows);
-    if (r < 0)
-        return r;
-    cudaStream_t s = (cudaStream_t)stream;
-    memcpy(s_rows_host, rows, n_rows * sizeof *rows);
-    CUDA_CHECK(cudaMemcpyAsync(s_rows_dev, s_rows_host, n_rows * sizeof *rows,
-                               cudaMemcpyHostToDevice, s));
-    k_sample<<<n_rows, SS_THREADS, 0, s>>>(logits, (int)V, s_rows_dev, s_ids_dev);
-    CUDA_LAUNCH_CHECK();
-    CUDA_CHECK(cudaMemcpyAsync(s_ids_host, s_ids_dev, n_rows * sizeof *ret_ids,
-                               cudaMemcpyDeviceToHost, s));
-    CUDA_CHECK(cudaStreamSynchronize(s));
-    memcpy(ret_ids, s_ids_host, n_rows * sizeof *ret_ids);
-    return 0;
+    return s_sample(stream, logits, n_rows, V, rows, nullptr, 0, true, nullptr, ret_ids);
+}
+
+extern "C" int eng_cuda_sample_ex(void *stream, const float *logits, uint32_t n_rows, uint32_t V,
+                                  const eng_cuda_sample_row_t *rows,
+                                  const eng_cuda_sample_edit_t *edits, uint32_t n_edits,
+                                  eng_cuda_sample_out_t *ret) {
+    if (!ret)
+        return -EINVAL;
+    return s_sample(stream, logits, n_rows, V, rows, edits, n_edits, false, ret, nullptr);
 }

@@ -10,6 +10,15 @@
  *    below 3x its sampling scale (0.5 * sum sqrt(p(1-p)/N));
  *  - the CPU sampler with the same (seed, step) picks the same id in >= 99% of the draws (both use
  *    eng_sampler_uniform; only rounding at CDF boundaries may differ).
+ * Then at the Qwen vocabulary (152064) on a peaked (LLM-like) and a flat row, R rows per case, each
+ * row its own seed (the candidate-compaction path and its whole-row fallback), through the hook
+ * with the service's logit edits and logprobs:
+ *  - truncation cases, penalties (repetition/presence/frequency), eos/stop suppression before
+ *    min_tokens and ignore_eos: greedy == the CPU sampler's token exactly; seeded draws agree
+ *    with the CPU sampler on >= 99%, never leave the oracle's kept set (the oracle runs on the
+ *    CPU-processed row) and pass the same total-variation bound; penalties move the greedy token
+ *    off the penalised maximum, suppression off the eos id;
+ *  - logprobs: the token's logprob and the 5 best (ids exact) match the CPU sampler's within 1e-4.
  * Exit 77 without a CUDA device. */
 #include <errno.h>
 #include <math.h>
@@ -23,6 +32,8 @@
 
 #define V 5000
 #define N 16384
+#define BV 152064 /* Qwen3 vocabulary */
+#define R 512     /* rows (draws) per large-vocabulary case */
 
 static int g_fail;
 
@@ -48,18 +59,18 @@ static int s_cmp(const void *a, const void *b) {
 }
 
 /* the oracle: probabilities of the kept set (0 elsewhere) */
-static void s_oracle(const float *logits, const eng_sampler_params_t *p, double *prob) {
-    static float l[V];
-    static int idx[V];
-    for (int v = 0; v < V; v++) {
+static void s_oracle_n(const float *logits, int nv, const eng_sampler_params_t *p, double *prob) {
+    static float l[BV];
+    static int idx[BV];
+    for (int v = 0; v < nv; v++) {
         l[v] = logits[v] * (1.0f / p->temperature);
         idx[v] = v;
         prob[v] = 0;
     }
     g_sort_l = l;
-    qsort(idx, V, sizeof idx[0], s_cmp);
+    qsort(idx, nv, sizeof idx[0], s_cmp);
     double mx = l[idx[0]];
-    int keep = p->top_k > 0 && p->top_k < V ? p->top_k : V;
+    int keep = p->top_k > 0 && p->top_k < nv ? p->top_k : nv;
     double total = 0;
     for (int i = 0; i < keep; i++)
         total += exp(l[idx[i]] - mx);
@@ -83,6 +94,10 @@ static void s_oracle(const float *logits, const eng_sampler_params_t *p, double 
         prob[idx[i]] = exp(l[idx[i]] - mx) / mass;
 }
 
+static void s_oracle(const float *logits, const eng_sampler_params_t *p, double *prob) {
+    s_oracle_n(logits, V, p, prob);
+}
+
 static void s_case(eng_backend_t *be, eng_tensor_t *dev, const float *logits, const char *name,
                    eng_sampler_params_t p) {
     static eng_sampler_params_t params[N];
@@ -97,7 +112,7 @@ static void s_case(eng_backend_t *be, eng_tensor_t *dev, const float *logits, co
         params[i] = p;
         steps[i] = i;
     }
-    struct eng_sample_batch sb = {params, steps, N};
+    struct eng_sample_batch sb = {.params = params, .steps = steps, .n_rows = N};
     int r1 = be->ops->sample(be, dev, &sb, a), r2 = be->ops->sample(be, dev, &sb, b);
     if (r1 < 0 || r2 < 0) {
         s_result(0, name, "sample hook failed: %d %d", r1, r2);
@@ -151,6 +166,224 @@ static void s_case(eng_backend_t *be, eng_tensor_t *dev, const float *logits, co
     s_result(tv < 3 * scale, name, "total variation %.4f (bound %.4f)", tv, 3 * scale);
 }
 
+/* ---- the Qwen-size vocabulary, with logit edits and logprobs ---- */
+
+static const int32_t g_prompt[] = {17, 5, 900, 17, 33, 120000, 5};
+static const int32_t g_output[] = {900, 77, 900, 4, 900, 150000};
+static const int32_t g_eos[] = {151645, 151643};
+static const int32_t g_stop[] = {77};
+
+/* R rows of the same big row, seeds seed0.., one step: the hook (with the service's edits) vs
+ * the CPU sampler; prints one line per check */
+static int32_t s_big(eng_backend_t *be, eng_tensor_t *dev, const float *logits, const char *name,
+                     eng_sampler_params_t p, bool with_seq) {
+    static eng_sampler_params_t params[R];
+    static uint32_t steps[R], edit0[R], n_edit[R];
+    static int32_t ids[R];
+    static eng_sampler_result_t res[R];
+    static eng_sampler_edit_t edits[64];
+    static float row[BV];
+    static double prob[BV];
+    eng_sampler_seq_t sq = {.n_output = 0};
+    if (with_seq)
+        sq = (eng_sampler_seq_t){.prompt = g_prompt, .n_prompt = 7, .output = g_output,
+                                 .n_output = 6, .eos_ids = g_eos, .n_eos = 2, .stop_ids = g_stop,
+                                 .n_stop = 1};
+    if (p.top_p == 0)
+        p.top_p = 1;
+    if (p.repetition_penalty == 0)
+        p.repetition_penalty = 1;
+    p.max_tokens = 1000;
+    eng_sampler_t *cs = NULL;
+    if (eng_sampler_new(BV, &cs) < 0) {
+        s_result(0, name, "eng_sampler_new failed");
+        return -1;
+    }
+    int ne = eng_sampler_edits(cs, &p, &sq, edits, 64);
+    for (uint32_t i = 0; i < R; i++) {
+        params[i] = p;
+        params[i].seed = 1000 + i;
+        steps[i] = sq.n_output;
+        edit0[i] = 0;
+        n_edit[i] = ne > 0 ? (uint32_t)ne : 0;
+    }
+    struct eng_sample_batch sb = {.params = params, .steps = steps, .n_rows = R, .edits = edits,
+                                  .edit0 = edit0, .n_edit = n_edit, .results = res};
+    int r = ne < 0 ? ne : be->ops->sample(be, dev, &sb, ids);
+    if (r < 0) {
+        s_result(0, name, "edits %d / sample hook %d", ne, r);
+        eng_sampler_free(cs);
+        return -1;
+    }
+    /* the CPU sampler, row by row; its processed row feeds the oracle */
+    int agree = 0, lp_ok = 1;
+    double lp_err = 0;
+    int32_t cpu0 = -1;
+    for (uint32_t i = 0; i < R; i++) {
+        memcpy(row, logits, sizeof row);
+        eng_sampler_result_t c;
+        eng_sampler_params_t pi = params[i];
+        if (eng_sampler_sample(cs, &pi, &sq, row, &c) < 0) {
+            s_result(0, name, "CPU sampler failed");
+            eng_sampler_free(cs);
+            return -1;
+        }
+        if (i == 0)
+            cpu0 = c.token;
+        agree += c.token == ids[i];
+        if (p.n_logprobs > 0) {
+            if (c.token == ids[i]) {
+                double e = fabs((double)c.logprob - res[i].logprob);
+                lp_err = e > lp_err ? e : lp_err;
+            }
+            if (res[i].n_top != c.n_top)
+                lp_ok = 0;
+            for (uint32_t k = 0; k < c.n_top && k < res[i].n_top; k++) {
+                if (res[i].top_ids[k] != c.top_ids[k])
+                    lp_ok = 0;
+                double e = fabs((double)c.top_logprobs[k] - res[i].top_logprobs[k]);
+                lp_err = e > lp_err ? e : lp_err;
+            }
+        }
+    }
+    eng_sampler_free(cs);
+    if (!(p.temperature > 0)) {
+        int same = 1;
+        for (uint32_t i = 0; i < R; i++)
+            same = same && ids[i] == cpu0;
+        s_result(same, name, "greedy: GPU %d == CPU sampler %d on all %d rows", ids[0], cpu0, R);
+    } else {
+        s_result(agree >= 0.99 * R, name, "GPU and CPU sampler agree on %d of %d draws", agree, R);
+        /* the oracle on the CPU-processed (edited, unscaled) row */
+        memcpy(row, logits, sizeof row);
+        for (int i = 0; i < ne; i++) {
+            float l = row[edits[i].id];
+            if (edits[i].rp != 1.0f)
+                l = l > 0 ? l / edits[i].rp : l * edits[i].rp;
+            l -= edits[i].sub;
+            if (edits[i].suppress)
+                l = -INFINITY;
+            row[edits[i].id] = l;
+        }
+        s_oracle_n(row, BV, &p, prob);
+        static double hist[BV];
+        memset(hist, 0, sizeof hist);
+        int outside = 0;
+        for (uint32_t i = 0; i < R; i++) {
+            if (ids[i] < 0 || ids[i] >= BV || prob[ids[i]] == 0)
+                outside++;
+            else
+                hist[ids[i]] += 1.0 / R;
+        }
+        s_result(outside == 0, name, "%d draws outside the kept set", outside);
+        double tv = 0, scale = 0;
+        for (int v = 0; v < BV; v++) {
+            tv += 0.5 * fabs(hist[v] - prob[v]);
+            scale += 0.5 * sqrt(prob[v] * (1 - prob[v]) / R);
+        }
+        s_result(tv < 3 * scale, name, "total variation %.4f (bound %.4f)", tv, 3 * scale);
+    }
+    if (p.n_logprobs > 0)
+        s_result(lp_ok && lp_err < 1e-4, name,
+                 "logprobs: top-%u ids %s, max |GPU - CPU| logprob %.2e (tol 1e-4)", p.n_logprobs,
+                 lp_ok ? "identical" : "DIFFER", lp_err);
+    if (with_seq && !(p.temperature > 0)) {
+        int bad = 0;
+        for (uint32_t i = 0; i < R; i++)
+            for (int e = 0; e < ne; e++)
+                bad += edits[e].suppress && ids[i] == edits[e].id;
+        s_result(bad == 0, name, "%d rows picked a suppressed id", bad);
+    }
+    return ids[0];
+}
+
+static int s_big_upload(eng_backend_t *be, eng_tensor_t *dev, const float *l) {
+    int r = 0;
+    for (int i = 0; r == 0 && i < R; i++)
+        r = be->ops->upload(be, dev, (size_t)i * BV * sizeof *l, l, BV * sizeof *l);
+    return r;
+}
+
+static void s_big_all(eng_backend_t *be) {
+    static float peaked[BV], flat[BV];
+    uint64_t x = 0x2545f4914f6cdd1dull;
+    for (int v = 0; v < BV; v++) {
+        double s = 0;
+        for (int k = 0; k < 4; k++) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            s += (double)(x >> 11) / 9007199254740992.0;
+        }
+        flat[v] = (float)((s - 2.0) * 4.3);        /* sd ~2.5: top-p sets of thousands */
+        peaked[v] = (float)((s - 2.0) * 3.5) - 2.0f; /* LLM-like: a body and a few spikes */
+    }
+    for (int i = 0; i < 24; i++)
+        peaked[(i * 6113 + 17) % BV] = 14.0f - 0.35f * (float)i;
+    peaked[900] = 15.5f;       /* the maximum, penalised by the history (prompt, 3x output) */
+    peaked[g_eos[0]] = 15.0f;  /* eos next: suppression must move the greedy token past it */
+    int64_t shape[2] = {R, BV};
+    eng_tensor_t dev;
+    int r = eng_tensor_init(&dev, ENG_DTYPE_F32, 2, shape);
+    if (r == 0)
+        r = be->ops->alloc(be, &dev);
+    if (r == 0)
+        r = s_big_upload(be, &dev, peaked);
+    if (r < 0) {
+        s_result(0, "vocab 152064", "device logits: %d", r);
+        return;
+    }
+    const eng_sampler_params_t g = {.temperature = 0}, t8 = {.temperature = 0.8f},
+                               tp = {.temperature = 0.8f, .top_p = 0.95f},
+                               tk = {.temperature = 0.7f, .top_k = 20, .top_p = 0.8f},
+                               mp = {.temperature = 1.0f, .min_p = 0.05f};
+    eng_sampler_params_t pen = tp, peng = g, lp = tp, lpg = g, sup = g, supt = tp, ign = g;
+    pen.repetition_penalty = peng.repetition_penalty = 1.3f;
+    pen.presence_penalty = peng.presence_penalty = 0.5f;
+    pen.frequency_penalty = peng.frequency_penalty = 0.4f;
+    lp.n_logprobs = lpg.n_logprobs = 5;
+    sup = peng; /* penalties and suppression together */
+    sup.min_tokens = supt.min_tokens = 10;
+    ign.ignore_eos = true;
+    s_big(be, &dev, peaked, "152k peaked greedy", g, false);
+    s_big(be, &dev, peaked, "152k peaked temperature 0.8", t8, false);
+    s_big(be, &dev, peaked, "152k peaked top-p 0.95", tp, false);
+    s_big(be, &dev, peaked, "152k peaked top-k 20 top-p 0.8", tk, false);
+    s_big(be, &dev, peaked, "152k peaked min-p 0.05", mp, false);
+    int32_t t_pen = s_big(be, &dev, peaked, "152k peaked penalties greedy", peng, true);
+    s_big(be, &dev, peaked, "152k peaked penalties top-p 0.95", pen, true);
+    int32_t t_sup = s_big(be, &dev, peaked, "152k peaked penalties + min_tokens greedy", sup, true);
+    s_big(be, &dev, peaked, "152k peaked min_tokens top-p 0.95", supt, true);
+    s_big(be, &dev, peaked, "152k peaked ignore_eos greedy", ign, true);
+    s_big(be, &dev, peaked, "152k peaked logprobs greedy", lpg, false);
+    s_big(be, &dev, peaked, "152k peaked logprobs top-p 0.95", lp, true);
+    {   /* the penalties and the suppression moved the greedy token */
+        static eng_sampler_params_t pp[1];
+        static uint32_t st[1];
+        int32_t plain = -1;
+        pp[0] = g;
+        pp[0].top_p = 1;
+        pp[0].repetition_penalty = 1;
+        struct eng_sample_batch sb = {.params = pp, .steps = st, .n_rows = 1};
+        r = be->ops->sample(be, &dev, &sb, &plain);
+        s_result(r == 0 && plain == 900, "152k peaked", "greedy without edits picks 900: %d", plain);
+        s_result(t_pen == g_eos[0], "152k peaked",
+                 "penalties move greedy off the penalised 900 to eos %d: %d", g_eos[0], t_pen);
+        s_result(t_sup != 900 && t_sup != g_eos[0] && t_sup >= 0, "152k peaked",
+                 "penalties + min_tokens move greedy off 900 and eos: %d", t_sup);
+    }
+    if (s_big_upload(be, &dev, flat) == 0) {
+        s_big(be, &dev, flat, "152k flat temperature 0.8", t8, false);
+        s_big(be, &dev, flat, "152k flat top-p 0.95", tp, false);
+        s_big(be, &dev, flat, "152k flat min-p 0.05", mp, false);
+        s_big(be, &dev, flat, "152k flat penalties top-p 0.95", pen, true);
+        s_big(be, &dev, flat, "152k flat logprobs top-p 0.95", lp, false);
+    } else {
+        s_result(0, "152k flat", "upload failed");
+    }
+    be->ops->release(be, &dev);
+}
+
 int main(void) {
     eng_backend_t *be = NULL;
     if (eng_backend_new("cuda", 0, 0, &be) < 0) {
@@ -196,6 +429,7 @@ int main(void) {
     s_case(be, &dev, logits, "top-k 100 top-p 0.95 min-p 0.05",
            (eng_sampler_params_t){.temperature = 1.2f, .top_k = 100, .top_p = 0.95f, .min_p = 0.05f});
     be->ops->release(be, &dev);
+    s_big_all(be);
     eng_backend_free(be);
     printf("%s\n", g_fail ? "FAILED" : "all passed");
     return g_fail ? 1 : 0;

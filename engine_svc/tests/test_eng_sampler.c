@@ -530,6 +530,62 @@ static void test_large_vocab(void **state) {
     eng_sampler_free(s);
 }
 
+/* eng_sampler_edits (what a device sampler applies) reproduces eng_sampler_sample's processed
+ * logits bit for bit: penalties, suppression before min_tokens, ignore_eos, duplicates and
+ * out-of-range ids; and refuses a too-small output array */
+static void test_edits(void **state) {
+    (void)state;
+    eng_sampler_t *s = NULL;
+    assert_int_equal(eng_sampler_new(V, &s), 0);
+    const int32_t prompt[] = {5, 2, 5, 99, -1, 7};
+    const int32_t output[] = {1, 8, 1, 1, 2, 6};
+    const int32_t eos[] = {5, 3}, stop[] = {8, 1};
+    const struct { float rp, pres, freq; uint32_t min_tokens; bool ignore_eos; } cfg[] = {
+        {1.5f, 0.25f, 0.5f, 0, false}, {0.8f, 0, 0, 0, false}, {1, -0.5f, 0.3f, 0, false},
+        {1, 0, 0, 10, false},          {1, 0, 0, 0, true},     {1.3f, 0.1f, 0.2f, 10, true},
+        {1, 0, 0, 0, false},
+    };
+    for (size_t c = 0; c < sizeof cfg / sizeof cfg[0]; c++) {
+        eng_sampler_params_t p = s_params();
+        p.temperature = 0; /* greedy: the processed row is left unscaled */
+        p.repetition_penalty = cfg[c].rp;
+        p.presence_penalty = cfg[c].pres;
+        p.frequency_penalty = cfg[c].freq;
+        p.min_tokens = cfg[c].min_tokens;
+        p.ignore_eos = cfg[c].ignore_eos;
+        eng_sampler_seq_t seq = {.prompt = prompt, .n_prompt = 6, .output = output, .n_output = 6,
+                                 .eos_ids = eos, .n_eos = 2, .stop_ids = stop, .n_stop = 2};
+        eng_sampler_edit_t e[16];
+        int n = eng_sampler_edits(s, &p, &seq, e, 16);
+        assert_true(n >= 0);
+        float want[V], got[V];
+        memcpy(want, s_logits, sizeof want);
+        memcpy(got, s_logits, sizeof got);
+        eng_sampler_result_t r;
+        assert_int_equal(eng_sampler_sample(s, &p, &seq, want, &r), 0);
+        int seen[V] = {0};
+        for (int i = 0; i < n; i++) {
+            assert_true(e[i].id >= 0 && e[i].id < V);
+            assert_int_equal(seen[e[i].id]++, 0); /* unique ids */
+            float l = got[e[i].id];
+            if (e[i].rp != 1.0f)
+                l = l > 0 ? l / e[i].rp : l * e[i].rp;
+            l -= e[i].sub;
+            if (e[i].suppress)
+                l = -INFINITY;
+            got[e[i].id] = l;
+        }
+        printf("edits config %zu: %d edits, processed rows identical: %s\n", c, n,
+               memcmp(got, want, sizeof got) == 0 ? "yes" : "no");
+        assert_memory_equal(got, want, sizeof got);
+        if (c == sizeof cfg / sizeof cfg[0] - 1)
+            assert_int_equal(n, 0);
+        if (n > 1)
+            assert_int_equal(eng_sampler_edits(s, &p, &seq, e, (uint32_t)n - 1), -ENOSPC);
+    }
+    eng_sampler_free(s);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_greedy),      cmocka_unit_test(test_temperature),
@@ -538,6 +594,7 @@ int main(void) {
         cmocka_unit_test(test_suppression), cmocka_unit_test(test_seed),
         cmocka_unit_test(test_logprobs),    cmocka_unit_test(test_validation),
         cmocka_unit_test(test_defaults),    cmocka_unit_test(test_large_vocab),
+        cmocka_unit_test(test_edits),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -17,8 +17,8 @@
  *  3. prefix cache: a second turn (turn-1 prompt + its output + more tokens) on the service that
  *     served turn 1 reports cached tokens and generates the same tokens as a service without the
  *     prefix cache (except at near-ties);
- *  4. GPU sampling: greedy without logprobs (the SAMPLE hook) == greedy with logprobs (host
- *     sampler on downloaded logits) except at near-ties; temperature/top-k/top-p with one seed
+ *  4. GPU sampling: greedy without logprobs == greedy with logprobs and ignore_eos (also on the
+ *     device, through the hook's logit edits and logprobs) except at near-ties; temperature/top-k/top-p with one seed
  *     gives the same tokens twice, another seed changes them (same seed batched with other
  *     requests is printed: bf16 batch kernels may move a draw across a CDF boundary). */
 #include <setjmp.h>
@@ -63,7 +63,7 @@ typedef struct t_req {
     int32_t top_k;
     float top_p;
     uint64_t seed;
-    bool stop_at_eos;     /* false: ignore_eos (which the SAMPLE hook does not take) */
+    bool stop_at_eos;     /* false: ignore_eos (eos suppressed by the SAMPLE hook's edits) */
 } t_req_t;
 
 static const t_req_t k_greedy_lp = {NSTEP, 2, -1, 0, 1, 0, false};
@@ -340,7 +340,7 @@ static void s_check_fast(const char *model) {
     memset(samp_a2, 0, sizeof samp_a2);
     memset(samp_b, 0, sizeof samp_b);
     memset(samp_c, 0, sizeof samp_c);
-    /* no logprobs, no ignore_eos: rows the service hands to the backend's SAMPLE hook */
+    /* no logprobs, no ignore_eos: rows without logit edits */
     const t_req_t greedy_dev = {NSTEP, 0, -1, 0, 1, 0, true};
     const t_req_t samp = {NSTEP, 0, 0.9f, 40, 0.9f, 7, true};
     const t_req_t samp_other = {NSTEP, 0, 0.9f, 40, 0.9f, 8, true};
