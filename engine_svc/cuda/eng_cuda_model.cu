@@ -736,6 +736,8 @@ static int s_model_init(eng_cuda_model *m, const char *dir, char *err, size_t er
     m->cap_layer = -2;
     m->fuse = !getenv("OM_CUDA_NOFUSE");
     m->pdl = !getenv("OM_CUDA_NOPDL");
+    if (m->tp_n > 1) /* TP: PDL next to NCCL kernels in captured graphs is untested; opt in */
+        m->pdl = m->pdl && getenv("OM_CUDA_TP_PDL") && !strcmp(getenv("OM_CUDA_TP_PDL"), "1");
     return 0;
 }
 

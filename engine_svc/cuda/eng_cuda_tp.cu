@@ -97,9 +97,14 @@ static int s_all(eng_cuda_tp *g, std::function<int(int, char *, size_t)> job, ch
 extern "C" void eng_cuda_tp_free(eng_cuda_tp_t *g) {
     if (!g)
         return;
-    if (!g->sh.empty())
+    /* each rank frees its shard and destroys its communicator on its own thread, all at once
+       (communicator teardown may wait for the peers) */
+    if (g->th.size() == (size_t)g->n)
         s_all(g, [g](int r, char *, size_t) {
-            g->sh[r] = eng_cuda_model_free(g->sh[r]);
+            if (r < (int)g->sh.size() && g->sh[r])
+                g->sh[r] = eng_cuda_model_free(g->sh[r]);
+            eng_nccl_comm_destroy(g->comm[r]);
+            g->comm[r] = nullptr;
             return 0;
         }, nullptr, 0);
     {
@@ -177,21 +182,11 @@ extern "C" int eng_cuda_tp_load(const char *dir, const eng_cuda_model_opts_t *op
         o.tensor_parallel = 1;
         return eng_cuda_model_load_shard(dir, &o, k, n, g->comm[k], &sh[k], e, el);
     }, err, errlen);
-    for (int i = 0; i < n; i++)
-        if (sh[i])
-            g->sh.push_back(sh[i]);
+    g->sh = sh; /* (n), NULL where a rank failed */
     if (r >= 0 && !opts->weights_only)
         r = s_equal_kv(g, err, errlen);
     if (r < 0) {
-        if ((int)g->sh.size() != n) { /* free the shards that loaded, each on its thread */
-            for (int i = 0; i < n; i++)
-                if (sh[i]) {
-                    cudaSetDevice(g->dev[i]);
-                    eng_cuda_model_free(sh[i]);
-                }
-            g->sh.clear();
-        }
-        eng_cuda_tp_free(g);
+        eng_cuda_tp_free(g); /* frees the shards that loaded, each on its thread */
         return r;
     }
     s_refresh_info(g);
