@@ -14,7 +14,15 @@
  * top-p with penalties, with logprobs, greedy with ignore_eos + min_tokens, all sampled on the
  * GPU; OMNIPIPE_GPU_SAMPLE=0 in the environment samples on the host instead.
  *
+ * --tensor-parallel N: the model split over GPUs 0..N-1 (eng_cuda_tp.h; N = 1 is the unsplit
+ * runner) and only the split/replicate comparison: batch-1 decode at ctx 512 (tok/s, ms/token),
+ * TTFT 512, aggregate decode at 32 and 128 sequences, KV capacity (max concurrent 4096-token
+ * contexts = KV blocks x block size / 4096) and the communication time per decode step at batch
+ * 1, 32 and 128 (the step's 2 x layers all-reduces of (B, hidden) bf16 replayed alone as one CUDA
+ * graph, eng_cuda_model_measure_comm). Ends with one "TP N=..." table row (bench/tp-run).
+ *
  * Usage: eng_bench_cuda CONFIG_DIR [--steps N] [--quick] [--profile] [--b1-only] [--service]
+ *        [--tensor-parallel N]
  * --profile: only runs, inside a profiler range (ncu --profile-from-start off), one batch-1 decode
  * step at ctx 512, one 512-token prefill and one batch-128 decode step (bench/ncu_summary.py). */
 #include <errno.h>
@@ -210,12 +218,73 @@ static double s_service_b1(const char *dir, int ctx, int steps, int mode, double
     return got > 3 && dt > 0 ? (got - 3) / dt : 0;
 }
 
+/* --tensor-parallel: the figures that compare a split model with one GPU (see the top comment). */
+static int s_tp_bench(int tp, int steps) {
+    double ttft, b1, agg[2] = {0}, comm[3] = {0}, ar_us[3] = {0}, step_ms[3] = {0};
+    int bsz[2] = {32, 128}, cb[3] = {1, 32, 128};
+    {
+        seq_t s;
+        s_seq_init(&s, 512 + steps + 8, 7);
+        ttft = s_prefill(&s, 1, 512, 4096);
+        s_decode(&s, 1, 2);
+        double dt = s_decode(&s, 1, steps);
+        b1 = steps / dt;
+        step_ms[0] = dt / steps * 1e3;
+        printf("TP %d: batch 1, ctx 512: TTFT %.1f ms, decode %.1f tok/s (%.2f ms/token)\n", tp,
+               ttft * 1e3, b1, 1e3 / b1);
+        fflush(stdout);
+        s_seq_free(&s);
+        g_next_block = 0;
+    }
+    for (int k = 0; k < 2; k++) {
+        int n = bsz[k];
+        seq_t *ss = calloc(n, sizeof *ss);
+        for (int i = 0; i < n; i++)
+            s_seq_init(&ss[i], 512 + steps + 8, 100 + i);
+        for (int i = 0; i < n; i += 8)
+            s_prefill(ss + i, n - i < 8 ? n - i : 8, 512, 512);
+        s_decode(ss, n, 3);
+        double dt = s_decode(ss, n, steps);
+        agg[k] = (double)n * steps / dt;
+        step_ms[k + 1] = dt / steps * 1e3;
+        printf("TP %d: batch %d, ctx 512: aggregate decode %.0f tok/s (%.2f ms/step)\n", tp, n,
+               agg[k], step_ms[k + 1]);
+        fflush(stdout);
+        for (int i = 0; i < n; i++)
+            s_seq_free(&ss[i]);
+        free(ss);
+        g_next_block = 0;
+    }
+    for (int k = 0; k < 3; k++) {
+        int r = eng_cuda_model_measure_comm(g_m, (uint32_t)cb[k], &comm[k], &ar_us[k], g_err,
+                                            sizeof g_err);
+        if (r < 0)
+            s_die(r, "measure_comm");
+        printf("TP %d: communication per decode step, batch %d: %.3f ms (%u all-reduces of "
+               "(%d, %u) bf16, %.1f us each; %.0f%% of the step)\n", tp, cb[k], comm[k],
+               2 * g_info.n_layers, cb[k], g_info.hidden, ar_us[k],
+               step_ms[k] > 0 ? 100 * comm[k] / step_ms[k] : 0);
+        fflush(stdout);
+    }
+    double ctx4k = (double)g_info.n_blocks * g_info.block_size / 4096.0;
+    printf("TP %d: KV %.2f GB/GPU, %u blocks of %u tokens = %.0f concurrent 4096-token contexts; "
+           "KV bytes/token/GPU %llu; weights %.2f GB/GPU\n", tp, g_info.kv_bytes / 1e9,
+           g_info.n_blocks, g_info.block_size, ctx4k,
+           (unsigned long long)eng_cuda_model_kv_bytes_per_token(g_m), g_info.weight_bytes / 1e9);
+    printf("\n| GPUs | b1 tok/s | b1 ms/tok | TTFT512 ms | agg32 tok/s | agg128 tok/s | max 4096-ctx "
+           "| comm ms/step b1/32/128 |\n|---|---|---|---|---|---|---|---|\n");
+    printf("| TP N=%d | %.1f | %.2f | %.1f | %.0f | %.0f | %.0f | %.3f / %.3f / %.3f |\n", tp, b1,
+           1e3 / b1, ttft * 1e3, agg[0], agg[1], ctx4k, comm[0], comm[1], comm[2]);
+    eng_cuda_model_free(g_m);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (argc < 2) {
         fprintf(stderr, "usage: %s CONFIG_DIR [--steps N] [--quick]\n", argv[0]);
         return 2;
     }
-    int steps = 64, quick = 0, profile = 0, b1_only = 0, service = 0;
+    int steps = 64, quick = 0, profile = 0, b1_only = 0, service = 0, tp = 0;
     for (int i = 2; i < argc; i++) {
         if (!strcmp(argv[i], "--steps") && i + 1 < argc)
             steps = atoi(argv[++i]);
@@ -227,6 +296,12 @@ int main(int argc, char **argv) {
             b1_only = 1;
         else if (!strcmp(argv[i], "--service"))
             service = 1;
+        else if (!strcmp(argv[i], "--tensor-parallel") && i + 1 < argc)
+            tp = atoi(argv[++i]);
+    }
+    if (tp < 0 || tp > 64) {
+        fprintf(stderr, "--tensor-parallel: %d is not a GPU count in [1, 64]\n", tp);
+        return 2;
     }
     double d2d = 0;
     int r = eng_cuda_measure_d2d_gbps(0, 1u << 30, &d2d);
@@ -239,6 +314,7 @@ int main(int argc, char **argv) {
     o.max_ctx = 8192;
     o.max_batch_tokens = 4096;
     o.max_seqs = 256;
+    o.tensor_parallel = tp;
     double t0 = s_now();
     r = eng_cuda_model_load(argv[1], &o, &g_m, g_err, sizeof g_err);
     if (r < 0)
@@ -262,6 +338,8 @@ int main(int argc, char **argv) {
         s_decode(&w, 1, 4);
         s_seq_free(&w);
     }
+    if (tp > 0)
+        return s_tp_bench(tp, steps);
     if (profile) {
         seq_t a, p;
         s_seq_init(&a, 600, 11);

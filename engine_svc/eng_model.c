@@ -519,6 +519,28 @@ fail:
 
 /* --- public API ------------------------------------------------------------------------------- */
 
+/* Tensor-parallel degree: o->tensor_parallel, else OMNIPIPE_TENSOR_PARALLEL, else 1. */
+static int s_tensor_parallel(const eng_model_load_opts_t *o, int *ret, char *err, size_t errlen) {
+    if (o && o->tensor_parallel < 0)
+        return s_err(err, errlen, -EINVAL, "tensor_parallel: %d, must be >= 1", o->tensor_parallel);
+    if (o && o->tensor_parallel > 0) {
+        *ret = o->tensor_parallel;
+        return 0;
+    }
+    const char *e = getenv("OMNIPIPE_TENSOR_PARALLEL");
+    if (!e || !*e) {
+        *ret = 1;
+        return 0;
+    }
+    char *end = NULL;
+    long v = strtol(e, &end, 10);
+    if (*end || v < 1 || v > 64)
+        return s_err(err, errlen, -EINVAL,
+                     "OMNIPIPE_TENSOR_PARALLEL: '%s' is not a GPU count in [1, 64]", e);
+    *ret = (int)v;
+    return 0;
+}
+
 #ifdef OM_HAVE_CUDA
 /* Whether the fast runner drives this model: a cuda backend, unless the options or
  * $OMNIPIPE_CUDA_RUNNER say "vtable". */
@@ -546,6 +568,9 @@ static int s_fast_load(eng_model_t *m, const char *model_dir, const eng_model_lo
     co.seed = o && o->dummy_seed ? o->dummy_seed : 0x5eed;
     co.weights_only = true;
     co.no_graphs = getenv("OMNIPIPE_CUDA_NO_GRAPHS") != NULL;
+    int r0 = s_tensor_parallel(o, &co.tensor_parallel, err, errlen);
+    if (r0 < 0)
+        return r0;
     eng_cuda_model_t *fm = NULL;
     int r = eng_cuda_model_load(model_dir, &co, &fm, err, errlen);
     if (r < 0)
@@ -590,14 +615,24 @@ int eng_model_load(const char *model_dir, const eng_model_load_opts_t *o, eng_ba
         return -ENOMEM;
     }
     m->runner = "vtable";
+    int tp = 1;
+    if ((r = s_tensor_parallel(o, &tp, err, errlen)) < 0) {
+        eng_model_free(m);
+        return r;
+    }
 #ifdef OM_HAVE_CUDA
+    if (tp > 1 && !s_want_fast(b, o)) {
+        eng_model_free(m);
+        return s_err(err, errlen, -EOPNOTSUPP, "tensor_parallel %d: needs the cuda backend's fast "
+                     "runner (backend '%s')", tp, b->ops->name);
+    }
     if (s_want_fast(b, o)) {
         r = s_fast_load(m, model_dir, o, err, errlen);
         if (r == 0) {
             *ret = m;
             return 0;
         }
-        if (r != -EOPNOTSUPP) {
+        if (r != -EOPNOTSUPP || tp > 1) { /* no vtable fallback for a split model */
             eng_model_free(m);
             return r;
         }
@@ -606,6 +641,12 @@ int eng_model_load(const char *model_dir, const eng_model_load_opts_t *o, eng_ba
                  err ? err : "unsupported");
         if (err && errlen)
             err[0] = 0;
+    }
+#else
+    if (tp > 1) {
+        eng_model_free(m);
+        return s_err(err, errlen, -EOPNOTSUPP,
+                     "tensor_parallel %d: this build has no CUDA backend", tp);
     }
 #endif
     if ((r = s_load_weights(m, model_dir, o, err, errlen)) < 0) {

@@ -40,6 +40,10 @@ typedef struct eng_model_load_opts {
                                        bf16 KV and CUDA graphs) or "vtable" (this graph over the
                                        backend's f32 ops, for parity debugging); NULL = the
                                        environment's OMNIPIPE_CUDA_RUNNER, else "fast" */
+    int tensor_parallel;            /* GPUs the fast CUDA runner splits the model over (the
+                                       backend's device D and D+1 .. D+N-1; NCCL; eng_cuda_tp.h);
+                                       0 = the environment's OMNIPIPE_TENSOR_PARALLEL, else 1.
+                                       N > 1 needs the cuda backend and the fast runner */
 } eng_model_load_opts_t;
 
 /* Loads config and weights. o may be NULL (auto). On failure -errno and a message in err naming

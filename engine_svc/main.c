@@ -176,7 +176,9 @@ static int s_step(eng_main_t *m, om_arena_t *a) {
 static int run(int argc, char **argv) {
     static const om_config_key_t keys[] = {
         {"backend", false, "cpu", "cpu|cuda"},
-        {"device", false, "0", "CUDA device index"},
+        {"device", false, "0", "CUDA device index (with tensor_parallel N: the first of N)"},
+        {"tensor_parallel", false, "1",
+         "cuda: split the model over N GPUs (device .. device+N-1; NCCL, one thread per GPU)"},
         {"load_format", false, "auto", "auto (safetensors) | dummy (random weights)"},
         {"engine_id", false, NULL, "name in TokenBatch and routing (default engine-<pid>)"},
         {"kv_blocks", false, "0", "KV cache blocks (0 = sized automatically)"},
@@ -196,7 +198,7 @@ static int run(int argc, char **argv) {
     eng_main_t m = {0};
     om_arena_t *a = NULL;
     uint64_t hb_ms = 500, device = 0, kv_blocks = 0, mbt = 0, threads = 0, drain_ms = 10000;
-    uint64_t max_running = 0;
+    uint64_t max_running = 0, tensor_parallel = 1;
     double kv_fraction = 0.9;
     const char *model = om_config_get(cfg, "model");
     if (!model) {
@@ -209,9 +211,23 @@ static int run(int argc, char **argv) {
         (r = om_config_get_u64(cfg, "max_batch_tokens", &mbt, err, sizeof err)) < 0 ||
         (r = om_config_get_u64(cfg, "max_running", &max_running, err, sizeof err)) < 0 ||
         (r = om_config_get_u64(cfg, "threads", &threads, err, sizeof err)) < 0 ||
-        (r = om_config_get_u64(cfg, "drain_ms", &drain_ms, err, sizeof err)) < 0) {
+        (r = om_config_get_u64(cfg, "drain_ms", &drain_ms, err, sizeof err)) < 0 ||
+        (r = om_config_get_u64(cfg, "tensor_parallel", &tensor_parallel, err, sizeof err)) < 0) {
         om_log_err("%s", err);
         goto out;
+    }
+    if (tensor_parallel < 1 || tensor_parallel > 64) {
+        r = om_log_errno(-EINVAL, "tensor_parallel: must be in [1, 64], got %" PRIu64,
+                         tensor_parallel);
+        goto out;
+    }
+    { /* eng_model reads the degree from OMNIPIPE_TENSOR_PARALLEL (eng_model_load_opts_t) */
+        char tpv[24];
+        snprintf(tpv, sizeof tpv, "%" PRIu64, tensor_parallel);
+        if (setenv("OMNIPIPE_TENSOR_PARALLEL", tpv, 1) != 0) {
+            r = om_log_errno(-errno, "setenv OMNIPIPE_TENSOR_PARALLEL: %s", strerror(errno));
+            goto out;
+        }
     }
     {
         const char *f = om_config_get(cfg, "kv_fraction");

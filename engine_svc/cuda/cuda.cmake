@@ -9,11 +9,14 @@ if(OM_CUDA)
     ${CMAKE_CURRENT_LIST_DIR}/eng_cuda_moe.cu
     ${CMAKE_CURRENT_LIST_DIR}/eng_cuda_backend.cu
     ${CMAKE_CURRENT_LIST_DIR}/eng_cuda_model.cu
-    ${CMAKE_CURRENT_LIST_DIR}/eng_cuda_sample.cu)
+    ${CMAKE_CURRENT_LIST_DIR}/eng_cuda_sample.cu
+    ${CMAKE_CURRENT_LIST_DIR}/eng_cuda_tp.cu
+    ${CMAKE_CURRENT_LIST_DIR}/eng_nccl.c)
   target_include_directories(eng_cuda PUBLIC ${CMAKE_CURRENT_LIST_DIR} ${CMAKE_CURRENT_SOURCE_DIR})
   target_compile_options(eng_cuda PRIVATE $<$<COMPILE_LANGUAGE:CUDA>:-O3 --expt-relaxed-constexpr -Xcompiler=-Wall>)
   set_target_properties(eng_cuda PROPERTIES CUDA_SEPARABLE_COMPILATION OFF POSITION_INDEPENDENT_CODE ON)
-  target_link_libraries(eng_cuda PUBLIC CUDA::cudart CUDA::cublas CUDA::cublasLt PkgConfig::JANSSON)
+  target_link_libraries(eng_cuda PUBLIC CUDA::cudart CUDA::cublas CUDA::cublasLt PkgConfig::JANSSON
+                        ${CMAKE_DL_LIBS} Threads::Threads)
   target_link_libraries(eng_core PUBLIC eng_cuda)
   target_compile_definitions(eng_core PUBLIC OM_HAVE_CUDA)
   target_compile_definitions(eng_cuda PUBLIC OM_HAVE_CUDA)
@@ -25,6 +28,12 @@ if(OM_CUDA)
                 LIBS eng_core LABELS gpu TIMEOUT 300)
     om_add_test(NAME cuda_sample SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/tests/test_cuda_sample.c
                 LIBS eng_core LABELS gpu TIMEOUT 300)
+    # tensor parallelism: 2 GPUs vs 1 and the fixtures (skips with fewer than 2 GPUs)
+    om_add_test(NAME cuda_tp SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/tests/test_cuda_tp.c
+                LIBS eng_core LABELS gpu TIMEOUT 300)
+    # the NVLink-multicast guard of the NCCL loader (no GPU needed)
+    om_add_test(NAME eng_nccl SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/tests/test_eng_nccl.c
+                LIBS eng_core LABELS unit TIMEOUT 60)
     # the GPU sampler's algorithm on the host (no GPU needed)
     om_add_test(NAME cuda_sample_host SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/tests/test_cuda_sample_host.c
                 LIBS eng_core LABELS unit TIMEOUT 120)
@@ -34,5 +43,5 @@ if(OM_CUDA)
   target_link_libraries(eng_bench_cuda PRIVATE eng_core m)
 endif()
 if(OM_CUDA AND BUILD_TESTING)
-  set_tests_properties(cuda_ops cuda_model cuda_sample PROPERTIES SKIP_RETURN_CODE 77)
+  set_tests_properties(cuda_ops cuda_model cuda_sample cuda_tp PROPERTIES SKIP_RETURN_CODE 77)
 endif()

@@ -103,8 +103,8 @@ __device__ __forceinline__ void l2_prefetch_warp(const void *p, size_t bytes, in
 }
 
 /* Whether launches through ek_launch carry the PDL attribute (set by the model runner around a
- * decode step; the backend is driven by one thread). */
-extern bool ek_pdl;
+ * decode step). Per host thread: tensor-parallel ranks run their steps on one thread each. */
+extern thread_local bool ek_pdl;
 
 template <typename... KArgs, typename... Args>
 static inline cudaError_t ek_launch(void (*k)(KArgs...), dim3 grid, dim3 block, size_t smem,

@@ -65,6 +65,9 @@ typedef struct eng_cuda_model_opts {
     bool weights_only;          /* load weights only; the caller then sizes the step buffers
                                    (eng_cuda_model_reserve) and the KV pools
                                    (eng_cuda_model_alloc_kv) before the first forward */
+    int tensor_parallel;        /* GPUs the model is split over (devices device ..
+                                   device+N-1, one host thread each, NCCL all-reduce; see
+                                   eng_cuda_tp.h); 0 or 1 = one GPU */
 } eng_cuda_model_opts_t;
 
 typedef struct eng_cuda_model_info {
@@ -80,6 +83,8 @@ typedef struct eng_cuda_model_info {
     uint64_t kv_bytes;          /* device bytes of the KV pools */
     double load_seconds;        /* weight load/generation wall time */
     double load_gbps;           /* weight bytes / load_seconds / 1e9 */
+    uint32_t tensor_parallel;   /* GPUs (1 = unsplit); with N > 1 weight_bytes, active_bytes and
+                                   kv_bytes are per GPU (rank 0), the shapes above the full model's */
 } eng_cuda_model_info_t;
 
 /* Loads DIR/config.json and, unless opts->dummy, the safetensors in DIR straight to the GPU
@@ -118,6 +123,13 @@ int eng_cuda_model_forward(eng_cuda_model_t *m, const eng_batch_t *b, float *ret
  * (T, D) f32 to ret_hidden (layer must be n_layers; other layers are not captured yet). NULL
  * disables. Capture turns CUDA graphs off. */
 int eng_cuda_model_capture_hidden(eng_cuda_model_t *m, int layer, float *ret_hidden);
+
+/* Communication cost of a tensor-parallel decode step: a CUDA graph of the 2·n_layers in-place
+ * bf16 sum all-reduces of (rows, hidden) that a step of `rows` tokens makes, replayed alone on all
+ * ranks; ret_step_ms = median ms per replay (per step), ret_allreduce_us = that / (2·n_layers).
+ * rows <= the reserved max_batch_tokens. A one-GPU model reports 0 and 0. */
+int eng_cuda_model_measure_comm(eng_cuda_model_t *m, uint32_t rows, double *ret_step_ms,
+                                double *ret_allreduce_us, char *err, size_t errlen);
 
 /* Switches the MoE expert path (0 auto, 1 GEMV, 2 grouped); drops captured graphs. */
 int eng_cuda_model_set_moe_mode(eng_cuda_model_t *m, int mode);

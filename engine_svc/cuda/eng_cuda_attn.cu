@@ -890,7 +890,7 @@ static int s_prefill(cudaStream_t s, bf16 *out, const bf16 *q, const bf16 *kpool
                      const bf16 *vpool, const int32_t *tok_pos, const int32_t *bt,
                      const int32_t *tiles, int n_tiles, int Hq, int Hk, int max_blocks, int bs,
                      float scale, int q_stride) {
-    static bool attr_set = false;
+    static thread_local bool attr_set = false; /* per thread = per device (TP ranks) */
     size_t bytes = pf_layout<HD>::bytes;
     if (!attr_set) {
         CUDA_CHECK(cudaFuncSetAttribute(k_attn_prefill<HD>,

@@ -13,7 +13,7 @@
 
 static char s_last_error[256];
 
-bool ek_pdl = false;
+thread_local bool ek_pdl = false;
 
 void eng_cuda_note_error(const char *file, int line, const char *what, int code) {
     snprintf(s_last_error, sizeof s_last_error, "%s:%d: %s (%d)", file, line, what, code);

@@ -32,6 +32,8 @@
 #include "eng_cuda.h"
 #include "eng_cuda_kern.cuh"
 #include "eng_cuda_attn_tc.cuh"
+#include "eng_cuda_tp.h"
+#include "eng_nccl.h"
 
 extern bool eng_cuda_sticky; /* eng_cuda_kern.cu */
 #define s_sticky eng_cuda_sticky
@@ -127,6 +129,13 @@ struct eng_cuda_model {
     int cap_layer;            /* capture_hidden */
     float *cap_host;
     eng_cuda_model_info_t info;
+    /* TP: tensor parallelism (eng_cuda_tp.h). A facade (tp != NULL) only forwards its calls to
+       the group. A shard (tp_n > 1) has c = the local shapes (Hq/N, Hk/N heads, I/N intermediate)
+       and cf = the checkpoint's; comm is its ncclComm_t. */
+    eng_cuda_tp *tp;
+    int tp_rank, tp_n;
+    void *comm;
+    cfg cf;
 };
 
 /* --- config ------------------------------------------------------------------------------- */
@@ -241,11 +250,41 @@ struct dest {
     bf16 *ptr;
     size_t elems;
     bool loaded;
+    /* TP slice (cols == 0: the whole tensor): rows [r0, r0+nr) x columns [c0, c0+nc) of the
+       checkpoint's (rows, cols) tensor, stored densely (nr, nc) at ptr (elems = nr·nc) */
+    size_t rows, cols, r0, nr, c0, nc;
 };
 
 static bool s_ends_with(const std::string &s, const char *suf) {
     size_t n = strlen(suf);
     return s.size() >= n && s.compare(s.size() - n, n, suf) == 0;
+}
+
+/* TP: one slice of a tensor at file offset `base`: whole rows [r0, r0+nr) read in chunks into
+ * the pinned stage, columns [c0, c0+nc) of them copied to the GPU. */
+static int s_load_slice(int fd, uint64_t base, void *stage, size_t chunk, const dest &d,
+                        const char *file, const char *key, char *err, size_t errlen) {
+    size_t rb = d.cols * 2;
+    size_t per = chunk / rb ? chunk / rb : 0;
+    if (per == 0) {
+        snprintf(err, errlen, "%s: tensor '%s': row of %zu bytes exceeds the %zu-byte stage", file,
+                 key, rb, chunk);
+        return -EINVAL;
+    }
+    for (size_t r = 0; r < d.nr; r += per) {
+        size_t n = d.nr - r < per ? d.nr - r : per;
+        if (pread(fd, stage, n * rb, (off_t)(base + (d.r0 + r) * rb)) != (ssize_t)(n * rb)) {
+            snprintf(err, errlen, "%s: tensor '%s': short read", file, key);
+            return -EIO;
+        }
+        cudaError_t e = cudaMemcpy2D(d.ptr + r * d.nc, d.nc * 2, (char *)stage + d.c0 * 2, rb,
+                                     d.nc * 2, n, cudaMemcpyHostToDevice);
+        if (e != cudaSuccess) {
+            snprintf(err, errlen, "tensor '%s': copy to GPU: %s", key, cudaGetErrorString(e));
+            return -EIO;
+        }
+    }
+    return 0;
 }
 
 static int s_load_safetensors(eng_cuda_model *m, const char *dir, std::vector<dest> &dests,
@@ -321,13 +360,21 @@ static int s_load_safetensors(eng_cuda_model *m, const char *dir, std::vector<de
             }
             uint64_t b0 = json_integer_value(json_array_get(offs, 0));
             uint64_t b1 = json_integer_value(json_array_get(offs, 1));
-            if (b1 - b0 != dst->elems * 2) {
+            size_t full = dst->cols ? dst->rows * dst->cols : dst->elems;
+            if (b1 - b0 != full * 2) {
                 snprintf(err, errlen, "%s: tensor '%s': %llu bytes, expected %zu from config.json",
-                         f.c_str(), key, (unsigned long long)(b1 - b0), dst->elems * 2);
+                         f.c_str(), key, (unsigned long long)(b1 - b0), full * 2);
                 rc = -EINVAL;
                 break;
             }
             uint64_t base = 8 + hlen + b0;
+            if (dst->cols) { /* TP slice: read its rows only, copy its columns */
+                rc = s_load_slice(fd, base, stage, chunk, *dst, f.c_str(), key, err, errlen);
+                if (rc < 0)
+                    break;
+                dst->loaded = true;
+                continue;
+            }
             for (uint64_t o = 0; o < b1 - b0; o += chunk) {
                 size_t n = (size_t)((b1 - b0 - o) < chunk ? (b1 - b0 - o) : chunk);
                 if (pread(fd, stage, n, (off_t)(base + o)) != (ssize_t)n) {
@@ -430,6 +477,11 @@ static void s_kv_free(eng_cuda_model *m) {
 extern "C" eng_cuda_model_t *eng_cuda_model_free(eng_cuda_model_t *m) {
     if (!m)
         return nullptr;
+    if (m->tp) { /* TP facade */
+        eng_cuda_tp_free(m->tp);
+        delete m;
+        return nullptr;
+    }
     s_scratch_free(m);
     s_kv_free(m);
     for (void *p : m->allocs)
@@ -527,8 +579,20 @@ static int s_kv_init(eng_cuda_model *m, int64_t nb, char *err, size_t errlen) {
     return 0;
 }
 
+/* TP: marks a dest as a slice of a (rows, cols) checkpoint tensor. */
+static void s_tp_slice(dest &d, size_t rows, size_t cols, size_t r0, size_t nr, size_t c0,
+                       size_t nc) {
+    d.rows = rows;
+    d.cols = cols;
+    d.r0 = r0;
+    d.nr = nr;
+    d.c0 = c0;
+    d.nc = nc;
+}
+
 static int s_model_init(eng_cuda_model *m, const char *dir, char *err, size_t errlen) {
     cfg &c = m->c;
+    const cfg &cf = m->cf;
     eng_cuda_model_opts_t &o = m->o;
     MCHECK(cudaSetDevice(o.device));
     MCHECK(cudaStreamCreateWithFlags(&m->s, cudaStreamNonBlocking));
@@ -576,6 +640,15 @@ static int s_model_init(eng_cuda_model *m, const char *dir, char *err, size_t er
         dests.push_back({p + "self_attn.q_proj.weight", w.wqkv, qn, false});
         dests.push_back({p + "self_attn.k_proj.weight", w.wqkv + qn, kn, false});
         dests.push_back({p + "self_attn.v_proj.weight", w.wqkv + qn + kn, kn, false});
+        if (m->tp_n > 1) { /* TP: this rank's heads (rows of q/k/v), their o_proj columns */
+            size_t qr = (size_t)c.Hq * c.hd, kr = (size_t)c.Hk * c.hd;
+            s_tp_slice(dests.end()[-3], (size_t)cf.Hq * c.hd, c.D, m->tp_rank * qr, qr, 0, c.D);
+            s_tp_slice(dests.end()[-2], (size_t)cf.Hk * c.hd, c.D, m->tp_rank * kr, kr, 0, c.D);
+            s_tp_slice(dests.end()[-1], (size_t)cf.Hk * c.hd, c.D, m->tp_rank * kr, kr, 0, c.D);
+            for (dest &x : dests)
+                if (x.ptr == w.wo)
+                    s_tp_slice(x, c.D, (size_t)cf.Hq * c.hd, 0, c.D, m->tp_rank * qr, qr);
+        }
         snprintf(what, sizeof what, "weights: layer %d experts", l);
         size_t ei = (size_t)c.I * c.D;
         if ((r = W(&w.router, (size_t)c.E * c.D, c.dense ? "" : p + "mlp.gate.weight", what)) < 0 ||
@@ -595,13 +668,22 @@ static int s_model_init(eng_cuda_model *m, const char *dir, char *err, size_t er
                 dests.push_back({q + "down_proj.weight", w.down + e * ei, ei, false});
             }
         }
+        if (m->tp_n > 1) /* TP: rows [r·I/N, ..) of gate/up, the same columns of down */
+            for (size_t k = dests.size() - 3 * (c.dense ? 1 : c.E); k < dests.size(); k += 3) {
+                size_t r0 = (size_t)m->tp_rank * c.I;
+                s_tp_slice(dests[k], cf.I, c.D, r0, c.I, 0, c.D);
+                s_tp_slice(dests[k + 1], cf.I, c.D, r0, c.I, 0, c.D);
+                s_tp_slice(dests[k + 2], c.D, cf.I, 0, c.D, r0, c.I);
+            }
     }
     if (o.dummy) {
         uint64_t seed = o.seed * 1000003u;
         for (dest &x : dests) {
             bool is_norm = s_ends_with(x.name, "norm.weight");
             float scale = is_norm ? 0.1f : (s_ends_with(x.name, "embed_tokens.weight") ? 0.5f : 0.03f);
-            RCHECK(ek_fill_random(m->s, x.ptr, x.elems, ++seed, scale, is_norm ? 1.0f : 0.0f));
+            /* TP: replicated tensors get the same values on every rank, slices their own */
+            uint64_t sd = ++seed ^ (x.cols ? (uint64_t)m->tp_rank * 0x9E3779B97F4A7C15ull : 0);
+            RCHECK(ek_fill_random(m->s, x.ptr, x.elems, sd, scale, is_norm ? 1.0f : 0.0f));
         }
         MCHECK(cudaStreamSynchronize(m->s));
     } else {
@@ -644,25 +726,33 @@ static int s_model_init(eng_cuda_model *m, const char *dir, char *err, size_t er
     in.vocab = c.V;
     in.hidden = c.D;
     in.n_layers = c.L;
-    in.n_heads = c.Hq;
-    in.n_kv_heads = c.Hk;
+    in.n_heads = cf.Hq; /* the full model's (TP shards: c holds the local shapes) */
+    in.n_kv_heads = cf.Hk;
     in.head_dim = c.hd;
     in.n_experts = c.E;
     in.top_k = c.K;
-    in.moe_inter = c.I;
+    in.moe_inter = cf.I;
+    in.tensor_parallel = m->tp_n > 1 ? (uint32_t)m->tp_n : 1;
     in.block_size = o.block_size;
     m->cap_layer = -2;
     m->fuse = !getenv("OM_CUDA_NOFUSE");
     m->pdl = !getenv("OM_CUDA_NOPDL");
+    if (m->tp_n > 1) /* TP: PDL next to NCCL kernels in captured graphs is untested; opt in */
+        m->pdl = m->pdl && getenv("OM_CUDA_TP_PDL") && !strcmp(getenv("OM_CUDA_TP_PDL"), "1");
     return 0;
 }
 
-extern "C" int eng_cuda_model_load(const char *dir, const eng_cuda_model_opts_t *opts,
-                                   eng_cuda_model_t **ret, char *err, size_t errlen) {
+/* Loads one model or, with tp_n > 1, shard tp_rank of tp_n (comm: its ncclComm_t). */
+static int s_load(const char *dir, const eng_cuda_model_opts_t *opts, int tp_rank, int tp_n,
+                  void *comm, eng_cuda_model_t **ret, char *err, size_t errlen) {
     if (!dir || !opts || !ret)
         return -EINVAL;
     eng_cuda_model *m = new eng_cuda_model();
     m->o = *opts;
+    m->o.tensor_parallel = tp_n;
+    m->tp_rank = tp_rank;
+    m->tp_n = tp_n;
+    m->comm = comm;
     if (!m->o.block_size)
         m->o.block_size = 16;
     if (!m->o.max_batch_tokens)
@@ -674,6 +764,22 @@ extern "C" int eng_cuda_model_load(const char *dir, const eng_cuda_model_opts_t 
     if (m->o.max_seqs > m->o.max_batch_tokens)
         m->o.max_seqs = m->o.max_batch_tokens;
     int r = s_parse_config(dir, &m->c, err, errlen);
+    m->cf = m->c;
+    if (r >= 0 && tp_n > 1) { /* TP: local shapes; the split needs whole heads and columns */
+        cfg &c = m->c;
+        const char *bad = c.Hk % tp_n ? "num_key_value_heads"
+                          : c.I % tp_n ? (c.dense ? "intermediate_size" : "moe_intermediate_size")
+                                       : nullptr;
+        if (bad) {
+            snprintf(err, errlen, "%s/config.json: %s: %d is not divisible by tensor_parallel %d",
+                     dir, bad, c.Hk % tp_n ? c.Hk : c.I, tp_n);
+            r = -EINVAL;
+        } else {
+            c.Hq /= tp_n;
+            c.Hk /= tp_n;
+            c.I /= tp_n;
+        }
+    }
     if (r >= 0)
         r = s_model_init(m, dir, err, errlen);
     if (r < 0) {
@@ -684,7 +790,47 @@ extern "C" int eng_cuda_model_load(const char *dir, const eng_cuda_model_opts_t 
     return 0;
 }
 
+extern "C" int eng_cuda_model_load(const char *dir, const eng_cuda_model_opts_t *opts,
+                                   eng_cuda_model_t **ret, char *err, size_t errlen) {
+    if (!dir || !opts || !ret)
+        return -EINVAL;
+    if (opts->tensor_parallel < 0) {
+        snprintf(err, errlen, "tensor_parallel: %d, must be >= 1", opts->tensor_parallel);
+        return -EINVAL;
+    }
+    if (opts->tensor_parallel <= 1)
+        return s_load(dir, opts, 0, 1, nullptr, ret, err, errlen);
+    eng_cuda_model *m = new eng_cuda_model(); /* TP facade: every call goes to the group */
+    m->o = *opts;
+    int r = eng_cuda_tp_load(dir, opts, &m->tp, err, errlen);
+    if (r < 0) {
+        delete m;
+        return r;
+    }
+    eng_cuda_tp_get_info(m->tp, &m->info);
+    *ret = m;
+    return 0;
+}
+
+extern "C" int eng_cuda_model_load_shard(const char *dir, const eng_cuda_model_opts_t *opts,
+                                         int rank, int n, void *comm, eng_cuda_model_t **ret,
+                                         char *err, size_t errlen) {
+    if (n < 1 || rank < 0 || rank >= n || (n > 1 && !comm)) {
+        snprintf(err, errlen, "tensor parallel: bad shard %d of %d", rank, n);
+        return -EINVAL;
+    }
+    return s_load(dir, opts, rank, n, comm, ret, err, errlen);
+}
+
+extern "C" void *eng_cuda_model_stream(eng_cuda_model_t *m) {
+    return m ? (void *)m->s : nullptr;
+}
+
 extern "C" void eng_cuda_model_get_info(const eng_cuda_model_t *m, eng_cuda_model_info_t *ret) {
+    if (m->tp) {
+        eng_cuda_tp_get_info(m->tp, ret);
+        return;
+    }
     *ret = m->info;
 }
 
@@ -695,6 +841,8 @@ extern "C" int eng_cuda_model_reserve(eng_cuda_model_t *m, uint32_t max_batch_to
         snprintf(err, errlen, "reserve: max_batch_tokens, max_seqs and max_ctx must be >= 1");
         return -EINVAL;
     }
+    if (m->tp)
+        return eng_cuda_tp_reserve(m->tp, max_batch_tokens, max_seqs, max_ctx, err, errlen);
     if (max_seqs > max_batch_tokens)
         max_seqs = max_batch_tokens;
     if (m->meta_dev && max_batch_tokens <= m->o.max_batch_tokens && max_seqs <= m->o.max_seqs &&
@@ -721,6 +869,8 @@ extern "C" int eng_cuda_model_alloc_kv(eng_cuda_model_t *m, uint32_t n_blocks, u
         snprintf(err, errlen, "KV cache: block_size must be >= 1");
         return -EINVAL;
     }
+    if (m->tp)
+        return eng_cuda_tp_alloc_kv(m->tp, n_blocks, block_size, err, errlen);
     s_kv_free(m);
     if (block_size != m->o.block_size && m->meta_dev) {
         /* block tables are max_ctx / block_size long: re-lay the step buffers first */
@@ -734,14 +884,20 @@ extern "C" int eng_cuda_model_alloc_kv(eng_cuda_model_t *m, uint32_t n_blocks, u
 }
 
 extern "C" uint64_t eng_cuda_model_kv_bytes_per_token(const eng_cuda_model_t *m) {
+    if (m && m->tp)
+        return eng_cuda_tp_kv_bytes_per_token(m->tp); /* per GPU */
     return m ? (uint64_t)2 * m->c.L * m->c.Hk * m->c.hd * 2 : 0;
 }
 
 extern "C" float *eng_cuda_model_logits(eng_cuda_model_t *m) {
+    if (m && m->tp)
+        return eng_cuda_tp_logits(m->tp);
     return m ? m->logits : nullptr;
 }
 
 extern "C" int eng_cuda_model_sync(eng_cuda_model_t *m) {
+    if (m->tp)
+        return eng_cuda_tp_sync(m->tp);
     char err[8];
     size_t errlen = sizeof err;
     MCHECK(cudaStreamSynchronize(m->s));
@@ -749,6 +905,8 @@ extern "C" int eng_cuda_model_sync(eng_cuda_model_t *m) {
 }
 
 extern "C" int eng_cuda_model_capture_hidden(eng_cuda_model_t *m, int layer, float *ret_hidden) {
+    if (m->tp)
+        return eng_cuda_tp_capture_hidden(m->tp, layer, ret_hidden);
     m->cap_layer = ret_hidden ? layer : -2;
     m->cap_host = ret_hidden;
     return 0;
@@ -775,6 +933,14 @@ static int s_attn_tc_min_t() {
             v = 0;
     }
     return v; /* 0: off */
+}
+
+/* TP: in-place bf16 sum of a shard's partial (n) over all ranks, on the shard's stream. */
+static int s_tp_allreduce(eng_cuda_model *m, bf16 *buf, size_t n, char *err, size_t errlen) {
+    int r = eng_nccl_allreduce_sum(m->comm, buf, n, 0, m->s);
+    if (r < 0)
+        snprintf(err, errlen, "tensor parallel rank %d: %s", m->tp_rank, eng_nccl_last_error());
+    return r;
 }
 
 /* The device work of one step; pure function of (m, st) and the uploaded metadata. */
@@ -844,6 +1010,8 @@ static int s_run(eng_cuda_model *m, const step &st, char *err, size_t errlen) {
                                                          scale, st.splits, m->partial, Nqkv,
                                                          m->fuse ? m->attn_cnt : nullptr)));
         RCHECK(ek_matmul<bf16, bf16>(&m->kc, m->delta, m->attn, w.wo, T, c.D, c.Hq * c.hd));
+        if (m->tp_n > 1) /* TP: o_proj partial sums of this rank's heads */
+            RCHECK(s_tp_allreduce(m, m->delta, (size_t)T * c.D, err, errlen));
         if (fused) {
             RCHECK(ek_router_fused(s, &m->ms, m->router_cnt, w.router, T, c.E, c.D, c.K,
                                    c.norm_topk, cur, m->delta, oth, w.ffn_norm, c.eps, m->xn));
@@ -855,6 +1023,8 @@ static int s_run(eng_cuda_model *m, const step &st, char *err, size_t errlen) {
             RCHECK(ek_moe<bf16>(&m->kc, m->delta, m->xn, w.router, w.gate, w.up, w.down, T, c.D,
                                 c.I, c.E, c.K, c.norm_topk, m->o.moe_mode, &m->ms));
         }
+        if (m->tp_n > 1) /* TP: MLP/MoE partial sums of this rank's intermediate columns */
+            RCHECK(s_tp_allreduce(m, m->delta, (size_t)T * c.D, err, errlen));
     }
     RCHECK(ek_add_rmsnorm<bf16, bf16>(s, m->xn, cur, m->delta, m->final_norm, T, c.D, c.eps));
     RCHECK(ek_get_rows<bf16>(s, m->xl, m->xn, md + mo.logit_rows, st.R, c.D, T));
@@ -893,6 +1063,8 @@ extern "C" int eng_cuda_model_forward(eng_cuda_model_t *m, const eng_batch_t *b,
         snprintf(err, errlen, "batch: empty");
         return -EINVAL;
     }
+    if (m->tp)
+        return eng_cuda_tp_forward(m->tp, b, ret_logits, ret_ids, err, errlen);
     if (s_sticky) {
         snprintf(err, errlen, "CUDA context lost: %s", eng_cuda_last_error());
         return -EIO;
@@ -1095,12 +1267,25 @@ extern "C" int eng_cuda_model_forward(eng_cuda_model_t *m, const eng_batch_t *b,
 extern "C" int eng_cuda_model_set_moe_mode(eng_cuda_model_t *m, int mode) {
     if (!m || mode < 0 || mode > 2)
         return -EINVAL;
+    if (m->tp)
+        return eng_cuda_tp_set_moe_mode(m->tp, mode);
     cudaStreamSynchronize(m->s);
     for (graph_ent &g : m->graphs)
         if (g.exec)
             cudaGraphExecDestroy(g.exec);
     m->graphs.clear();
     m->o.moe_mode = mode;
+    return 0;
+}
+
+extern "C" int eng_cuda_model_measure_comm(eng_cuda_model_t *m, uint32_t rows, double *ret_step_ms,
+                                           double *ret_allreduce_us, char *err, size_t errlen) {
+    if (!m || !ret_step_ms || !ret_allreduce_us)
+        return -EINVAL;
+    if (m->tp)
+        return eng_cuda_tp_measure_comm(m->tp, rows, ret_step_ms, ret_allreduce_us, err, errlen);
+    *ret_step_ms = 0; /* one GPU: no communication */
+    *ret_allreduce_us = 0;
     return 0;
 }
 

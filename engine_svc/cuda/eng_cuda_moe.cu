@@ -505,7 +505,7 @@ template <bool DUAL>
 static int s_moe_gemm(cudaStream_t s, bf16 *Y, const bf16 *X, const bf16 *W0, const bf16 *W1,
                       const int32_t *offsets, const int32_t *tiles, const int32_t *n_tiles,
                       int max_tiles, int N, int K) {
-    static bool attr_set = false;
+    static thread_local bool attr_set = false; /* per thread = per device (TP ranks) */
     size_t bytes = s_gemm_smem<DUAL>();
     if (!attr_set) {
         CUDA_CHECK(cudaFuncSetAttribute(k_moe_gemm<DUAL>,

@@ -1,0 +1,452 @@
+/* test_cuda_tp.c (label gpu): the fast runner split over 2 GPUs (tensor_parallel 2: heads, KV
+ * heads and MLP/expert intermediate columns split, NCCL all-reduce; eng_cuda_tp.h) against the
+ * single-GPU fast runner and the transformers fixtures. Exit 77 without a CUDA device or with
+ * fewer than 2 GPUs (or without libnccl.so.2: the split model cannot load).
+ *
+ * Per fixture (tiny-qwen3 dense, tiny-qwen3-moe, tiny-omni: 2 KV heads and an even intermediate
+ * size, so N = 2 divides them):
+ *  1. KV bytes per token per GPU of the split model = half the single-GPU runner's;
+ *  2. all golden prompts prefilled in one multi-sequence step on both: the split model's first
+ *     logits vs the fixture's fp32 first_logits within test_cuda_model.c's bf16 tolerance (nmse <
+ *     1e-3, max abs < 5% of max |logit|), and vs the single-GPU logits (same tolerance; max abs and
+ *     NMSE printed);
+ *  3. greedy decode, all prompts batched (decode CUDA graphs with the NCCL all-reduces inside),
+ *     both models fed the single-GPU runner's tokens: the split model's greedy token must equal
+ *     the single-GPU one at every step, except where the single-GPU top-2 gap is within twice
+ *     the measured logit difference of that row (a bf16 near-tie); prompts with no such step
+ *     must match exactly (their free-running greedy sequences are equal);
+ *  4. eng_service with OMNIPIPE_TENSOR_PARALLEL=2: the golden prompts alone, then all batched:
+ *     greedy tokens alone == batched, and == a single-GPU service's, except at near-ties (top-2
+ *     logprob gap < 0.05). One line per check. */
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <jansson.h>
+
+#include "eng_backend.h"
+#include "eng_cuda.h"
+#include "eng_service.h"
+
+#define MAXP 8
+#define NSTEP 16
+#define MAXTOK 512
+#define TOL 0.05
+
+static int g_fail;
+static char g_fix[1024];
+
+static void s_result(int ok, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void s_result(int ok, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    printf("%-4s ", ok ? "ok" : "FAIL");
+    vprintf(fmt, ap);
+    printf("\n");
+    va_end(ap);
+    fflush(stdout);
+    if (!ok)
+        g_fail++;
+}
+
+/* Reads an F32 tensor from a safetensors file; returns malloc'd data or NULL. */
+static float *s_st_f32(const char *path, const char *name, size_t *ret_n) {
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return NULL;
+    uint64_t hl = 0;
+    float *out = NULL;
+    if (fread(&hl, 8, 1, f) == 1 && hl < (64u << 20)) {
+        char *h = malloc(hl + 1);
+        if (h && fread(h, 1, hl, f) == hl) {
+            json_t *j = json_loadb(h, hl, 0, NULL);
+            json_t *t = j ? json_object_get(j, name) : NULL;
+            const char *dt = t ? json_string_value(json_object_get(t, "dtype")) : NULL;
+            if (dt && strcmp(dt, "F32") == 0) {
+                json_t *o = json_object_get(t, "data_offsets");
+                uint64_t b0 = json_integer_value(json_array_get(o, 0)),
+                         b1 = json_integer_value(json_array_get(o, 1));
+                out = malloc(b1 - b0);
+                fseek(f, (long)(8 + hl + b0), SEEK_SET);
+                if (!out || fread(out, 1, b1 - b0, f) != b1 - b0) {
+                    free(out);
+                    out = NULL;
+                } else {
+                    *ret_n = (b1 - b0) / 4;
+                }
+            }
+            json_decref(j);
+        }
+        free(h);
+    }
+    fclose(f);
+    return out;
+}
+
+/* nmse of a vs ref, max abs difference, max |ref| */
+static void s_cmp(const float *a, const float *ref, size_t n, double *nmse, double *mx, double *ma) {
+    double num = 0, den = 0;
+    *mx = 0;
+    *ma = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = (double)a[i] - ref[i];
+        num += d * d;
+        den += (double)ref[i] * ref[i];
+        if (fabs(d) > *mx)
+            *mx = fabs(d);
+        if (fabs(ref[i]) > *ma)
+            *ma = fabs(ref[i]);
+    }
+    *nmse = den > 0 ? num / den : num;
+}
+
+/* top-1 minus top-2 of a row */
+static double s_gap(const float *x, int n) {
+    double a = -INFINITY, b = -INFINITY;
+    for (int i = 0; i < n; i++) {
+        if (x[i] > a) {
+            b = a;
+            a = x[i];
+        } else if (x[i] > b) {
+            b = x[i];
+        }
+    }
+    return a - b;
+}
+
+static int s_load(const char *dir, int tp, eng_cuda_model_t **m, char *err, size_t errlen) {
+    eng_cuda_model_opts_t o = {0};
+    o.kv_fraction = 0.02;
+    o.max_ctx = 4096;
+    o.max_batch_tokens = 1024;
+    o.max_seqs = 16;
+    o.tensor_parallel = tp;
+    return eng_cuda_model_load(dir, &o, m, err, errlen);
+}
+
+/* --- 1-3. runner level ---------------------------------------------------------------------- */
+
+static void t_runner(const char *name) {
+    char dir[1200], path[1300], err[512] = "";
+    snprintf(dir, sizeof dir, "%s/%s", g_fix, name);
+    snprintf(path, sizeof path, "%s/golden.json", dir);
+    json_t *g = json_load_file(path, 0, NULL);
+    if (!g) {
+        s_result(0, "%s: cannot read %s", name, path);
+        return;
+    }
+    eng_cuda_model_t *one = NULL, *two = NULL;
+    int r = s_load(dir, 1, &one, err, sizeof err);
+    if (r < 0) {
+        s_result(0, "%s: load on 1 GPU: %d %s", name, r, err);
+        json_decref(g);
+        return;
+    }
+    r = s_load(dir, 2, &two, err, sizeof err);
+    if (r < 0) {
+        s_result(0, "%s: load with tensor_parallel 2: %d %s", name, r, err);
+        eng_cuda_model_free(one);
+        json_decref(g);
+        return;
+    }
+    eng_cuda_model_info_t i1, i2;
+    eng_cuda_model_get_info(one, &i1);
+    eng_cuda_model_get_info(two, &i2);
+    uint64_t kb1 = eng_cuda_model_kv_bytes_per_token(one), kb2 = eng_cuda_model_kv_bytes_per_token(two);
+    s_result(i2.tensor_parallel == 2 && kb2 * 2 == kb1 && i2.n_heads == i1.n_heads &&
+                 i2.moe_inter == i1.moe_inter,
+             "%s: TP=2 info: %u GPUs, KV bytes/token/GPU %llu vs %llu on 1 GPU, weights %.2f MiB/GPU "
+             "vs %.2f MiB", name, i2.tensor_parallel, (unsigned long long)kb2,
+             (unsigned long long)kb1, i2.weight_bytes / 1048576.0, i1.weight_bytes / 1048576.0);
+
+    int V = (int)i1.vocab, bs = (int)i1.block_size;
+    json_t *prompts = json_object_get(g, "prompts");
+    int n = (int)json_array_size(prompts);
+    if (n > MAXP)
+        n = MAXP;
+    int32_t *toks[MAXP], *bt[MAXP];
+    int len[MAXP], per = 0;
+    for (int i = 0; i < n; i++) {
+        json_t *p = json_array_get(prompts, i);
+        len[i] = (int)json_array_size(p);
+        toks[i] = malloc((size_t)(len[i] + NSTEP) * 4);
+        for (int j = 0; j < len[i]; j++)
+            toks[i][j] = (int32_t)json_integer_value(json_array_get(p, j));
+        int nb = (len[i] + NSTEP + bs) / bs;
+        if (nb > per)
+            per = nb;
+    }
+    for (int i = 0; i < n; i++) {
+        bt[i] = malloc((size_t)per * 4);
+        for (int j = 0; j < per; j++)
+            bt[i][j] = i * per + (per - 1 - j); /* reversed: exercises the indirection */
+    }
+    float *l1 = malloc((size_t)n * V * 4), *l2 = malloc((size_t)n * V * 4);
+    int32_t id1[MAXP], id2[MAXP];
+    eng_batch_seq_t seqs[MAXP];
+    eng_batch_t b = {seqs, (uint32_t)n, 0, (uint32_t)n};
+    int mism[MAXP] = {0};
+    int checked = 0, equal = 0, near = 0, bad = 0;
+    double worst_nmse = 0, worst_mx = 0;
+    for (int i = 0; i < n; i++) {
+        seqs[i] = (eng_batch_seq_t){toks[i], (uint32_t)len[i], 0, NULL, bt[i], (uint32_t)per, true};
+        b.n_tokens += len[i];
+    }
+    for (int s = 0; s < NSTEP; s++) {
+        if (s > 0) {
+            for (int i = 0; i < n; i++) {
+                seqs[i].tokens = toks[i] + len[i] + s - 1;
+                seqs[i].n_tokens = 1;
+                seqs[i].n_past = (uint32_t)(len[i] + s - 1);
+            }
+            b.n_tokens = (uint32_t)n;
+        }
+        if ((r = eng_cuda_model_forward(one, &b, l1, id1, err, sizeof err)) < 0) {
+            s_result(0, "%s: 1 GPU step %d: %d %s", name, s, r, err);
+            goto out;
+        }
+        if ((r = eng_cuda_model_forward(two, &b, l2, id2, err, sizeof err)) < 0) {
+            s_result(0, "%s: TP=2 step %d: %d %s", name, s, r, err);
+            goto out;
+        }
+        for (int i = 0; i < n; i++) {
+            double nm, mx, ma;
+            s_cmp(l2 + (size_t)i * V, l1 + (size_t)i * V, (size_t)V, &nm, &mx, &ma);
+            if (nm > worst_nmse)
+                worst_nmse = nm;
+            if (mx > worst_mx)
+                worst_mx = mx;
+            if (s == 0)
+                s_result(nm < 1e-3 && mx < 0.05 * ma,
+                         "%s prompt %d (%d tokens): TP=2 vs 1-GPU first logits: nmse %.2e, max abs "
+                         "%.4f (max |logit| %.2f)", name, i, len[i], nm, mx, ma);
+            checked++;
+            if (id1[i] == id2[i]) {
+                equal++;
+            } else {
+                double gp = s_gap(l1 + (size_t)i * V, V);
+                mism[i]++;
+                if (gp <= 2 * mx) {
+                    near++;
+                } else {
+                    bad++;
+                    s_result(0, "%s prompt %d step %d: TP=2 token %d, 1 GPU %d (gap %.4f > 2 x "
+                             "diff %.4f)", name, i, s, id2[i], id1[i], gp, mx);
+                }
+            }
+            toks[i][len[i] + s] = id1[i]; /* both follow the single-GPU greedy sequence */
+        }
+        if (s == 0) { /* vs the fp32 reference */
+            snprintf(path, sizeof path, "%s/golden.safetensors", dir);
+            for (int i = 0; i < n && i < 2; i++) {
+                char tn[32];
+                size_t nr = 0;
+                snprintf(tn, sizeof tn, "first_logits.%d", i);
+                float *ref = s_st_f32(path, tn, &nr);
+                if (!ref || (int)nr != V) {
+                    s_result(0, "%s: %s missing", name, tn);
+                    free(ref);
+                    continue;
+                }
+                double nm, mx, ma;
+                s_cmp(l2 + (size_t)i * V, ref, (size_t)V, &nm, &mx, &ma);
+                s_result(nm < 1e-3 && mx < 0.05 * ma,
+                         "%s prompt %d: TP=2 first logits vs fp32 ref: nmse %.2e, max abs %.4f "
+                         "(max |logit| %.2f)", name, i, nm, mx, ma);
+                free(ref);
+            }
+        }
+    }
+    {
+        int exact = 0;
+        for (int i = 0; i < n; i++)
+            exact += mism[i] == 0;
+        s_result(bad == 0, "%s: greedy decode %d prompts x %d steps batched: TP=2 token == 1-GPU "
+                 "token at %d/%d steps (%d near-ties), %d/%d prompts identical; logits worst nmse "
+                 "%.2e, max abs %.4f", name, n, NSTEP, equal, checked, near, exact, n, worst_nmse,
+                 worst_mx);
+    }
+out:
+    for (int i = 0; i < n; i++) {
+        free(toks[i]);
+        free(bt[i]);
+    }
+    free(l1);
+    free(l2);
+    eng_cuda_model_free(two);
+    eng_cuda_model_free(one);
+    json_decref(g);
+}
+
+/* --- 4. eng_service level ------------------------------------------------------------------ */
+
+typedef struct t_run {
+    int32_t tokens[NSTEP];
+    float gap[NSTEP]; /* top1 - top2 logprob */
+    uint32_t n;
+    int err;
+} t_run_t;
+
+static eng_service_t *s_service(const char *name, int tp) {
+    char dir[1200], err[512] = "", tpv[16];
+    snprintf(dir, sizeof dir, "%s/%s", g_fix, name);
+    snprintf(tpv, sizeof tpv, "%d", tp);
+    setenv("OMNIPIPE_TENSOR_PARALLEL", tpv, 1);
+    setenv("OMNIPIPE_CUDA_RUNNER", "fast", 1);
+    eng_service_opts_t o = {.model_dir = dir, .backend = "cuda", .engine_id = "tp-test",
+                            .kv_blocks = 1024};
+    eng_service_t *s = NULL;
+    int r = eng_service_new(&o, NULL, NULL, &s, err, sizeof err);
+    unsetenv("OMNIPIPE_TENSOR_PARALLEL");
+    if (r < 0) {
+        s_result(0, "%s: eng_service_new(cuda, tensor_parallel %d): %d %s", name, tp, r, err);
+        return NULL;
+    }
+    return s;
+}
+
+static int s_submit(eng_service_t *s, uint64_t id, json_t *prompt) {
+    int32_t ids[MAXTOK];
+    size_t n = json_array_size(prompt);
+    if (n > MAXTOK)
+        return -E2BIG;
+    for (size_t i = 0; i < n; i++)
+        ids[i] = (int32_t)json_integer_value(json_array_get(prompt, i));
+    Omnipipe__Header h = OMNIPIPE__HEADER__INIT;
+    h.has_request_id = true;
+    h.request_id = id;
+    Omnipipe__SamplingParams sp = OMNIPIPE__SAMPLING_PARAMS__INIT;
+    sp.has_max_tokens = sp.has_ignore_eos = sp.has_logprobs = true;
+    sp.max_tokens = NSTEP;
+    sp.ignore_eos = true;
+    sp.logprobs = 2;
+    Omnipipe__PreparedRequest pr = OMNIPIPE__PREPARED_REQUEST__INIT;
+    pr.ids = ids;
+    pr.n_ids = n;
+    pr.sampling = &sp;
+    return eng_service_submit(s, &h, &pr, 1);
+}
+
+static int s_drain(eng_service_t *s, t_run_t *runs, size_t n_runs) {
+    for (int guard = 0; eng_service_has_work(s); guard++) {
+        const Omnipipe__TokenBatch *b = NULL;
+        int r = eng_service_step(s, 1, &b);
+        if (r < 0 || guard > 100000)
+            return r < 0 ? r : -ETIMEDOUT;
+        for (size_t i = 0; b && i < b->n_seqs; i++) {
+            const Omnipipe__SeqStep *st = b->seqs[i];
+            if (st->request_id >= n_runs)
+                return -EINVAL;
+            t_run_t *q = &runs[st->request_id];
+            for (size_t j = 0; j < st->n_token_ids && q->n < NSTEP; j++) {
+                q->tokens[q->n] = st->token_ids[j];
+                q->gap[q->n] = 0;
+                if (j < st->n_logprobs && st->logprobs[j]->n_top >= 2)
+                    q->gap[q->n] = st->logprobs[j]->top[0]->logprob - st->logprobs[j]->top[1]->logprob;
+                q->n++;
+            }
+            if (st->has_finish && st->finish == OMNIPIPE__FINISH_REASON__FINISH_ERROR)
+                q->err = 1;
+        }
+    }
+    return 0;
+}
+
+/* runs a and b agree, or part at a near-tie of either */
+static int s_same(const t_run_t *a, const t_run_t *b, int *ret_exact) {
+    if (a->n != NSTEP || b->n != NSTEP || a->err || b->err)
+        return 0;
+    uint32_t j = 0;
+    while (j < NSTEP && a->tokens[j] == b->tokens[j])
+        j++;
+    *ret_exact = j == NSTEP;
+    return j == NSTEP || a->gap[j] < TOL || b->gap[j] < TOL;
+}
+
+static void t_service(const char *name) {
+    char path[1300];
+    snprintf(path, sizeof path, "%s/%s/golden.json", g_fix, name);
+    json_t *g = json_load_file(path, 0, NULL);
+    json_t *prompts = json_object_get(g, "prompts");
+    size_t n = json_array_size(prompts);
+    if (n > MAXP)
+        n = MAXP;
+    t_run_t alone[MAXP], batch[MAXP], ref[MAXP];
+    memset(alone, 0, sizeof alone);
+    memset(batch, 0, sizeof batch);
+    memset(ref, 0, sizeof ref);
+    int r = 0;
+    eng_service_t *s = s_service(name, 1);
+    for (size_t i = 0; s && i < n && r >= 0; i++)
+        if ((r = s_submit(s, i, json_array_get(prompts, i))) >= 0)
+            r = s_drain(s, ref, n);
+    eng_service_free(s);
+    s = r >= 0 && s ? s_service(name, 2) : NULL;
+    for (size_t i = 0; s && i < n && r >= 0; i++)
+        if ((r = s_submit(s, i, json_array_get(prompts, i))) >= 0)
+            r = s_drain(s, alone, n);
+    for (size_t i = 0; s && i < n && r >= 0; i++)
+        r = s_submit(s, i, json_array_get(prompts, i));
+    if (s && r >= 0)
+        r = s_drain(s, batch, n);
+    eng_service_free(s);
+    if (!s || r < 0) {
+        s_result(0, "%s: eng_service TP=2 run failed: %d", name, r);
+        json_decref(g);
+        return;
+    }
+    int ok_ab = 1, ok_ref = 1, ex_ab = 0, ex_ref = 0;
+    for (size_t i = 0; i < n; i++) {
+        int e = 0;
+        ok_ab &= s_same(&alone[i], &batch[i], &e);
+        ex_ab += e;
+        e = 0;
+        ok_ref &= s_same(&alone[i], &ref[i], &e);
+        ex_ref += e;
+    }
+    s_result(ok_ab, "%s: eng_service TP=2 greedy %zu prompts x %d tokens: alone == batched "
+             "(%d/%zu identical, the rest part at near-ties)", name, n, NSTEP, ex_ab, n);
+    s_result(ok_ref, "%s: eng_service TP=2 alone == 1-GPU service (%d/%zu identical, the rest part "
+             "at near-ties)", name, ex_ref, n);
+    json_decref(g);
+}
+
+int main(void) {
+    eng_backend_t *probe = NULL;
+    if (eng_backend_new("cuda", 0, 0, &probe) < 0) {
+        printf("SKIP: no CUDA device\n");
+        return 77;
+    }
+    eng_backend_free(probe);
+    const char *fx = getenv("OM_FIXTURES_DIR");
+    if (fx)
+        snprintf(g_fix, sizeof g_fix, "%s", fx);
+    else
+        snprintf(g_fix, sizeof g_fix, "%s/fixtures",
+                 getenv("OM_SHARED_DIR") ? getenv("OM_SHARED_DIR") : OM_SHARED_DIR);
+    { /* 2 GPUs and NCCL? */
+        char dir[1200], err[512] = "";
+        snprintf(dir, sizeof dir, "%s/tiny-qwen3", g_fix);
+        eng_cuda_model_t *m = NULL;
+        int r = s_load(dir, 2, &m, err, sizeof err);
+        if (r == -ENODEV || r == -ELIBACC) {
+            printf("SKIP: tensor_parallel 2 unavailable: %s\n", err);
+            return 77;
+        }
+        s_result(r == 0, "tiny-qwen3: load with tensor_parallel 2 (NCCL): %s", r == 0 ? "ok" : err);
+        eng_cuda_model_free(m);
+        if (r < 0)
+            return 1;
+    }
+    t_runner("tiny-qwen3");
+    t_runner("tiny-qwen3-moe");
+    t_runner("tiny-omni");
+    t_service("tiny-qwen3");
+    t_service("tiny-qwen3-moe");
+    t_service("tiny-omni");
+    printf("%s\n", g_fail ? "FAILED" : "all passed");
+    return g_fail ? 1 : 0;
+}
