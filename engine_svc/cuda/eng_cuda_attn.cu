@@ -612,7 +612,7 @@ static int s_attn_dec(cudaStream_t s, O *out, const Q *q, const bf16 *kpool, con
         return -EOPNOTSUPP;
     if (n_splits > 32)
         n_splits = 32; /* the merge handles up to 32 partials (lane = split) */
-    static int attr_bytes = 0; /* per instantiation: largest dynamic smem size set so far */
+    static thread_local int attr_bytes = 0; /* per instantiation and thread (= device, TP ranks) */
     const size_t bytes = dec_smem_bytes(G);
     if ((int)bytes > attr_bytes) {
         CUDA_CHECK(cudaFuncSetAttribute(k_attn_dec<Q, O>,

@@ -357,7 +357,7 @@ int ek_attention_tc(cudaStream_t s, O *out, const Q *q, const bf16 *kpool, const
     if (n_splits < 1 || n_splits > 32 || (n_splits > 1 && (!partial || !counters)) ||
         block_size <= 0 || max_blocks <= 0)
         return -EINVAL;
-    static int attr = 1;
+    static thread_local int attr = 1; /* per thread = per device (TP ranks) */
     if (attr > 0)
         attr = s_smem_attr(k_attn_dec_tc<Q, O>);
     if (attr < 0)
@@ -516,7 +516,7 @@ int ek_attention_prefill_tc(cudaStream_t s, O *out, const Q *q, const bf16 *kpoo
         return -EOPNOTSUPP;
     if (block_size <= 0 || max_blocks <= 0)
         return -EINVAL;
-    static int attr = 1;
+    static thread_local int attr = 1; /* per thread = per device (TP ranks) */
     if (attr > 0)
         attr = s_smem_attr(k_attn_prefill_tc<Q, O>);
     if (attr < 0)
