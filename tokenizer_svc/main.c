@@ -31,6 +31,7 @@ typedef struct tok_recent {
     uint8_t client_id[TOK_ID_MAX]; /* client routing identity */
     size_t client_id_len;          /* bytes */
     uint64_t request_id;
+    uint64_t sent_ms; /* monotonic ms it was forwarded to mm_prep (recent list only) */
 } tok_recent_t;
 
 typedef struct tok_main {
@@ -144,6 +145,19 @@ static void s_remember(tok_main_t *m, const Omnipipe__Header *h) {
     memcpy(r->client_id, h->client_id.data, h->client_id.len);
     r->client_id_len = h->client_id.len;
     r->request_id = h->request_id;
+    r->sent_ms = om_time_mono_ms();
+}
+
+/* mm_prep spoke: it was alive, but a heartbeat it sent before reading its queue can arrive after
+   a request we forwarded just now; forget only the requests forwarded a heartbeat interval ago or
+   earlier (its loop has polled its socket since), keep the newer ones until the next frame. */
+static void s_recent_heard(tok_main_t *m) {
+    uint64_t now = om_time_mono_ms();
+    size_t k = 0;
+    for (size_t i = 0; i < m->n_recent; i++)
+        if (now - m->recent[i].sent_ms < m->hb_ms)
+            m->recent[k++] = m->recent[i];
+    m->n_recent = k;
 }
 
 static bool s_key_is(const tok_recent_t *k, const Omnipipe__Header *h) {
@@ -297,7 +311,7 @@ static void s_on_downstream(tok_main_t *m, om_arena_t *a) {
         if (in.err < 0) {
             m->n_malformed++;
         } else if (om_msg_is_control(in.env)) {
-            m->n_recent = 0; /* mm_prep was alive after taking them */
+            s_recent_heard(m);
             if (in.env->control->kind_case == OMNIPIPE__CONTROL__KIND_STATS_REPLY &&
                 in.env->header->has_client_id &&
                 om_msg_send(m->frontend, a, in.env->header->client_id.data, in.env->header->client_id.len,
