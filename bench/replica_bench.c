@@ -54,6 +54,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "bench_util.h"
 #include "om_client.h"
 #include "om_time.h"
 
@@ -93,19 +94,13 @@ static void s_on_signal(int sig) {
     s_interrupted = 1;
 }
 
-static uint64_t s_splitmix(uint64_t *x) {
-    uint64_t z = (*x += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
 
 /* the prompt of request `index`: distinct for every index */
 static void s_prompt(const rb_opts_t *o, uint64_t index, int32_t *ids) {
     uint64_t st = 0x5eed0000ull ^ (index * 0x100000001b3ull);
     uint32_t span = (uint32_t)(o->id_hi - o->id_lo);
     for (uint32_t i = 0; i < o->prompt_len; i++)
-        ids[i] = o->id_lo + (int32_t)(s_splitmix(&st) % span);
+        ids[i] = o->id_lo + (int32_t)(bench_splitmix(&st) % span);
 }
 
 static void s_sampling(uint32_t max_tokens, Omnipipe__SamplingParams *sp) {
@@ -118,20 +113,8 @@ static void s_sampling(uint32_t max_tokens, Omnipipe__SamplingParams *sp) {
     sp->ignore_eos = true;
 }
 
-static int s_cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
 
 /* nearest-rank percentile of sorted v[n] */
-static double s_pct(const double *v, size_t n, double p) {
-    if (n == 0)
-        return 0;
-    size_t k = (size_t)(p / 100.0 * (double)n + 0.999999);
-    if (k < 1)
-        k = 1;
-    return v[(k > n ? n : k) - 1];
-}
 
 /* per-engine counters: names as mm_prep reports them */
 typedef struct rb_eng_count {
@@ -209,17 +192,6 @@ static bool s_up_line(const rb_up_t *u, const char *prefix, char *ret, size_t le
     return found;
 }
 
-static int s_self_dir(char *buf, size_t len) {
-    ssize_t n = readlink("/proc/self/exe", buf, len - 1);
-    if (n <= 0)
-        return -errno;
-    buf[n] = '\0';
-    char *s = strrchr(buf, '/');
-    if (!s)
-        return -ENOENT;
-    *s = '\0';
-    return 0;
-}
 
 static int s_up_start(const rb_opts_t *o, uint32_t engines, bool restart, rb_up_t *u) {
     memset(u, 0, sizeof *u);
@@ -228,7 +200,7 @@ static int s_up_start(const rb_opts_t *o, uint32_t engines, bool restart, rb_up_
         snprintf(bin, sizeof bin, "%s", o->omnipipe);
     else {
         char dir[PATH_MAX];
-        if (s_self_dir(dir, sizeof dir) < 0)
+        if (bench_self_dir(dir, sizeof dir) < 0)
             return -ENOENT;
         snprintf(bin, sizeof bin, "%s/omnipipe", dir);
     }
@@ -551,9 +523,9 @@ static void s_figures(const rb_req_t *rq, uint32_t n, rb_fig_t *f) {
             n_tpot++;
         }
     }
-    qsort(ttft, f->n_ok, sizeof *ttft, s_cmp_double);
-    f->ttft_p50_ms = s_pct(ttft, f->n_ok, 50);
-    f->ttft_p99_ms = s_pct(ttft, f->n_ok, 99);
+    qsort(ttft, f->n_ok, sizeof *ttft, bench_cmp_double);
+    f->ttft_p50_ms = bench_pct(ttft, f->n_ok, 50);
+    f->ttft_p99_ms = bench_pct(ttft, f->n_ok, 99);
     f->tpot_ms = n_tpot ? tpot_sum / n_tpot : 0;
     f->wall_s = t1 > t0 ? (double)(t1 - t0) / 1e9 : 0;
     f->tok_s = f->wall_s > 0 ? (double)f->tokens / f->wall_s : 0;
@@ -974,28 +946,6 @@ static int s_fault(const rb_opts_t *o) {
 /* ------------------------------------------------------------------------------------------------ */
 /* options */
 
-static int s_vocab_size(const char *model, int64_t *ret) {
-    char path[PATH_MAX];
-    snprintf(path, sizeof path, "%s/config.json", model);
-    json_error_t je;
-    json_t *c = json_load_file(path, 0, &je);
-    if (!c) {
-        fprintf(stderr, "replica_bench: --model: %s: %s\n", path, je.text);
-        return -EINVAL;
-    }
-    json_t *v = json_object_get(c, "vocab_size");
-    if (!json_is_integer(v))
-        v = json_object_get(json_object_get(c, "text_config"), "vocab_size");
-    if (!json_is_integer(v))
-        v = json_object_get(json_object_get(json_object_get(c, "thinker_config"), "text_config"), "vocab_size");
-    int r = json_is_integer(v) && json_integer_value(v) > 16 ? 0 : -EINVAL;
-    if (r == 0)
-        *ret = json_integer_value(v);
-    else
-        fprintf(stderr, "replica_bench: --model: %s has no vocab_size\n", path);
-    json_decref(c);
-    return r;
-}
 
 static int s_parse_list(const char *name, const char *s, uint32_t hi, uint32_t *out, size_t *n) {
     *n = 0;
@@ -1017,17 +967,6 @@ static int s_parse_list(const char *name, const char *s, uint32_t hi, uint32_t *
     return *n ? 0 : -EINVAL;
 }
 
-static int s_parse_u32(const char *name, const char *s, uint32_t lo, uint32_t hi, uint32_t *ret) {
-    char *end;
-    errno = 0;
-    unsigned long v = strtoul(s, &end, 10);
-    if (end == s || *end || errno || v < lo || v > hi) {
-        fprintf(stderr, "replica_bench: --%s: expected an integer in %u..%u, got '%s'\n", name, lo, hi, s);
-        return -EINVAL;
-    }
-    *ret = (uint32_t)v;
-    return 0;
-}
 
 static void s_usage(FILE *f) {
     fprintf(f, "usage: replica_bench --model DIR [--backend cpu|cuda] [--load-format auto|dummy] [--threads N]\n"
@@ -1085,7 +1024,7 @@ int main(int argc, char **argv) {
         case O_BACKEND: o.backend = optarg; break;
         case O_LF: o.load_format = optarg; break;
         case O_THREADS:
-            if (s_parse_u32("threads", optarg, 0, 4096, &u32) < 0)
+            if (bench_parse_u32("replica_bench", "threads", optarg, 0, 4096, &u32) < 0)
                 return 2;
             o.threads = optarg;
             break;
@@ -1099,58 +1038,58 @@ int main(int argc, char **argv) {
                 return 2;
             break;
         case O_PROMPT:
-            if (s_parse_u32("prompt-len", optarg, 1, 1u << 20, &o.prompt_len) < 0)
+            if (bench_parse_u32("replica_bench", "prompt-len", optarg, 1, 1u << 20, &o.prompt_len) < 0)
                 return 2;
             break;
         case O_GEN:
-            if (s_parse_u32("gen-len", optarg, 1, 1u << 20, &o.gen_len) < 0)
+            if (bench_parse_u32("replica_bench", "gen-len", optarg, 1, 1u << 20, &o.gen_len) < 0)
                 return 2;
             break;
         case O_CLIENTS:
-            if (s_parse_u32("clients", optarg, 1, 1024, &o.clients) < 0)
+            if (bench_parse_u32("replica_bench", "clients", optarg, 1, 1024, &o.clients) < 0)
                 return 2;
             break;
         case O_REPEAT:
-            if (s_parse_u32("repeat", optarg, 1, RB_MAX_REPEAT, &o.repeat) < 0)
+            if (bench_parse_u32("replica_bench", "repeat", optarg, 1, RB_MAX_REPEAT, &o.repeat) < 0)
                 return 2;
             break;
         case O_HB:
-            if (s_parse_u32("heartbeat-ms", optarg, 10, 60000, &u32) < 0)
+            if (bench_parse_u32("replica_bench", "heartbeat-ms", optarg, 10, 60000, &u32) < 0)
                 return 2;
             o.heartbeat_ms = optarg;
             break;
         case O_DEADLINE:
-            if (s_parse_u32("deadline-ms", optarg, 100, 86400000, &u32) < 0)
+            if (bench_parse_u32("replica_bench", "deadline-ms", optarg, 100, 86400000, &u32) < 0)
                 return 2;
             o.deadline_ms = u32;
             break;
         case O_OMNIPIPE: o.omnipipe = optarg; break;
         case O_LOG: o.log_level = optarg; break;
         case O_READY:
-            if (s_parse_u32("ready-timeout", optarg, 1, 86400, &o.ready_timeout_s) < 0)
+            if (bench_parse_u32("replica_bench", "ready-timeout", optarg, 1, 86400, &o.ready_timeout_s) < 0)
                 return 2;
             break;
         case O_JSON: o.json_path = optarg; break;
         case O_FAULT: o.fault = true; break;
         case O_FCONC:
-            if (s_parse_u32("fault-concurrency", optarg, 1, 4096, &o.fault_conc) < 0)
+            if (bench_parse_u32("replica_bench", "fault-concurrency", optarg, 1, 4096, &o.fault_conc) < 0)
                 return 2;
             break;
         case O_KILL: o.kill_engine = optarg; break;
         case O_KILL_AFTER:
-            if (s_parse_u32("kill-after", optarg, 1, 1u << 20, &o.kill_after) < 0)
+            if (bench_parse_u32("replica_bench", "kill-after", optarg, 1, 1u << 20, &o.kill_after) < 0)
                 return 2;
             break;
         case O_AFTER_REJOIN:
-            if (s_parse_u32("after-rejoin", optarg, 1, 1u << 20, &o.after_rejoin) < 0)
+            if (bench_parse_u32("replica_bench", "after-rejoin", optarg, 1, 1u << 20, &o.after_rejoin) < 0)
                 return 2;
             break;
         case O_REJOIN_TIMEOUT:
-            if (s_parse_u32("rejoin-timeout", optarg, 1, 86400, &o.rejoin_timeout_s) < 0)
+            if (bench_parse_u32("replica_bench", "rejoin-timeout", optarg, 1, 86400, &o.rejoin_timeout_s) < 0)
                 return 2;
             break;
         case O_RDELAY:
-            if (s_parse_u32("restart-delay-ms", optarg, 0, 30000, &u32) < 0)
+            if (bench_parse_u32("replica_bench", "restart-delay-ms", optarg, 0, 30000, &u32) < 0)
                 return 2;
             o.restart_delay = optarg;
             break;
@@ -1186,7 +1125,7 @@ int main(int argc, char **argv) {
         o.deadline_ms = 600000; /* a benchmark run must not time out on a slow backend */
     }
     int64_t vocab;
-    if (s_vocab_size(o.model, &vocab) < 0)
+    if (bench_vocab_size("replica_bench", o.model, &vocab) < 0)
         return 2;
     /* ordinary tokens only: Qwen's special tokens start at 151643 */
     o.id_hi = (int32_t)(vocab < 151643 ? vocab : 151643);

@@ -4,7 +4,7 @@
 # drill on CPU engines (replica_fault). Included by bench/CMakeLists.txt's *.cmake glob.
 if(TARGET om_common AND EXISTS ${CMAKE_CURRENT_LIST_DIR}/replica_bench.c)
   find_package(Threads REQUIRED)
-  add_executable(replica_bench ${CMAKE_CURRENT_LIST_DIR}/replica_bench.c)
+  add_executable(replica_bench ${CMAKE_CURRENT_LIST_DIR}/replica_bench.c ${CMAKE_CURRENT_LIST_DIR}/bench_util.c)
   om_warnings(replica_bench)
   target_link_libraries(replica_bench PRIVATE om_common PkgConfig::JANSSON Threads::Threads)
   # it starts `omnipipe up`, which runs the four daemons next to it
