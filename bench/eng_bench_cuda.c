@@ -21,8 +21,12 @@
  * 1, 32 and 128 (the step's 2 x layers all-reduces of (B, hidden) bf16 replayed alone as one CUDA
  * graph, eng_cuda_model_measure_comm). Ends with one "TP N=..." table row (bench/tp-run).
  *
+ * --curve: only the decode step time at batch 1, 2, 4, ... 256 (ctx 512), i.e. one GPU's aggregate
+ * tok/s as a function of its batch, and from it the most that two replicas can gain at C concurrent
+ * requests (each decodes C/2: 2 x tok/s(C/2) / tok/s(C)), the bound bench/multi-gpu-run measures.
+ *
  * Usage: eng_bench_cuda CONFIG_DIR [--steps N] [--quick] [--profile] [--b1-only] [--service]
- *        [--tensor-parallel N]
+ *        [--tensor-parallel N] [--curve]
  * --profile: only runs, inside a profiler range (ncu --profile-from-start off), one batch-1 decode
  * step at ctx 512, one 512-token prefill and one batch-128 decode step (bench/ncu_summary.py). */
 #include <errno.h>
@@ -279,12 +283,44 @@ static int s_tp_bench(int tp, int steps) {
     return 0;
 }
 
+/* One GPU's decode throughput against its batch (ctx 512) and the replica bound it implies. */
+static int s_curve(int steps) {
+    static const int bs[] = {1, 2, 4, 8, 16, 32, 64, 128, 256};
+    enum { NB = sizeof bs / sizeof bs[0] };
+    double tps[NB] = {0};
+    for (int k = 0; k < NB; k++) {
+        int n = bs[k];
+        seq_t *ss = calloc(n, sizeof *ss);
+        if (!ss)
+            s_die(-ENOMEM, "curve");
+        for (int i = 0; i < n; i++)
+            s_seq_init(&ss[i], 512 + steps + 8, 700 + i);
+        for (int i = 0; i < n; i += 8)
+            s_prefill(ss + i, n - i < 8 ? n - i : 8, 512, 512);
+        s_decode(ss, n, 3);
+        double dt = s_decode(ss, n, steps);
+        tps[k] = (double)n * steps / dt;
+        printf("curve batch %d, ctx 512: %.2f ms/step, %.0f tok/s\n", n, dt / steps * 1e3, tps[k]);
+        fflush(stdout);
+        for (int i = 0; i < n; i++)
+            s_seq_free(&ss[i]);
+        free(ss);
+        g_next_block = 0;
+    }
+    printf("\n| concurrent C | 1 GPU at C (tok/s) | 1 GPU at C/2 (tok/s) | 2 replicas at most (x) |\n"
+           "|---|---|---|---|\n");
+    for (int k = 1; k < NB; k++)
+        printf("| %d | %.0f | %.0f | %.2fx |\n", bs[k], tps[k], tps[k - 1],
+               2.0 * tps[k - 1] / tps[k]);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (argc < 2) {
         fprintf(stderr, "usage: %s CONFIG_DIR [--steps N] [--quick]\n", argv[0]);
         return 2;
     }
-    int steps = 64, quick = 0, profile = 0, b1_only = 0, service = 0, tp = 0;
+    int steps = 64, quick = 0, profile = 0, b1_only = 0, service = 0, tp = 0, curve = 0;
     for (int i = 2; i < argc; i++) {
         if (!strcmp(argv[i], "--steps") && i + 1 < argc)
             steps = atoi(argv[++i]);
@@ -296,6 +332,8 @@ int main(int argc, char **argv) {
             b1_only = 1;
         else if (!strcmp(argv[i], "--service"))
             service = 1;
+        else if (!strcmp(argv[i], "--curve"))
+            curve = 1;
         else if (!strcmp(argv[i], "--tensor-parallel") && i + 1 < argc)
             tp = atoi(argv[++i]);
     }
@@ -340,6 +378,11 @@ int main(int argc, char **argv) {
     }
     if (tp > 0)
         return s_tp_bench(tp, steps);
+    if (curve) {
+        s_curve(steps);
+        eng_cuda_model_free(g_m);
+        return 0;
+    }
     if (profile) {
         seq_t a, p;
         s_seq_init(&a, 600, 11);
