@@ -797,17 +797,15 @@ static int s_load(const char *dir, const eng_cuda_model_opts_t *opts, int tp_ran
     if (r >= 0 && tp_n > 1) { /* TP: local shapes; the split needs whole heads and columns */
         cfg &c = m->c;
         int mp = m->o.moe_parallel;
+        m->ep = !c.dense && mp != ENG_CUDA_MOE_PAR_COLUMN;
+        /* OM_CUDA_TP_REDUCE=bf16: the older bf16 all-reduce; fp32 (default) */
+        const char *red = getenv("OM_CUDA_TP_REDUCE");
+        m->red32 = !(red && !strcmp(red, "bf16"));
         if (mp != ENG_CUDA_MOE_PAR_DEFAULT && mp != ENG_CUDA_MOE_PAR_EXPERT &&
             mp != ENG_CUDA_MOE_PAR_COLUMN) {
             snprintf(err, errlen, "moe_parallel: %d is not expert (%d) or column (%d)", mp,
                      ENG_CUDA_MOE_PAR_EXPERT, ENG_CUDA_MOE_PAR_COLUMN);
             r = -EINVAL;
-        }
-        m->ep = !c.dense && mp != ENG_CUDA_MOE_PAR_COLUMN;
-        /* OM_CUDA_TP_REDUCE=bf16: the older bf16 all-reduce; fp32 (default) */
-        const char *red = getenv("OM_CUDA_TP_REDUCE");
-        m->red32 = !(red && !strcmp(red, "bf16"));
-        if (r < 0) {
         } else if (red && *red && strcmp(red, "bf16") && strcmp(red, "fp32")) {
             snprintf(err, errlen, "OM_CUDA_TP_REDUCE: '%s' is not fp32 or bf16", red);
             r = -EINVAL;
