@@ -216,7 +216,7 @@ static void s_trace(const char *name, const char *tag, eng_cuda_model_t *one,
             s_cmp(h2 + o, h1 + o, (size_t)n * D, &nm, &mx, &ma);
             if (nm > 0 && first < 0)
                 first = l;
-            char diff[256] = "";
+            char diff[512] = ""; /* 3 entries of <= 90 characters (K <= 8 shown) */
             int nd = 0, w = 0;
             for (int t = off; t < off + n; t++) {
                 const int32_t *a = i1 + ((size_t)l * T + t) * K, *c = i2 + ((size_t)l * T + t) * K;
@@ -229,7 +229,7 @@ static void s_trace(const char *name, const char *tag, eng_cuda_model_t *one,
                 }
                 if (same)
                     continue;
-                if (nd++ < 3 && w < (int)sizeof diff - 64) {
+                if (nd++ < 3 && w < (int)sizeof diff - 128) {
                     w += snprintf(diff + w, sizeof diff - w, " [token %d: 1-GPU", t - off);
                     for (int k = 0; k < K && k < 8; k++)
                         w += snprintf(diff + w, sizeof diff - w, " %d", a[k]);
