@@ -18,15 +18,17 @@
  * runner) and only the split/replicate comparison: batch-1 decode at ctx 512 (tok/s, ms/token),
  * TTFT 512, aggregate decode at 32 and 128 sequences, KV capacity (max concurrent 4096-token
  * contexts = KV blocks x block size / 4096) and the communication time per decode step at batch
- * 1, 32 and 128 (the step's 2 x layers all-reduces of (B, hidden) bf16 replayed alone as one CUDA
- * graph, eng_cuda_model_measure_comm). Ends with one "TP N=..." table row (bench/tp-run).
+ * 1, 32 and 128 (the step's 2 x layers all-reduces of (B, hidden), f32 or bf16 as the steps reduce
+ * (OM_CUDA_TP_REDUCE), replayed alone as one CUDA graph, eng_cuda_model_measure_comm). Ends with
+ * one "TP N=..." table row (bench/tp-run). --moe-parallel expert|column: the MoE split with N > 1
+ * (default expert; the row says which, and "bf16" when OM_CUDA_TP_REDUCE=bf16).
  *
  * --curve: only the decode step time at batch 1, 2, 4, ... 256 (ctx 512), i.e. one GPU's aggregate
  * tok/s as a function of its batch, and from it the most that two replicas can gain at C concurrent
  * requests (each decodes C/2: 2 x tok/s(C/2) / tok/s(C)), the bound bench/multi-gpu-run measures.
  *
  * Usage: eng_bench_cuda CONFIG_DIR [--steps N] [--quick] [--profile] [--b1-only] [--service]
- *        [--tensor-parallel N] [--curve]
+ *        [--tensor-parallel N] [--moe-parallel expert|column] [--curve]
  * --profile: only runs, inside a profiler range (ncu --profile-from-start off), one batch-1 decode
  * step at ctx 512, one 512-token prefill and one batch-128 decode step (bench/ncu_summary.py). */
 #include <errno.h>
@@ -265,9 +267,9 @@ static int s_tp_bench(int tp, int steps) {
         if (r < 0)
             s_die(r, "measure_comm");
         printf("TP %d: communication per decode step, batch %d: %.3f ms (%u all-reduces of "
-               "(%d, %u) bf16, %.1f us each; %.0f%% of the step)\n", tp, cb[k], comm[k],
-               2 * g_info.n_layers, cb[k], g_info.hidden, ar_us[k],
-               step_ms[k] > 0 ? 100 * comm[k] / step_ms[k] : 0);
+               "(%d, %u) %s, %.1f us each; %.0f%% of the step)\n", tp, cb[k], comm[k],
+               2 * g_info.n_layers, cb[k], g_info.hidden, g_info.tp_reduce_f32 ? "f32" : "bf16",
+               ar_us[k], step_ms[k] > 0 ? 100 * comm[k] / step_ms[k] : 0);
         fflush(stdout);
     }
     double ctx4k = (double)g_info.n_blocks * g_info.block_size / 4096.0;
@@ -277,8 +279,15 @@ static int s_tp_bench(int tp, int steps) {
            (unsigned long long)eng_cuda_model_kv_bytes_per_token(g_m), g_info.weight_bytes / 1e9);
     printf("\n| GPUs | b1 tok/s | b1 ms/tok | TTFT512 ms | agg32 tok/s | agg128 tok/s | max 4096-ctx "
            "| comm ms/step b1/32/128 |\n|---|---|---|---|---|---|---|---|\n");
-    printf("| TP N=%d | %.1f | %.2f | %.1f | %.0f | %.0f | %.0f | %.3f / %.3f / %.3f |\n", tp, b1,
-           1e3 / b1, ttft * 1e3, agg[0], agg[1], ctx4k, comm[0], comm[1], comm[2]);
+    char label[64] = "";
+    if (tp > 1)
+        snprintf(label, sizeof label, " %s%s",
+                 g_info.expert_parallel ? "expert"
+                 : g_info.n_experts > 1 ? "column"
+                                        : "dense",
+                 g_info.tp_reduce_f32 ? "" : " bf16");
+    printf("| TP N=%d%s | %.1f | %.2f | %.1f | %.0f | %.0f | %.0f | %.3f / %.3f / %.3f |\n", tp,
+           label, b1, 1e3 / b1, ttft * 1e3, agg[0], agg[1], ctx4k, comm[0], comm[1], comm[2]);
     eng_cuda_model_free(g_m);
     return 0;
 }
@@ -321,6 +330,7 @@ int main(int argc, char **argv) {
         return 2;
     }
     int steps = 64, quick = 0, profile = 0, b1_only = 0, service = 0, tp = 0, curve = 0;
+    int moe_par = ENG_CUDA_MOE_PAR_DEFAULT;
     for (int i = 2; i < argc; i++) {
         if (!strcmp(argv[i], "--steps") && i + 1 < argc)
             steps = atoi(argv[++i]);
@@ -336,6 +346,17 @@ int main(int argc, char **argv) {
             curve = 1;
         else if (!strcmp(argv[i], "--tensor-parallel") && i + 1 < argc)
             tp = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--moe-parallel") && i + 1 < argc) {
+            const char *v = argv[++i];
+            if (!strcmp(v, "expert"))
+                moe_par = ENG_CUDA_MOE_PAR_EXPERT;
+            else if (!strcmp(v, "column"))
+                moe_par = ENG_CUDA_MOE_PAR_COLUMN;
+            else {
+                fprintf(stderr, "--moe-parallel: '%s' is not expert or column\n", v);
+                return 2;
+            }
+        }
     }
     if (tp < 0 || tp > 64) {
         fprintf(stderr, "--tensor-parallel: %d is not a GPU count in [1, 64]\n", tp);
@@ -353,6 +374,7 @@ int main(int argc, char **argv) {
     o.max_batch_tokens = 4096;
     o.max_seqs = 256;
     o.tensor_parallel = tp;
+    o.moe_parallel = moe_par;
     double t0 = s_now();
     r = eng_cuda_model_load(argv[1], &o, &g_m, g_err, sizeof g_err);
     if (r < 0)
@@ -361,6 +383,10 @@ int main(int argc, char **argv) {
     printf("model: %u layers, D %u, %u/%u heads x %u, %u experts top-%u inter %u, vocab %u\n",
            g_info.n_layers, g_info.hidden, g_info.n_heads, g_info.n_kv_heads, g_info.head_dim,
            g_info.n_experts, g_info.top_k, g_info.moe_inter, g_info.vocab);
+    if (g_info.tensor_parallel > 1)
+        printf("split: %u GPUs, MoE %s, %s all-reduce\n", g_info.tensor_parallel,
+               g_info.expert_parallel ? "expert (E/N whole experts per GPU)" : "column-split",
+               g_info.tp_reduce_f32 ? "f32" : "bf16");
     printf("weights %.2f GB (dummy, generated on GPU in %.2f s), active/step %.2f GB, KV %.2f GB "
            "(%u blocks of %u), load wall %.2f s\n",
            g_info.weight_bytes / 1e9, g_info.load_seconds, g_info.active_bytes / 1e9,

@@ -541,6 +541,27 @@ static int s_tensor_parallel(const eng_model_load_opts_t *o, int *ret, char *err
     return 0;
 }
 
+/* MoE split of a tensor-parallel model: o->moe_parallel, else OMNIPIPE_MOE_PARALLEL, else
+ * "expert". *ret: 1 expert, 2 column (eng_cuda.h's ENG_CUDA_MOE_PAR_*). With tp > 1 and an MoE
+ * config, expert mode needs n_experts % tp == 0. */
+static int s_moe_parallel(const eng_model_load_opts_t *o, const eng_config_t *cfg, int tp,
+                          int *ret, char *err, size_t errlen) {
+    const char *v = o && o->moe_parallel ? o->moe_parallel : getenv("OMNIPIPE_MOE_PARALLEL");
+    const char *field = o && o->moe_parallel ? "moe_parallel" : "OMNIPIPE_MOE_PARALLEL";
+    if (!v || !*v || strcmp(v, "expert") == 0)
+        *ret = 1;
+    else if (strcmp(v, "column") == 0)
+        *ret = 2;
+    else
+        return s_err(err, errlen, -EINVAL, "%s: '%s' is not expert or column", field, v);
+    if (*ret == 1 && tp > 1 && cfg->n_experts > 0 && cfg->n_experts % (uint32_t)tp != 0)
+        return s_err(err, errlen, -EINVAL,
+                     "moe_parallel expert: num_experts %u is not divisible by tensor_parallel %d "
+                     "(each GPU holds E/N whole experts; use moe_parallel column)",
+                     cfg->n_experts, tp);
+    return 0;
+}
+
 #ifdef OM_HAVE_CUDA
 /* Whether the fast runner drives this model: a cuda backend, unless the options or
  * $OMNIPIPE_CUDA_RUNNER say "vtable". */
@@ -570,6 +591,8 @@ static int s_fast_load(eng_model_t *m, const char *model_dir, const eng_model_lo
     co.no_graphs = getenv("OMNIPIPE_CUDA_NO_GRAPHS") != NULL;
     int r0 = s_tensor_parallel(o, &co.tensor_parallel, err, errlen);
     if (r0 < 0)
+        return r0;
+    if ((r0 = s_moe_parallel(o, &m->cfg, co.tensor_parallel, &co.moe_parallel, err, errlen)) < 0)
         return r0;
     eng_cuda_model_t *fm = NULL;
     int r = eng_cuda_model_load(model_dir, &co, &fm, err, errlen);
@@ -615,8 +638,9 @@ int eng_model_load(const char *model_dir, const eng_model_load_opts_t *o, eng_ba
         return -ENOMEM;
     }
     m->runner = "vtable";
-    int tp = 1;
-    if ((r = s_tensor_parallel(o, &tp, err, errlen)) < 0) {
+    int tp = 1, mp = 0;
+    if ((r = s_tensor_parallel(o, &tp, err, errlen)) < 0 ||
+        (r = s_moe_parallel(o, &m->cfg, tp, &mp, err, errlen)) < 0) {
         eng_model_free(m);
         return r;
     }

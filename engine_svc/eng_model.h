@@ -44,6 +44,11 @@ typedef struct eng_model_load_opts {
                                        backend's device D and D+1 .. D+N-1; NCCL; eng_cuda_tp.h);
                                        0 = the environment's OMNIPIPE_TENSOR_PARALLEL, else 1.
                                        N > 1 needs the cuda backend and the fast runner */
+    const char *moe_parallel;       /* with tensor_parallel N > 1, how MoE layers split:
+                                       "expert" (whole experts, E/N per GPU; needs E % N == 0)
+                                       or "column" (every expert's intermediate columns); NULL =
+                                       the environment's OMNIPIPE_MOE_PARALLEL, else "expert".
+                                       Dense MLPs are always column-split. */
 } eng_model_load_opts_t;
 
 /* Loads config and weights. o may be NULL (auto). On failure -errno and a message in err naming

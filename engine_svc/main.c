@@ -179,6 +179,9 @@ static int run(int argc, char **argv) {
         {"device", false, "0", "CUDA device index (with tensor_parallel N: the first of N)"},
         {"tensor_parallel", false, "1",
          "cuda: split the model over N GPUs (device .. device+N-1; NCCL, one thread per GPU)"},
+        {"moe_parallel", false, "expert",
+         "with tensor_parallel > 1: expert (E/N whole experts per GPU) | column (every expert's "
+         "columns split)"},
         {"load_format", false, "auto", "auto (safetensors) | dummy (random weights)"},
         {"engine_id", false, NULL, "name in TokenBatch and routing (default engine-<pid>)"},
         {"kv_blocks", false, "0", "KV cache blocks (0 = sized automatically)"},
@@ -220,6 +223,17 @@ static int run(int argc, char **argv) {
         r = om_log_errno(-EINVAL, "tensor_parallel: must be in [1, 64], got %" PRIu64,
                          tensor_parallel);
         goto out;
+    }
+    { /* eng_model reads the MoE split from OMNIPIPE_MOE_PARALLEL (eng_model_load_opts_t) */
+        const char *mp = om_config_get(cfg, "moe_parallel");
+        if (mp && strcmp(mp, "expert") != 0 && strcmp(mp, "column") != 0) {
+            r = om_log_errno(-EINVAL, "moe_parallel: must be expert or column, got '%s'", mp);
+            goto out;
+        }
+        if (mp && setenv("OMNIPIPE_MOE_PARALLEL", mp, 1) != 0) {
+            r = om_log_errno(-errno, "setenv OMNIPIPE_MOE_PARALLEL: %s", strerror(errno));
+            goto out;
+        }
     }
     { /* eng_model reads the degree from OMNIPIPE_TENSOR_PARALLEL (eng_model_load_opts_t) */
         char tpv[24];

@@ -30,7 +30,7 @@ if(OM_CUDA)
                 LIBS eng_core LABELS gpu TIMEOUT 300)
     # tensor parallelism: 2 GPUs vs 1 and the fixtures (skips with fewer than 2 GPUs)
     om_add_test(NAME cuda_tp SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/tests/test_cuda_tp.c
-                LIBS eng_core LABELS gpu TIMEOUT 300)
+                LIBS eng_core LABELS gpu TIMEOUT 600)
     # the NVLink-multicast guard of the NCCL loader (no GPU needed)
     om_add_test(NAME eng_nccl SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/tests/test_eng_nccl.c
                 LIBS eng_core LABELS unit TIMEOUT 60)

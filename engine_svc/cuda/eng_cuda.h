@@ -68,7 +68,14 @@ typedef struct eng_cuda_model_opts {
     int tensor_parallel;        /* GPUs the model is split over (devices device ..
                                    device+N-1, one host thread each, NCCL all-reduce; see
                                    eng_cuda_tp.h); 0 or 1 = one GPU */
+    int moe_parallel;           /* how tensor_parallel N > 1 splits MoE layers:
+                                   ENG_CUDA_MOE_PAR_EXPERT (whole experts [r·E/N, (r+1)·E/N) on
+                                   rank r; needs E % N == 0) or ENG_CUDA_MOE_PAR_COLUMN (every
+                                   expert's intermediate columns split); 0 = expert. Dense MLPs
+                                   are always column-split. */
 } eng_cuda_model_opts_t;
+
+enum { ENG_CUDA_MOE_PAR_DEFAULT = 0, ENG_CUDA_MOE_PAR_EXPERT = 1, ENG_CUDA_MOE_PAR_COLUMN = 2 };
 
 typedef struct eng_cuda_model_info {
     uint32_t vocab;             /* V */
@@ -85,6 +92,10 @@ typedef struct eng_cuda_model_info {
     double load_gbps;           /* weight bytes / load_seconds / 1e9 */
     uint32_t tensor_parallel;   /* GPUs (1 = unsplit); with N > 1 weight_bytes, active_bytes and
                                    kv_bytes are per GPU (rank 0), the shapes above the full model's */
+    uint32_t expert_parallel;   /* 1: MoE experts split whole over the tensor_parallel ranks
+                                   (moe_parallel expert), 0: unsplit or column-split */
+    uint32_t tp_reduce_f32;     /* 1: tensor-parallel partial sums all-reduced in f32 and rounded
+                                   to bf16 once (OM_CUDA_TP_REDUCE=fp32), 0: bf16 all-reduce */
 } eng_cuda_model_info_t;
 
 /* Loads DIR/config.json and, unless opts->dummy, the safetensors in DIR straight to the GPU
@@ -124,8 +135,29 @@ int eng_cuda_model_forward(eng_cuda_model_t *m, const eng_batch_t *b, float *ret
  * disables. Capture turns CUDA graphs off. */
 int eng_cuda_model_capture_hidden(eng_cuda_model_t *m, int layer, float *ret_hidden);
 
+/* Debug/test hook (parity diagnostics): while ret_resid is set, every eager forward of at most
+ * max_tokens tokens writes, for each layer l, the residual stream after layer l (bf16 values as
+ * f32) to ret_resid (n_layers, T, hidden) and that layer's routed experts (global ids) to ret_ids
+ * (n_layers, T, top_k; may be NULL). Tensor parallel: rank 0's (replicated) stream. NULL
+ * disables; tracing turns CUDA graphs off and synchronises after every layer. */
+int eng_cuda_model_trace(eng_cuda_model_t *m, uint32_t max_tokens, float *ret_resid,
+                         int32_t *ret_ids);
+
+/* Test hook for the MoE expert-range kernels (tensor parallel expert mode) on one GPU: random
+ * x (T, D), router, E experts; the full MoE block (ek_moe, mode 0 auto / 1 GEMV / 2 grouped) vs
+ * the sum over n_ranks of the block restricted to experts [r·E/n, (r+1)·E/n) (f32 partial
+ * outputs when f32_out, else bf16). ret_nmse / ret_max_abs: of the summed partials (rounded to
+ * bf16 when f32_out) vs the full block's bf16 output; ret_max_ref: max |full|; ret_zero_bad:
+ * rows of a rank with no pair routed to it that are not exactly zero; ret_idle: such
+ * (rank, token) rows seen. 0 or -errno. */
+int eng_cuda_moe_range_check(int device, int T, int D, int I, int E, int K, int n_ranks, int mode,
+                             bool f32_out, double *ret_nmse, double *ret_max_abs,
+                             double *ret_max_ref, int *ret_zero_bad, int *ret_idle, char *err,
+                             size_t errlen);
+
 /* Communication cost of a tensor-parallel decode step: a CUDA graph of the 2·n_layers in-place
- * bf16 sum all-reduces of (rows, hidden) that a step of `rows` tokens makes, replayed alone on all
+ * sum all-reduces of (rows, hidden) that a step of `rows` tokens makes (f32 or bf16, as the steps
+ * reduce: info.tp_reduce_f32; the f32 -> bf16 rounding kernel is not included), replayed alone on all
  * ranks; ret_step_ms = median ms per replay (per step), ret_allreduce_us = that / (2·n_layers).
  * rows <= the reserved max_batch_tokens. A one-GPU model reports 0 and 0. */
 int eng_cuda_model_measure_comm(eng_cuda_model_t *m, uint32_t rows, double *ret_step_ms,

@@ -603,6 +603,21 @@ int ek_fill_random(cudaStream_t s, bf16 *p, size_t n, uint64_t seed, float scale
     return 0;
 }
 
+__global__ void k_f32_to_bf16(bf16 *out, const float *in, size_t n) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x)
+        out[i] = __float2bfloat16(in[i]);
+}
+
+int ek_f32_to_bf16(cudaStream_t s, bf16 *out, const float *in, size_t n) {
+    if (n == 0)
+        return 0;
+    size_t blocks = (n + 255) / 256;
+    k_f32_to_bf16<<<(unsigned)(blocks < 1024 ? blocks : 1024), 256, 0, s>>>(out, in, n);
+    CUDA_LAUNCH_CHECK();
+    return 0;
+}
+
 /* --- explicit instantiations -------------------------------------------------------------- */
 
 #define EK_INST_A(A)                                                                               \

@@ -106,11 +106,14 @@ enum ek_moe_mode { EK_MOE_AUTO = 0, EK_MOE_GEMV = 1, EK_MOE_GROUPED = 2 };
 /* out (T,D) = Σ_k w_k · down_e(silu(gate_e(x)) · up_e(x)) over the top-K experts of
  * softmax(x·routerᵀ). router (E,D), gate/up (E,I,D), down (E,D,I), bf16. AUTO: the fused GEMV
  * path (reads only the routed experts' rows) for T·K <= 64, the grouped tensor-core path
- * otherwise (when D and I are multiples of 64; else GEMV). Zero-size expert groups are normal. */
-template <typename A>
-int ek_moe(const ek_ctx *c, A *out, const A *x, const bf16 *router, const bf16 *gate,
+ * otherwise (when D and I are multiples of 64; else GEMV). Zero-size expert groups are normal.
+ * Expert range (tensor parallel, expert mode): gate/up/down hold experts [e0, e0+ne) only
+ * (ne = 0: all E); the router is global; out sums the local experts' weighted outputs (zero for
+ * a token routed to none of them). O = A, or float (unrounded sum, for an f32 all-reduce). */
+template <typename A, typename O = A>
+int ek_moe(const ek_ctx *c, O *out, const A *x, const bf16 *router, const bf16 *gate,
            const bf16 *up, const bf16 *down, int T, int D, int I, int E, int K, bool norm_topk,
-           int mode, const ek_moe_scratch *m);
+           int mode, const ek_moe_scratch *m, int e0 = 0, int ne = 0);
 
 /* out (T,I) = silu(gate) * up. */
 template <typename A>
@@ -125,6 +128,8 @@ int ek_get_rows(cudaStream_t s, A *out, const A *x, const int32_t *rows, int R, 
 int ek_argmax(cudaStream_t s, int32_t *ids, const float *logits, int R, int V, float *pv, int *pi);
 /* Fills n bf16 values with uniform(-scale, scale) + offset from a counter hash (dummy weights). */
 int ek_fill_random(cudaStream_t s, bf16 *p, size_t n, uint64_t seed, float scale, float offset);
+/* out (n) bf16 = round(in (n) f32): the one rounding after an f32 tensor-parallel all-reduce. */
+int ek_f32_to_bf16(cudaStream_t s, bf16 *out, const float *in, size_t n);
 
 /* --- fused add + RMSNorm prologue (decode path) ------------------------------------------- */
 
@@ -218,8 +223,9 @@ struct ek_moe_scratch;
 int ek_router_fused(cudaStream_t s, const ek_moe_scratch *m, int *counter, const bf16 *router,
                     int T, int E, int D, int K, bool norm, const bf16 *h_in, const bf16 *delta,
                     bf16 *h_out, const bf16 *nw, float eps, bf16 *xn_out);
-/* The expert half of ek_moe, with m->ids / m->wts already filled (after ek_router_fused). */
-template <typename A>
-int ek_moe_experts(const ek_ctx *c, A *out, const A *x, const bf16 *gate, const bf16 *up,
+/* The expert half of ek_moe, with m->ids / m->wts already filled (after ek_router_fused);
+ * same expert range (e0, ne) and output type O. */
+template <typename A, typename O = A>
+int ek_moe_experts(const ek_ctx *c, O *out, const A *x, const bf16 *gate, const bf16 *up,
                    const bf16 *down, int T, int D, int I, int E, int K, int mode,
-                   const ek_moe_scratch *m);
+                   const ek_moe_scratch *m, int e0 = 0, int ne = 0);

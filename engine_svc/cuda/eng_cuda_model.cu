@@ -136,6 +136,18 @@ struct eng_cuda_model {
     int tp_rank, tp_n;
     void *comm;
     cfg cf;
+    /* TP expert mode (moe_parallel expert, MoE models): c.I stays whole and this shard holds
+       experts [e0, e0 + ne) of c.E (router and routing ids global); ne = 0: all experts. */
+    bool ep;
+    int e0, ne;
+    /* TP f32 reduction (OM_CUDA_TP_REDUCE=fp32, default): partial sums written to delta32 (T, D)
+       f32, all-reduced in f32, rounded once into delta */
+    bool red32;
+    float *delta32;
+    /* eng_cuda_model_trace: host (L, T, D) residuals and (L, T, K) routing ids, T <= trace_T */
+    float *trace_h;
+    int32_t *trace_ids;
+    int trace_T;
 };
 
 /* --- config ------------------------------------------------------------------------------- */
@@ -348,8 +360,9 @@ static int s_load_safetensors(eng_cuda_model *m, const char *dir, std::vector<de
                     dst = &x;
                     break;
                 }
-            if (!dst)
-                continue; /* audio/vision towers, talker: not the text decoder */
+            if (!dst || !dst->ptr)
+                continue; /* audio/vision towers, talker: not the text decoder; TP expert mode:
+                             another rank's expert */
             const char *dt = json_string_value(json_object_get(val, "dtype"));
             json_t *offs = json_object_get(val, "data_offsets");
             if (!dt || strcmp(dt, "BF16") != 0) {
@@ -403,7 +416,7 @@ static int s_load_safetensors(eng_cuda_model *m, const char *dir, std::vector<de
     if (rc < 0)
         return rc;
     for (dest &x : dests)
-        if (!x.loaded) {
+        if (!x.loaded && x.ptr) {
             snprintf(err, errlen, "%s: tensor '%s' missing from the checkpoint", dir,
                      x.name.c_str());
             return -EINVAL;
@@ -453,6 +466,7 @@ static void s_scratch_free(eng_cuda_model *m) {
     m->meta_host = nullptr;
     m->meta_dev = nullptr;
     m->h = m->h2 = m->xn = m->qkv = m->attn = m->delta = m->xl = nullptr;
+    m->delta32 = nullptr;
     m->attn_cnt = m->router_cnt = nullptr;
     m->logits = nullptr;
     m->ids_dev = nullptr;
@@ -515,6 +529,9 @@ static int s_scratch_init(eng_cuda_model *m, char *err, size_t errlen) {
     RCHECK(s_alloc_in(sl, (void **)&m->attn, (size_t)T * c.Hq * c.hd * 2, "scratch: attn", err,
                       errlen));
     RCHECK(s_alloc_in(sl, (void **)&m->delta, (size_t)T * c.D * 2, "scratch: delta", err, errlen));
+    if (m->red32)
+        RCHECK(s_alloc_in(sl, (void **)&m->delta32, (size_t)T * c.D * 4, "scratch: f32 delta",
+                          err, errlen));
     RCHECK(s_alloc_in(sl, (void **)&m->xl, (size_t)S * c.D * 2, "scratch: logits rows", err,
                       errlen));
     RCHECK(s_alloc_in(sl, (void **)&m->logits, (size_t)S * c.V * 4, "scratch: logits", err,
@@ -651,9 +668,10 @@ static int s_model_init(eng_cuda_model *m, const char *dir, char *err, size_t er
         }
         snprintf(what, sizeof what, "weights: layer %d experts", l);
         size_t ei = (size_t)c.I * c.D;
+        size_t nel = m->ep ? (size_t)m->ne : (size_t)c.E; /* experts held here */
         if ((r = W(&w.router, (size_t)c.E * c.D, c.dense ? "" : p + "mlp.gate.weight", what)) < 0 ||
-            (r = W(&w.gate, c.E * ei, "", what)) < 0 || (r = W(&w.up, c.E * ei, "", what)) < 0 ||
-            (r = W(&w.down, c.E * ei, "", what)) < 0)
+            (r = W(&w.gate, nel * ei, "", what)) < 0 || (r = W(&w.up, nel * ei, "", what)) < 0 ||
+            (r = W(&w.down, nel * ei, "", what)) < 0)
             return r;
         if (c.dense) {
             MCHECK(cudaMemset(w.router, 0, (size_t)c.D * 2));
@@ -663,12 +681,16 @@ static int s_model_init(eng_cuda_model *m, const char *dir, char *err, size_t er
         } else {
             for (int e = 0; e < c.E; e++) {
                 std::string q = p + "mlp.experts." + std::to_string(e) + ".";
-                dests.push_back({q + "gate_proj.weight", w.gate + e * ei, ei, false});
-                dests.push_back({q + "up_proj.weight", w.up + e * ei, ei, false});
-                dests.push_back({q + "down_proj.weight", w.down + e * ei, ei, false});
+                /* TP expert mode: another rank's expert stays a placeholder (ptr NULL: not read,
+                   not generated) so the dummy seeds of the others match the 1-GPU model's */
+                int le = e - (m->ep ? m->e0 : 0);
+                bool here = le >= 0 && (size_t)le < nel;
+                dests.push_back({q + "gate_proj.weight", here ? w.gate + le * ei : nullptr, ei, false});
+                dests.push_back({q + "up_proj.weight", here ? w.up + le * ei : nullptr, ei, false});
+                dests.push_back({q + "down_proj.weight", here ? w.down + le * ei : nullptr, ei, false});
             }
         }
-        if (m->tp_n > 1) /* TP: rows [r·I/N, ..) of gate/up, the same columns of down */
+        if (m->tp_n > 1 && !m->ep) /* TP column: rows [r·I/N, ..) of gate/up, the same columns of down */
             for (size_t k = dests.size() - 3 * (c.dense ? 1 : c.E); k < dests.size(); k += 3) {
                 size_t r0 = (size_t)m->tp_rank * c.I;
                 s_tp_slice(dests[k], cf.I, c.D, r0, c.I, 0, c.D);
@@ -679,6 +701,10 @@ static int s_model_init(eng_cuda_model *m, const char *dir, char *err, size_t er
     if (o.dummy) {
         uint64_t seed = o.seed * 1000003u;
         for (dest &x : dests) {
+            if (!x.ptr) { /* another rank's expert: keep the seed sequence */
+                ++seed;
+                continue;
+            }
             bool is_norm = s_ends_with(x.name, "norm.weight");
             float scale = is_norm ? 0.1f : (s_ends_with(x.name, "embed_tokens.weight") ? 0.5f : 0.03f);
             /* TP: replicated tensors get the same values on every rank, slices their own */
@@ -696,7 +722,8 @@ static int s_model_init(eng_cuda_model *m, const char *dir, char *err, size_t er
     size_t ei = (size_t)c.I * c.D;
     m->info.active_bytes = (size_t)c.V * c.D * 2 /* lm_head */ +
                            (size_t)c.L * ((size_t)Nqkv * c.D + (size_t)c.D * c.Hq * c.hd +
-                                          (c.dense ? 0 : (size_t)c.E * c.D) + 3 * ei * c.K) * 2;
+                                          (c.dense ? 0 : (size_t)c.E * c.D) +
+                                          3 * ei * c.K / (m->ep ? m->tp_n : 1)) * 2;
 
     /* inv_freq as torch computes it: 1 / theta^(float(2j)/hd) in f32 */
     std::vector<float> inv(c.hd / 2);
@@ -733,6 +760,8 @@ static int s_model_init(eng_cuda_model *m, const char *dir, char *err, size_t er
     in.top_k = c.K;
     in.moe_inter = cf.I;
     in.tensor_parallel = m->tp_n > 1 ? (uint32_t)m->tp_n : 1;
+    in.expert_parallel = m->ep ? 1 : 0;
+    in.tp_reduce_f32 = m->red32 ? 1 : 0;
     in.block_size = o.block_size;
     m->cap_layer = -2;
     m->fuse = !getenv("OM_CUDA_NOFUSE");
@@ -767,17 +796,44 @@ static int s_load(const char *dir, const eng_cuda_model_opts_t *opts, int tp_ran
     m->cf = m->c;
     if (r >= 0 && tp_n > 1) { /* TP: local shapes; the split needs whole heads and columns */
         cfg &c = m->c;
-        const char *bad = c.Hk % tp_n ? "num_key_value_heads"
-                          : c.I % tp_n ? (c.dense ? "intermediate_size" : "moe_intermediate_size")
-                                       : nullptr;
-        if (bad) {
-            snprintf(err, errlen, "%s/config.json: %s: %d is not divisible by tensor_parallel %d",
-                     dir, bad, c.Hk % tp_n ? c.Hk : c.I, tp_n);
+        int mp = m->o.moe_parallel;
+        m->ep = !c.dense && mp != ENG_CUDA_MOE_PAR_COLUMN;
+        /* OM_CUDA_TP_REDUCE=bf16: the older bf16 all-reduce; fp32 (default) */
+        const char *red = getenv("OM_CUDA_TP_REDUCE");
+        m->red32 = !(red && !strcmp(red, "bf16"));
+        if (mp != ENG_CUDA_MOE_PAR_DEFAULT && mp != ENG_CUDA_MOE_PAR_EXPERT &&
+            mp != ENG_CUDA_MOE_PAR_COLUMN) {
+            snprintf(err, errlen, "moe_parallel: %d is not expert (%d) or column (%d)", mp,
+                     ENG_CUDA_MOE_PAR_EXPERT, ENG_CUDA_MOE_PAR_COLUMN);
+            r = -EINVAL;
+        } else if (red && *red && strcmp(red, "bf16") && strcmp(red, "fp32")) {
+            snprintf(err, errlen, "OM_CUDA_TP_REDUCE: '%s' is not fp32 or bf16", red);
+            r = -EINVAL;
+        } else if (m->ep && c.E % tp_n) {
+            snprintf(err, errlen,
+                     "%s/config.json: num_experts: %d is not divisible by tensor_parallel %d "
+                     "(moe_parallel expert puts E/N whole experts on each GPU; use moe_parallel "
+                     "column)", dir, c.E, tp_n);
             r = -EINVAL;
         } else {
-            c.Hq /= tp_n;
-            c.Hk /= tp_n;
-            c.I /= tp_n;
+            const char *bad = c.Hk % tp_n ? "num_key_value_heads"
+                              : !m->ep && c.I % tp_n
+                                  ? (c.dense ? "intermediate_size" : "moe_intermediate_size")
+                                  : nullptr;
+            if (bad) {
+                snprintf(err, errlen, "%s/config.json: %s: %d is not divisible by tensor_parallel %d",
+                         dir, bad, c.Hk % tp_n ? c.Hk : c.I, tp_n);
+                r = -EINVAL;
+            } else {
+                c.Hq /= tp_n;
+                c.Hk /= tp_n;
+                if (m->ep) {
+                    m->ne = c.E / tp_n;
+                    m->e0 = tp_rank * m->ne;
+                } else {
+                    c.I /= tp_n;
+                }
+            }
         }
     }
     if (r >= 0)
@@ -912,6 +968,18 @@ extern "C" int eng_cuda_model_capture_hidden(eng_cuda_model_t *m, int layer, flo
     return 0;
 }
 
+extern "C" int eng_cuda_model_trace(eng_cuda_model_t *m, uint32_t max_tokens, float *ret_resid,
+                                    int32_t *ret_ids) {
+    if (!m)
+        return -EINVAL;
+    if (m->tp)
+        return eng_cuda_tp_trace(m->tp, max_tokens, ret_resid, ret_ids);
+    m->trace_h = ret_resid;
+    m->trace_ids = ret_resid ? ret_ids : nullptr;
+    m->trace_T = ret_resid ? (int)max_tokens : 0;
+    return 0;
+}
+
 /* --- forward ------------------------------------------------------------------------------ */
 
 struct step {
@@ -935,12 +1003,49 @@ static int s_attn_tc_min_t() {
     return v; /* 0: off */
 }
 
-/* TP: in-place bf16 sum of a shard's partial (n) over all ranks, on the shard's stream. */
+/* TP: in-place sum of a shard's partial (n) over all ranks, on the shard's stream: bf16 buf,
+ * or (red32) the f32 partial in m->delta32, summed in f32 and rounded once into buf. */
 static int s_tp_allreduce(eng_cuda_model *m, bf16 *buf, size_t n, char *err, size_t errlen) {
-    int r = eng_nccl_allreduce_sum(m->comm, buf, n, 0, m->s);
-    if (r < 0)
+    int r = m->red32 ? eng_nccl_allreduce_sum(m->comm, m->delta32, n, 1, m->s)
+                     : eng_nccl_allreduce_sum(m->comm, buf, n, 0, m->s);
+    if (r < 0) {
         snprintf(err, errlen, "tensor parallel rank %d: %s", m->tp_rank, eng_nccl_last_error());
-    return r;
+        return r;
+    }
+    return m->red32 ? ek_f32_to_bf16(m->s, buf, m->delta32, n) : 0;
+}
+
+static inline float s_bf16_round(float v) { /* round to nearest even, as __float2bfloat16 */
+    uint32_t u;
+    memcpy(&u, &v, 4);
+    if ((u & 0x7f800000u) != 0x7f800000u)
+        u = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
+    else
+        u &= 0xffff0000u;
+    memcpy(&v, &u, 4);
+    return v;
+}
+
+/* eng_cuda_model_trace: the residual after layer l = bf16(cur + delta), and the layer's ids. */
+static int s_trace_layer(eng_cuda_model *m, int l, int T, const bf16 *cur, char *err,
+                         size_t errlen) {
+    const cfg &c = m->c;
+    std::vector<uint16_t> h((size_t)T * c.D), dl((size_t)T * c.D);
+    MCHECK(cudaStreamSynchronize(m->s));
+    MCHECK(cudaMemcpy(h.data(), cur, h.size() * 2, cudaMemcpyDeviceToHost));
+    MCHECK(cudaMemcpy(dl.data(), m->delta, dl.size() * 2, cudaMemcpyDeviceToHost));
+    float *out = m->trace_h + (size_t)l * T * c.D;
+    for (size_t i = 0; i < h.size(); i++) {
+        uint32_t a = (uint32_t)h[i] << 16, b = (uint32_t)dl[i] << 16;
+        float fa, fb;
+        memcpy(&fa, &a, 4);
+        memcpy(&fb, &b, 4);
+        out[i] = s_bf16_round(fa + fb);
+    }
+    if (m->trace_ids)
+        MCHECK(cudaMemcpy(m->trace_ids + (size_t)l * T * c.K, m->ms.ids, (size_t)T * c.K * 4,
+                          cudaMemcpyDeviceToHost));
+    return 0;
 }
 
 /* The device work of one step; pure function of (m, st) and the uploaded metadata. */
@@ -953,6 +1058,9 @@ static int s_run(eng_cuda_model *m, const step &st, char *err, size_t errlen) {
     const meta_off &mo = m->mo;
     const size_t lstride = (size_t)m->n_slots * c.Hk * c.hd;
     const float scale = 1.0f / sqrtf((float)c.hd);
+    const int e0 = m->ep ? m->e0 : 0, ne = m->ep ? m->ne : 0; /* TP expert mode: local experts */
+    const bool red32 = m->tp_n > 1 && m->red32;
+    const bool trace = m->trace_h && T <= m->trace_T;
     /* decode path (T <= 8): add+RMSNorm fused into the QKV GEMV and into the router (with
        top-k), residual ping-pong between h and h2; otherwise separate norm kernels in place. */
     const bool fused = m->fuse && T <= 8 && ek_gemv_norm_supported(T, c.D);
@@ -1009,22 +1117,40 @@ static int s_run(eng_cuda_model *m, const step &st, char *err, size_t errlen) {
                                                          m->max_blocks, (int)m->o.block_size,
                                                          scale, st.splits, m->partial, Nqkv,
                                                          m->fuse ? m->attn_cnt : nullptr)));
-        RCHECK(ek_matmul<bf16, bf16>(&m->kc, m->delta, m->attn, w.wo, T, c.D, c.Hq * c.hd));
+        if (red32)
+            RCHECK(ek_matmul<bf16, float>(&m->kc, m->delta32, m->attn, w.wo, T, c.D, c.Hq * c.hd));
+        else
+            RCHECK(ek_matmul<bf16, bf16>(&m->kc, m->delta, m->attn, w.wo, T, c.D, c.Hq * c.hd));
         if (m->tp_n > 1) /* TP: o_proj partial sums of this rank's heads */
             RCHECK(s_tp_allreduce(m, m->delta, (size_t)T * c.D, err, errlen));
         if (fused) {
             RCHECK(ek_router_fused(s, &m->ms, m->router_cnt, w.router, T, c.E, c.D, c.K,
                                    c.norm_topk, cur, m->delta, oth, w.ffn_norm, c.eps, m->xn));
             std::swap(cur, oth);
-            RCHECK(ek_moe_experts<bf16>(&m->kc, m->delta, m->xn, w.gate, w.up, w.down, T, c.D,
-                                        c.I, c.E, c.K, m->o.moe_mode, &m->ms));
+            if (red32)
+                RCHECK(ek_moe_experts<bf16, float>(&m->kc, m->delta32, m->xn, w.gate, w.up,
+                                                   w.down, T, c.D, c.I, c.E, c.K, m->o.moe_mode,
+                                                   &m->ms, e0, ne));
+            else
+                RCHECK(ek_moe_experts<bf16>(&m->kc, m->delta, m->xn, w.gate, w.up, w.down, T,
+                                            c.D, c.I, c.E, c.K, m->o.moe_mode, &m->ms, e0, ne));
         } else {
             RCHECK(ek_add_rmsnorm<bf16, bf16>(s, m->xn, cur, m->delta, w.ffn_norm, T, c.D, c.eps));
-            RCHECK(ek_moe<bf16>(&m->kc, m->delta, m->xn, w.router, w.gate, w.up, w.down, T, c.D,
-                                c.I, c.E, c.K, c.norm_topk, m->o.moe_mode, &m->ms));
+            if (red32)
+                RCHECK(ek_moe<bf16, float>(&m->kc, m->delta32, m->xn, w.router, w.gate, w.up,
+                                           w.down, T, c.D, c.I, c.E, c.K, c.norm_topk,
+                                           m->o.moe_mode, &m->ms, e0, ne));
+            else
+                RCHECK(ek_moe<bf16>(&m->kc, m->delta, m->xn, w.router, w.gate, w.up, w.down, T,
+                                    c.D, c.I, c.E, c.K, c.norm_topk, m->o.moe_mode, &m->ms, e0,
+                                    ne));
         }
-        if (m->tp_n > 1) /* TP: MLP/MoE partial sums of this rank's intermediate columns */
+        /* TP: MLP/MoE partial sums (column: this rank's intermediate columns; expert: its
+           experts' weighted outputs, zero for tokens routed to none of them) */
+        if (m->tp_n > 1)
             RCHECK(s_tp_allreduce(m, m->delta, (size_t)T * c.D, err, errlen));
+        if (trace)
+            RCHECK(s_trace_layer(m, l, T, cur, err, errlen));
     }
     RCHECK(ek_add_rmsnorm<bf16, bf16>(s, m->xn, cur, m->delta, m->final_norm, T, c.D, c.eps));
     RCHECK(ek_get_rows<bf16>(s, m->xl, m->xn, md + mo.logit_rows, st.R, c.D, T));
@@ -1124,7 +1250,7 @@ extern "C" int eng_cuda_model_forward(eng_cuda_model_t *m, const eng_batch_t *b,
         return -E2BIG;
     }
     bool decode = max_nt == 1;
-    int bucket = decode && !m->o.no_graphs && m->cap_layer == -2 ? s_bucket(T) : -1;
+    int bucket = decode && !m->o.no_graphs && m->cap_layer == -2 && !m->trace_h ? s_bucket(T) : -1;
     if (bucket > (int)m->o.max_seqs)
         bucket = -1;
     int Tp = bucket > 0 ? bucket : T;  /* padded tokens (= sequences in decode) */

@@ -11,7 +11,14 @@
  *    for the worst case and blocks without a tile exit at once, so zero-size groups cost nothing.
  *
  * Rounding (bf16 path) follows transformers: router logits bf16, softmax/top-k f32, weights bf16,
- * gate/up/silu/product rounded to bf16, each expert output rounded to bf16 and weighted. */
+ * gate/up/silu/product rounded to bf16, each expert output rounded to bf16 and weighted.
+ *
+ * Expert range (tensor parallel, expert mode): with (e0, ne) the weights hold experts
+ * [e0, e0+ne) only ((ne, I, D) gate/up, (ne, D, I) down) while the router and the routing ids
+ * stay global; (token, k) pairs routed elsewhere are skipped (GEMV: no work; grouped: not counted
+ * or permuted, pos = -1), so out is the weighted sum of the local experts' outputs only (exactly
+ * zero for a token with none). ne = 0 means all E. Output type O: A, or float for the f32
+ * tensor-parallel reduction (the weighted sum is then not rounded). */
 #include <mma.h>
 
 #include "eng_cuda_kern.cuh"
@@ -187,7 +194,7 @@ __global__ void __launch_bounds__(256)
 template <typename A, bool VEC>
 __global__ void __launch_bounds__(256)
     k_moe_gu(A *h, const A *x, const bf16 *gate, const bf16 *up, const int32_t *ids, int K, int I,
-             int D) {
+             int D, int e0, int ne) {
     int i = blockIdx.x * 8 + (threadIdx.x >> 5);
     int lane = threadIdx.x & 31;
     int a = blockIdx.y; /* t*K + k */
@@ -195,7 +202,9 @@ __global__ void __launch_bounds__(256)
     pdl_trigger();
     if (i >= I)
         return;
-    int t = a / K, e = ids[a];
+    int t = a / K, e = ids[a] - e0;
+    if ((unsigned)e >= (unsigned)ne) /* routed to another rank's expert */
+        return;
     const bf16 *gr = gate + ((int64_t)e * I + i) * D;
     const bf16 *ur = up + ((int64_t)e * I + i) * D;
     const A *xr = x + (int64_t)t * D;
@@ -228,16 +237,19 @@ __global__ void __launch_bounds__(256)
     }
 }
 
-template <typename A, bool VEC>
+template <typename A, typename O, bool VEC>
 __global__ void __launch_bounds__(256)
-    k_moe_down(A *out, const A *h, const bf16 *down, const int32_t *ids, const float *wts, int K,
-               int D, int I) {
+    k_moe_down(O *out, const A *h, const bf16 *down, const int32_t *ids, const float *wts, int K,
+               int D, int I, int e0, int ne) {
     int d = blockIdx.x * 8 + (threadIdx.x >> 5);
     int lane = threadIdx.x & 31;
     int t = blockIdx.y;
     if (d < D)
-        for (int k = 0; k < K; k++)
-            l2_prefetch_warp(down + ((int64_t)ids[t * K + k] * D + d) * I, (size_t)I * 2, lane);
+        for (int k = 0; k < K; k++) {
+            int e = ids[t * K + k] - e0;
+            if ((unsigned)e < (unsigned)ne)
+                l2_prefetch_warp(down + ((int64_t)e * D + d) * I, (size_t)I * 2, lane);
+        }
     pdl_wait();
     pdl_trigger();
     if (d >= D)
@@ -247,15 +259,18 @@ __global__ void __launch_bounds__(256)
         /* all K expert rows in flight at once, reductions at the end */
         float part[8];
         const bf16 *wr[8];
+        bool loc[8]; /* slot k routed to a local expert */
 #pragma unroll
         for (int k = 0; k < 8; k++) {
             part[k] = 0.0f;
-            wr[k] = down + ((int64_t)ids[t * K + (k < K ? k : 0)] * D + d) * I;
+            int e = ids[t * K + (k < K ? k : 0)] - e0;
+            loc[k] = k < K && (unsigned)e < (unsigned)ne;
+            wr[k] = down + ((int64_t)(loc[k] ? e : 0) * D + d) * I;
         }
         for (int c = lane * 8; c < I; c += 256) {
 #pragma unroll
             for (int k = 0; k < 8; k++) {
-                if (k < K) {
+                if (loc[k]) {
                     float wf[8], hf[8];
                     ld8(wr[k] + c, wf);
                     ld8(h + (int64_t)(t * K + k) * I + c, hf);
@@ -267,14 +282,16 @@ __global__ void __launch_bounds__(256)
         }
 #pragma unroll
         for (int k = 0; k < 8; k++)
-            if (k < K) {
+            if (loc[k]) {
                 float y = rnd<A>(warp_sum(part[k]));
                 acc += rnd<A>(y * wts[t * K + k]);
             }
     } else {
         for (int k = 0; k < K; k++) {
             int a = t * K + k;
-            int e = ids[a];
+            int e = ids[a] - e0;
+            if ((unsigned)e >= (unsigned)ne)
+                continue;
             const bf16 *wr = down + ((int64_t)e * D + d) * I;
             const A *hr = h + (int64_t)a * I;
             float y = 0.0f;
@@ -301,9 +318,12 @@ __global__ void __launch_bounds__(256)
 
 /* --- grouped path: routing bookkeeping ---------------------------------------------------- */
 
-__global__ void k_moe_count(int32_t *counts, const int32_t *ids, int TK) {
-    for (int a = blockIdx.x * blockDim.x + threadIdx.x; a < TK; a += gridDim.x * blockDim.x)
-        atomicAdd(&counts[ids[a]], 1);
+__global__ void k_moe_count(int32_t *counts, const int32_t *ids, int TK, int e0, int ne) {
+    for (int a = blockIdx.x * blockDim.x + threadIdx.x; a < TK; a += gridDim.x * blockDim.x) {
+        int e = ids[a] - e0;
+        if ((unsigned)e < (unsigned)ne)
+            atomicAdd(&counts[e], 1);
+    }
 }
 
 __global__ void k_moe_scan(const int32_t *counts, int32_t *offsets, int32_t *cursor,
@@ -339,11 +359,17 @@ __global__ void k_moe_scan(const int32_t *counts, int32_t *offsets, int32_t *cur
 
 template <typename A>
 __global__ void k_moe_permute(bf16 *xp, int32_t *pos, int32_t *cursor, const A *x,
-                              const int32_t *ids, int K, int D) {
+                              const int32_t *ids, int K, int D, int e0, int ne) {
     __shared__ int sp;
     int a = blockIdx.x;
+    int e = ids[a] - e0; /* the same in every thread: the early return is block-uniform */
+    if ((unsigned)e >= (unsigned)ne) {
+        if (threadIdx.x == 0)
+            pos[a] = -1; /* another rank's expert */
+        return;
+    }
     if (threadIdx.x == 0) {
-        sp = atomicAdd(&cursor[ids[a]], 1);
+        sp = atomicAdd(&cursor[e], 1);
         pos[a] = sp;
     }
     __syncthreads();
@@ -352,15 +378,18 @@ __global__ void k_moe_permute(bf16 *xp, int32_t *pos, int32_t *cursor, const A *
         xp[(int64_t)sp * D + d] = __float2bfloat16(ld(&x[(int64_t)t * D + d]));
 }
 
-template <typename A>
-__global__ void k_moe_unpermute(A *out, const bf16 *y, const int32_t *pos, const float *wts, int K,
+template <typename A, typename O>
+__global__ void k_moe_unpermute(O *out, const bf16 *y, const int32_t *pos, const float *wts, int K,
                                 int D) {
     int t = blockIdx.x;
     for (int d = threadIdx.x; d < D; d += blockDim.x) {
         float acc = 0.0f;
         for (int k = 0; k < K; k++) {
             int a = t * K + k;
-            acc += rnd<A>(__bfloat162float(y[(int64_t)pos[a] * D + d]) * wts[a]);
+            int p = pos[a];
+            if (p < 0) /* another rank's expert */
+                continue;
+            acc += rnd<A>(__bfloat162float(y[(int64_t)p * D + d]) * wts[a]);
         }
         st(&out[(int64_t)t * D + d], acc);
     }
@@ -520,10 +549,10 @@ static int s_moe_gemm(cudaStream_t s, bf16 *Y, const bf16 *X, const bf16 *W0, co
 
 /* --- the block ---------------------------------------------------------------------------- */
 
-template <typename A>
-int ek_moe(const ek_ctx *c, A *out, const A *x, const bf16 *router, const bf16 *gate,
+template <typename A, typename O>
+int ek_moe(const ek_ctx *c, O *out, const A *x, const bf16 *router, const bf16 *gate,
            const bf16 *up, const bf16 *down, int T, int D, int I, int E, int K, bool norm_topk,
-           int mode, const ek_moe_scratch *m) {
+           int mode, const ek_moe_scratch *m, int e0, int ne) {
     if (T == 0)
         return 0;
     if (E <= 0 || E > 512 || K <= 0 || K > E || K > 32)
@@ -545,15 +574,19 @@ int ek_moe(const ek_ctx *c, A *out, const A *x, const bf16 *router, const bf16 *
         return r;
     k_moe_topk<A><<<(T + 3) / 4, 128, 0, s>>>(m->ids, m->wts, m->logits, T, E, K, norm_topk);
     CUDA_LAUNCH_CHECK();
-    return ek_moe_experts<A>(c, out, x, gate, up, down, T, D, I, E, K, mode, m);
+    return ek_moe_experts<A, O>(c, out, x, gate, up, down, T, D, I, E, K, mode, m, e0, ne);
 }
 
-template <typename A>
-int ek_moe_experts(const ek_ctx *c, A *out, const A *x, const bf16 *gate, const bf16 *up,
+template <typename A, typename O>
+int ek_moe_experts(const ek_ctx *c, O *out, const A *x, const bf16 *gate, const bf16 *up,
                    const bf16 *down, int T, int D, int I, int E, int K, int mode,
-                   const ek_moe_scratch *m) {
+                   const ek_moe_scratch *m, int e0, int ne) {
     if (T == 0)
         return 0;
+    if (ne == 0)
+        ne = E;
+    if (e0 < 0 || ne < 0 || e0 + ne > E)
+        return -EINVAL;
     cudaStream_t s = c->stream;
     int r;
     int TK = T * K;
@@ -566,26 +599,26 @@ int ek_moe_experts(const ek_ctx *c, A *out, const A *x, const bf16 *gate, const 
         dim3 g1((I + 7) / 8, TK);
         if (vec_d)
             CUDA_CHECK(ek_launch(k_moe_gu<A, true>, g1, dim3(256), 0, s, h, x, gate, up, m->ids, K,
-                                 I, D));
+                                 I, D, e0, ne));
         else
             CUDA_CHECK(ek_launch(k_moe_gu<A, false>, g1, dim3(256), 0, s, h, x, gate, up, m->ids,
-                                 K, I, D));
+                                 K, I, D, e0, ne));
         dim3 g2((D + 7) / 8, T);
         if (vec_i)
-            CUDA_CHECK(ek_launch(k_moe_down<A, true>, g2, dim3(256), 0, s, out, h, down, m->ids,
-                                 m->wts, K, D, I));
+            CUDA_CHECK(ek_launch(k_moe_down<A, O, true>, g2, dim3(256), 0, s, out, h, down,
+                                 m->ids, m->wts, K, D, I, e0, ne));
         else
-            CUDA_CHECK(ek_launch(k_moe_down<A, false>, g2, dim3(256), 0, s, out, h, down, m->ids,
-                                 m->wts, K, D, I));
+            CUDA_CHECK(ek_launch(k_moe_down<A, O, false>, g2, dim3(256), 0, s, out, h, down,
+                                 m->ids, m->wts, K, D, I, e0, ne));
         return 0;
     }
     int max_tiles = s_max_tiles(TK, E);
     CUDA_CHECK(cudaMemsetAsync(m->counts, 0, (size_t)E * 4, s));
-    k_moe_count<<<(TK + 255) / 256, 256, 0, s>>>(m->counts, m->ids, TK);
+    k_moe_count<<<(TK + 255) / 256, 256, 0, s>>>(m->counts, m->ids, TK, e0, ne);
     CUDA_LAUNCH_CHECK();
-    k_moe_scan<<<1, 128, 0, s>>>(m->counts, m->offsets, m->cursor, m->tiles, m->n_tiles, E);
+    k_moe_scan<<<1, 128, 0, s>>>(m->counts, m->offsets, m->cursor, m->tiles, m->n_tiles, ne);
     CUDA_LAUNCH_CHECK();
-    k_moe_permute<A><<<TK, 256, 0, s>>>(m->xp, m->pos, m->cursor, x, m->ids, K, D);
+    k_moe_permute<A><<<TK, 256, 0, s>>>(m->xp, m->pos, m->cursor, x, m->ids, K, D, e0, ne);
     CUDA_LAUNCH_CHECK();
     bf16 *h = (bf16 *)m->h;
     r = s_moe_gemm<true>(s, h, m->xp, gate, up, m->offsets, m->tiles, m->n_tiles, max_tiles, I, D);
@@ -595,20 +628,22 @@ int ek_moe_experts(const ek_ctx *c, A *out, const A *x, const bf16 *gate, const 
                           D, I);
     if (r < 0)
         return r;
-    k_moe_unpermute<A><<<T, 256, 0, s>>>(out, m->y, m->pos, m->wts, K, D);
+    k_moe_unpermute<A, O><<<T, 256, 0, s>>>(out, m->y, m->pos, m->wts, K, D);
     CUDA_LAUNCH_CHECK();
     return 0;
 }
 
-template int ek_moe<float>(const ek_ctx *, float *, const float *, const bf16 *, const bf16 *,
-                           const bf16 *, const bf16 *, int, int, int, int, int, bool, int,
-                           const ek_moe_scratch *);
-template int ek_moe<bf16>(const ek_ctx *, bf16 *, const bf16 *, const bf16 *, const bf16 *,
-                          const bf16 *, const bf16 *, int, int, int, int, int, bool, int,
-                          const ek_moe_scratch *);
-template int ek_moe_experts<bf16>(const ek_ctx *, bf16 *, const bf16 *, const bf16 *,
-                                  const bf16 *, const bf16 *, int, int, int, int, int, int,
-                                  const ek_moe_scratch *);
+#define EK_INST_MOE(A, O)                                                                          \
+    template int ek_moe<A, O>(const ek_ctx *, O *, const A *, const bf16 *, const bf16 *,         \
+                              const bf16 *, const bf16 *, int, int, int, int, int, bool, int,     \
+                              const ek_moe_scratch *, int, int);                                  \
+    template int ek_moe_experts<A, O>(const ek_ctx *, O *, const A *, const bf16 *, const bf16 *, \
+                                      const bf16 *, int, int, int, int, int, int,                 \
+                                      const ek_moe_scratch *, int, int);
+EK_INST_MOE(float, float)
+EK_INST_MOE(bf16, bf16)
+EK_INST_MOE(bf16, float)
+#undef EK_INST_MOE
 
 int ek_router_fused(cudaStream_t s, const ek_moe_scratch *m, int *counter, const bf16 *router,
                     int T, int E, int D, int K, bool norm, const bf16 *h_in, const bf16 *delta,
@@ -632,4 +667,167 @@ int ek_router_fused(cudaStream_t s, const ek_moe_scratch *m, int *counter, const
 #undef RF_CASE
     CUDA_CHECK(e);
     return 0;
+}
+
+/* --- test hook: expert ranges vs the full block (eng_cuda.h) ------------------------------- */
+
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <vector>
+
+#include "eng_cuda.h"
+
+static float s_h_bf16(uint16_t v) {
+    uint32_t u = (uint32_t)v << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+static float s_h_round_bf16(float v) {
+    uint32_t u;
+    memcpy(&u, &v, 4);
+    if ((u & 0x7f800000u) != 0x7f800000u)
+        u = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
+    memcpy(&v, &u, 4);
+    return v;
+}
+
+extern "C" int eng_cuda_moe_range_check(int device, int T, int D, int I, int E, int K,
+                                        int n_ranks, int mode, bool f32_out, double *ret_nmse,
+                                        double *ret_max_abs, double *ret_max_ref,
+                                        int *ret_zero_bad, int *ret_idle, char *err,
+                                        size_t errlen) {
+    if (T < 1 || D < 8 || D % 8 || I < 1 || E < 1 || E > 512 || K < 1 || K > E || K > 32 ||
+        n_ranks < 1 || E % n_ranks || mode < 0 || mode > 2) {
+        snprintf(err, errlen, "moe range check: bad shape T %d D %d I %d E %d K %d ranks %d mode %d",
+                 T, D, I, E, K, n_ranks, mode);
+        return -EINVAL;
+    }
+    int rc = 0;
+    cudaStream_t s = nullptr;
+    cublasHandle_t blas = nullptr;
+    std::vector<void *> mem;
+    const size_t xd = (size_t)T * D, ei = (size_t)I * D;
+    bf16 *x = nullptr, *router = nullptr, *gate = nullptr, *up = nullptr, *down = nullptr;
+    bf16 *full = nullptr, *p16 = nullptr;
+    float *p32 = nullptr;
+    void *msb = nullptr;
+    ek_moe_scratch ms;
+    std::vector<uint16_t> hfull(xd), h16(xd);
+    std::vector<float> h32(xd), sum(xd, 0.0f);
+    std::vector<int32_t> ids((size_t)T * K);
+    int zero_bad = 0, idle = 0;
+#define RC_CUDA(expr)                                                                              \
+    do {                                                                                           \
+        cudaError_t e_ = (expr);                                                                   \
+        if (e_ != cudaSuccess) {                                                                   \
+            snprintf(err, errlen, "moe range check: %s: %s", #expr, cudaGetErrorString(e_));       \
+            rc = -EIO;                                                                             \
+            goto out;                                                                              \
+        }                                                                                          \
+    } while (0)
+#define RC_K(expr)                                                                                 \
+    do {                                                                                           \
+        int r_ = (expr);                                                                           \
+        if (r_ < 0) {                                                                              \
+            snprintf(err, errlen, "moe range check: %s: %d", #expr, r_);                           \
+            rc = r_;                                                                               \
+            goto out;                                                                              \
+        }                                                                                          \
+    } while (0)
+    {
+        RC_CUDA(cudaSetDevice(device));
+        RC_CUDA(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+        if (cublasCreate(&blas) != CUBLAS_STATUS_SUCCESS || cublasSetStream(blas, s) !=
+                                                                CUBLAS_STATUS_SUCCESS) {
+            snprintf(err, errlen, "moe range check: cuBLAS setup failed");
+            rc = -EIO;
+            goto out;
+        }
+        auto alloc = [&](void **p, size_t bytes) {
+            cudaError_t e = cudaMalloc(p, bytes ? bytes : 16);
+            if (e == cudaSuccess)
+                mem.push_back(*p);
+            return e;
+        };
+        RC_CUDA(alloc((void **)&x, xd * 2));
+        RC_CUDA(alloc((void **)&router, (size_t)E * D * 2));
+        RC_CUDA(alloc((void **)&gate, E * ei * 2));
+        RC_CUDA(alloc((void **)&up, E * ei * 2));
+        RC_CUDA(alloc((void **)&down, E * ei * 2));
+        RC_CUDA(alloc((void **)&full, xd * 2));
+        RC_CUDA(alloc((void **)&p16, xd * 2));
+        RC_CUDA(alloc((void **)&p32, xd * 4));
+        RC_CUDA(alloc(&msb, ek_moe_scratch_bytes(T, D, I, E, K)));
+        ek_moe_scratch_carve(&ms, msb, T, D, I, E, K);
+        RC_K(ek_fill_random(s, x, xd, 11, 1.0f, 0.0f));
+        RC_K(ek_fill_random(s, router, (size_t)E * D, 12, 0.5f, 0.0f));
+        RC_K(ek_fill_random(s, gate, E * ei, 13, 0.05f, 0.0f));
+        RC_K(ek_fill_random(s, up, E * ei, 14, 0.05f, 0.0f));
+        RC_K(ek_fill_random(s, down, E * ei, 15, 0.05f, 0.0f));
+        ek_ctx kc = {s, blas, nullptr, 0, 8};
+        RC_K(ek_moe<bf16>(&kc, full, x, router, gate, up, down, T, D, I, E, K, true, mode, &ms));
+        RC_CUDA(cudaMemcpyAsync(hfull.data(), full, xd * 2, cudaMemcpyDeviceToHost, s));
+        RC_CUDA(cudaMemcpyAsync(ids.data(), ms.ids, ids.size() * 4, cudaMemcpyDeviceToHost, s));
+        const int ne = E / n_ranks;
+        for (int r = 0; r < n_ranks; r++) {
+            const int e0 = r * ne;
+            const size_t wo = (size_t)e0 * ei;
+            /* NaN fill: a row the kernels leave unwritten shows */
+            RC_CUDA(cudaMemsetAsync(p32, 0xff, xd * 4, s));
+            RC_CUDA(cudaMemsetAsync(p16, 0xff, xd * 2, s));
+            if (f32_out) {
+                RC_K((ek_moe<bf16, float>(&kc, p32, x, router, gate + wo, up + wo, down + wo, T, D,
+                                          I, E, K, true, mode, &ms, e0, ne)));
+                RC_CUDA(cudaMemcpyAsync(h32.data(), p32, xd * 4, cudaMemcpyDeviceToHost, s));
+            } else {
+                RC_K((ek_moe<bf16, bf16>(&kc, p16, x, router, gate + wo, up + wo, down + wo, T, D,
+                                         I, E, K, true, mode, &ms, e0, ne)));
+                RC_CUDA(cudaMemcpyAsync(h16.data(), p16, xd * 2, cudaMemcpyDeviceToHost, s));
+            }
+            RC_CUDA(cudaStreamSynchronize(s));
+            for (int t = 0; t < T; t++) {
+                bool any = false;
+                for (int k = 0; k < K; k++)
+                    any |= ids[(size_t)t * K + k] >= e0 && ids[(size_t)t * K + k] < e0 + ne;
+                for (int d = 0; d < D; d++) {
+                    size_t i = (size_t)t * D + d;
+                    float v = f32_out ? h32[i] : s_h_bf16(h16[i]);
+                    if (!any && v != 0.0f) /* also NaN: unwritten */
+                        zero_bad++;
+                    sum[i] += v;
+                }
+                idle += !any;
+            }
+        }
+        double num = 0, den = 0, mx = 0, mref = 0;
+        for (size_t i = 0; i < xd; i++) {
+            double a = f32_out ? s_h_round_bf16(sum[i]) : sum[i], b = s_h_bf16(hfull[i]);
+            double d = a - b;
+            if (!(fabs(d) <= mx)) /* NaN propagates into max */
+                mx = fabs(d);
+            num += d * d;
+            den += b * b;
+            mref = fmax(mref, fabs(b));
+        }
+        *ret_nmse = den > 0 ? num / den : num;
+        *ret_max_abs = mx;
+        *ret_max_ref = mref;
+        *ret_zero_bad = zero_bad;
+        *ret_idle = idle;
+    }
+out:
+#undef RC_CUDA
+#undef RC_K
+    if (s)
+        cudaStreamSynchronize(s);
+    for (void *p : mem)
+        cudaFree(p);
+    if (blas)
+        cublasDestroy(blas);
+    if (s)
+        cudaStreamDestroy(s);
+    return rc;
 }

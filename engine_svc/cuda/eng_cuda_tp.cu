@@ -236,6 +236,12 @@ extern "C" int eng_cuda_tp_capture_hidden(eng_cuda_tp_t *g, int layer, float *re
     return eng_cuda_model_capture_hidden(g->sh[0], layer, ret_hidden);
 }
 
+extern "C" int eng_cuda_tp_trace(eng_cuda_tp_t *g, uint32_t max_tokens, float *ret_resid,
+                                 int32_t *ret_ids) {
+    /* rank 0 only, as capture_hidden: its residual stream is replicated, its ids global */
+    return eng_cuda_model_trace(g->sh[0], max_tokens, ret_resid, ret_ids);
+}
+
 extern "C" int eng_cuda_tp_forward(eng_cuda_tp_t *g, const eng_batch_t *b, float *ret_logits,
                                    int32_t *ret_ids, char *err, size_t errlen) {
     return s_all(g, [=](int r, char *e, size_t el) {
@@ -264,6 +270,8 @@ extern "C" int eng_cuda_tp_measure_comm(eng_cuda_tp_t *g, uint32_t rows, double 
                                         double *ret_allreduce_us, char *err, size_t errlen) {
     const int n_ar = 2 * (int)g->info.n_layers; /* o_proj + MLP per layer */
     const size_t count = (size_t)rows * g->info.hidden;
+    const int dt = g->info.tp_reduce_f32 ? 1 : 0; /* the dtype the steps reduce in */
+    const size_t esz = dt ? 4 : 2;
     std::vector<double> med(g->n, 0.0);
     if (rows == 0) {
         snprintf(err, errlen, "measure_comm: rows must be >= 1");
@@ -277,13 +285,13 @@ extern "C" int eng_cuda_tp_measure_comm(eng_cuda_tp_t *g, uint32_t rows, double 
         cudaEvent_t e0 = nullptr, e1 = nullptr;
         std::vector<float> ms;
         int rc = 0;
-        TCHECK(cudaMalloc(&buf, count * 2));
-        TCHECK(cudaMemsetAsync(buf, 0, count * 2, s));
+        TCHECK(cudaMalloc(&buf, count * esz));
+        TCHECK(cudaMemsetAsync(buf, 0, count * esz, s));
         TCHECK(cudaEventCreate(&e0));
         TCHECK(cudaEventCreate(&e1));
         TCHECK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
         for (int i = 0; i < n_ar && rc == 0; i++)
-            rc = eng_nccl_allreduce_sum(g->comm[k], buf, count, 0, s);
+            rc = eng_nccl_allreduce_sum(g->comm[k], buf, count, dt, s);
         {
             cudaError_t ce = cudaStreamEndCapture(s, &graph);
             if (rc < 0) {

@@ -8,9 +8,11 @@
  * Split (Megatron style, docs/engine.md "Tensor parallelism"): shard r holds query heads
  * [r·Hq/N, (r+1)·Hq/N), KV heads [r·Hk/N, ...) (its KV pools store only those: KV bytes per token
  * per GPU / N), o_proj columns of its heads, and intermediate rows [r·I/N, ...) of every expert's
- * gate/up with the matching down columns (dense MLP: the one "expert"). The two partial sums of a
- * layer (after o_proj, after the MLP/MoE) are summed in place by ncclAllReduce (bf16, (T, D)) on
- * the shard's stream, inside the decode CUDA graphs. Embedding, norms, router and lm_head are
+ * gate/up with the matching down columns (dense MLP: the one "expert"); with moe_parallel expert
+ * (the default) an MoE shard instead holds whole experts [r·E/N, (r+1)·E/N) and computes only the
+ * (token, k) pairs routed to them. The two partial sums of a layer (after o_proj, after the
+ * MLP/MoE) are summed in place by ncclAllReduce ((T, D); f32 then rounded to bf16 once, or bf16
+ * with OM_CUDA_TP_REDUCE=bf16) on the shard's stream, inside the decode CUDA graphs. Embedding, norms, router and lm_head are
  * replicated; every rank computes the same logits and argmax; rank 0's are returned.
  *
  * Every call runs on all ranks at once (one step descriptor, the same eng_batch_t, handed to the
@@ -47,6 +49,7 @@ uint64_t eng_cuda_tp_kv_bytes_per_token(const eng_cuda_tp_t *g);
 float *eng_cuda_tp_logits(eng_cuda_tp_t *g);
 int eng_cuda_tp_sync(eng_cuda_tp_t *g);
 int eng_cuda_tp_capture_hidden(eng_cuda_tp_t *g, int layer, float *ret_hidden);
+int eng_cuda_tp_trace(eng_cuda_tp_t *g, uint32_t max_tokens, float *ret_resid, int32_t *ret_ids);
 int eng_cuda_tp_forward(eng_cuda_tp_t *g, const eng_batch_t *b, float *ret_logits,
                         int32_t *ret_ids, char *err, size_t errlen);
 int eng_cuda_tp_set_moe_mode(eng_cuda_tp_t *g, int mode);

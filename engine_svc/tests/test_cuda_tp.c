@@ -17,7 +17,20 @@
  *     must match exactly (their free-running greedy sequences are equal);
  *  4. eng_service with OMNIPIPE_TENSOR_PARALLEL=2: the golden prompts alone, then all batched:
  *     greedy tokens alone == batched, and == a single-GPU service's, except at near-ties (top-2
- *     logprob gap < 0.05). One line per check. */
+ *     logprob gap < 0.05). One line per check.
+ *
+ * Checks 1-3 run per split: moe_parallel expert (whole experts per GPU, the default) and column,
+ * each with the f32 all-reduce (OM_CUDA_TP_REDUCE=fp32, the default); the bf16 all-reduce runs
+ * of both follow as "info" lines (printed, not counted: the A/B of the reduction). Check 4 runs
+ * for expert and column. For the dense tiny-qwen3 both splits are the same (MLPs stay
+ * column-split).
+ * Diagnostic: for a prompt whose first logits fail a check (every prompt with OM_TP_TRACE=1),
+ * the prefill is re-run with eng_cuda_model_trace on both models and, per layer, the NMSE of the
+ * residual stream TP vs 1-GPU and the tokens whose router top-k sets differ are printed
+ * ("trace" lines), so the first departing layer shows in one run.
+ * Before all that (one GPU suffices): the expert-range MoE kernels (eng_cuda_moe_range_check):
+ * the sum over 2 or 4 "ranks" of the block restricted to their experts == the full block, GEMV
+ * and grouped paths, bf16 and f32 partials, and ranks with no routed pair give exact zeros. */
 #include <errno.h>
 #include <math.h>
 #include <stdarg.h>
@@ -37,18 +50,19 @@
 #define TOL 0.05
 
 static int g_fail;
+static int g_info; /* s_result lines are informational (not counted) */
 static char g_fix[1024];
 
 static void s_result(int ok, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void s_result(int ok, const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
-    printf("%-4s ", ok ? "ok" : "FAIL");
+    printf("%-4s ", g_info ? (ok ? "info" : "info-FAIL") : (ok ? "ok" : "FAIL"));
     vprintf(fmt, ap);
     printf("\n");
     va_end(ap);
     fflush(stdout);
-    if (!ok)
+    if (!ok && !g_info)
         g_fail++;
 }
 
@@ -117,20 +131,135 @@ static double s_gap(const float *x, int n) {
     return a - b;
 }
 
-static int s_load(const char *dir, int tp, eng_cuda_model_t **m, char *err, size_t errlen) {
+/* mp: ENG_CUDA_MOE_PAR_*; red: OM_CUDA_TP_REDUCE for the load (NULL: unset = default) */
+static int s_load(const char *dir, int tp, int mp, const char *red, eng_cuda_model_t **m, char *err,
+                  size_t errlen) {
     eng_cuda_model_opts_t o = {0};
     o.kv_fraction = 0.02;
     o.max_ctx = 4096;
     o.max_batch_tokens = 1024;
     o.max_seqs = 16;
     o.tensor_parallel = tp;
-    return eng_cuda_model_load(dir, &o, m, err, errlen);
+    o.moe_parallel = mp;
+    if (red)
+        setenv("OM_CUDA_TP_REDUCE", red, 1);
+    else
+        unsetenv("OM_CUDA_TP_REDUCE");
+    int r = eng_cuda_model_load(dir, &o, m, err, errlen);
+    unsetenv("OM_CUDA_TP_REDUCE");
+    return r;
+}
+
+/* --- 0. expert-range MoE kernels (one GPU) ------------------------------------------------ */
+
+static void t_moe_ranges(void) {
+    static const struct {
+        int T, D, I, E, K, ranks;
+    } sh[] = {{1, 128, 128, 8, 2, 2}, {1, 128, 128, 8, 2, 4}, {4, 128, 192, 16, 4, 4},
+              {64, 128, 192, 16, 4, 2}, {300, 128, 128, 16, 4, 4}};
+    for (size_t i = 0; i < sizeof sh / sizeof sh[0]; i++)
+        for (int mode = 1; mode <= 2; mode++)
+            for (int f32 = 0; f32 <= 1; f32++) {
+                char err[512] = "";
+                double nm = 0, mx = 0, mref = 0;
+                int zbad = 0, idle = 0;
+                int r = eng_cuda_moe_range_check(0, sh[i].T, sh[i].D, sh[i].I, sh[i].E, sh[i].K,
+                                                 sh[i].ranks, mode, f32, &nm, &mx, &mref, &zbad,
+                                                 &idle, err, sizeof err);
+                if (r < 0) {
+                    s_result(0, "moe expert ranges T=%d E=%d ranks=%d %s: %d %s", sh[i].T,
+                             sh[i].E, sh[i].ranks, mode == 1 ? "gemv" : "grouped", r, err);
+                    continue;
+                }
+                /* f32 partials: the full block's bf16 result up to f32 summation order (a bf16
+                   ulp, <= 2^-7 of the value, here and there; bound 2 ulps of the largest);
+                   bf16 partials: one rounding per rank more */
+                double nb = f32 ? 1e-6 : 1e-4, mb = (f32 ? 0.016 : 0.03) * mref;
+                /* T = 1 with K = 2 over 4 ranks: at least 2 ranks get nothing */
+                bool idle_ok = !(sh[i].T == 1 && sh[i].ranks == 4) || idle >= 2;
+                s_result(nm < nb && mx <= mb && zbad == 0 && idle_ok,
+                         "moe expert ranges T=%d D=%d I=%d E=%d K=%d over %d ranks, %s, %s "
+                         "partials: sum vs full block nmse %.2e (< %.0e), max abs %.5f (<= %.5f), "
+                         "idle rank rows %d, non-zero among them %d", sh[i].T, sh[i].D, sh[i].I,
+                         sh[i].E, sh[i].K, sh[i].ranks, mode == 1 ? "gemv" : "grouped",
+                         f32 ? "f32" : "bf16", nm, nb, mx, mb, idle, zbad);
+            }
 }
 
 /* --- 1-3. runner level ---------------------------------------------------------------------- */
 
-static void t_runner(const char *name) {
+/* The traced prefill (eng_cuda_model_trace) of the batch b on both models; per layer, for prompt
+ * p (tokens [off, off + n) of the batch): residual NMSE TP vs 1-GPU and differing top-k sets. */
+static void s_trace(const char *name, const char *tag, eng_cuda_model_t *one,
+                    eng_cuda_model_t *two, const eng_batch_t *b, int p, int off, int n) {
+    eng_cuda_model_info_t in;
+    eng_cuda_model_get_info(one, &in);
+    int L = (int)in.n_layers, D = (int)in.hidden, K = (int)in.top_k, T = (int)b->n_tokens;
+    size_t nh = (size_t)L * T * D, ni = (size_t)L * T * K;
+    float *h1 = calloc(nh, 4), *h2 = calloc(nh, 4);
+    int32_t *i1 = calloc(ni, 4), *i2 = calloc(ni, 4);
+    float *lg = malloc((size_t)b->n_logits * in.vocab * 4);
+    char err[512] = "";
+    int r = h1 && h2 && i1 && i2 && lg ? 0 : -ENOMEM;
+    if (r == 0 && (r = eng_cuda_model_trace(one, (uint32_t)T, h1, i1)) == 0)
+        r = eng_cuda_model_forward(one, b, lg, NULL, err, sizeof err);
+    eng_cuda_model_trace(one, 0, NULL, NULL);
+    if (r == 0 && (r = eng_cuda_model_trace(two, (uint32_t)T, h2, i2)) == 0)
+        r = eng_cuda_model_forward(two, b, lg, NULL, err, sizeof err);
+    eng_cuda_model_trace(two, 0, NULL, NULL);
+    if (r < 0) {
+        printf("trace %s %s prompt %d: traced prefill failed: %d %s\n", name, tag, p, r, err);
+    } else {
+        int first = -1;
+        for (int l = 0; l < L; l++) {
+            double nm, mx, ma;
+            size_t o = ((size_t)l * T + off) * D;
+            s_cmp(h2 + o, h1 + o, (size_t)n * D, &nm, &mx, &ma);
+            if (nm > 0 && first < 0)
+                first = l;
+            char diff[512] = ""; /* 3 entries of <= 90 characters (K <= 8 shown) */
+            int nd = 0, w = 0;
+            for (int t = off; t < off + n; t++) {
+                const int32_t *a = i1 + ((size_t)l * T + t) * K, *c = i2 + ((size_t)l * T + t) * K;
+                bool same = true; /* same set (order may differ) */
+                for (int k = 0; k < K && same; k++) {
+                    bool f = false;
+                    for (int j = 0; j < K; j++)
+                        f |= a[k] == c[j];
+                    same = f;
+                }
+                if (same)
+                    continue;
+                if (nd++ < 3 && w < (int)sizeof diff - 128) {
+                    w += snprintf(diff + w, sizeof diff - w, " [token %d: 1-GPU", t - off);
+                    for (int k = 0; k < K && k < 8; k++)
+                        w += snprintf(diff + w, sizeof diff - w, " %d", a[k]);
+                    w += snprintf(diff + w, sizeof diff - w, " | TP");
+                    for (int k = 0; k < K && k < 8; k++)
+                        w += snprintf(diff + w, sizeof diff - w, " %d", c[k]);
+                    w += snprintf(diff + w, sizeof diff - w, "]");
+                }
+            }
+            printf("trace %s %s prompt %d layer %d: residual nmse %.2e max abs %.4f (max %.2f); "
+                   "top-%d sets differ at %d/%d tokens%s\n", name, tag, p, l, nm, mx, ma, K, nd, n,
+                   diff);
+        }
+        printf("trace %s %s prompt %d: first layer whose residual differs: %d\n", name, tag, p,
+               first);
+    }
+    fflush(stdout);
+    free(h1);
+    free(h2);
+    free(i1);
+    free(i2);
+    free(lg);
+}
+
+static void t_runner(const char *name, int mp, const char *red) {
     char dir[1200], path[1300], err[512] = "";
+    char tag[64]; /* "TP=2 expert/fp32" */
+    snprintf(tag, sizeof tag, "TP=2 %s/%s", mp == ENG_CUDA_MOE_PAR_COLUMN ? "column" : "expert",
+             red ? red : "fp32");
     snprintf(dir, sizeof dir, "%s/%s", g_fix, name);
     snprintf(path, sizeof path, "%s/golden.json", dir);
     json_t *g = json_load_file(path, 0, NULL);
@@ -139,15 +268,15 @@ static void t_runner(const char *name) {
         return;
     }
     eng_cuda_model_t *one = NULL, *two = NULL;
-    int r = s_load(dir, 1, &one, err, sizeof err);
+    int r = s_load(dir, 1, 0, NULL, &one, err, sizeof err);
     if (r < 0) {
         s_result(0, "%s: load on 1 GPU: %d %s", name, r, err);
         json_decref(g);
         return;
     }
-    r = s_load(dir, 2, &two, err, sizeof err);
+    r = s_load(dir, 2, mp, red, &two, err, sizeof err);
     if (r < 0) {
-        s_result(0, "%s: load with tensor_parallel 2: %d %s", name, r, err);
+        s_result(0, "%s: load %s: %d %s", name, tag, r, err);
         eng_cuda_model_free(one);
         json_decref(g);
         return;
@@ -156,11 +285,16 @@ static void t_runner(const char *name) {
     eng_cuda_model_get_info(one, &i1);
     eng_cuda_model_get_info(two, &i2);
     uint64_t kb1 = eng_cuda_model_kv_bytes_per_token(one), kb2 = eng_cuda_model_kv_bytes_per_token(two);
+    bool want_ep = mp != ENG_CUDA_MOE_PAR_COLUMN && i1.n_experts > 1;
+    bool want_f32 = !red || strcmp(red, "bf16") != 0;
     s_result(i2.tensor_parallel == 2 && kb2 * 2 == kb1 && i2.n_heads == i1.n_heads &&
-                 i2.moe_inter == i1.moe_inter,
-             "%s: TP=2 info: %u GPUs, KV bytes/token/GPU %llu vs %llu on 1 GPU, weights %.2f MiB/GPU "
-             "vs %.2f MiB", name, i2.tensor_parallel, (unsigned long long)kb2,
-             (unsigned long long)kb1, i2.weight_bytes / 1048576.0, i1.weight_bytes / 1048576.0);
+                 i2.moe_inter == i1.moe_inter && i2.expert_parallel == (uint32_t)want_ep &&
+                 i2.tp_reduce_f32 == (uint32_t)want_f32,
+             "%s: %s info: %u GPUs, experts %s, %s all-reduce, KV bytes/token/GPU %llu vs %llu on "
+             "1 GPU, weights %.2f MiB/GPU vs %.2f MiB", name, tag, i2.tensor_parallel,
+             i2.expert_parallel ? "whole per GPU" : "column-split", i2.tp_reduce_f32 ? "f32" : "bf16",
+             (unsigned long long)kb2, (unsigned long long)kb1, i2.weight_bytes / 1048576.0,
+             i1.weight_bytes / 1048576.0);
 
     int V = (int)i1.vocab, bs = (int)i1.block_size;
     json_t *prompts = json_object_get(g, "prompts");
@@ -189,6 +323,7 @@ static void t_runner(const char *name) {
     eng_batch_seq_t seqs[MAXP];
     eng_batch_t b = {seqs, (uint32_t)n, 0, (uint32_t)n};
     int mism[MAXP] = {0};
+    bool first_bad[MAXP] = {0};
     int checked = 0, equal = 0, near = 0, bad = 0;
     double worst_nmse = 0, worst_mx = 0;
     for (int i = 0; i < n; i++) {
@@ -219,10 +354,12 @@ static void t_runner(const char *name) {
                 worst_nmse = nm;
             if (mx > worst_mx)
                 worst_mx = mx;
-            if (s == 0)
+            if (s == 0) {
+                first_bad[i] |= !(nm < 1e-3 && mx < 0.05 * ma);
                 s_result(nm < 1e-3 && mx < 0.05 * ma,
-                         "%s prompt %d (%d tokens): TP=2 vs 1-GPU first logits: nmse %.2e, max abs "
-                         "%.4f (max |logit| %.2f)", name, i, len[i], nm, mx, ma);
+                         "%s prompt %d (%d tokens): %s vs 1-GPU first logits: nmse %.2e (< 1e-3), "
+                         "max abs %.4f (< %.4f)", name, i, len[i], tag, nm, mx, 0.05 * ma);
+            }
             checked++;
             if (id1[i] == id2[i]) {
                 equal++;
@@ -233,8 +370,8 @@ static void t_runner(const char *name) {
                     near++;
                 } else {
                     bad++;
-                    s_result(0, "%s prompt %d step %d: TP=2 token %d, 1 GPU %d (gap %.4f > 2 x "
-                             "diff %.4f)", name, i, s, id2[i], id1[i], gp, mx);
+                    s_result(0, "%s prompt %d step %d: %s token %d, 1 GPU %d (gap %.4f > 2 x "
+                             "diff %.4f)", name, i, s, tag, id2[i], id1[i], gp, mx);
                 }
             }
             toks[i][len[i] + s] = id1[i]; /* both follow the single-GPU greedy sequence */
@@ -251,11 +388,14 @@ static void t_runner(const char *name) {
                     free(ref);
                     continue;
                 }
-                double nm, mx, ma;
+                double nm, mx, ma, nm1, mx1, ma1;
                 s_cmp(l2 + (size_t)i * V, ref, (size_t)V, &nm, &mx, &ma);
+                first_bad[i] |= !(nm < 1e-3 && mx < 0.05 * ma);
+                s_cmp(l1 + (size_t)i * V, ref, (size_t)V, &nm1, &mx1, &ma1);
                 s_result(nm < 1e-3 && mx < 0.05 * ma,
-                         "%s prompt %d: TP=2 first logits vs fp32 ref: nmse %.2e, max abs %.4f "
-                         "(max |logit| %.2f)", name, i, nm, mx, ma);
+                         "%s prompt %d: %s first logits vs fp32 ref: nmse %.2e (< 1e-3), max abs "
+                         "%.4f (< %.4f); 1-GPU vs fp32 ref: nmse %.2e", name, i, tag, nm, mx,
+                         0.05 * ma, nm1);
                 free(ref);
             }
         }
@@ -264,10 +404,23 @@ static void t_runner(const char *name) {
         int exact = 0;
         for (int i = 0; i < n; i++)
             exact += mism[i] == 0;
-        s_result(bad == 0, "%s: greedy decode %d prompts x %d steps batched: TP=2 token == 1-GPU "
+        s_result(bad == 0, "%s: greedy decode %d prompts x %d steps batched: %s token == 1-GPU "
                  "token at %d/%d steps (%d near-ties), %d/%d prompts identical; logits worst nmse "
-                 "%.2e, max abs %.4f", name, n, NSTEP, equal, checked, near, exact, n, worst_nmse,
-                 worst_mx);
+                 "%.2e, max abs %.4f", name, n, NSTEP, tag, equal, checked, near, exact, n,
+                 worst_nmse, worst_mx);
+    }
+    { /* diagnostic: the step-0 prefill again, traced, for the prompts that failed */
+        const char *all = getenv("OM_TP_TRACE");
+        b.n_tokens = 0;
+        for (int i = 0; i < n; i++) {
+            seqs[i].tokens = toks[i];
+            seqs[i].n_tokens = (uint32_t)len[i];
+            seqs[i].n_past = 0;
+            b.n_tokens += len[i];
+        }
+        for (int i = 0, off = 0; i < n; off += len[i], i++)
+            if (first_bad[i] || (all && !strcmp(all, "1")))
+                s_trace(name, tag, one, two, &b, i, off, len[i]);
     }
 out:
     for (int i = 0; i < n; i++) {
@@ -290,17 +443,20 @@ typedef struct t_run {
     int err;
 } t_run_t;
 
-static eng_service_t *s_service(const char *name, int tp) {
+static eng_service_t *s_service(const char *name, int tp, const char *mp) {
     char dir[1200], err[512] = "", tpv[16];
     snprintf(dir, sizeof dir, "%s/%s", g_fix, name);
     snprintf(tpv, sizeof tpv, "%d", tp);
     setenv("OMNIPIPE_TENSOR_PARALLEL", tpv, 1);
     setenv("OMNIPIPE_CUDA_RUNNER", "fast", 1);
+    if (mp)
+        setenv("OMNIPIPE_MOE_PARALLEL", mp, 1);
     eng_service_opts_t o = {.model_dir = dir, .backend = "cuda", .engine_id = "tp-test",
                             .kv_blocks = 1024};
     eng_service_t *s = NULL;
     int r = eng_service_new(&o, NULL, NULL, &s, err, sizeof err);
     unsetenv("OMNIPIPE_TENSOR_PARALLEL");
+    unsetenv("OMNIPIPE_MOE_PARALLEL");
     if (r < 0) {
         s_result(0, "%s: eng_service_new(cuda, tensor_parallel %d): %d %s", name, tp, r, err);
         return NULL;
@@ -366,7 +522,7 @@ static int s_same(const t_run_t *a, const t_run_t *b, int *ret_exact) {
     return j == NSTEP || a->gap[j] < TOL || b->gap[j] < TOL;
 }
 
-static void t_service(const char *name) {
+static void t_service(const char *name, const char *mp) {
     char path[1300];
     snprintf(path, sizeof path, "%s/%s/golden.json", g_fix, name);
     json_t *g = json_load_file(path, 0, NULL);
@@ -379,12 +535,12 @@ static void t_service(const char *name) {
     memset(batch, 0, sizeof batch);
     memset(ref, 0, sizeof ref);
     int r = 0;
-    eng_service_t *s = s_service(name, 1);
+    eng_service_t *s = s_service(name, 1, NULL);
     for (size_t i = 0; s && i < n && r >= 0; i++)
         if ((r = s_submit(s, i, json_array_get(prompts, i))) >= 0)
             r = s_drain(s, ref, n);
     eng_service_free(s);
-    s = r >= 0 && s ? s_service(name, 2) : NULL;
+    s = r >= 0 && s ? s_service(name, 2, mp) : NULL;
     for (size_t i = 0; s && i < n && r >= 0; i++)
         if ((r = s_submit(s, i, json_array_get(prompts, i))) >= 0)
             r = s_drain(s, alone, n);
@@ -394,7 +550,7 @@ static void t_service(const char *name) {
         r = s_drain(s, batch, n);
     eng_service_free(s);
     if (!s || r < 0) {
-        s_result(0, "%s: eng_service TP=2 run failed: %d", name, r);
+        s_result(0, "%s: eng_service TP=2 %s run failed: %d", name, mp, r);
         json_decref(g);
         return;
     }
@@ -407,10 +563,10 @@ static void t_service(const char *name) {
         ok_ref &= s_same(&alone[i], &ref[i], &e);
         ex_ref += e;
     }
-    s_result(ok_ab, "%s: eng_service TP=2 greedy %zu prompts x %d tokens: alone == batched "
-             "(%d/%zu identical, the rest part at near-ties)", name, n, NSTEP, ex_ab, n);
-    s_result(ok_ref, "%s: eng_service TP=2 alone == 1-GPU service (%d/%zu identical, the rest part "
-             "at near-ties)", name, ex_ref, n);
+    s_result(ok_ab, "%s: eng_service TP=2 %s greedy %zu prompts x %d tokens: alone == batched "
+             "(%d/%zu identical, the rest part at near-ties)", name, mp, n, NSTEP, ex_ab, n);
+    s_result(ok_ref, "%s: eng_service TP=2 %s alone == 1-GPU service (%d/%zu identical, the rest "
+             "part at near-ties)", name, mp, ex_ref, n);
     json_decref(g);
 }
 
@@ -421,32 +577,43 @@ int main(void) {
         return 77;
     }
     eng_backend_free(probe);
-    const char *fx = getenv("OM_FIXTURES_DIR");
-    if (fx)
-        snprintf(g_fix, sizeof g_fix, "%s", fx);
+    const char *fxd = getenv("OM_FIXTURES_DIR");
+    if (fxd)
+        snprintf(g_fix, sizeof g_fix, "%s", fxd);
     else
         snprintf(g_fix, sizeof g_fix, "%s/fixtures",
                  getenv("OM_SHARED_DIR") ? getenv("OM_SHARED_DIR") : OM_SHARED_DIR);
+    t_moe_ranges();
     { /* 2 GPUs and NCCL? */
         char dir[1200], err[512] = "";
         snprintf(dir, sizeof dir, "%s/tiny-qwen3", g_fix);
         eng_cuda_model_t *m = NULL;
-        int r = s_load(dir, 2, &m, err, sizeof err);
+        int r = s_load(dir, 2, 0, NULL, &m, err, sizeof err);
         if (r == -ENODEV || r == -ELIBACC) {
             printf("SKIP: tensor_parallel 2 unavailable: %s\n", err);
-            return 77;
+            printf("%s\n", g_fail ? "FAILED (one-GPU checks)" : "one-GPU checks passed");
+            return g_fail ? 1 : 77;
         }
         s_result(r == 0, "tiny-qwen3: load with tensor_parallel 2 (NCCL): %s", r == 0 ? "ok" : err);
         eng_cuda_model_free(m);
         if (r < 0)
             return 1;
     }
-    t_runner("tiny-qwen3");
-    t_runner("tiny-qwen3-moe");
-    t_runner("tiny-omni");
-    t_service("tiny-qwen3");
-    t_service("tiny-qwen3-moe");
-    t_service("tiny-omni");
+    static const char *fx[] = {"tiny-qwen3", "tiny-qwen3-moe", "tiny-omni"};
+    for (int i = 0; i < 3; i++) {
+        t_runner(fx[i], ENG_CUDA_MOE_PAR_EXPERT, NULL);
+        t_runner(fx[i], ENG_CUDA_MOE_PAR_COLUMN, NULL);
+    }
+    g_info = 1; /* the bf16 all-reduce (OM_CUDA_TP_REDUCE=bf16): the A/B, not counted */
+    for (int i = 0; i < 3; i++) {
+        t_runner(fx[i], ENG_CUDA_MOE_PAR_COLUMN, "bf16");
+        t_runner(fx[i], ENG_CUDA_MOE_PAR_EXPERT, "bf16");
+    }
+    g_info = 0;
+    for (int i = 0; i < 3; i++) {
+        t_service(fx[i], "expert");
+        t_service(fx[i], "column");
+    }
     printf("%s\n", g_fail ? "FAILED" : "all passed");
     return g_fail ? 1 : 0;
 }

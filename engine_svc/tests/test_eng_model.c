@@ -8,6 +8,9 @@
  *   - the same tokens when every prompt runs in one batch: chunked prefill (n_past > 0 chunks),
  *     paged KV with interleaved, non-contiguous block tables, decodes batched together.
  *   - dummy load: random weights from config.json alone are deterministic and give finite logits.
+ *   - moe_parallel validation (tensor parallel MoE split): a bad value names the field (option or
+ *     OMNIPIPE_MOE_PARALLEL); expert mode with num_experts % tensor_parallel != 0 is -EINVAL
+ *     naming num_experts; column mode and dense models pass that check.
  * Fixtures are read from OM_SHARED_DIR; nothing is copied into the repo. */
 #include <errno.h>
 #include <math.h>
@@ -430,6 +433,54 @@ static void test_backend_basics(void **state) {
         assert_int_equal(eng_f32_to_f16(eng_f16_to_f32((uint16_t)h)), h);
 }
 
+/* Loads a fixture on the CPU backend with the given tensor_parallel / moe_parallel; returns the
+ * result, err filled. */
+static int s_load_tp(const char *name, int tp, const char *mp, char *err, size_t errlen) {
+    char dir[1200];
+    snprintf(dir, sizeof(dir), "%s/fixtures/%s", s_shared(), name);
+    eng_backend_t *b = NULL;
+    assert_int_equal(eng_backend_cpu_new(1, &b), 0);
+    eng_model_load_opts_t o = {.tensor_parallel = tp, .moe_parallel = mp};
+    eng_model_t *m = NULL;
+    err[0] = 0;
+    int r = eng_model_load(dir, &o, b, &m, err, errlen);
+    eng_model_free(m);
+    eng_backend_free(b);
+    return r;
+}
+
+static void test_moe_parallel_config(void **state) {
+    (void)state;
+    char err[512];
+    unsetenv("OMNIPIPE_MOE_PARALLEL");
+    /* bad value: the option, then the environment variable, named */
+    assert_int_equal(s_load_tp("tiny-qwen3-moe", 1, "experts", err, sizeof(err)), -EINVAL);
+    assert_non_null(strstr(err, "moe_parallel"));
+    assert_non_null(strstr(err, "experts"));
+    setenv("OMNIPIPE_MOE_PARALLEL", "rows", 1);
+    assert_int_equal(s_load_tp("tiny-qwen3-moe", 1, NULL, err, sizeof(err)), -EINVAL);
+    assert_non_null(strstr(err, "OMNIPIPE_MOE_PARALLEL"));
+    /* tiny-qwen3-moe has 6 experts: expert mode over 4 GPUs cannot hold whole experts */
+    setenv("OMNIPIPE_MOE_PARALLEL", "expert", 1);
+    assert_int_equal(s_load_tp("tiny-qwen3-moe", 4, NULL, err, sizeof(err)), -EINVAL);
+    assert_non_null(strstr(err, "num_experts 6"));
+    assert_non_null(strstr(err, "tensor_parallel 4"));
+    unsetenv("OMNIPIPE_MOE_PARALLEL");
+    /* the default is expert mode too */
+    assert_int_equal(s_load_tp("tiny-qwen3-moe", 4, NULL, err, sizeof(err)), -EINVAL);
+    assert_non_null(strstr(err, "num_experts 6"));
+    /* column mode, E % N == 0, a dense model: no moe_parallel error (the CPU backend then
+       refuses tensor_parallel > 1 for its own reason) */
+    int r = s_load_tp("tiny-qwen3-moe", 4, "column", err, sizeof(err));
+    assert_true(r < 0 && strstr(err, "num_experts") == NULL);
+    r = s_load_tp("tiny-qwen3-moe", 3, "expert", err, sizeof(err));
+    assert_true(r < 0 && strstr(err, "num_experts") == NULL && strstr(err, "moe_parallel") == NULL);
+    r = s_load_tp("tiny-qwen3", 4, "expert", err, sizeof(err));
+    assert_true(r < 0 && strstr(err, "num_experts") == NULL);
+    /* one GPU: any valid value loads */
+    assert_int_equal(s_load_tp("tiny-qwen3-moe", 1, "column", err, sizeof(err)), 0);
+}
+
 static fx_t s_omni = {.name = "tiny-omni"}, s_moe = {.name = "tiny-qwen3-moe"},
             s_dense = {.name = "tiny-qwen3"};
 
@@ -442,7 +493,9 @@ static fx_t s_omni = {.name = "tiny-omni"}, s_moe = {.name = "tiny-qwen3-moe"},
         cmocka_unit_test_prestate_setup_teardown(test_dummy, s_setup, s_teardown, &fx)
 
 int main(void) {
-    const struct CMUnitTest tests[] = {cmocka_unit_test(test_backend_basics), MODEL_TESTS(s_dense),
+    const struct CMUnitTest tests[] = {cmocka_unit_test(test_backend_basics),
+                                       cmocka_unit_test(test_moe_parallel_config),
+                                       MODEL_TESTS(s_dense),
                                        MODEL_TESTS(s_moe), MODEL_TESTS(s_omni)};
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
