@@ -113,6 +113,8 @@ struct eng_cuda_model {
     bf16 *h, *h2, *xn, *qkv, *attn, *delta, *xl; /* h/h2: residual ping-pong (decode path) */
     int *attn_cnt;            /* (max_batch_tokens, Hq) split-attention counters, zero */
     int *router_cnt;          /* (1) fused-router counter, zero */
+    int *rope_cnt;            /* (Hq + Hk) fused QKV+rope per-head counters, zero */
+    int *moe_cnt;             /* (EK_MOE_FUSED_CNT) fused-MoE tickets/counters, zero */
     float *logits;            /* (max_seqs, V) */
     int32_t *ids_dev;         /* (max_seqs) */
     float *amax_v;            /* (64, 32) argmax partials */
@@ -126,6 +128,10 @@ struct eng_cuda_model {
     std::vector<graph_ent> graphs;
     bool fuse;                /* fused decode kernels (default on; OM_CUDA_NOFUSE=1 turns off) */
     bool pdl;                 /* programmatic dependent launch in decode (OM_CUDA_NOPDL=1: off) */
+    bool fuse_rope;           /* decode: QK-norm+RoPE+KV write in the QKV GEMV epilogue
+                                 (default on; OM_CUDA_FUSE_ROPE=0: separate k_qk_norm_rope) */
+    bool fuse_moe;            /* decode: gate/up and down in one persistent kernel
+                                 (default on; OM_CUDA_FUSE_MOE=0: k_moe_gu + k_moe_down) */
     int cap_layer;            /* capture_hidden */
     float *cap_host;
     eng_cuda_model_info_t info;
@@ -219,6 +225,12 @@ static int s_parse_config(const char *dir, cfg *c, char *err, size_t errlen) {
         return -EOPNOTSUPP;
     }
     return 0;
+}
+
+/* A default-on switch: unset, empty or anything but "0" is on. */
+static bool s_env_on(const char *name) {
+    const char *e = getenv(name);
+    return !(e && !strcmp(e, "0"));
 }
 
 /* --- allocation --------------------------------------------------------------------------- */
@@ -453,7 +465,7 @@ static void s_scratch_free(eng_cuda_model *m) {
     m->meta_host = nullptr;
     m->meta_dev = nullptr;
     m->h = m->h2 = m->xn = m->qkv = m->attn = m->delta = m->xl = nullptr;
-    m->attn_cnt = m->router_cnt = nullptr;
+    m->attn_cnt = m->router_cnt = m->rope_cnt = m->moe_cnt = nullptr;
     m->logits = nullptr;
     m->ids_dev = nullptr;
     m->amax_v = nullptr;
@@ -506,10 +518,13 @@ static int s_scratch_init(eng_cuda_model *m, char *err, size_t errlen) {
     m->max_splits = 32;
     RCHECK(s_alloc_in(sl, (void **)&m->h, (size_t)T * c.D * 2, "scratch: hidden", err, errlen));
     RCHECK(s_alloc_in(sl, (void **)&m->h2, (size_t)T * c.D * 2, "scratch: hidden", err, errlen));
-    RCHECK(s_alloc_in(sl, (void **)&m->attn_cnt, (size_t)T * c.Hq * 4 + 64, "scratch: counters",
-                      err, errlen));
-    MCHECK(cudaMemset(m->attn_cnt, 0, (size_t)T * c.Hq * 4 + 64));
+    /* counters, all zero: attention (T·Hq), router (16), rope (Hq + Hk), MoE */
+    size_t n_cnt = (size_t)T * c.Hq + 16 + (size_t)(c.Hq + c.Hk) + EK_MOE_FUSED_CNT;
+    RCHECK(s_alloc_in(sl, (void **)&m->attn_cnt, n_cnt * 4, "scratch: counters", err, errlen));
+    MCHECK(cudaMemset(m->attn_cnt, 0, n_cnt * 4));
     m->router_cnt = m->attn_cnt + (size_t)T * c.Hq;
+    m->rope_cnt = m->router_cnt + 16;
+    m->moe_cnt = m->rope_cnt + (c.Hq + c.Hk);
     RCHECK(s_alloc_in(sl, (void **)&m->xn, (size_t)T * c.D * 2, "scratch: normed", err, errlen));
     RCHECK(s_alloc_in(sl, (void **)&m->qkv, (size_t)T * Nqkv * 2, "scratch: qkv", err, errlen));
     RCHECK(s_alloc_in(sl, (void **)&m->attn, (size_t)T * c.Hq * c.hd * 2, "scratch: attn", err,
@@ -737,6 +752,8 @@ static int s_model_init(eng_cuda_model *m, const char *dir, char *err, size_t er
     m->cap_layer = -2;
     m->fuse = !getenv("OM_CUDA_NOFUSE");
     m->pdl = !getenv("OM_CUDA_NOPDL");
+    m->fuse_rope = s_env_on("OM_CUDA_FUSE_ROPE");
+    m->fuse_moe = s_env_on("OM_CUDA_FUSE_MOE");
     if (m->tp_n > 1) /* TP: PDL next to NCCL kernels in captured graphs is untested; opt in */
         m->pdl = m->pdl && getenv("OM_CUDA_TP_PDL") && !strcmp(getenv("OM_CUDA_TP_PDL"), "1");
     return 0;
@@ -956,6 +973,8 @@ static int s_run(eng_cuda_model *m, const step &st, char *err, size_t errlen) {
     /* decode path (T <= 8): add+RMSNorm fused into the QKV GEMV and into the router (with
        top-k), residual ping-pong between h and h2; otherwise separate norm kernels in place. */
     const bool fused = m->fuse && T <= 8 && ek_gemv_norm_supported(T, c.D);
+    /* ... and QK-norm + RoPE + KV write in the QKV GEMV's epilogue (one launch less per layer) */
+    const bool fuse_rope = fused && m->fuse_rope && ek_gemv_norm_rope_supported(T, c.D, c.hd);
     bf16 *cur = m->h, *oth = m->h2;
     struct pdl_guard {
         explicit pdl_guard(bool on) { ek_pdl = on; }
@@ -966,7 +985,13 @@ static int s_run(eng_cuda_model *m, const step &st, char *err, size_t errlen) {
         const layer_w &w = m->lw[l];
         bf16 *kp = m->kv + (size_t)l * lstride;
         bf16 *vp = m->kv + (size_t)(c.L + l) * lstride;
-        if (fused) {
+        if (fuse_rope) {
+            RCHECK(ek_gemv_norm_rope(s, m->qkv, w.wqkv, T, c.D, cur, l == 0 ? nullptr : m->delta,
+                                     oth, w.attn_norm, c.eps, c.Hq, c.Hk, c.hd, w.q_norm,
+                                     w.k_norm, md + mo.pos3, m->inv_freq, c.sec[1], c.sec[2], kp,
+                                     vp, md + mo.slots, m->rope_cnt));
+            std::swap(cur, oth);
+        } else if (fused) {
             RCHECK(ek_gemv_norm(s, m->qkv, w.wqkv, T, Nqkv, c.D, cur, l == 0 ? nullptr : m->delta,
                                 oth, w.attn_norm, c.eps));
             std::swap(cur, oth);
@@ -977,10 +1002,11 @@ static int s_run(eng_cuda_model *m, const step &st, char *err, size_t errlen) {
                 RCHECK(ek_add_rmsnorm<bf16, bf16>(s, m->xn, cur, m->delta, w.attn_norm, T, c.D, c.eps));
             RCHECK(ek_matmul<bf16, bf16>(&m->kc, m->qkv, m->xn, w.wqkv, T, Nqkv, c.D));
         }
-        RCHECK(ek_qk_norm_rope<bf16, bf16, bf16>(
-            s, m->qkv, Nqkv, m->qkv + c.Hq * c.hd, Nqkv, w.q_norm, w.k_norm, md + mo.pos3,
-            m->inv_freq, T, c.Hq, c.Hk, c.hd, c.eps, c.sec[1], c.sec[2], kp, vp,
-            m->qkv + (c.Hq + c.Hk) * c.hd, Nqkv, md + mo.slots));
+        if (!fuse_rope)
+            RCHECK(ek_qk_norm_rope<bf16, bf16, bf16>(
+                s, m->qkv, Nqkv, m->qkv + c.Hq * c.hd, Nqkv, w.q_norm, w.k_norm, md + mo.pos3,
+                m->inv_freq, T, c.Hq, c.Hk, c.hd, c.eps, c.sec[1], c.sec[2], kp, vp,
+                m->qkv + (c.Hq + c.Hk) * c.hd, Nqkv, md + mo.slots));
         if (st.n_tiles > 0 && s_attn_tc_min_t() > 0 && ek_attention_tc_supported(c.Hq, c.Hk, c.hd))
             RCHECK((ek_attention_prefill_tc<bf16, bf16>(
                 s, m->attn, m->qkv, kp, vp, md + mo.tok_pos, md + mo.bt, md + mo.tiles,
@@ -1017,7 +1043,8 @@ static int s_run(eng_cuda_model *m, const step &st, char *err, size_t errlen) {
                                    c.norm_topk, cur, m->delta, oth, w.ffn_norm, c.eps, m->xn));
             std::swap(cur, oth);
             RCHECK(ek_moe_experts<bf16>(&m->kc, m->delta, m->xn, w.gate, w.up, w.down, T, c.D,
-                                        c.I, c.E, c.K, m->o.moe_mode, &m->ms));
+                                        c.I, c.E, c.K, m->o.moe_mode, &m->ms,
+                                        m->fuse_moe ? m->moe_cnt : nullptr));
         } else {
             RCHECK(ek_add_rmsnorm<bf16, bf16>(s, m->xn, cur, m->delta, w.ffn_norm, T, c.D, c.eps));
             RCHECK(ek_moe<bf16>(&m->kc, m->delta, m->xn, w.router, w.gate, w.up, w.down, T, c.D,
