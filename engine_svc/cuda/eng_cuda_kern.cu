@@ -428,8 +428,10 @@ int ek_qk_norm_rope(cudaStream_t s, A *q, int q_stride, A *k, int k_stride, cons
  * each) the last block of the head to finish (a per-head counter, reset by that block) applies
  * k_qk_norm_rope's row math (s_qk_apply) to the head's rows of every token, in place in y, and
  * writes k to the paged K pool. Saves the separate k_qk_norm_rope launch per layer. */
+/* min blocks per SM: k_gemv_norm's occupancy (its register counts: 40 for NT = 1, <= 64 else),
+ * which the rope tail alone would lower */
 template <int NT>
-__global__ void __launch_bounds__(256)
+__global__ void __launch_bounds__(256, NT == 1 ? 6 : 4)
     k_gemv_norm_rope(bf16 *y, const bf16 *w, int N, int D, const bf16 *h_in, const bf16 *delta,
                      bf16 *h_out, const bf16 *nw, float eps, int Hq, int Hk, int hd,
                      const bf16 *qn, const bf16 *kn, const int32_t *pos, const float *inv_freq,
@@ -445,9 +447,6 @@ __global__ void __launch_bounds__(256)
     const bf16 *wr = w + (int64_t)(n < N ? n : 0) * D;
     if (n < N)
         l2_prefetch_warp(wr, (size_t)D * 2, lane);
-    float nwv[8], ifv[8];
-    if (!is_v)
-        s_qk_pre<bf16>(nwv, ifv, head < Hq ? qn : kn, inv_freq, hd, lane);
     pdl_wait();
     pdl_trigger();
     ek_norm_prologue<NT>(xs, h_in, delta, h_out, nw, eps, nullptr, D, blockIdx.x == 0);
@@ -496,6 +495,9 @@ __global__ void __launch_bounds__(256)
     __threadfence();
     float *buf = (float *)smem_g; /* xs is done with (the __syncthreads above) */
     const bool is_q = head < Hq;
+    /* loaded here, not before the GEMV: held across it they cost registers (occupancy) */
+    float nwv[8], ifv[8];
+    s_qk_pre<bf16>(nwv, ifv, is_q ? qn : kn, inv_freq, hd, lane);
     for (int t = warp; t < NT; t += 8) {
         bf16 *p = y + (int64_t)t * N + (int64_t)head * hd;
         bf16 *kd = nullptr;

@@ -234,6 +234,7 @@ int ek_router_fused(cudaStream_t s, const ek_moe_scratch *m, int *counter, const
  * T <= EK_MOE_FUSED_MAX_T, K <= 8, D % 8 == I % 8 == 0, gate/up and down run as one persistent
  * kernel (k_moe_fused; same rounding); otherwise (or NULL) k_moe_gu + k_moe_down. */
 #define EK_MOE_FUSED_CNT 16
+extern thread_local int ek_moe_fused_cap; /* > 0: at most this many k_moe_fused blocks (tests) */
 #define EK_MOE_FUSED_MAX_T 8
 template <typename A>
 int ek_moe_experts(const ek_ctx *c, A *out, const A *x, const bf16 *gate, const bf16 *up,

@@ -12,6 +12,7 @@
  *
  * Rounding (bf16 path) follows transformers: router logits bf16, softmax/top-k f32, weights bf16,
  * gate/up/silu/product rounded to bf16, each expert output rounded to bf16 and weighted. */
+#include <cstdlib>
 #include <mma.h>
 
 #include "eng_cuda_kern.cuh"
@@ -420,6 +421,8 @@ __global__ void __launch_bounds__(256)
     }
 }
 
+thread_local int ek_moe_fused_cap = 0;
+
 template <typename A> static int s_moe_fused_blocks(int n_all) {
     /* resident blocks the device holds (cached per host thread = per device, TP ranks) */
     static thread_local int per_sm = 0, sms = 0;
@@ -432,6 +435,11 @@ template <typename A> static int s_moe_fused_blocks(int n_all) {
             per_sm = 1;
     }
     int g = per_sm * sms;
+    /* a cap on the grid: the test hook's (ek_moe_fused_cap), else OM_CUDA_MOE_BLOCKS=n (tuning) */
+    static const char *cap_s = getenv("OM_CUDA_MOE_BLOCKS");
+    int cap = ek_moe_fused_cap > 0 ? ek_moe_fused_cap : (cap_s ? atoi(cap_s) : 0);
+    if (cap > 0 && cap < g)
+        g = cap;
     return n_all < g ? n_all : g;
 }
 
