@@ -240,6 +240,11 @@ typedef struct eng_cuda_test_moe {
  * k_moe_gu + k_moe_down. */
 int eng_cuda_test_moe_experts(int fused, int reps, int max_blocks, const eng_cuda_test_moe_t *a);
 
+/* y (T, N) = x (T, K) · wᵀ, bf16, T <= 8: ks 2, 4, 8: the K-split GEMV k_gemv_ks (decode o_proj);
+ * ks <= 1: ek_matmul's k_gemv. Returns 0 or < 0. */
+int eng_cuda_test_gemv_ks(int ks, int T, int N, int K, const uint16_t *x, const uint16_t *w,
+                          uint16_t *ret_y);
+
 #ifdef __cplusplus
 }
 #endif

@@ -167,6 +167,85 @@ static int s_gemv(cudaStream_t s, O *y, const A *x, const bf16 *w, int N, int K)
     return 0;
 }
 
+/* k_gemv with each row split over KS warps of the block (8 / KS rows per block): warp j of a
+ * row takes the 16-byte chunks c = (j·32 + lane)·8 + 256·KS·i, the KS warp sums are added in j
+ * order through shared memory. KS times the blocks and warps of k_gemv for the same N (o_proj:
+ * N = 2048 gives k_gemv 256 blocks, 2 per SM; KS = 4 gives 1024), so more loads are in flight.
+ * Not bit-identical to k_gemv (another f32 summation order). Vector path only (K % 8 == 0,
+ * 16-byte aligned x and w). */
+template <int NT, int KS>
+__global__ void __launch_bounds__(256) k_gemv_ks(bf16 *y, const bf16 *x, const bf16 *w, int N, int K) {
+    __shared__ float red[8][NT];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int n = blockIdx.x * (8 / KS) + warp / KS, j = warp % KS;
+    const bool ok = n < N;
+    const bf16 *wr = w + (int64_t)(ok ? n : 0) * K;
+    if (ok && j == 0)
+        l2_prefetch_warp(wr, (size_t)K * 2, lane);
+    pdl_wait();
+    pdl_trigger();
+    float acc[NT];
+#pragma unroll
+    for (int t = 0; t < NT; t++)
+        acc[t] = 0.0f;
+    if (ok) {
+#pragma unroll 4
+        for (int c = (j * 32 + lane) * 8; c < K; c += 256 * KS) {
+            float wf[8];
+            ld8(wr + c, wf);
+#pragma unroll
+            for (int t = 0; t < NT; t++) {
+                float xf[8];
+                ld8(x + (int64_t)t * K + c, xf);
+#pragma unroll
+                for (int i = 0; i < 8; i++)
+                    acc[t] = fmaf(wf[i], xf[i], acc[t]);
+            }
+        }
+    }
+#pragma unroll
+    for (int t = 0; t < NT; t++) {
+        float v = warp_sum(acc[t]);
+        if (lane == 0)
+            red[warp][t] = v;
+    }
+    __syncthreads();
+    if (ok && j == 0 && lane < NT) {
+        float v = 0.0f;
+#pragma unroll
+        for (int q = 0; q < KS; q++)
+            v += red[warp + q][lane];
+        y[(int64_t)lane * N + n] = __float2bfloat16(v);
+    }
+}
+
+bool ek_gemv_ks_supported(int T, int K, int ks, const void *x, const void *w) {
+    return T >= 1 && T <= 8 && K % 8 == 0 && (ks == 2 || ks == 4 || ks == 8) &&
+           ((uintptr_t)x % 16) == 0 && ((uintptr_t)w % 16) == 0;
+}
+
+int ek_gemv_ks(cudaStream_t s, bf16 *y, const bf16 *x, const bf16 *w, int T, int N, int K,
+               int ks) {
+    if (!ek_gemv_ks_supported(T, K, ks, x, w))
+        return -EINVAL;
+    if (N == 0)
+        return 0;
+    const int rows = 8 / ks, blocks = (N + rows - 1) / rows;
+    cudaError_t e = cudaSuccess;
+#define KS_CASE(NT_)                                                                               \
+    case NT_:                                                                                      \
+        e = ks == 2   ? ek_launch(k_gemv_ks<NT_, 2>, dim3(blocks), dim3(256), 0, s, y, x, w, N, K) \
+            : ks == 4 ? ek_launch(k_gemv_ks<NT_, 4>, dim3(blocks), dim3(256), 0, s, y, x, w, N, K) \
+                      : ek_launch(k_gemv_ks<NT_, 8>, dim3(blocks), dim3(256), 0, s, y, x, w, N, K); \
+        break;
+    switch (T) {
+        KS_CASE(1) KS_CASE(2) KS_CASE(3) KS_CASE(4) KS_CASE(5) KS_CASE(6) KS_CASE(7) KS_CASE(8)
+    }
+#undef KS_CASE
+    CUDA_CHECK(e);
+    return 0;
+}
+
 __global__ void k_f32_to_bf16(bf16 *out, const float *in, int64_t n) {
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
          i += (int64_t)gridDim.x * blockDim.x)

@@ -36,6 +36,12 @@ int ek_add_rmsnorm(cudaStream_t s, A *out, A *resid, const A *x, const W *w, int
 template <typename A, typename O>
 int ek_matmul(const ek_ctx *c, O *y, const A *x, const bf16 *w, int T, int N, int K);
 
+/* y (T,N) bf16 = x (T,K) · wᵀ for T <= 8 with each row split over ks (2, 4, 8) warps (more warps
+ * and loads in flight than ek_matmul's GEMV for small N; another f32 summation order). -EINVAL
+ * unless ek_gemv_ks_supported (K % 8 == 0, 16-byte aligned x and w). */
+int ek_gemv_ks(cudaStream_t s, bf16 *y, const bf16 *x, const bf16 *w, int T, int N, int K, int ks);
+bool ek_gemv_ks_supported(int T, int K, int ks, const void *x, const void *w);
+
 /* QK-norm + RoPE/M-RoPE, in place on q (row stride q_stride elements) and k (k_stride); per
  * (token, head) row of hd values. pos (3,T) i32 rows T,H,W; inv_freq (hd/2) f32.
  * sec1/sec2: M-RoPE H/W section sizes (0 = plain RoPE). If kpool != NULL, the rotated k and the

@@ -132,6 +132,8 @@ struct eng_cuda_model {
                                  (default on; OM_CUDA_FUSE_ROPE=0: separate k_qk_norm_rope) */
     bool fuse_moe;            /* decode: gate/up and down in one persistent kernel
                                  (default on; OM_CUDA_FUSE_MOE=0: k_moe_gu + k_moe_down) */
+    int oproj_ks;             /* decode: o_proj GEMV rows split over this many warps (2, 4, 8;
+                                 OM_CUDA_OPROJ_KSPLIT, default 4; 0 or 1: k_gemv) */
     int cap_layer;            /* capture_hidden */
     float *cap_host;
     eng_cuda_model_info_t info;
@@ -754,6 +756,12 @@ static int s_model_init(eng_cuda_model *m, const char *dir, char *err, size_t er
     m->pdl = !getenv("OM_CUDA_NOPDL");
     m->fuse_rope = s_env_on("OM_CUDA_FUSE_ROPE");
     m->fuse_moe = s_env_on("OM_CUDA_FUSE_MOE");
+    {
+        const char *e = getenv("OM_CUDA_OPROJ_KSPLIT");
+        m->oproj_ks = e && *e ? atoi(e) : 4;
+        if (m->oproj_ks != 2 && m->oproj_ks != 4 && m->oproj_ks != 8)
+            m->oproj_ks = 1;
+    }
     if (m->tp_n > 1) /* TP: PDL next to NCCL kernels in captured graphs is untested; opt in */
         m->pdl = m->pdl && getenv("OM_CUDA_TP_PDL") && !strcmp(getenv("OM_CUDA_TP_PDL"), "1");
     return 0;
@@ -1035,7 +1043,11 @@ static int s_run(eng_cuda_model *m, const step &st, char *err, size_t errlen) {
                                                          m->max_blocks, (int)m->o.block_size,
                                                          scale, st.splits, m->partial, Nqkv,
                                                          m->fuse ? m->attn_cnt : nullptr)));
-        RCHECK(ek_matmul<bf16, bf16>(&m->kc, m->delta, m->attn, w.wo, T, c.D, c.Hq * c.hd));
+        if (fused && m->oproj_ks > 1 &&
+            ek_gemv_ks_supported(T, c.Hq * c.hd, m->oproj_ks, m->attn, w.wo))
+            RCHECK(ek_gemv_ks(s, m->delta, m->attn, w.wo, T, c.D, c.Hq * c.hd, m->oproj_ks));
+        else
+            RCHECK(ek_matmul<bf16, bf16>(&m->kc, m->delta, m->attn, w.wo, T, c.D, c.Hq * c.hd));
         if (m->tp_n > 1) /* TP: o_proj partial sums of this rank's heads */
             RCHECK(s_tp_allreduce(m, m->delta, (size_t)T * c.D, err, errlen));
         if (fused) {

@@ -156,3 +156,32 @@ extern "C" int eng_cuda_test_moe_experts(int fused, int reps, int max_blocks,
         nz += v != 0;
     return nz;
 }
+
+extern "C" int eng_cuda_test_gemv_ks(int ks, int T, int N, int K, const uint16_t *x,
+                                     const uint16_t *w, uint16_t *ret_y) {
+    if (T < 1 || T > 8 || N <= 0 || K <= 0 || !x || !w || !ret_y)
+        return -EINVAL;
+    dbuf b;
+    bf16 *xd = nullptr, *wd = nullptr, *yd = nullptr;
+    HCHECK(b.get(&xd, (size_t)T * K, x));
+    HCHECK(b.get(&wd, (size_t)N * K, w));
+    HCHECK(b.get(&yd, (size_t)T * N, nullptr, 0));
+    cudaStream_t s;
+    CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+    ek_ctx c = {};
+    c.stream = s;
+    c.gemv_max_rows = 8;
+    int r;
+    {
+        pdl_on pg;
+        r = ks > 1 ? ek_gemv_ks(s, yd, xd, wd, T, N, K, ks)
+                   : ek_matmul<bf16, bf16>(&c, yd, xd, wd, T, N, K);
+    }
+    cudaError_t e = cudaStreamSynchronize(s);
+    cudaStreamDestroy(s);
+    if (r < 0)
+        return r;
+    CUDA_CHECK(e);
+    CUDA_CHECK(cudaMemcpy(ret_y, yd, (size_t)T * N * 2, cudaMemcpyDeviceToHost));
+    return 0;
+}

@@ -662,6 +662,38 @@ static void t_moe_fused(int T, int D, int I, int E, int K, int max_blocks) {
     free(ref); free(h);
 }
 
+/* k_gemv_ks (the decode o_proj GEMV, rows split over ks warps) against a CPU reference (f64
+ * sums of the bf16 inputs, rounded to bf16); the count of values that differ from k_gemv is
+ * printed for information (another f32 summation order: a few 1-ulp bf16 flips are expected). */
+static void t_gemv_ks(int T, int N, int K, int ks) {
+    g_cases++;
+    uint16_t *x = s_bf_rand((size_t)T * K, 1.0f, 0.0f), *w = s_bf_rand((size_t)N * K, 0.05f, 0.0f);
+    uint16_t *y = malloc((size_t)T * N * 2), *y1 = malloc((size_t)T * N * 2);
+    s_check(eng_cuda_test_gemv_ks(ks, T, N, K, x, w, y), "eng_cuda_test_gemv_ks");
+    s_check(eng_cuda_test_gemv_ks(1, T, N, K, x, w, y1), "eng_cuda_test_gemv_ks k_gemv");
+    float *ref = malloc((size_t)T * N * 4);
+    for (int t = 0; t < T; t++)
+        for (int n = 0; n < N; n++) {
+            double acc = 0;
+            for (int k = 0; k < K; k++)
+                acc += (double)eng_bf16_to_f32(x[(size_t)t * K + k]) *
+                       eng_bf16_to_f32(w[(size_t)n * K + k]);
+            ref[(size_t)t * N + n] = s_bfr((float)acc);
+        }
+    double num = 0, den = 0, num1 = 0, den1 = 0;
+    s_acc_err(y, ref, (size_t)T * N, &num, &den);
+    s_acc_err(y1, ref, (size_t)T * N, &num1, &den1);
+    double nmse = den > 0 ? num / den : num, nmse1 = den1 > 0 ? num1 / den1 : num1;
+    const double bound = 1e-4;
+    int ok = nmse <= bound;
+    printf("%-4s GEMV_KSPLIT T=%d N=%d K=%d ks=%d: nmse vs cpu %.3e (max %.0e; k_gemv %.3e), "
+           "values != k_gemv %ld (info)\n", ok ? "ok" : "FAIL", T, N, K, ks, nmse, bound, nmse1,
+           s_bits_differ(y, y1, (size_t)T * N));
+    if (!ok)
+        g_fail++;
+    free(x); free(w); free(y); free(y1); free(ref);
+}
+
 int main(int argc, char **argv) {
     const char *seed = getenv("OM_TEST_SEED");
     if (seed)
@@ -782,6 +814,12 @@ int main(int argc, char **argv) {
     t_moe_fused(4, 64, 64, 4, 1, 0);
     t_moe_fused(7, 512, 256, 16, 4, 33);
     t_moe_fused(6, 128, 96, 12, 6, 0);
+    t_gemv_ks(1, 2048, 4096, 4); /* o_proj of the thinker */
+    t_gemv_ks(8, 2048, 4096, 4);
+    t_gemv_ks(3, 2048, 4096, 2);
+    t_gemv_ks(5, 1001, 264, 8);   /* odd N (partial last block), K not a multiple of 256 */
+    t_gemv_ks(2, 7, 8, 4);
+    t_gemv_ks(7, 515, 1032, 2);
 
     printf("%d cases, %d failed\n", g_cases, g_fail);
     eng_backend_free(g_gpu);
