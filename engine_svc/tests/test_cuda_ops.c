@@ -644,7 +644,7 @@ static void t_moe_fused(int T, int D, int I, int E, int K, int max_blocks) {
                     y += eng_bf16_to_f32(wr[i]) * (double)h[(size_t)k * I + i];
                 acc += s_bfr(s_bfr((float)y) * wts[t * K + k]);
             }
-            ref[(size_t)t * D + d] = acc;
+            ref[(size_t)t * D + d] = s_bfr(acc); /* the kernel stores bf16(acc) */
         }
     }
     double num = 0, den = 0;
