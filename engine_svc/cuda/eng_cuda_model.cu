@@ -9,8 +9,9 @@
  * puts this runner behind the engine service.
  * Each step: one upload of the step metadata (ids, positions, slots, block tables, tiles), then
  * embed -> 48 x [add+rmsnorm, QKV GEMM, qk-norm+rope+KV write, attention, O GEMM, add+rmsnorm,
- * MoE] -> final norm -> logits rows -> lm_head -> argmax. Decode steps (every sequence one token)
- * are replayed from CUDA graphs captured per batch-size bucket.
+ * MoE] -> final norm -> logits rows -> lm_head -> argmax. Steps of T <= 8 tokens fuse these into
+ * five kernels per layer (docs/engine.md, "Decode-path kernels"). Decode steps (every sequence one
+ * token) are replayed from CUDA graphs captured per batch-size bucket.
  *
  * Not here: scheduling, prefix-cache bookkeeping (the scheduler owns block tables), sampling
  * beyond greedy (eng_cuda_sample.cu, the cuda backend's SAMPLE hook). Invariants: nothing is allocated per step;
