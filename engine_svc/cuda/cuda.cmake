@@ -11,6 +11,7 @@ if(OM_CUDA)
     ${CMAKE_CURRENT_LIST_DIR}/eng_cuda_model.cu
     ${CMAKE_CURRENT_LIST_DIR}/eng_cuda_sample.cu
     ${CMAKE_CURRENT_LIST_DIR}/eng_cuda_tp.cu
+    ${CMAKE_CURRENT_LIST_DIR}/eng_cuda_testhook.cu
     ${CMAKE_CURRENT_LIST_DIR}/eng_nccl.c)
   target_include_directories(eng_cuda PUBLIC ${CMAKE_CURRENT_LIST_DIR} ${CMAKE_CURRENT_SOURCE_DIR})
   target_compile_options(eng_cuda PRIVATE $<$<COMPILE_LANGUAGE:CUDA>:-O3 --expt-relaxed-constexpr -Xcompiler=-Wall>)

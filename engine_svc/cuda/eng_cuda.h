@@ -234,6 +234,49 @@ int eng_cuda_sample_host(const float *logits, uint32_t V, const eng_cuda_sample_
 /* Blocks until the device is idle; 0 or -EIO. */
 int eng_cuda_model_sync(eng_cuda_model_t *m);
 
+/* --- test hooks (test_cuda_ops; eng_cuda_testhook.cu) ----------------------------------------
+ * Run a fused decode kernel of the model runner, or the unfused kernels it replaces, on host
+ * data (bf16 as uint16_t bit patterns), `reps` times in a row on one stream with PDL launches.
+ * Return: < 0 error; else the number of the fused kernel's device counters left non-zero
+ * (0 expected: replays in a CUDA graph rely on it). */
+
+typedef struct eng_cuda_test_qkv {
+    int T, D, Hq, Hk, hd;          /* T <= 8 tokens; qkv rows N = (Hq + 2·Hk)·hd */
+    int sec1, sec2;                /* M-RoPE H/W sections (0: plain RoPE) */
+    int n_slots;                   /* KV pool rows */
+    float eps, theta;              /* inv_freq = 1 / theta^(2j/hd) as the model runner */
+    const uint16_t *h_in, *delta;  /* (T, D); delta may be NULL (layer 0) */
+    const uint16_t *attn_norm;     /* (D) */
+    const uint16_t *wqkv;          /* (N, D) */
+    const uint16_t *q_norm, *k_norm; /* (hd) */
+    const int32_t *pos3;           /* (3, T) */
+    const int32_t *slots;          /* (T), < n_slots */
+    const uint16_t *kpool, *vpool; /* (n_slots, Hk·hd) initial contents */
+    uint16_t *ret_qkv;             /* (T, N): q, k normalised + rotated, v */
+    uint16_t *ret_h_out;           /* (T, D) new residual */
+    uint16_t *ret_kpool, *ret_vpool; /* (n_slots, Hk·hd) */
+} eng_cuda_test_qkv_t;
+/* fused: k_gemv_norm_rope; else k_gemv_norm + k_qk_norm_rope. */
+int eng_cuda_test_qkv_rope(int fused, int reps, const eng_cuda_test_qkv_t *a);
+
+typedef struct eng_cuda_test_moe {
+    int T, D, I, E, K;             /* T <= 8 */
+    const uint16_t *x;             /* (T, D) */
+    const uint16_t *gate, *up;     /* (E, I, D) */
+    const uint16_t *down;          /* (E, D, I) */
+    const int32_t *ids;            /* (T, K) experts */
+    const float *wts;              /* (T, K) routing weights */
+    uint16_t *ret_out;             /* (T, D) */
+} eng_cuda_test_moe_t;
+/* The GEMV expert path: fused: k_moe_fused (at most max_blocks blocks when > 0); else
+ * k_moe_gu + k_moe_down. */
+int eng_cuda_test_moe_experts(int fused, int reps, int max_blocks, const eng_cuda_test_moe_t *a);
+
+/* y (T, N) = x (T, K) · wᵀ, bf16, T <= 8: ks 2, 4, 8: the K-split GEMV k_gemv_ks (decode o_proj);
+ * ks <= 1: ek_matmul's k_gemv. Returns 0 or < 0. */
+int eng_cuda_test_gemv_ks(int ks, int T, int N, int K, const uint16_t *x, const uint16_t *w,
+                          uint16_t *ret_y);
+
 #ifdef __cplusplus
 }
 #endif

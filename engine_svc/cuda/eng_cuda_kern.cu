@@ -167,6 +167,85 @@ static int s_gemv(cudaStream_t s, O *y, const A *x, const bf16 *w, int N, int K)
     return 0;
 }
 
+/* k_gemv with each row split over KS warps of the block (8 / KS rows per block): warp j of a
+ * row takes the 16-byte chunks c = (j·32 + lane)·8 + 256·KS·i, the KS warp sums are added in j
+ * order through shared memory. KS times the blocks and warps of k_gemv for the same N (o_proj:
+ * N = 2048 gives k_gemv 256 blocks, 2 per SM; KS = 4 gives 1024), so more loads are in flight.
+ * Not bit-identical to k_gemv (another f32 summation order). Vector path only (K % 8 == 0,
+ * 16-byte aligned x and w). */
+template <int NT, int KS>
+__global__ void __launch_bounds__(256) k_gemv_ks(bf16 *y, const bf16 *x, const bf16 *w, int N, int K) {
+    __shared__ float red[8][NT];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int n = blockIdx.x * (8 / KS) + warp / KS, j = warp % KS;
+    const bool ok = n < N;
+    const bf16 *wr = w + (int64_t)(ok ? n : 0) * K;
+    if (ok && j == 0)
+        l2_prefetch_warp(wr, (size_t)K * 2, lane);
+    pdl_wait();
+    pdl_trigger();
+    float acc[NT];
+#pragma unroll
+    for (int t = 0; t < NT; t++)
+        acc[t] = 0.0f;
+    if (ok) {
+#pragma unroll 4
+        for (int c = (j * 32 + lane) * 8; c < K; c += 256 * KS) {
+            float wf[8];
+            ld8(wr + c, wf);
+#pragma unroll
+            for (int t = 0; t < NT; t++) {
+                float xf[8];
+                ld8(x + (int64_t)t * K + c, xf);
+#pragma unroll
+                for (int i = 0; i < 8; i++)
+                    acc[t] = fmaf(wf[i], xf[i], acc[t]);
+            }
+        }
+    }
+#pragma unroll
+    for (int t = 0; t < NT; t++) {
+        float v = warp_sum(acc[t]);
+        if (lane == 0)
+            red[warp][t] = v;
+    }
+    __syncthreads();
+    if (ok && j == 0 && lane < NT) {
+        float v = 0.0f;
+#pragma unroll
+        for (int q = 0; q < KS; q++)
+            v += red[warp + q][lane];
+        y[(int64_t)lane * N + n] = __float2bfloat16(v);
+    }
+}
+
+bool ek_gemv_ks_supported(int T, int K, int ks, const void *x, const void *w) {
+    return T >= 1 && T <= 8 && K % 8 == 0 && (ks == 2 || ks == 4 || ks == 8) &&
+           ((uintptr_t)x % 16) == 0 && ((uintptr_t)w % 16) == 0;
+}
+
+int ek_gemv_ks(cudaStream_t s, bf16 *y, const bf16 *x, const bf16 *w, int T, int N, int K,
+               int ks) {
+    if (!ek_gemv_ks_supported(T, K, ks, x, w))
+        return -EINVAL;
+    if (N == 0)
+        return 0;
+    const int rows = 8 / ks, blocks = (N + rows - 1) / rows;
+    cudaError_t e = cudaSuccess;
+#define KS_CASE(NT_)                                                                               \
+    case NT_:                                                                                      \
+        e = ks == 2   ? ek_launch(k_gemv_ks<NT_, 2>, dim3(blocks), dim3(256), 0, s, y, x, w, N, K) \
+            : ks == 4 ? ek_launch(k_gemv_ks<NT_, 4>, dim3(blocks), dim3(256), 0, s, y, x, w, N, K) \
+                      : ek_launch(k_gemv_ks<NT_, 8>, dim3(blocks), dim3(256), 0, s, y, x, w, N, K); \
+        break;
+    switch (T) {
+        KS_CASE(1) KS_CASE(2) KS_CASE(3) KS_CASE(4) KS_CASE(5) KS_CASE(6) KS_CASE(7) KS_CASE(8)
+    }
+#undef KS_CASE
+    CUDA_CHECK(e);
+    return 0;
+}
+
 __global__ void k_f32_to_bf16(bf16 *out, const float *in, int64_t n) {
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
          i += (int64_t)gridDim.x * blockDim.x)
@@ -282,48 +361,42 @@ int ek_gemv_norm(cudaStream_t s, bf16 *y, const bf16 *w, int T, int N, int D, co
 
 /* --- QK-norm + RoPE / M-RoPE (+ KV write) ------------------------------------------------- */
 
-/* One warp per (token, head) row; heads 0..Hq-1 are q, Hq..Hq+Hk-1 are k. The normalised row is
- * staged in shared memory so the rotate_half partner (j + hd/2) is at hand for any hd. */
-template <typename A, typename W, typename KV>
-__global__ void k_qk_norm_rope(A *q, int q_stride, A *k, int k_stride, const W *qn, const W *kn,
-                               const int32_t *pos, const float *inv_freq, int T, int Hq, int Hk,
-                               int hd, float eps, int sec1, int sec2, KV *kpool, KV *vpool,
-                               const A *v, int v_stride, const int32_t *slots) {
-    extern __shared__ float sh[];
-    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    int64_t row = (int64_t)blockIdx.x * (blockDim.x >> 5) + warp;
-    int nh = Hq + Hk;
-    if (row >= (int64_t)T * nh) {
-        pdl_wait();
-        pdl_trigger();
-        return;
-    }
-    int t = (int)(row / nh), h = (int)(row % nh);
-    bool is_q = h < Hq;
-    A *p = is_q ? q + (int64_t)t * q_stride + (int64_t)h * hd
-                : k + (int64_t)t * k_stride + (int64_t)(h - Hq) * hd;
-    const W *nw = is_q ? qn : kn;
-    /* before the PDL wait: step metadata (uploaded before the step) and weights only */
+/* The per-(token, head) row math shared by k_qk_norm_rope and the fused QKV kernel
+ * k_gemv_norm_rope (one code path, so both round at the same points). One warp; lane owns
+ * d = lane + 32·i (i < 8, d < hd); unrolled so the per-lane values stay in registers.
+ * Part 1 (weights and inv_freq only, may run before the PDL wait): */
+template <typename W>
+__device__ __forceinline__ void s_qk_pre(float *nwv, float *ifv, const W *nw,
+                                         const float *inv_freq, int hd, int lane) {
     const int half = hd / 2;
-    const int pt = pos[t], ph = pos[T + t], pw = pos[2 * T + t];
-    /* lane owns d = lane + 32·i (i < 8, d < hd); unrolled so the per-lane values stay in
-       registers */
-    float nwv[8], ifv[8];
 #pragma unroll
     for (int i = 0; i < 8; i++) {
         const int d = lane + 32 * i;
         nwv[i] = d < hd ? ld(&nw[d]) : 0.0f;
         ifv[i] = d < hd ? inv_freq[d < half ? d : d - half] : 0.0f;
     }
-    pdl_wait();
-    pdl_trigger();
-    float *buf = sh + warp * hd;
+}
+
+/* bf16 load through L2 (rows written by other blocks of the same kernel) */
+__device__ __forceinline__ float s_ld_cg(const bf16 *p) { return __bfloat162float(__ldcg(p)); }
+__device__ __forceinline__ float s_ld_cg(const float *p) { return __ldcg(p); }
+
+/* Part 2: RMSNorm (rounded to A, times the norm weight, rounded) then rotate_half RoPE with
+ * M-RoPE sections (rounded cos/sin, products and sum rounded), in place on p[0..hd); if kdst:
+ * also kdst[d] = result; if vdst: vdst[d] = vsrc[d]. buf: hd floats of shared memory for this warp.
+ * CG: p (and vsrc) were written by other blocks of this kernel: load them through L2. */
+template <bool CG, typename A, typename KV>
+__device__ __forceinline__ void s_qk_apply(A *p, const float *nwv, const float *ifv, int pt,
+                                           int ph, int pw, int hd, float eps, int sec1, int sec2,
+                                           float *buf, KV *kdst, KV *vdst, const A *vsrc,
+                                           int lane) {
+    const int half = hd / 2;
     float ss = 0.0f;
 #pragma unroll
     for (int i = 0; i < 8; i++) {
         const int d = lane + 32 * i;
         if (d < hd) {
-            float x = ld(&p[d]);
+            float x = CG ? s_ld_cg(&p[d]) : ld(&p[d]);
             buf[d] = x;
             ss += x * x;
         }
@@ -356,19 +429,56 @@ __global__ void k_qk_norm_rope(A *q, int q_stride, A *k, int k_stride, const W *
             outv[i] = rnd<A>(rnd<A>(x * cs) + rnd<A>(rot * sn));
         }
     }
-    int64_t slot = kpool ? (int64_t)slots[t] : 0;
 #pragma unroll
     for (int i = 0; i < 8; i++) {
         const int d = lane + 32 * i;
         if (d < hd) {
             st(&p[d], outv[i]);
-            if (kpool && !is_q) {
-                int64_t o = (slot * Hk + (h - Hq)) * hd + d;
-                st(&kpool[o], outv[i]);
-                st(&vpool[o], ld(&v[(int64_t)t * v_stride + (int64_t)(h - Hq) * hd + d]));
-            }
+            if (kdst)
+                st(&kdst[d], outv[i]);
+            if (vdst)
+                st(&vdst[d], CG ? s_ld_cg(&vsrc[d]) : ld(&vsrc[d]));
         }
     }
+}
+
+/* One warp per (token, head) row; heads 0..Hq-1 are q, Hq..Hq+Hk-1 are k. The normalised row is
+ * staged in shared memory so the rotate_half partner (j + hd/2) is at hand for any hd. */
+template <typename A, typename W, typename KV>
+__global__ void k_qk_norm_rope(A *q, int q_stride, A *k, int k_stride, const W *qn, const W *kn,
+                               const int32_t *pos, const float *inv_freq, int T, int Hq, int Hk,
+                               int hd, float eps, int sec1, int sec2, KV *kpool, KV *vpool,
+                               const A *v, int v_stride, const int32_t *slots) {
+    extern __shared__ float sh[];
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int64_t row = (int64_t)blockIdx.x * (blockDim.x >> 5) + warp;
+    int nh = Hq + Hk;
+    if (row >= (int64_t)T * nh) {
+        pdl_wait();
+        pdl_trigger();
+        return;
+    }
+    int t = (int)(row / nh), h = (int)(row % nh);
+    bool is_q = h < Hq;
+    A *p = is_q ? q + (int64_t)t * q_stride + (int64_t)h * hd
+                : k + (int64_t)t * k_stride + (int64_t)(h - Hq) * hd;
+    const W *nw = is_q ? qn : kn;
+    /* before the PDL wait: step metadata (uploaded before the step) and weights only */
+    const int pt = pos[t], ph = pos[T + t], pw = pos[2 * T + t];
+    float nwv[8], ifv[8];
+    s_qk_pre<W>(nwv, ifv, nw, inv_freq, hd, lane);
+    pdl_wait();
+    pdl_trigger();
+    KV *kd = nullptr, *vd = nullptr;
+    const A *vs = nullptr;
+    if (kpool && !is_q) {
+        int64_t o = ((int64_t)slots[t] * Hk + (h - Hq)) * hd;
+        kd = kpool + o;
+        vd = vpool + o;
+        vs = v + (int64_t)t * v_stride + (int64_t)(h - Hq) * hd;
+    }
+    s_qk_apply<false, A, KV>(p, nwv, ifv, pt, ph, pw, hd, eps, sec1, sec2, sh + warp * hd, kd, vd,
+                             vs, lane);
 }
 
 template <typename A, typename W, typename KV>
@@ -387,6 +497,127 @@ int ek_qk_norm_rope(cudaStream_t s, A *q, int q_stride, A *k, int k_stride, cons
                          wpb * hd * sizeof(float), s, q, q_stride, k, k_stride, qn, kn, pos,
                          inv_freq, T, Hq, Hk, hd, eps, sec1, sec2, kpool, vpool, v, v_stride,
                          slots));
+    return 0;
+}
+
+/* --- QKV GEMV + QK-norm + RoPE + KV write, fused (decode path) ---------------------------- */
+
+/* k_gemv_norm's add + RMSNorm prologue and QKV GEMV (8 rows per block, one per warp, the same
+ * code), then: v rows go straight to the paged V pool as well; for q and k heads (hd / 8 blocks
+ * each) the last block of the head to finish (a per-head counter, reset by that block) applies
+ * k_qk_norm_rope's row math (s_qk_apply) to the head's rows of every token, in place in y, and
+ * writes k to the paged K pool. Saves the separate k_qk_norm_rope launch per layer. */
+/* min blocks per SM: k_gemv_norm's occupancy (its register counts: 40 for NT = 1, <= 64 else),
+ * which the rope tail alone would lower */
+template <int NT>
+__global__ void __launch_bounds__(256, NT == 1 ? 6 : 4)
+    k_gemv_norm_rope(bf16 *y, const bf16 *w, int N, int D, const bf16 *h_in, const bf16 *delta,
+                     bf16 *h_out, const bf16 *nw, float eps, int Hq, int Hk, int hd,
+                     const bf16 *qn, const bf16 *kn, const int32_t *pos, const float *inv_freq,
+                     int sec1, int sec2, bf16 *kpool, bf16 *vpool, const int32_t *slots,
+                     int *cnt) {
+    extern __shared__ __align__(16) unsigned char smem_g[];
+    __shared__ int last;
+    bf16 *xs = (bf16 *)smem_g;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int n0 = blockIdx.x * 8, n = n0 + warp;
+    const int head = n0 / hd; /* all 8 rows of the block lie in this head (hd % 8 == 0) */
+    const bool is_v = head >= Hq + Hk;
+    const bf16 *wr = w + (int64_t)(n < N ? n : 0) * D;
+    if (n < N)
+        l2_prefetch_warp(wr, (size_t)D * 2, lane);
+    pdl_wait();
+    pdl_trigger();
+    ek_norm_prologue<NT>(xs, h_in, delta, h_out, nw, eps, nullptr, D, blockIdx.x == 0);
+    if (n < N) {
+        float acc[NT];
+#pragma unroll
+        for (int t = 0; t < NT; t++)
+            acc[t] = 0.0f;
+#pragma unroll 4
+        for (int c = lane * 8; c < D; c += 256) {
+            float wf[8];
+            ld8(wr + c, wf);
+#pragma unroll
+            for (int t = 0; t < NT; t++) {
+                float xf[8];
+                ld8(xs + t * D + c, xf);
+#pragma unroll
+                for (int i = 0; i < 8; i++)
+                    acc[t] = fmaf(wf[i], xf[i], acc[t]);
+            }
+        }
+#pragma unroll
+        for (int t = 0; t < NT; t++) {
+            float v = warp_sum(acc[t]);
+            if (lane == 0) {
+                y[(int64_t)t * N + n] = __float2bfloat16(v);
+                if (is_v)
+                    vpool[((int64_t)slots[t] * Hk + (head - Hq - Hk)) * hd + (n - head * hd)] =
+                        __float2bfloat16(v);
+            }
+        }
+    }
+    if (is_v)
+        return;
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        int prev = atomicAdd(&cnt[head], 1);
+        last = prev == hd / 8 - 1;
+        if (last)
+            cnt[head] = 0; /* all hd / 8 blocks of the head have counted: graph-replayable */
+    }
+    __syncthreads();
+    if (!last)
+        return;
+    __threadfence();
+    float *buf = (float *)smem_g; /* xs is done with (the __syncthreads above) */
+    const bool is_q = head < Hq;
+    /* loaded here, not before the GEMV: held across it they cost registers (occupancy) */
+    float nwv[8], ifv[8];
+    s_qk_pre<bf16>(nwv, ifv, is_q ? qn : kn, inv_freq, hd, lane);
+    for (int t = warp; t < NT; t += 8) {
+        bf16 *p = y + (int64_t)t * N + (int64_t)head * hd;
+        bf16 *kd = nullptr;
+        if (!is_q)
+            kd = kpool + ((int64_t)slots[t] * Hk + (head - Hq)) * hd;
+        s_qk_apply<true, bf16, bf16>(p, nwv, ifv, pos[t], pos[NT + t], pos[2 * NT + t], hd, eps,
+                                     sec1, sec2, buf + warp * hd, kd, (bf16 *)nullptr,
+                                     (const bf16 *)nullptr, lane);
+    }
+}
+
+bool ek_gemv_norm_rope_supported(int T, int D, int hd) {
+    return ek_gemv_norm_supported(T, D) && hd >= 8 && hd <= 256 && hd % 8 == 0;
+}
+
+int ek_gemv_norm_rope(cudaStream_t s, bf16 *qkv, const bf16 *w, int T, int D, const bf16 *h_in,
+                      const bf16 *delta, bf16 *h_out, const bf16 *nw, float eps, int Hq, int Hk,
+                      int hd, const bf16 *qn, const bf16 *kn, const int32_t *pos,
+                      const float *inv_freq, int sec1, int sec2, bf16 *kpool, bf16 *vpool,
+                      const int32_t *slots, int *counters) {
+    if (!ek_gemv_norm_rope_supported(T, D, hd) || Hq <= 0 || Hk <= 0)
+        return -EINVAL;
+    const int N = (Hq + 2 * Hk) * hd;
+    size_t sm = (size_t)T * D * 2;
+    if (sm < (size_t)T * hd * 4)
+        sm = (size_t)T * hd * 4;
+    if (sm > 48 * 1024)
+        return -EINVAL;
+    const int blocks = N / 8;
+    cudaError_t e = cudaSuccess;
+#define GR_CASE(NT_)                                                                               \
+    case NT_:                                                                                      \
+        e = ek_launch(k_gemv_norm_rope<NT_>, dim3(blocks), dim3(256), sm, s, qkv, w, N, D, h_in,   \
+                      delta, h_out, nw, eps, Hq, Hk, hd, qn, kn, pos, inv_freq, sec1, sec2, kpool, \
+                      vpool, slots, counters);                                                     \
+        break;
+    switch (T) {
+        GR_CASE(1) GR_CASE(2) GR_CASE(3) GR_CASE(4) GR_CASE(5) GR_CASE(6) GR_CASE(7) GR_CASE(8)
+    }
+#undef GR_CASE
+    CUDA_CHECK(e);
     return 0;
 }
 

@@ -36,6 +36,12 @@ int ek_add_rmsnorm(cudaStream_t s, A *out, A *resid, const A *x, const W *w, int
 template <typename A, typename O>
 int ek_matmul(const ek_ctx *c, O *y, const A *x, const bf16 *w, int T, int N, int K);
 
+/* y (T,N) bf16 = x (T,K) · wᵀ for T <= 8 with each row split over ks (2, 4, 8) warps (more warps
+ * and loads in flight than ek_matmul's GEMV for small N; another f32 summation order). -EINVAL
+ * unless ek_gemv_ks_supported (K % 8 == 0, 16-byte aligned x and w). */
+int ek_gemv_ks(cudaStream_t s, bf16 *y, const bf16 *x, const bf16 *w, int T, int N, int K, int ks);
+bool ek_gemv_ks_supported(int T, int K, int ks, const void *x, const void *w);
+
 /* QK-norm + RoPE/M-RoPE, in place on q (row stride q_stride elements) and k (k_stride); per
  * (token, head) row of hd values. pos (3,T) i32 rows T,H,W; inv_freq (hd/2) f32.
  * sec1/sec2: M-RoPE H/W section sizes (0 = plain RoPE). If kpool != NULL, the rotated k and the
@@ -216,6 +222,17 @@ int ek_gemv_norm(cudaStream_t s, bf16 *y, const bf16 *w, int T, int N, int D, co
                  const bf16 *delta, bf16 *h_out, const bf16 *nw, float eps);
 bool ek_gemv_norm_supported(int T, int D);
 
+/* ek_gemv_norm into qkv (T, (Hq+2·Hk)·hd) with ek_qk_norm_rope (bf16, kpool/vpool set) fused
+ * into its epilogue: q and k rows normalised and rotated in place, k and v written to the paged
+ * pools at slots[t]; the same rounding points as the two kernels. pos (3,T). counters: Hq + Hk
+ * ints, zero, left zero. Needs ek_gemv_norm_rope_supported (hd % 8 == 0, hd <= 256). */
+int ek_gemv_norm_rope(cudaStream_t s, bf16 *qkv, const bf16 *w, int T, int D, const bf16 *h_in,
+                      const bf16 *delta, bf16 *h_out, const bf16 *nw, float eps, int Hq, int Hk,
+                      int hd, const bf16 *qn, const bf16 *kn, const int32_t *pos,
+                      const float *inv_freq, int sec1, int sec2, bf16 *kpool, bf16 *vpool,
+                      const int32_t *slots, int *counters);
+bool ek_gemv_norm_rope_supported(int T, int D, int hd);
+
 /* Decode-path router: add + RMSNorm prologue, router GEMV (f32 logits into m->logits) and, in the
  * last block to finish, softmax + top-k into m->ids / m->wts. Writes the new residual h_out and
  * the normalised x xn_out (for the experts). counter: one int, zero, left zero. T <= 8. */
@@ -224,8 +241,14 @@ int ek_router_fused(cudaStream_t s, const ek_moe_scratch *m, int *counter, const
                     int T, int E, int D, int K, bool norm, const bf16 *h_in, const bf16 *delta,
                     bf16 *h_out, const bf16 *nw, float eps, bf16 *xn_out);
 /* The expert half of ek_moe, with m->ids / m->wts already filled (after ek_router_fused);
- * same expert range (e0, ne) and output type O. */
+ * same expert range (e0, ne) and output type O. fused_cnt (EK_MOE_FUSED_CNT ints, zero, left
+ * zero) != NULL: on the GEMV path with T <= EK_MOE_FUSED_MAX_T, K <= 8, D % 8 == I % 8 == 0,
+ * gate/up and down run as one persistent kernel (k_moe_fused; same rounding); otherwise (or
+ * NULL) k_moe_gu + k_moe_down. */
+#define EK_MOE_FUSED_CNT 16
+extern thread_local int ek_moe_fused_cap; /* > 0: at most this many k_moe_fused blocks (tests) */
+#define EK_MOE_FUSED_MAX_T 8
 template <typename A, typename O = A>
 int ek_moe_experts(const ek_ctx *c, O *out, const A *x, const bf16 *gate, const bf16 *up,
                    const bf16 *down, int T, int D, int I, int E, int K, int mode,
-                   const ek_moe_scratch *m, int e0 = 0, int ne = 0);
+                   const ek_moe_scratch *m, int e0 = 0, int ne = 0, int *fused_cnt = nullptr);

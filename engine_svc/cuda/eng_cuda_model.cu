@@ -9,8 +9,9 @@
  * puts this runner behind the engine service.
  * Each step: one upload of the step metadata (ids, positions, slots, block tables, tiles), then
  * embed -> 48 x [add+rmsnorm, QKV GEMM, qk-norm+rope+KV write, attention, O GEMM, add+rmsnorm,
- * MoE] -> final norm -> logits rows -> lm_head -> argmax. Decode steps (every sequence one token)
- * are replayed from CUDA graphs captured per batch-size bucket.
+ * MoE] -> final norm -> logits rows -> lm_head -> argmax. Steps of T <= 8 tokens fuse these into
+ * five kernels per layer (docs/engine.md, "Decode-path kernels"). Decode steps (every sequence one
+ * token) are replayed from CUDA graphs captured per batch-size bucket.
  *
  * Not here: scheduling, prefix-cache bookkeeping (the scheduler owns block tables), sampling
  * beyond greedy (eng_cuda_sample.cu, the cuda backend's SAMPLE hook). Invariants: nothing is allocated per step;
@@ -113,6 +114,8 @@ struct eng_cuda_model {
     bf16 *h, *h2, *xn, *qkv, *attn, *delta, *xl; /* h/h2: residual ping-pong (decode path) */
     int *attn_cnt;            /* (max_batch_tokens, Hq) split-attention counters, zero */
     int *router_cnt;          /* (1) fused-router counter, zero */
+    int *rope_cnt;            /* (Hq + Hk) fused QKV+rope per-head counters, zero */
+    int *moe_cnt;             /* (EK_MOE_FUSED_CNT) fused-MoE tickets/counters, zero */
     float *logits;            /* (max_seqs, V) */
     int32_t *ids_dev;         /* (max_seqs) */
     float *amax_v;            /* (64, 32) argmax partials */
@@ -126,6 +129,12 @@ struct eng_cuda_model {
     std::vector<graph_ent> graphs;
     bool fuse;                /* fused decode kernels (default on; OM_CUDA_NOFUSE=1 turns off) */
     bool pdl;                 /* programmatic dependent launch in decode (OM_CUDA_NOPDL=1: off) */
+    bool fuse_rope;           /* decode: QK-norm+RoPE+KV write in the QKV GEMV epilogue
+                                 (default on; OM_CUDA_FUSE_ROPE=0: separate k_qk_norm_rope) */
+    bool fuse_moe;            /* decode: gate/up and down in one persistent kernel
+                                 (default on; OM_CUDA_FUSE_MOE=0: k_moe_gu + k_moe_down) */
+    int oproj_ks;             /* decode: o_proj GEMV rows split over this many warps (2, 4, 8;
+                                 OM_CUDA_OPROJ_KSPLIT, default 4; 0 or 1: k_gemv) */
     int cap_layer;            /* capture_hidden */
     float *cap_host;
     eng_cuda_model_info_t info;
@@ -231,6 +240,12 @@ static int s_parse_config(const char *dir, cfg *c, char *err, size_t errlen) {
         return -EOPNOTSUPP;
     }
     return 0;
+}
+
+/* A default-on switch: unset, empty or anything but "0" is on. */
+static bool s_env_on(const char *name) {
+    const char *e = getenv(name);
+    return !(e && !strcmp(e, "0"));
 }
 
 /* --- allocation --------------------------------------------------------------------------- */
@@ -467,7 +482,7 @@ static void s_scratch_free(eng_cuda_model *m) {
     m->meta_dev = nullptr;
     m->h = m->h2 = m->xn = m->qkv = m->attn = m->delta = m->xl = nullptr;
     m->delta32 = nullptr;
-    m->attn_cnt = m->router_cnt = nullptr;
+    m->attn_cnt = m->router_cnt = m->rope_cnt = m->moe_cnt = nullptr;
     m->logits = nullptr;
     m->ids_dev = nullptr;
     m->amax_v = nullptr;
@@ -520,10 +535,13 @@ static int s_scratch_init(eng_cuda_model *m, char *err, size_t errlen) {
     m->max_splits = 32;
     RCHECK(s_alloc_in(sl, (void **)&m->h, (size_t)T * c.D * 2, "scratch: hidden", err, errlen));
     RCHECK(s_alloc_in(sl, (void **)&m->h2, (size_t)T * c.D * 2, "scratch: hidden", err, errlen));
-    RCHECK(s_alloc_in(sl, (void **)&m->attn_cnt, (size_t)T * c.Hq * 4 + 64, "scratch: counters",
-                      err, errlen));
-    MCHECK(cudaMemset(m->attn_cnt, 0, (size_t)T * c.Hq * 4 + 64));
+    /* counters, all zero: attention (T·Hq), router (16), rope (Hq + Hk), MoE */
+    size_t n_cnt = (size_t)T * c.Hq + 16 + (size_t)(c.Hq + c.Hk) + EK_MOE_FUSED_CNT;
+    RCHECK(s_alloc_in(sl, (void **)&m->attn_cnt, n_cnt * 4, "scratch: counters", err, errlen));
+    MCHECK(cudaMemset(m->attn_cnt, 0, n_cnt * 4));
     m->router_cnt = m->attn_cnt + (size_t)T * c.Hq;
+    m->rope_cnt = m->router_cnt + 16;
+    m->moe_cnt = m->rope_cnt + (c.Hq + c.Hk);
     RCHECK(s_alloc_in(sl, (void **)&m->xn, (size_t)T * c.D * 2, "scratch: normed", err, errlen));
     RCHECK(s_alloc_in(sl, (void **)&m->qkv, (size_t)T * Nqkv * 2, "scratch: qkv", err, errlen));
     RCHECK(s_alloc_in(sl, (void **)&m->attn, (size_t)T * c.Hq * c.hd * 2, "scratch: attn", err,
@@ -766,6 +784,14 @@ static int s_model_init(eng_cuda_model *m, const char *dir, char *err, size_t er
     m->cap_layer = -2;
     m->fuse = !getenv("OM_CUDA_NOFUSE");
     m->pdl = !getenv("OM_CUDA_NOPDL");
+    m->fuse_rope = s_env_on("OM_CUDA_FUSE_ROPE");
+    m->fuse_moe = s_env_on("OM_CUDA_FUSE_MOE");
+    {
+        const char *e = getenv("OM_CUDA_OPROJ_KSPLIT");
+        m->oproj_ks = e && *e ? atoi(e) : 4;
+        if (m->oproj_ks != 2 && m->oproj_ks != 4 && m->oproj_ks != 8)
+            m->oproj_ks = 1;
+    }
     if (m->tp_n > 1) /* TP: PDL next to NCCL kernels in captured graphs is untested; opt in */
         m->pdl = m->pdl && getenv("OM_CUDA_TP_PDL") && !strcmp(getenv("OM_CUDA_TP_PDL"), "1");
     return 0;
@@ -1064,6 +1090,8 @@ static int s_run(eng_cuda_model *m, const step &st, char *err, size_t errlen) {
     /* decode path (T <= 8): add+RMSNorm fused into the QKV GEMV and into the router (with
        top-k), residual ping-pong between h and h2; otherwise separate norm kernels in place. */
     const bool fused = m->fuse && T <= 8 && ek_gemv_norm_supported(T, c.D);
+    /* ... and QK-norm + RoPE + KV write in the QKV GEMV's epilogue (one launch less per layer) */
+    const bool fuse_rope = fused && m->fuse_rope && ek_gemv_norm_rope_supported(T, c.D, c.hd);
     bf16 *cur = m->h, *oth = m->h2;
     struct pdl_guard {
         explicit pdl_guard(bool on) { ek_pdl = on; }
@@ -1074,7 +1102,13 @@ static int s_run(eng_cuda_model *m, const step &st, char *err, size_t errlen) {
         const layer_w &w = m->lw[l];
         bf16 *kp = m->kv + (size_t)l * lstride;
         bf16 *vp = m->kv + (size_t)(c.L + l) * lstride;
-        if (fused) {
+        if (fuse_rope) {
+            RCHECK(ek_gemv_norm_rope(s, m->qkv, w.wqkv, T, c.D, cur, l == 0 ? nullptr : m->delta,
+                                     oth, w.attn_norm, c.eps, c.Hq, c.Hk, c.hd, w.q_norm,
+                                     w.k_norm, md + mo.pos3, m->inv_freq, c.sec[1], c.sec[2], kp,
+                                     vp, md + mo.slots, m->rope_cnt));
+            std::swap(cur, oth);
+        } else if (fused) {
             RCHECK(ek_gemv_norm(s, m->qkv, w.wqkv, T, Nqkv, c.D, cur, l == 0 ? nullptr : m->delta,
                                 oth, w.attn_norm, c.eps));
             std::swap(cur, oth);
@@ -1085,10 +1119,11 @@ static int s_run(eng_cuda_model *m, const step &st, char *err, size_t errlen) {
                 RCHECK(ek_add_rmsnorm<bf16, bf16>(s, m->xn, cur, m->delta, w.attn_norm, T, c.D, c.eps));
             RCHECK(ek_matmul<bf16, bf16>(&m->kc, m->qkv, m->xn, w.wqkv, T, Nqkv, c.D));
         }
-        RCHECK(ek_qk_norm_rope<bf16, bf16, bf16>(
-            s, m->qkv, Nqkv, m->qkv + c.Hq * c.hd, Nqkv, w.q_norm, w.k_norm, md + mo.pos3,
-            m->inv_freq, T, c.Hq, c.Hk, c.hd, c.eps, c.sec[1], c.sec[2], kp, vp,
-            m->qkv + (c.Hq + c.Hk) * c.hd, Nqkv, md + mo.slots));
+        if (!fuse_rope)
+            RCHECK(ek_qk_norm_rope<bf16, bf16, bf16>(
+                s, m->qkv, Nqkv, m->qkv + c.Hq * c.hd, Nqkv, w.q_norm, w.k_norm, md + mo.pos3,
+                m->inv_freq, T, c.Hq, c.Hk, c.hd, c.eps, c.sec[1], c.sec[2], kp, vp,
+                m->qkv + (c.Hq + c.Hk) * c.hd, Nqkv, md + mo.slots));
         if (st.n_tiles > 0 && s_attn_tc_min_t() > 0 && ek_attention_tc_supported(c.Hq, c.Hk, c.hd))
             RCHECK((ek_attention_prefill_tc<bf16, bf16>(
                 s, m->attn, m->qkv, kp, vp, md + mo.tok_pos, md + mo.bt, md + mo.tiles,
@@ -1119,6 +1154,9 @@ static int s_run(eng_cuda_model *m, const step &st, char *err, size_t errlen) {
                                                          m->fuse ? m->attn_cnt : nullptr)));
         if (red32)
             RCHECK(ek_matmul<bf16, float>(&m->kc, m->delta32, m->attn, w.wo, T, c.D, c.Hq * c.hd));
+        else if (fused && m->oproj_ks > 1 &&
+                 ek_gemv_ks_supported(T, c.Hq * c.hd, m->oproj_ks, m->attn, w.wo))
+            RCHECK(ek_gemv_ks(s, m->delta, m->attn, w.wo, T, c.D, c.Hq * c.hd, m->oproj_ks));
         else
             RCHECK(ek_matmul<bf16, bf16>(&m->kc, m->delta, m->attn, w.wo, T, c.D, c.Hq * c.hd));
         if (m->tp_n > 1) /* TP: o_proj partial sums of this rank's heads */
@@ -1127,13 +1165,15 @@ static int s_run(eng_cuda_model *m, const step &st, char *err, size_t errlen) {
             RCHECK(ek_router_fused(s, &m->ms, m->router_cnt, w.router, T, c.E, c.D, c.K,
                                    c.norm_topk, cur, m->delta, oth, w.ffn_norm, c.eps, m->xn));
             std::swap(cur, oth);
+            int *fcnt = m->fuse_moe ? m->moe_cnt : nullptr;
             if (red32)
                 RCHECK(ek_moe_experts<bf16, float>(&m->kc, m->delta32, m->xn, w.gate, w.up,
                                                    w.down, T, c.D, c.I, c.E, c.K, m->o.moe_mode,
-                                                   &m->ms, e0, ne));
+                                                   &m->ms, e0, ne, fcnt));
             else
                 RCHECK(ek_moe_experts<bf16>(&m->kc, m->delta, m->xn, w.gate, w.up, w.down, T,
-                                            c.D, c.I, c.E, c.K, m->o.moe_mode, &m->ms, e0, ne));
+                                            c.D, c.I, c.E, c.K, m->o.moe_mode, &m->ms, e0, ne,
+                                            fcnt));
         } else {
             RCHECK(ek_add_rmsnorm<bf16, bf16>(s, m->xn, cur, m->delta, w.ffn_norm, T, c.D, c.eps));
             if (red32)

@@ -3,7 +3,9 @@
  *
  *  - GEMV (few tokens, decode): one warp per (token, top-k slot, output row) reads only the routed
  *    experts' rows; gate and up are read together and SwiGLU is fused; the down projection sums
- *    the K weighted expert outputs in the same kernel (weighted un-permute fused).
+ *    the K weighted expert outputs in the same kernel (weighted un-permute fused). Decode steps
+ *    (T <= 8, K <= 8) run both halves as one persistent kernel, k_moe_fused (atomic tickets,
+ *    per-token completion counters; OM_CUDA_FUSE_MOE=0 keeps the two kernels).
  *  - grouped (many tokens): assignments counted per expert, offsets and a tile list built on the
  *    device, inputs permuted into expert order, then grouped tensor-core GEMMs (WMMA bf16, f32
  *    accumulate, cp.async 3-stage pipeline): gate+up in one kernel with SwiGLU in its epilogue,
@@ -19,6 +21,7 @@
  * or permuted, pos = -1), so out is the weighted sum of the local experts' outputs only (exactly
  * zero for a token with none). ne = 0 means all E. Output type O: A, or float for the f32
  * tensor-parallel reduction (the weighted sum is then not rounded). */
+#include <cstdlib>
 #include <mma.h>
 
 #include "eng_cuda_kern.cuh"
@@ -191,17 +194,12 @@ __global__ void __launch_bounds__(256)
 
 /* --- GEMV path ---------------------------------------------------------------------------- */
 
+/* One warp: h[a][i] = bf16(silu(bf16(gate_e[i]·x_t)) rounded) · bf16(up_e[i]·x_t), e = ids[a],
+ * t = a / K; nothing for a pair routed outside [e0, e0+ne). Shared by k_moe_gu and k_moe_fused. */
 template <typename A, bool VEC>
-__global__ void __launch_bounds__(256)
-    k_moe_gu(A *h, const A *x, const bf16 *gate, const bf16 *up, const int32_t *ids, int K, int I,
-             int D, int e0, int ne) {
-    int i = blockIdx.x * 8 + (threadIdx.x >> 5);
-    int lane = threadIdx.x & 31;
-    int a = blockIdx.y; /* t*K + k */
-    pdl_wait();
-    pdl_trigger();
-    if (i >= I)
-        return;
+__device__ __forceinline__ void s_gu_row(A *h, const A *x, const bf16 *gate, const bf16 *up,
+                                         const int32_t *ids, int a, int i, int K, int I, int D,
+                                         int e0, int ne, int lane) {
     int t = a / K, e = ids[a] - e0;
     if ((unsigned)e >= (unsigned)ne) /* routed to another rank's expert */
         return;
@@ -237,6 +235,87 @@ __global__ void __launch_bounds__(256)
     }
 }
 
+template <typename A, bool VEC>
+__global__ void __launch_bounds__(256)
+    k_moe_gu(A *h, const A *x, const bf16 *gate, const bf16 *up, const int32_t *ids, int K, int I,
+             int D, int e0, int ne) {
+    int i = blockIdx.x * 8 + (threadIdx.x >> 5);
+    int lane = threadIdx.x & 31;
+    int a = blockIdx.y; /* t*K + k */
+    pdl_wait();
+    pdl_trigger();
+    if (i >= I)
+        return;
+    s_gu_row<A, VEC>(h, x, gate, up, ids, a, i, K, I, D, e0, ne, lane);
+}
+
+/* 8 activations; CG: through L2 (h written by other blocks of the same kernel). */
+template <bool CG> __device__ __forceinline__ void s_ld8h(const bf16 *p, float *f) {
+    if (!CG) {
+        ld8(p, f);
+        return;
+    }
+    uint4 u = __ldcg(reinterpret_cast<const uint4 *>(p));
+    const __nv_bfloat162 *hh = reinterpret_cast<const __nv_bfloat162 *>(&u);
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        float2 t = __bfloat1622float2(hh[i]);
+        f[2 * i] = t.x;
+        f[2 * i + 1] = t.y;
+    }
+}
+template <bool CG> __device__ __forceinline__ void s_ld8h(const float *p, float *f) {
+    if (!CG) {
+        ld8(p, f);
+        return;
+    }
+    float4 a = __ldcg(reinterpret_cast<const float4 *>(p));
+    float4 b = __ldcg(reinterpret_cast<const float4 *>(p + 4));
+    f[0] = a.x; f[1] = a.y; f[2] = a.z; f[3] = a.w;
+    f[4] = b.x; f[5] = b.y; f[6] = b.z; f[7] = b.w;
+}
+
+/* One warp, K <= 8, I % 8 == 0: out[t][d] = Σ_k bf16(bf16(down_e[d]·h[t·K+k]) · w[t·K+k]) with
+ * all K expert rows in flight at once, reductions at the end. Shared by k_moe_down and
+ * k_moe_fused. */
+template <typename A, typename O, bool CG>
+__device__ __forceinline__ void s_down_vec8(O *out, const A *h, const bf16 *down,
+                                            const int32_t *ids, const float *wts, int t, int d,
+                                            int K, int D, int I, int e0, int ne, int lane) {
+    float acc = 0.0f;
+    float part[8];
+    const bf16 *wr[8];
+    bool loc[8]; /* slot k routed to a local expert */
+#pragma unroll
+    for (int k = 0; k < 8; k++) {
+        part[k] = 0.0f;
+        int e = ids[t * K + (k < K ? k : 0)] - e0;
+        loc[k] = k < K && (unsigned)e < (unsigned)ne;
+        wr[k] = down + ((int64_t)(loc[k] ? e : 0) * D + d) * I;
+    }
+    for (int c = lane * 8; c < I; c += 256) {
+#pragma unroll
+        for (int k = 0; k < 8; k++) {
+            if (loc[k]) {
+                float wf[8], hf[8];
+                ld8(wr[k] + c, wf);
+                s_ld8h<CG>(h + (int64_t)(t * K + k) * I + c, hf);
+#pragma unroll
+                for (int j = 0; j < 8; j++)
+                    part[k] = fmaf(wf[j], hf[j], part[k]);
+            }
+        }
+    }
+#pragma unroll
+    for (int k = 0; k < 8; k++)
+        if (loc[k]) {
+            float y = rnd<A>(warp_sum(part[k]));
+            acc += rnd<A>(y * wts[t * K + k]);
+        }
+    if (lane == 0)
+        st(&out[(int64_t)t * D + d], acc);
+}
+
 template <typename A, typename O, bool VEC>
 __global__ void __launch_bounds__(256)
     k_moe_down(O *out, const A *h, const bf16 *down, const int32_t *ids, const float *wts, int K,
@@ -254,66 +333,136 @@ __global__ void __launch_bounds__(256)
     pdl_trigger();
     if (d >= D)
         return;
-    float acc = 0.0f;
     if (VEC && K <= 8) {
-        /* all K expert rows in flight at once, reductions at the end */
-        float part[8];
-        const bf16 *wr[8];
-        bool loc[8]; /* slot k routed to a local expert */
+        s_down_vec8<A, O, false>(out, h, down, ids, wts, t, d, K, D, I, e0, ne, lane);
+        return;
+    }
+    float acc = 0.0f;
+    for (int k = 0; k < K; k++) {
+        int a = t * K + k;
+        int e = ids[a] - e0;
+        if ((unsigned)e >= (unsigned)ne)
+            continue;
+        const bf16 *wr = down + ((int64_t)e * D + d) * I;
+        const A *hr = h + (int64_t)a * I;
+        float y = 0.0f;
+        if (VEC) {
+            for (int c = lane * 8; c < I; c += 256) {
+                float wf[8], hf[8];
+                ld8(wr + c, wf);
+                ld8(hr + c, hf);
 #pragma unroll
-        for (int k = 0; k < 8; k++) {
-            part[k] = 0.0f;
-            int e = ids[t * K + (k < K ? k : 0)] - e0;
-            loc[k] = k < K && (unsigned)e < (unsigned)ne;
-            wr[k] = down + ((int64_t)(loc[k] ? e : 0) * D + d) * I;
-        }
-        for (int c = lane * 8; c < I; c += 256) {
-#pragma unroll
-            for (int k = 0; k < 8; k++) {
-                if (loc[k]) {
-                    float wf[8], hf[8];
-                    ld8(wr[k] + c, wf);
-                    ld8(h + (int64_t)(t * K + k) * I + c, hf);
-#pragma unroll
-                    for (int j = 0; j < 8; j++)
-                        part[k] = fmaf(wf[j], hf[j], part[k]);
-                }
+                for (int j = 0; j < 8; j++)
+                    y = fmaf(wf[j], hf[j], y);
             }
+        } else {
+            for (int c = lane; c < I; c += 32)
+                y = fmaf(ld(&wr[c]), ld(&hr[c]), y);
         }
-#pragma unroll
-        for (int k = 0; k < 8; k++)
-            if (loc[k]) {
-                float y = rnd<A>(warp_sum(part[k]));
-                acc += rnd<A>(y * wts[t * K + k]);
-            }
-    } else {
-        for (int k = 0; k < K; k++) {
-            int a = t * K + k;
-            int e = ids[a] - e0;
-            if ((unsigned)e >= (unsigned)ne)
-                continue;
-            const bf16 *wr = down + ((int64_t)e * D + d) * I;
-            const A *hr = h + (int64_t)a * I;
-            float y = 0.0f;
-            if (VEC) {
-                for (int c = lane * 8; c < I; c += 256) {
-                    float wf[8], hf[8];
-                    ld8(wr + c, wf);
-                    ld8(hr + c, hf);
-#pragma unroll
-                    for (int j = 0; j < 8; j++)
-                        y = fmaf(wf[j], hf[j], y);
-                }
-            } else {
-                for (int c = lane; c < I; c += 32)
-                    y = fmaf(ld(&wr[c]), ld(&hr[c]), y);
-            }
-            y = rnd<A>(warp_sum(y));
-            acc += rnd<A>(y * wts[a]);
-        }
+        y = rnd<A>(warp_sum(y));
+        acc += rnd<A>(y * wts[a]);
     }
     if (lane == 0)
         st(&out[(int64_t)t * D + d], acc);
+}
+
+/* --- GEMV path, fused: gate/up and down in one persistent kernel (decode) ------------------ */
+
+__device__ __forceinline__ int s_ld_acquire(const int *p) {
+    int v;
+    asm volatile("ld.acquire.gpu.global.b32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+    return v;
+}
+
+/* Work tiles of 8 rows (one per warp), handed out by an atomic ticket: tickets [0, n_gu) are the
+ * gate/up tiles (token-major: assignment a = t·K + k, then rows i), [n_gu, n_all) the down tiles
+ * (token t, rows d). A gate/up tile counts itself into done[t] (release: fence, then atomic); a
+ * down tile of token t first prefetches its K expert rows into L2, then spins (acquire) until
+ * done[t] = K·ceil(I/8), then reads h through L2. Every gate/up ticket is handed out before any
+ * down ticket and a block holds at most its current ticket and the next (a larger one), so a
+ * spinning block never holds an unfinished gate/up tile: no deadlock, whatever the residency.
+ * cnt: [0] ticket, [1] exited blocks, [2 + t] done[t]; the last block to exit zeroes them all
+ * (graph-replayable). Same code and rounding as k_moe_gu + k_moe_down (s_gu_row, s_down_vec8). */
+template <typename A, typename O>
+__global__ void __launch_bounds__(256)
+    k_moe_fused(O *out, A *h, const A *x, const bf16 *gate, const bf16 *up, const bf16 *down,
+                const int32_t *ids, const float *wts, int T, int K, int D, int I, int e0, int ne,
+                int *cnt) {
+    __shared__ int tk[2];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int gu_per_a = (I + 7) / 8, dn_per_t = (D + 7) / 8;
+    const int n_gu = T * K * gu_per_a, n_all = n_gu + T * dn_per_t;
+    pdl_wait();
+    pdl_trigger();
+    if (threadIdx.x == 0)
+        tk[0] = atomicAdd(&cnt[0], 1);
+    __syncthreads();
+    int b = 0, cur = tk[0];
+    while (cur < n_all) {
+        if (threadIdx.x == 0)
+            tk[b ^ 1] = atomicAdd(&cnt[0], 1); /* the next ticket, in flight during this tile */
+        if (cur < n_gu) {
+            const int a = cur / gu_per_a, i = (cur % gu_per_a) * 8 + warp;
+            if (i < I)
+                s_gu_row<A, true>(h, x, gate, up, ids, a, i, K, I, D, e0, ne, lane);
+            __threadfence();
+            __syncthreads();
+            if (threadIdx.x == 0)
+                atomicAdd(&cnt[2 + a / K], 1);
+        } else {
+            const int r = cur - n_gu, t = r / dn_per_t, d = (r % dn_per_t) * 8 + warp;
+            if (d < D)
+                for (int k = 0; k < K; k++) {
+                    const int e = ids[t * K + k] - e0;
+                    if ((unsigned)e < (unsigned)ne)
+                        l2_prefetch_warp(down + ((int64_t)e * D + d) * I, (size_t)I * 2, lane);
+                }
+            if (threadIdx.x == 0) {
+                const int need = K * gu_per_a;
+                while (s_ld_acquire(&cnt[2 + t]) < need)
+                    ;
+            }
+            __syncthreads();
+            __threadfence();
+            if (d < D)
+                s_down_vec8<A, O, true>(out, h, down, ids, wts, t, d, K, D, I, e0, ne, lane);
+        }
+        __syncthreads();
+        b ^= 1;
+        cur = tk[b];
+    }
+    if (threadIdx.x == 0) {
+        __threadfence();
+        if (atomicAdd(&cnt[1], 1) == (int)gridDim.x - 1) {
+            /* every block has taken its last ticket and finished its tiles */
+            cnt[0] = 0;
+            for (int t = 0; t < T; t++)
+                cnt[2 + t] = 0;
+            cnt[1] = 0;
+        }
+    }
+}
+
+thread_local int ek_moe_fused_cap = 0;
+
+template <typename A, typename O> static int s_moe_fused_blocks(int n_all) {
+    /* resident blocks the device holds (cached per host thread = per device, TP ranks) */
+    static thread_local int per_sm = 0, sms = 0;
+    if (!per_sm) {
+        int dev = 0;
+        CUDA_CHECK(cudaGetDevice(&dev));
+        CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+        CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, k_moe_fused<A, O>, 256, 0));
+        if (per_sm < 1)
+            per_sm = 1;
+    }
+    int g = per_sm * sms;
+    /* a cap on the grid: the test hook's (ek_moe_fused_cap), else OM_CUDA_MOE_BLOCKS=n (tuning) */
+    static const char *cap_s = getenv("OM_CUDA_MOE_BLOCKS");
+    int cap = ek_moe_fused_cap > 0 ? ek_moe_fused_cap : (cap_s ? atoi(cap_s) : 0);
+    if (cap > 0 && cap < g)
+        g = cap;
+    return n_all < g ? n_all : g;
 }
 
 /* --- grouped path: routing bookkeeping ---------------------------------------------------- */
@@ -574,13 +723,13 @@ int ek_moe(const ek_ctx *c, O *out, const A *x, const bf16 *router, const bf16 *
         return r;
     k_moe_topk<A><<<(T + 3) / 4, 128, 0, s>>>(m->ids, m->wts, m->logits, T, E, K, norm_topk);
     CUDA_LAUNCH_CHECK();
-    return ek_moe_experts<A, O>(c, out, x, gate, up, down, T, D, I, E, K, mode, m, e0, ne);
+    return ek_moe_experts<A, O>(c, out, x, gate, up, down, T, D, I, E, K, mode, m, e0, ne, nullptr);
 }
 
 template <typename A, typename O>
 int ek_moe_experts(const ek_ctx *c, O *out, const A *x, const bf16 *gate, const bf16 *up,
                    const bf16 *down, int T, int D, int I, int E, int K, int mode,
-                   const ek_moe_scratch *m, int e0, int ne) {
+                   const ek_moe_scratch *m, int e0, int ne, int *fused_cnt) {
     if (T == 0)
         return 0;
     if (ne == 0)
@@ -596,6 +745,14 @@ int ek_moe_experts(const ek_ctx *c, O *out, const A *x, const bf16 *gate, const 
         A *h = (A *)m->h;
         bool vec_d = D % 8 == 0 && ((uintptr_t)x % 16) == 0;
         bool vec_i = I % 8 == 0;
+        if (fused_cnt && vec_d && vec_i && T <= EK_MOE_FUSED_MAX_T && K <= 8) {
+            int nb = s_moe_fused_blocks<A, O>(TK * ((I + 7) / 8) + T * ((D + 7) / 8));
+            if (nb < 0)
+                return nb;
+            CUDA_CHECK(ek_launch(k_moe_fused<A, O>, dim3(nb), dim3(256), 0, s, out, h, x, gate, up,
+                                 down, m->ids, m->wts, T, K, D, I, e0, ne, fused_cnt));
+            return 0;
+        }
         dim3 g1((I + 7) / 8, TK);
         if (vec_d)
             CUDA_CHECK(ek_launch(k_moe_gu<A, true>, g1, dim3(256), 0, s, h, x, gate, up, m->ids, K,
@@ -639,7 +796,7 @@ int ek_moe_experts(const ek_ctx *c, O *out, const A *x, const bf16 *gate, const 
                               const ek_moe_scratch *, int, int);                                  \
     template int ek_moe_experts<A, O>(const ek_ctx *, O *, const A *, const bf16 *, const bf16 *, \
                                       const bf16 *, int, int, int, int, int, int,                 \
-                                      const ek_moe_scratch *, int, int);
+                                      const ek_moe_scratch *, int, int, int *);
 EK_INST_MOE(float, float)
 EK_INST_MOE(bf16, bf16)
 EK_INST_MOE(bf16, float)

@@ -435,6 +435,265 @@ static void t_elementwise(int64_t T, int64_t D) {
     s_free(&a); s_free(&b); s_free(&out); s_free(&rows); s_free(&ro);
 }
 
+/* --- fused decode kernels of the model runner (bf16; test hooks of eng_cuda.h) ------------ */
+
+static float s_bfr(float x) { return eng_bf16_to_f32(eng_f32_to_bf16(x)); }
+
+/* n random bf16 values uniform(-a, a) + off, as bit patterns. */
+static uint16_t *s_bf_rand(size_t n, float a, float off) {
+    uint16_t *v = malloc(n * 2 + 2);
+    for (size_t i = 0; i < n; i++)
+        v[i] = eng_f32_to_bf16(off + s_unif(a));
+    return v;
+}
+
+/* Appends |a - ref|² and ref² of n bf16 values; counts bit differences against u (may be NULL). */
+static void s_acc_err(const uint16_t *a, const float *ref, size_t n, double *num, double *den) {
+    for (size_t i = 0; i < n; i++) {
+        double x = eng_bf16_to_f32(a[i]), r = ref[i];
+        *num += (x - r) * (x - r);
+        *den += r * r;
+    }
+}
+static long s_bits_differ(const uint16_t *a, const uint16_t *b, size_t n) {
+    long d = 0;
+    for (size_t i = 0; i < n; i++)
+        d += a[i] != b[i];
+    return d;
+}
+
+/* k_gemv_norm_rope (QKV GEMV + QK-norm + RoPE/M-RoPE + KV write, one kernel) against (a) the two
+ * kernels it replaces (k_gemv_norm + k_qk_norm_rope): bit-identical outputs expected, and (b) a
+ * CPU reference with the same rounding points (bf16 after each op, f32 statistics; NMSE bound:
+ * summation order and cos/sin ulps may flip a bf16 rounding). Also: the per-head counters must be
+ * left zero after 3 runs in a row (graph replays). */
+static void t_qkv_fused(int T, int D, int Hq, int Hk, int hd, int s1, int s2, int with_delta) {
+    g_cases++;
+    const int N = (Hq + 2 * Hk) * hd, half = hd / 2, n_slots = 3 * T + 5;
+    const size_t pool = (size_t)n_slots * Hk * hd;
+    const float eps = 1e-6f, theta = 1e6f;
+    uint16_t *h_in = s_bf_rand((size_t)T * D, 2.0f, 0.0f);
+    uint16_t *delta = with_delta ? s_bf_rand((size_t)T * D, 1.0f, 0.0f) : NULL;
+    uint16_t *nw = s_bf_rand((size_t)D, 0.5f, 1.0f);
+    uint16_t *w = s_bf_rand((size_t)N * D, 0.05f, 0.0f);
+    uint16_t *qn = s_bf_rand((size_t)hd, 0.5f, 1.0f), *kn = s_bf_rand((size_t)hd, 0.5f, 1.0f);
+    uint16_t *kp0 = s_bf_rand(pool, 1.0f, 0.0f), *vp0 = s_bf_rand(pool, 1.0f, 0.0f);
+    int32_t pos[24], slots[8];
+    for (int i = 0; i < 3 * T; i++)
+        pos[i] = (int32_t)(s_rand() % 40000);
+    for (int t = 0; t < T; t++) { /* distinct slots: a permutation prefix */
+        int ok = 0;
+        while (!ok) {
+            slots[t] = (int32_t)(s_rand() % (uint64_t)n_slots);
+            ok = 1;
+            for (int u = 0; u < t; u++)
+                ok &= slots[u] != slots[t];
+        }
+    }
+    uint16_t *out[2][4]; /* [unfused, fused][qkv, h_out, kpool, vpool] */
+    int nz[2];
+    for (int f = 0; f < 2; f++) {
+        out[f][0] = malloc((size_t)T * N * 2);
+        out[f][1] = malloc((size_t)T * D * 2);
+        out[f][2] = malloc(pool * 2);
+        out[f][3] = malloc(pool * 2);
+        eng_cuda_test_qkv_t a = {T, D, Hq, Hk, hd, s1, s2, n_slots, eps, theta, h_in, delta, nw,
+                                 w, qn, kn, pos, slots, kp0, vp0, out[f][0], out[f][1],
+                                 out[f][2], out[f][3]};
+        nz[f] = eng_cuda_test_qkv_rope(f, f ? 3 : 1, &a);
+        s_check(nz[f], f ? "eng_cuda_test_qkv_rope fused" : "eng_cuda_test_qkv_rope unfused");
+    }
+    /* CPU reference */
+    float *rq = malloc((size_t)T * N * 4), *rh = malloc((size_t)T * D * 4);
+    float *rk = malloc(pool * 4), *rv = malloc(pool * 4), *xs = malloc((size_t)D * 4);
+    float *inv = malloc((size_t)half * 4), buf[256];
+    for (size_t i = 0; i < pool; i++) {
+        rk[i] = eng_bf16_to_f32(kp0[i]);
+        rv[i] = eng_bf16_to_f32(vp0[i]);
+    }
+    for (int j = 0; j < half; j++)
+        inv[j] = 1.0f / powf(theta, (float)(2 * j) / (float)hd);
+    for (int t = 0; t < T; t++) {
+        float ss = 0.0f;
+        for (int d = 0; d < D; d++) {
+            float h = eng_bf16_to_f32(h_in[(size_t)t * D + d]);
+            if (delta)
+                h = s_bfr(h + eng_bf16_to_f32(delta[(size_t)t * D + d]));
+            rh[(size_t)t * D + d] = h;
+            ss += h * h;
+        }
+        float rs = 1.0f / sqrtf(ss / (float)D + eps);
+        for (int d = 0; d < D; d++)
+            xs[d] = s_bfr(s_bfr(rh[(size_t)t * D + d] * rs) * eng_bf16_to_f32(nw[d]));
+        for (int n = 0; n < N; n++) {
+            double acc = 0;
+            for (int d = 0; d < D; d++)
+                acc += (double)eng_bf16_to_f32(w[(size_t)n * D + d]) * xs[d];
+            rq[(size_t)t * N + n] = s_bfr((float)acc);
+        }
+        for (int hh = 0; hh < Hq + Hk; hh++) {
+            float *p = rq + (size_t)t * N + (size_t)hh * hd;
+            const uint16_t *nv = hh < Hq ? qn : kn;
+            float s2q = 0.0f;
+            for (int d = 0; d < hd; d++)
+                s2q += p[d] * p[d];
+            float r2 = 1.0f / sqrtf(s2q / (float)hd + eps);
+            for (int d = 0; d < hd; d++)
+                buf[d] = s_bfr(s_bfr(p[d] * r2) * eng_bf16_to_f32(nv[d]));
+            for (int d = 0; d < hd; d++) {
+                int j = d < half ? d : d - half, pr = pos[t];
+                if (j % 3 == 1 && j < 3 * s1)
+                    pr = pos[T + t];
+                else if (j % 3 == 2 && j < 3 * s2)
+                    pr = pos[2 * T + t];
+                float fr = (float)pr * inv[j];
+                float cs = s_bfr(cosf(fr)), sn = s_bfr(sinf(fr));
+                float rot = d < half ? -buf[d + half] : buf[d - half];
+                p[d] = s_bfr(s_bfr(buf[d] * cs) + s_bfr(rot * sn));
+            }
+            if (hh >= Hq) {
+                size_t o = ((size_t)slots[t] * Hk + (hh - Hq)) * hd;
+                for (int d = 0; d < hd; d++) {
+                    rk[o + d] = p[d];
+                    rv[o + d] = rq[(size_t)t * N + (size_t)(Hq + Hk) * hd + (size_t)(hh - Hq) * hd + d];
+                }
+            }
+        }
+    }
+    double num = 0, den = 0;
+    s_acc_err(out[1][0], rq, (size_t)T * N, &num, &den);
+    s_acc_err(out[1][1], rh, (size_t)T * D, &num, &den);
+    s_acc_err(out[1][2], rk, pool, &num, &den);
+    s_acc_err(out[1][3], rv, pool, &num, &den);
+    double nmse = den > 0 ? num / den : num;
+    long diff = s_bits_differ(out[0][0], out[1][0], (size_t)T * N) +
+                s_bits_differ(out[0][1], out[1][1], (size_t)T * D) +
+                s_bits_differ(out[0][2], out[1][2], pool) + s_bits_differ(out[0][3], out[1][3], pool);
+    const double bound = 1e-4;
+    int ok = diff == 0 && nmse <= bound && nz[1] == 0;
+    printf("%-4s FUSED_QKV_ROPE T=%d D=%d Hq=%d Hk=%d hd=%d mrope=[%d,%d] delta=%d: values != "
+           "unfused %ld (max 0), nmse vs cpu %.3e (max %.0e), counters left %d (max 0)\n",
+           ok ? "ok" : "FAIL", T, D, Hq, Hk, hd, s1, s2, with_delta, diff, nmse, bound, nz[1]);
+    if (!ok)
+        g_fail++;
+    for (int f = 0; f < 2; f++)
+        for (int i = 0; i < 4; i++)
+            free(out[f][i]);
+    free(h_in); free(delta); free(nw); free(w); free(qn); free(kn); free(kp0); free(vp0);
+    free(rq); free(rh); free(rk); free(rv); free(xs); free(inv);
+}
+
+/* k_moe_fused (gate/up + down in one persistent kernel, atomic tickets) against k_moe_gu +
+ * k_moe_down (bit-identical expected) and a CPU reference with the same rounding points; 3 runs
+ * in a row (counters must be left zero). max_blocks > 0 caps the grid (1: one block runs every
+ * tile in ticket order; few blocks: each loops over many tickets). */
+static void t_moe_fused(int T, int D, int I, int E, int K, int max_blocks) {
+    g_cases++;
+    uint16_t *x = s_bf_rand((size_t)T * D, 1.0f, 0.0f);
+    uint16_t *g = s_bf_rand((size_t)E * I * D, 0.05f, 0.0f);
+    uint16_t *u = s_bf_rand((size_t)E * I * D, 0.05f, 0.0f);
+    uint16_t *dn = s_bf_rand((size_t)E * D * I, 0.05f, 0.0f);
+    int32_t *ids = malloc((size_t)T * K * 4);
+    float *wts = malloc((size_t)T * K * 4);
+    for (int t = 0; t < T; t++) {
+        float sum = 0;
+        for (int k = 0; k < K; k++) { /* K distinct experts per token, as top-k gives */
+            int ok = 0;
+            while (!ok) {
+                ids[t * K + k] = (int32_t)(s_rand() % (uint64_t)E);
+                ok = 1;
+                for (int j = 0; j < k; j++)
+                    ok &= ids[t * K + j] != ids[t * K + k];
+            }
+            wts[t * K + k] = 0.05f + fabsf(s_unif(1.0f));
+            sum += wts[t * K + k];
+        }
+        for (int k = 0; k < K; k++) /* normalised, rounded to bf16 (the router's output) */
+            wts[t * K + k] = s_bfr(wts[t * K + k] / sum);
+    }
+    uint16_t *out[2];
+    int nz[2];
+    for (int f = 0; f < 2; f++) {
+        out[f] = malloc((size_t)T * D * 2);
+        eng_cuda_test_moe_t a = {T, D, I, E, K, x, g, u, dn, ids, wts, out[f]};
+        nz[f] = eng_cuda_test_moe_experts(f, f ? 3 : 1, max_blocks, &a);
+        s_check(nz[f], f ? "eng_cuda_test_moe_experts fused" : "eng_cuda_test_moe_experts");
+    }
+    float *ref = malloc((size_t)T * D * 4), *h = malloc((size_t)K * I * 4);
+    for (int t = 0; t < T; t++) {
+        for (int k = 0; k < K; k++) {
+            int e = ids[t * K + k];
+            for (int i = 0; i < I; i++) {
+                double ga = 0, ua = 0;
+                const uint16_t *gr = g + ((size_t)e * I + i) * D, *ur = u + ((size_t)e * I + i) * D;
+                for (int d = 0; d < D; d++) {
+                    double xv = eng_bf16_to_f32(x[(size_t)t * D + d]);
+                    ga += eng_bf16_to_f32(gr[d]) * xv;
+                    ua += eng_bf16_to_f32(ur[d]) * xv;
+                }
+                float gv = s_bfr((float)ga), uv = s_bfr((float)ua);
+                h[(size_t)k * I + i] = s_bfr(s_bfr(gv / (1.0f + expf(-gv))) * uv);
+            }
+        }
+        for (int d = 0; d < D; d++) {
+            float acc = 0.0f;
+            for (int k = 0; k < K; k++) {
+                const uint16_t *wr = dn + ((size_t)ids[t * K + k] * D + d) * I;
+                double y = 0;
+                for (int i = 0; i < I; i++)
+                    y += eng_bf16_to_f32(wr[i]) * (double)h[(size_t)k * I + i];
+                acc += s_bfr(s_bfr((float)y) * wts[t * K + k]);
+            }
+            ref[(size_t)t * D + d] = s_bfr(acc); /* the kernel stores bf16(acc) */
+        }
+    }
+    double num = 0, den = 0;
+    s_acc_err(out[1], ref, (size_t)T * D, &num, &den);
+    double nmse = den > 0 ? num / den : num;
+    long diff = s_bits_differ(out[0], out[1], (size_t)T * D);
+    const double bound = 1e-4;
+    int ok = diff == 0 && nmse <= bound && nz[1] == 0;
+    printf("%-4s FUSED_MOE T=%d D=%d I=%d E=%d K=%d blocks<=%d: values != unfused %ld (max 0), "
+           "nmse vs cpu %.3e (max %.0e), counters left %d (max 0)\n",
+           ok ? "ok" : "FAIL", T, D, I, E, K, max_blocks, diff, nmse, bound, nz[1]);
+    if (!ok)
+        g_fail++;
+    free(out[0]); free(out[1]); free(x); free(g); free(u); free(dn); free(ids); free(wts);
+    free(ref); free(h);
+}
+
+/* k_gemv_ks (the decode o_proj GEMV, rows split over ks warps) against a CPU reference (f64
+ * sums of the bf16 inputs, rounded to bf16); the count of values that differ from k_gemv is
+ * printed for information (another f32 summation order: a few 1-ulp bf16 flips are expected). */
+static void t_gemv_ks(int T, int N, int K, int ks) {
+    g_cases++;
+    uint16_t *x = s_bf_rand((size_t)T * K, 1.0f, 0.0f), *w = s_bf_rand((size_t)N * K, 0.05f, 0.0f);
+    uint16_t *y = malloc((size_t)T * N * 2), *y1 = malloc((size_t)T * N * 2);
+    s_check(eng_cuda_test_gemv_ks(ks, T, N, K, x, w, y), "eng_cuda_test_gemv_ks");
+    s_check(eng_cuda_test_gemv_ks(1, T, N, K, x, w, y1), "eng_cuda_test_gemv_ks k_gemv");
+    float *ref = malloc((size_t)T * N * 4);
+    for (int t = 0; t < T; t++)
+        for (int n = 0; n < N; n++) {
+            double acc = 0;
+            for (int k = 0; k < K; k++)
+                acc += (double)eng_bf16_to_f32(x[(size_t)t * K + k]) *
+                       eng_bf16_to_f32(w[(size_t)n * K + k]);
+            ref[(size_t)t * N + n] = s_bfr((float)acc);
+        }
+    double num = 0, den = 0, num1 = 0, den1 = 0;
+    s_acc_err(y, ref, (size_t)T * N, &num, &den);
+    s_acc_err(y1, ref, (size_t)T * N, &num1, &den1);
+    double nmse = den > 0 ? num / den : num, nmse1 = den1 > 0 ? num1 / den1 : num1;
+    const double bound = 1e-4;
+    int ok = nmse <= bound;
+    printf("%-4s GEMV_KSPLIT T=%d N=%d K=%d ks=%d: nmse vs cpu %.3e (max %.0e; k_gemv %.3e), "
+           "values != k_gemv %ld (info)\n", ok ? "ok" : "FAIL", T, N, K, ks, nmse, bound, nmse1,
+           s_bits_differ(y, y1, (size_t)T * N));
+    if (!ok)
+        g_fail++;
+    free(x); free(w); free(y); free(y1); free(ref);
+}
+
 int main(int argc, char **argv) {
     const char *seed = getenv("OM_TEST_SEED");
     if (seed)
@@ -533,6 +792,34 @@ int main(int argc, char **argv) {
     }
     t_elementwise(1, 2048);
     t_elementwise(33, 24);
+    /* fused decode kernels of the model runner (bf16): real shapes (Qwen3-Omni thinker: D 2048,
+       32/4 heads x 128, M-RoPE [24,20,20]; experts I 768, K 8), T = 1..8, hd 64/72/128/256,
+       odd D, GQA groups 1..8, plain RoPE, layer 0 (no delta) */
+    t_qkv_fused(1, 2048, 32, 4, 128, 20, 20, 1);
+    t_qkv_fused(1, 2048, 32, 4, 128, 20, 20, 0);
+    t_qkv_fused(8, 2048, 32, 4, 128, 20, 20, 1);
+    t_qkv_fused(7, 2048, 32, 4, 128, 20, 20, 1);
+    t_qkv_fused(2, 2048, 32, 4, 128, 0, 0, 1);
+    t_qkv_fused(3, 1032, 6, 2, 64, 8, 8, 1);
+    t_qkv_fused(5, 512, 4, 4, 128, 0, 0, 1);
+    t_qkv_fused(4, 256, 8, 1, 72, 12, 12, 1);
+    t_qkv_fused(6, 128, 2, 1, 256, 42, 42, 0);
+    t_moe_fused(1, 2048, 768, 32, 8, 0);
+    t_moe_fused(1, 2048, 768, 32, 8, 1);
+    t_moe_fused(8, 2048, 768, 32, 8, 0);
+    t_moe_fused(3, 2048, 768, 32, 8, 7);
+    t_moe_fused(2, 2048, 768, 8, 8, 0);
+    t_moe_fused(5, 264, 136, 10, 3, 0);
+    t_moe_fused(5, 264, 136, 10, 3, 2);
+    t_moe_fused(4, 64, 64, 4, 1, 0);
+    t_moe_fused(7, 512, 256, 16, 4, 33);
+    t_moe_fused(6, 128, 96, 12, 6, 0);
+    t_gemv_ks(1, 2048, 4096, 4); /* o_proj of the thinker */
+    t_gemv_ks(8, 2048, 4096, 4);
+    t_gemv_ks(3, 2048, 4096, 2);
+    t_gemv_ks(5, 1001, 264, 8);   /* odd N (partial last block), K not a multiple of 256 */
+    t_gemv_ks(2, 7, 8, 4);
+    t_gemv_ks(7, 515, 1032, 2);
 
     printf("%d cases, %d failed\n", g_cases, g_fail);
     eng_backend_free(g_gpu);

@@ -1,0 +1,187 @@
+/* eng_cuda_testhook.cu: test hooks (eng_cuda.h, "test hooks") that run one fused decode kernel or
+ * the unfused kernels it replaces on host data, so test_cuda_ops can check the fused kernels of
+ * the model runner against a CPU reference and against the path they replace. Not used by the
+ * engine. Each call allocates, runs (PDL launches, as in a decode step) and frees. */
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "eng_cuda.h"
+#include "eng_cuda_kern.cuh"
+
+namespace {
+struct dbuf {
+    std::vector<void *> p;
+    ~dbuf() {
+        for (void *x : p)
+            cudaFree(x);
+    }
+    template <typename X> int get(X **out, size_t n, const void *src = nullptr, int fill = -1) {
+        void *d = nullptr;
+        const size_t bytes = n > 0 ? n * sizeof(X) : 16;
+        CUDA_CHECK(cudaMalloc(&d, bytes));
+        p.push_back(d);
+        if (src)
+            CUDA_CHECK(cudaMemcpy(d, src, n * sizeof(X), cudaMemcpyHostToDevice));
+        else if (fill >= 0)
+            CUDA_CHECK(cudaMemset(d, fill, bytes));
+        *out = (X *)d;
+        return 0;
+    }
+};
+struct pdl_on {
+    pdl_on() { ek_pdl = true; }
+    ~pdl_on() { ek_pdl = false; }
+};
+} // namespace
+
+#define HCHECK(expr)                                                                               \
+    do {                                                                                           \
+        int r_ = (expr);                                                                           \
+        if (r_ < 0)                                                                                \
+            return r_;                                                                             \
+    } while (0)
+
+extern "C" int eng_cuda_test_qkv_rope(int fused, int reps, const eng_cuda_test_qkv_t *a) {
+    if (!a || a->T < 1 || a->T > 8 || a->D <= 0 || a->Hq <= 0 || a->Hk <= 0 || a->hd <= 0 ||
+        a->n_slots <= 0 || reps < 1)
+        return -EINVAL;
+    const int T = a->T, D = a->D, hd = a->hd, Hk = a->Hk;
+    const int N = (a->Hq + 2 * Hk) * hd;
+    const size_t pool = (size_t)a->n_slots * Hk * hd;
+    dbuf b;
+    bf16 *h_in = nullptr, *delta = nullptr, *h_out = nullptr, *nw = nullptr, *w = nullptr;
+    bf16 *qn = nullptr, *kn = nullptr, *qkv = nullptr, *kp = nullptr, *vp = nullptr;
+    int32_t *pos = nullptr, *slots = nullptr;
+    float *inv = nullptr;
+    int *cnt = nullptr;
+    std::vector<float> invh(hd / 2);
+    for (int j = 0; j < hd / 2; j++) /* as the model runner computes it */
+        invh[j] = 1.0f / powf(a->theta, (float)(2 * j) / (float)hd);
+    HCHECK(b.get(&h_in, (size_t)T * D, a->h_in));
+    if (a->delta)
+        HCHECK(b.get(&delta, (size_t)T * D, a->delta));
+    HCHECK(b.get(&h_out, (size_t)T * D, nullptr, 0));
+    HCHECK(b.get(&nw, (size_t)D, a->attn_norm));
+    HCHECK(b.get(&w, (size_t)N * D, a->wqkv));
+    HCHECK(b.get(&qn, (size_t)hd, a->q_norm));
+    HCHECK(b.get(&kn, (size_t)hd, a->k_norm));
+    HCHECK(b.get(&qkv, (size_t)T * N, nullptr, 0));
+    HCHECK(b.get(&kp, pool, a->kpool));
+    HCHECK(b.get(&vp, pool, a->vpool));
+    HCHECK(b.get(&pos, (size_t)3 * T, a->pos3));
+    HCHECK(b.get(&slots, (size_t)T, a->slots));
+    HCHECK(b.get(&inv, invh.size(), invh.data()));
+    HCHECK(b.get(&cnt, (size_t)a->Hq + Hk + 16, nullptr, 0));
+    cudaStream_t s;
+    CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+    int r = 0;
+    {
+        pdl_on pg;
+        for (int i = 0; i < reps && r >= 0; i++) {
+            if (fused) {
+                r = ek_gemv_norm_rope(s, qkv, w, T, D, h_in, delta, h_out, nw, a->eps, a->Hq, Hk,
+                                      hd, qn, kn, pos, inv, a->sec1, a->sec2, kp, vp, slots, cnt);
+            } else {
+                r = ek_gemv_norm(s, qkv, w, T, N, D, h_in, delta, h_out, nw, a->eps);
+                if (r >= 0)
+                    r = ek_qk_norm_rope<bf16, bf16, bf16>(
+                        s, qkv, N, qkv + a->Hq * hd, N, qn, kn, pos, inv, T, a->Hq, Hk, hd, a->eps,
+                        a->sec1, a->sec2, kp, vp, qkv + (a->Hq + Hk) * hd, N, slots);
+            }
+        }
+    }
+    cudaError_t e = cudaStreamSynchronize(s);
+    cudaStreamDestroy(s);
+    if (r < 0)
+        return r;
+    CUDA_CHECK(e);
+    CUDA_CHECK(cudaMemcpy(a->ret_qkv, qkv, (size_t)T * N * 2, cudaMemcpyDeviceToHost));
+    CUDA_CHECK(cudaMemcpy(a->ret_h_out, h_out, (size_t)T * D * 2, cudaMemcpyDeviceToHost));
+    CUDA_CHECK(cudaMemcpy(a->ret_kpool, kp, pool * 2, cudaMemcpyDeviceToHost));
+    CUDA_CHECK(cudaMemcpy(a->ret_vpool, vp, pool * 2, cudaMemcpyDeviceToHost));
+    std::vector<int> ch((size_t)a->Hq + Hk + 16);
+    CUDA_CHECK(cudaMemcpy(ch.data(), cnt, ch.size() * 4, cudaMemcpyDeviceToHost));
+    int nz = 0;
+    for (int v : ch)
+        nz += v != 0;
+    return nz; /* counters left non-zero (0 expected) */
+}
+
+extern "C" int eng_cuda_test_moe_experts(int fused, int reps, int max_blocks,
+                                         const eng_cuda_test_moe_t *a) {
+    if (!a || a->T < 1 || a->T > 8 || a->D <= 0 || a->I <= 0 || a->E <= 0 || a->K <= 0 ||
+        a->K > a->E || reps < 1)
+        return -EINVAL;
+    const int T = a->T, D = a->D, I = a->I, E = a->E, K = a->K;
+    dbuf b;
+    bf16 *x = nullptr, *g = nullptr, *u = nullptr, *dn = nullptr, *out = nullptr;
+    int *cnt = nullptr;
+    char *msb = nullptr;
+    HCHECK(b.get(&x, (size_t)T * D, a->x));
+    HCHECK(b.get(&g, (size_t)E * I * D, a->gate));
+    HCHECK(b.get(&u, (size_t)E * I * D, a->up));
+    HCHECK(b.get(&dn, (size_t)E * D * I, a->down));
+    HCHECK(b.get(&out, (size_t)T * D, nullptr, 0));
+    HCHECK(b.get(&cnt, (size_t)EK_MOE_FUSED_CNT, nullptr, 0));
+    HCHECK(b.get(&msb, ek_moe_scratch_bytes(T, D, I, E, K), nullptr, 0));
+    ek_moe_scratch ms;
+    ek_moe_scratch_carve(&ms, msb, T, D, I, E, K);
+    CUDA_CHECK(cudaMemcpy(ms.ids, a->ids, (size_t)T * K * 4, cudaMemcpyHostToDevice));
+    CUDA_CHECK(cudaMemcpy(ms.wts, a->wts, (size_t)T * K * 4, cudaMemcpyHostToDevice));
+    cudaStream_t s;
+    CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+    ek_ctx c = {};
+    c.stream = s;
+    c.gemv_max_rows = 8;
+    int r = 0;
+    {
+        pdl_on pg;
+        ek_moe_fused_cap = max_blocks;
+        for (int i = 0; i < reps && r >= 0; i++)
+            r = ek_moe_experts<bf16>(&c, out, x, g, u, dn, T, D, I, E, K, EK_MOE_GEMV, &ms, 0, 0,
+                                     fused ? cnt : nullptr);
+        ek_moe_fused_cap = 0;
+    }
+    cudaError_t e = cudaStreamSynchronize(s);
+    cudaStreamDestroy(s);
+    if (r < 0)
+        return r;
+    CUDA_CHECK(e);
+    CUDA_CHECK(cudaMemcpy(a->ret_out, out, (size_t)T * D * 2, cudaMemcpyDeviceToHost));
+    int ch[EK_MOE_FUSED_CNT];
+    CUDA_CHECK(cudaMemcpy(ch, cnt, sizeof ch, cudaMemcpyDeviceToHost));
+    int nz = 0;
+    for (int v : ch)
+        nz += v != 0;
+    return nz;
+}
+
+extern "C" int eng_cuda_test_gemv_ks(int ks, int T, int N, int K, const uint16_t *x,
+                                     const uint16_t *w, uint16_t *ret_y) {
+    if (T < 1 || T > 8 || N <= 0 || K <= 0 || !x || !w || !ret_y)
+        return -EINVAL;
+    dbuf b;
+    bf16 *xd = nullptr, *wd = nullptr, *yd = nullptr;
+    HCHECK(b.get(&xd, (size_t)T * K, x));
+    HCHECK(b.get(&wd, (size_t)N * K, w));
+    HCHECK(b.get(&yd, (size_t)T * N, nullptr, 0));
+    cudaStream_t s;
+    CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+    ek_ctx c = {};
+    c.stream = s;
+    c.gemv_max_rows = 8;
+    int r;
+    {
+        pdl_on pg;
+        r = ks > 1 ? ek_gemv_ks(s, yd, xd, wd, T, N, K, ks)
+                   : ek_matmul<bf16, bf16>(&c, yd, xd, wd, T, N, K);
+    }
+    cudaError_t e = cudaStreamSynchronize(s);
+    cudaStreamDestroy(s);
+    if (r < 0)
+        return r;
+    CUDA_CHECK(e);
+    CUDA_CHECK(cudaMemcpy(ret_y, yd, (size_t)T * N * 2, cudaMemcpyDeviceToHost));
+    return 0;
+}
