@@ -130,11 +130,11 @@ struct eng_cuda_model {
     bool fuse;                /* fused decode kernels (default on; OM_CUDA_NOFUSE=1 turns off) */
     bool pdl;                 /* programmatic dependent launch in decode (OM_CUDA_NOPDL=1: off) */
     bool fuse_rope;           /* decode: QK-norm+RoPE+KV write in the QKV GEMV epilogue
-                                 (default on; OM_CUDA_FUSE_ROPE=0: separate k_qk_norm_rope) */
+                                 (opt-in, OM_CUDA_FUSE_ROPE=1; measured slower, see docs) */
     bool fuse_moe;            /* decode: gate/up and down in one persistent kernel
-                                 (default on; OM_CUDA_FUSE_MOE=0: k_moe_gu + k_moe_down) */
+                                 (opt-in, OM_CUDA_FUSE_MOE=1; measured slower, see docs) */
     int oproj_ks;             /* decode: o_proj GEMV rows split over this many warps (2, 4, 8;
-                                 OM_CUDA_OPROJ_KSPLIT, default 4; 0 or 1: k_gemv) */
+                                 OM_CUDA_OPROJ_KSPLIT; default 1 = k_gemv, measured faster) */
     int cap_layer;            /* capture_hidden */
     float *cap_host;
     eng_cuda_model_info_t info;
@@ -242,10 +242,10 @@ static int s_parse_config(const char *dir, cfg *c, char *err, size_t errlen) {
     return 0;
 }
 
-/* A default-on switch: unset, empty or anything but "0" is on. */
-static bool s_env_on(const char *name) {
+/* A default-off switch: on only when set to "1". */
+static bool s_env_flag(const char *name) {
     const char *e = getenv(name);
-    return !(e && !strcmp(e, "0"));
+    return e && !strcmp(e, "1");
 }
 
 /* --- allocation --------------------------------------------------------------------------- */
@@ -784,11 +784,13 @@ static int s_model_init(eng_cuda_model *m, const char *dir, char *err, size_t er
     m->cap_layer = -2;
     m->fuse = !getenv("OM_CUDA_NOFUSE");
     m->pdl = !getenv("OM_CUDA_NOPDL");
-    m->fuse_rope = s_env_on("OM_CUDA_FUSE_ROPE");
-    m->fuse_moe = s_env_on("OM_CUDA_FUSE_MOE");
+    /* opt-in: on an H200 (2026-11-26) each of the three made batch-1 decode slower than the
+       kernels it replaces (all three on 260 tok/s, all off 301; docs/engine.md) */
+    m->fuse_rope = s_env_flag("OM_CUDA_FUSE_ROPE");
+    m->fuse_moe = s_env_flag("OM_CUDA_FUSE_MOE");
     {
         const char *e = getenv("OM_CUDA_OPROJ_KSPLIT");
-        m->oproj_ks = e && *e ? atoi(e) : 4;
+        m->oproj_ks = e && *e ? atoi(e) : 1;
         if (m->oproj_ks != 2 && m->oproj_ks != 4 && m->oproj_ks != 8)
             m->oproj_ks = 1;
     }

@@ -3,9 +3,9 @@
  *
  *  - GEMV (few tokens, decode): one warp per (token, top-k slot, output row) reads only the routed
  *    experts' rows; gate and up are read together and SwiGLU is fused; the down projection sums
- *    the K weighted expert outputs in the same kernel (weighted un-permute fused). Decode steps
- *    (T <= 8, K <= 8) run both halves as one persistent kernel, k_moe_fused (atomic tickets,
- *    per-token completion counters; OM_CUDA_FUSE_MOE=0 keeps the two kernels).
+ *    the K weighted expert outputs in the same kernel (weighted un-permute fused). Opt-in
+ *    (OM_CUDA_FUSE_MOE=1, measured slower at batch 1): both halves as one persistent kernel,
+ *    k_moe_fused (atomic tickets, per-token completion counters).
  *  - grouped (many tokens): assignments counted per expert, offsets and a tile list built on the
  *    device, inputs permuted into expert order, then grouped tensor-core GEMMs (WMMA bf16, f32
  *    accumulate, cp.async 3-stage pipeline): gate+up in one kernel with SwiGLU in its epilogue,
