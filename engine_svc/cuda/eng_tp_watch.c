@@ -2,6 +2,9 @@
  * One mutex guards the state; the watchdog thread sleeps on a condition variable (CLOCK_MONOTONIC)
  * until the step's deadline or a trip's grace period; communicator aborts run outside the state
  * lock, serialised by a second mutex. */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
 #include "eng_tp_watch.h"
 
 #include <errno.h>
@@ -12,7 +15,7 @@
 #include <string.h>
 #include <time.h>
 
-enum { S_IDLE, S_ISSUING, S_WAITING, S_DONE, S_FAILED };
+enum { S_IDLE, S_ISSUING, S_WAITING, S_DONE, S_FAILED, S_SKIPPED };
 
 struct eng_tp_watch {
     pthread_mutex_t mu;          /* guards everything below except abort_mu */
@@ -33,6 +36,8 @@ struct eng_tp_watch {
     int rc;                                /* the trip's error */
     uint64_t trip_ns;
     char reason[512];
+    int skip_rank, skip_rc;                /* first rank that skipped this step; -1 none */
+    char skip_msg[400];
 };
 
 static uint64_t s_now_ns(void) {
@@ -42,8 +47,8 @@ static uint64_t s_now_ns(void) {
 }
 
 static const char *s_state_name(int s) {
-    static const char *const names[] = {"idle", "issuing", "waiting", "done", "failed"};
-    return s >= 0 && s <= S_FAILED ? names[s] : "?";
+    static const char *const names[] = {"idle", "issuing", "waiting", "done", "failed", "skipped"};
+    return s >= 0 && s <= S_SKIPPED ? names[s] : "?";
 }
 
 static void s_label(const eng_tp_watch_t *w, int rank, char *buf, size_t len) {
@@ -62,6 +67,28 @@ static void s_trip_locked(eng_tp_watch_t *w, int rc, const char *reason) {
     w->trip_ns = s_now_ns();
     snprintf(w->reason, sizeof w->reason, "%s", reason);
     pthread_cond_broadcast(&w->cv);
+}
+
+/* After a rank left ISSUING: a step some ranks skipped while others issued theirs is a trip (the
+ * issued collectives will never meet); a step nobody is issuing or waiting on has ended. */
+static void s_settle_locked(eng_tp_watch_t *w) {
+    int issuing = 0, running = 0, skipped = 0;
+    for (int r = 0; r < w->n; r++) {
+        issuing += w->state[r] == S_ISSUING;
+        running += w->state[r] == S_WAITING || w->state[r] == S_DONE;
+        skipped += w->state[r] == S_SKIPPED;
+    }
+    if (!w->dead && issuing == 0 && skipped > 0 && running > 0) {
+        char why[512], lab[48];
+        s_label(w, w->skip_rank, lab, sizeof lab);
+        snprintf(why, sizeof why, "%s: %s (the other ranks issued the step)", lab, w->skip_msg);
+        s_trip_locked(w, w->skip_rc, why);
+    }
+    bool busy = false;
+    for (int r = 0; r < w->n; r++)
+        busy |= w->state[r] == S_ISSUING || w->state[r] == S_WAITING;
+    if (!busy)
+        w->active = false;
 }
 
 /* Claims the abort of every rank that may be aborted now (dead group, not ISSUING, not aborted
@@ -158,6 +185,7 @@ int eng_tp_watch_new(const eng_tp_watch_opts_t *o, eng_tp_watch_t **ret) {
     eng_tp_watch_t *w = calloc(1, sizeof *w);
     if (!w)
         return -ENOMEM;
+    w->skip_rank = -1;
     w->n = o->n;
     w->watchdog_ns = o->watchdog_ms * 1000000ull;
     w->grace_ns = (o->grace_ms ? o->grace_ms : 2000) * 1000000ull;
@@ -206,6 +234,8 @@ int eng_tp_watch_begin(eng_tp_watch_t *w) {
     }
     for (int r = 0; r < w->n; r++)
         w->state[r] = S_ISSUING;
+    w->skip_rank = -1;
+    w->skip_msg[0] = 0;
     w->active = true;
     w->deadline_ns = w->watchdog_ns ? s_now_ns() + w->watchdog_ns : 0;
     pthread_cond_broadcast(&w->cv);
@@ -217,6 +247,7 @@ int eng_tp_watch_issued(eng_tp_watch_t *w, int rank) {
     int list[ENG_TP_WATCH_MAX_RANKS], k = 0, rc = 0;
     pthread_mutex_lock(&w->mu);
     w->state[rank] = S_WAITING;
+    s_settle_locked(w);
     if (w->dead) {
         k = s_claim_locked(w, false, list);
         rc = -EHOSTDOWN;
@@ -224,6 +255,24 @@ int eng_tp_watch_issued(eng_tp_watch_t *w, int rank) {
     pthread_mutex_unlock(&w->mu);
     s_abort_list(w, list, k);
     return rc;
+}
+
+int eng_tp_watch_skip(eng_tp_watch_t *w, int rank, int rc, const char *msg) {
+    int list[ENG_TP_WATCH_MAX_RANKS], k = 0;
+    pthread_mutex_lock(&w->mu);
+    w->state[rank] = S_SKIPPED;
+    if (w->skip_rank < 0) {
+        w->skip_rank = rank;
+        w->skip_rc = rc < 0 ? rc : -EIO;
+        snprintf(w->skip_msg, sizeof w->skip_msg, "%s", msg && *msg ? msg : "failed");
+    }
+    s_settle_locked(w);
+    bool dead = w->dead;
+    if (dead)
+        k = s_claim_locked(w, false, list);
+    pthread_mutex_unlock(&w->mu);
+    s_abort_list(w, list, k);
+    return dead ? -EHOSTDOWN : 0;
 }
 
 void eng_tp_watch_fail(eng_tp_watch_t *w, int rank, int rc, const char *msg) {
@@ -259,11 +308,7 @@ int eng_tp_watch_wait(eng_tp_watch_t *w, int rank, eng_tp_poll_fn poll, void *pu
         int p = poll(pud, rank, msg, sizeof msg);
         if (p > 0) {
             w->state[rank] = S_DONE;
-            bool all = true;
-            for (int r = 0; r < w->n; r++)
-                all &= w->state[r] == S_DONE;
-            if (all)
-                w->active = false;
+            s_settle_locked(w);
             pthread_mutex_unlock(&w->mu);
             return 0;
         }

@@ -13,6 +13,9 @@
  *   wait(r, poll)  bounded wait: poll() under the lock (stream query, ncclCommGetAsyncError) until
  *                  it says done (-> DONE) or fails (trips the group), or the group dies
  *   fail(r, ...)   rank r failed (-> FAILED): trips the group
+ *   skip(r, ...)   rank r refused the step before issuing it (a bad batch: -EINVAL, -E2BIG; the
+ *                  same on every rank): no trip if every rank skipped (the step just fails), a
+ *                  trip once no rank is issuing and some skipped while others issued
  *
  * A trip (the first failure, or the deadline passing: the watchdog thread) marks the group dead
  * for good (sticky), records "rank r: reason" and aborts (abort_fn) the communicator of every rank
@@ -63,6 +66,9 @@ int eng_tp_watch_begin(eng_tp_watch_t *w);
 /* Rank `rank` has issued all its work. -EHOSTDOWN when the group died meanwhile (its
  * communicator has then been aborted before this returns). */
 int eng_tp_watch_issued(eng_tp_watch_t *w, int rank);
+/* Rank `rank` refused the step (rc < 0, msg) without issuing collectives: 0 while that may be
+ * symmetric, -EHOSTDOWN once the group died (other ranks issued theirs: a trip naming this one). */
+int eng_tp_watch_skip(eng_tp_watch_t *w, int rank, int rc, const char *msg);
 /* Rank `rank` failed with rc (< 0) and msg: trips the group (if not dead yet) naming it. */
 void eng_tp_watch_fail(eng_tp_watch_t *w, int rank, int rc, const char *msg);
 /* Waits for rank `rank`'s step: 0 when poll said done, -EHOSTDOWN when the group died (any

@@ -14,7 +14,10 @@
  *     "issuing"; rank 2's communicator is aborted after the grace period, which releases it;
  *  5. a poll error on rank 0 (ncclCommGetAsyncError) trips the group with that message;
  *  6. rank 3 fails after the others finished the step (no one waiting): still a trip and every
- *     communicator aborted. */
+ *     communicator aborted;
+ *  7. every rank refuses the step before issuing it (a bad batch, skip()): no trip, no abort, the
+ *     next step runs;
+ *  8. rank 2 refuses while the others issued theirs: a trip naming rank 2, all return. */
 #include <errno.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -55,6 +58,7 @@ typedef struct sim {
     int hang_rank;                  /* blocks while issuing until aborted; -1 none */
     int poll_err_rank;              /* poll returns an error; -1 none */
     int late_fail_rank;             /* fails after the others are done; -1 none */
+    int skip_mask;                  /* ranks that refuse the step before issuing (bit r) */
     int rc[N];
     uint64_t ret_ms[N];             /* ms from step start to the rank's return */
 } sim_t;
@@ -90,7 +94,11 @@ static void *s_rank(void *arg) {
     rank_arg_t *a = arg;
     sim_t *s = a->s;
     int r = a->rank, rc;
-    if (r == s->fail_rank) {
+    if (s->skip_mask & (1 << r)) {
+        rc = eng_tp_watch_skip(s->w, r, -EINVAL, "batch.seqs[0].n_tokens: must be >= 1");
+        if (rc == 0)
+            rc = -EINVAL;
+    } else if (r == s->fail_rank) {
         eng_tp_watch_fail(s->w, r, -EIO, "injected fault");
         rc = -EIO;
     } else {
@@ -248,6 +256,32 @@ int main(void) {
     usleep(50000);
     ok &= rc == -EIO && eng_tp_watch_dead(s.w) && s_all_aborted_once(&s);
     s_check(ok, "late failure on rank 3: trip, every comm aborted", why);
+    eng_tp_watch_free(s.w);
+
+    /* 7. all ranks skip: symmetric refusal */
+    s_setup(&s, 30000, 0);
+    s.skip_mask = (1 << N) - 1;
+    ok = s_step(&s) == 0;
+    for (int r = 0; r < N; r++)
+        ok &= s.rc[r] == -EINVAL;
+    s.skip_mask = 0;
+    ok &= !eng_tp_watch_dead(s.w) && s_step(&s) == 0;
+    for (int r = 0; r < N; r++)
+        ok &= s.rc[r] == 0;
+    ok &= s_none_aborted(&s);
+    s_check(ok, "every rank refuses the step (bad batch): no trip, the next step runs", NULL);
+    eng_tp_watch_free(s.w);
+
+    /* 8. one rank skips while the others issued */
+    s_setup(&s, 30000, 0);
+    s.skip_mask = 1 << 2;
+    ok = s_step(&s) == 0;
+    rc = eng_tp_watch_reason(s.w, why, sizeof why);
+    for (int r = 0; r < N; r++)
+        ok &= r == 2 ? (s.rc[r] == -EHOSTDOWN || s.rc[r] == -EINVAL) : s.rc[r] == -EHOSTDOWN;
+    usleep(50000);
+    ok &= rc == -EINVAL && strstr(why, "rank 2 (GPU 12): batch.seqs[0]") && s_all_aborted_once(&s);
+    s_check(ok, "rank 2 alone refuses the step: trip naming it, all comms aborted", why);
     eng_tp_watch_free(s.w);
 
     printf("%s\n", g_fail ? "FAILED" : "all passed");
