@@ -32,6 +32,8 @@ extern "C" {
 const char *eng_cuda_last_error(void);
 /* True when the device reported an error that poisons the context (illegal address, ...). */
 bool eng_cuda_error_is_sticky(void);
+/* CUDA devices visible to this process (0 when none or no driver). */
+int eng_cuda_device_count(void);
 
 /* MoE expert path of the vtable backend: 0 auto, 1 GEMV (routed rows only), 2 grouped GEMM. */
 struct eng_backend;

@@ -396,6 +396,13 @@ extern "C" int eng_cuda_tp_load(const char *dir, const eng_cuda_model_opts_t *op
     return 0;
 }
 
+extern "C" int eng_cuda_device_count(void) {
+    int have = 0;
+    if (cudaGetDeviceCount(&have) != cudaSuccess)
+        have = 0;
+    return have;
+}
+
 extern "C" void eng_cuda_tp_get_info(const eng_cuda_tp_t *g, eng_cuda_model_info_t *ret) {
     *ret = g->info;
 }
