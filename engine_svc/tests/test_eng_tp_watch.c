@@ -281,7 +281,10 @@ int main(void) {
         ok &= r == 2 ? (s.rc[r] == -EHOSTDOWN || s.rc[r] == -EINVAL) : s.rc[r] == -EHOSTDOWN;
     usleep(50000);
     ok &= rc == -EINVAL && strstr(why, "rank 2 (GPU 12): batch.seqs[0]") && s_all_aborted_once(&s);
-    s_check(ok, "rank 2 alone refuses the step: trip naming it, all comms aborted", why);
+    snprintf(d, sizeof d, "%s; rc %d %d %d %d, aborts %d %d %d %d", why, s.rc[0], s.rc[1],
+             s.rc[2], s.rc[3], atomic_load(&s.aborts[0]), atomic_load(&s.aborts[1]),
+             atomic_load(&s.aborts[2]), atomic_load(&s.aborts[3]));
+    s_check(ok, "rank 2 alone refuses the step: trip naming it, all comms aborted", d);
     eng_tp_watch_free(s.w);
 
     printf("%s\n", g_fail ? "FAILED" : "all passed");
