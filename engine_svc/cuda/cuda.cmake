@@ -32,6 +32,9 @@ if(OM_CUDA)
     # tensor parallelism: 2 GPUs vs 1 and the fixtures (skips with fewer than 2 GPUs)
     om_add_test(NAME cuda_tp SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/tests/test_cuda_tp.c
                 LIBS eng_core LABELS gpu TIMEOUT 300)
+    # a failing or hanging rank of a TP group: abort, no hang (2 GPUs; skips otherwise)
+    om_add_test(NAME cuda_tp_fault SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/tests/test_cuda_tp_fault.c
+                LIBS eng_core LABELS gpu TIMEOUT 900)
     # the NVLink-multicast guard of the NCCL loader (no GPU needed)
     om_add_test(NAME eng_nccl SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/tests/test_eng_nccl.c
                 LIBS eng_core LABELS unit TIMEOUT 60)
@@ -44,7 +47,7 @@ if(OM_CUDA)
   target_link_libraries(eng_bench_cuda PRIVATE eng_core m)
 endif()
 if(OM_CUDA AND BUILD_TESTING)
-  set_tests_properties(cuda_ops cuda_model cuda_sample cuda_tp PROPERTIES SKIP_RETURN_CODE 77)
+  set_tests_properties(cuda_ops cuda_model cuda_sample cuda_tp cuda_tp_fault PROPERTIES SKIP_RETURN_CODE 77)
 endif()
 # The tensor-parallel watchdog / abort state machine is plain C: its unit test runs in every build.
 if(BUILD_TESTING)

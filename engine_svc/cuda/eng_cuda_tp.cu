@@ -13,7 +13,7 @@
  * No hang on a rank's failure (eng_tp_watch.h): a forward issues each rank's step without the
  * final stream sync (eng_cuda_model_set_tp_async) and then waits for the stream with a bounded
  * poll (cudaStreamQuery, ncclCommGetAsyncError) under a watchdog (OMNIPIPE_TP_WATCHDOG_MS,
- * default 30000; 0 = none). A rank's error, an async NCCL error or the watchdog aborts every
+ * default 20000; 0 = none). A rank's error, an async NCCL error or the watchdog aborts every
  * rank's communicator (ncclCommAbort: the peers' waiting NCCL kernels return), marks the group
  * dead for good, sets the process's sticky CUDA error and returns -EHOSTDOWN naming the rank and
  * the reason; engine_svc then fails its requests as UNAVAILABLE (retryable) and exits so the
@@ -62,9 +62,10 @@ struct eng_cuda_tp {
     eng_cuda_model_info_t info;
     /* failure handling (eng_tp_watch.h) */
     eng_tp_watch_t *watch = nullptr;      /* NULL with OM_CUDA_TP_WAIT=sync */
-    uint64_t watchdog_ms = 30000;         /* OMNIPIPE_TP_WATCHDOG_MS; 0 = no deadline */
+    uint64_t watchdog_ms = 20000;         /* OMNIPIPE_TP_WATCHDOG_MS; 0 = no deadline */
     uint64_t grace_ms = 2000;             /* a rank still issuing this long after a trip: abort */
-    uint64_t spin_us = 3000;              /* wait: spin this long, then short sleeps */
+    uint64_t spin_us = 20000;             /* wait: spin (yield) this long, as cudaStreamSynchronize
+                                             does, then sleeps of up to 200 us (long prefills) */
     bool wedged = false;                  /* a worker never came back: no more jobs, leak at free */
     uint64_t n_fwd = 0;                   /* forwards started */
     int fault_rank = -1;                  /* OM_CUDA_TP_FAULT */
