@@ -202,6 +202,8 @@ extern "C" void eng_cuda_tp_free(eng_cuda_tp_t *g) {
                 t.detach();
         return;
     }
+    if (dead && g->watch && eng_tp_watch_settle(g->watch, 30000) < 0)
+        fprintf(stderr, "engine tensor parallel: an ncclCommAbort has not returned after 30 s\n");
     /* each rank frees its shard and destroys its communicator on its own thread, all at once
        (communicator teardown may wait for the peers); an aborted communicator is already gone */
     if (g->th.size() == (size_t)g->n)

@@ -30,6 +30,8 @@ struct eng_tp_watch {
     void *ud;
     int state[ENG_TP_WATCH_MAX_RANKS];     /* S_* of the current step */
     bool aborted[ENG_TP_WATCH_MAX_RANKS];  /* abort claimed (called or about to be) */
+    bool abort_done[ENG_TP_WATCH_MAX_RANKS]; /* abort_fn returned */
+    pthread_cond_t done_cv;                /* signalled when an abort_fn returns */
     bool active;                           /* a step is running */
     uint64_t deadline_ns;                  /* monotonic; 0 = none */
     bool dead;
@@ -110,8 +112,13 @@ static void s_abort_list(eng_tp_watch_t *w, const int *list, int k) {
     if (k == 0)
         return;
     pthread_mutex_lock(&w->abort_mu);
-    for (int i = 0; i < k; i++)
+    for (int i = 0; i < k; i++) {
         w->abort_fn(w->ud, list[i]);
+        pthread_mutex_lock(&w->mu);
+        w->abort_done[list[i]] = true;
+        pthread_cond_broadcast(&w->done_cv);
+        pthread_mutex_unlock(&w->mu);
+    }
     pthread_mutex_unlock(&w->abort_mu);
 }
 
@@ -199,6 +206,7 @@ int eng_tp_watch_new(const eng_tp_watch_opts_t *o, eng_tp_watch_t **ret) {
     pthread_mutex_init(&w->mu, NULL);
     pthread_mutex_init(&w->abort_mu, NULL);
     pthread_cond_init(&w->cv, &ca);
+    pthread_cond_init(&w->done_cv, &ca);
     pthread_condattr_destroy(&ca);
     int e = pthread_create(&w->th, NULL, s_watchdog, w);
     if (e != 0) {
@@ -221,6 +229,7 @@ void eng_tp_watch_free(eng_tp_watch_t *w) {
         pthread_join(w->th, NULL);
     }
     pthread_cond_destroy(&w->cv);
+    pthread_cond_destroy(&w->done_cv);
     pthread_mutex_destroy(&w->abort_mu);
     pthread_mutex_destroy(&w->mu);
     free(w);
@@ -353,7 +362,27 @@ int eng_tp_watch_reason(eng_tp_watch_t *w, char *buf, size_t len) {
 
 bool eng_tp_watch_aborted(eng_tp_watch_t *w, int rank) {
     pthread_mutex_lock(&w->mu);
-    bool a = rank >= 0 && rank < w->n && w->aborted[rank];
+    bool a = rank >= 0 && rank < w->n && w->abort_done[rank];
     pthread_mutex_unlock(&w->mu);
     return a;
+}
+
+int eng_tp_watch_settle(eng_tp_watch_t *w, uint64_t timeout_ms) {
+    struct timespec ts;
+    s_abstime(s_now_ns() + timeout_ms * 1000000ull, &ts);
+    pthread_mutex_lock(&w->mu);
+    int rc = 0;
+    for (;;) {
+        bool pending = false;
+        for (int r = 0; r < w->n; r++)
+            pending |= w->aborted[r] && !w->abort_done[r];
+        if (!pending)
+            break;
+        if (pthread_cond_timedwait(&w->done_cv, &w->mu, &ts) == ETIMEDOUT) {
+            rc = -ETIMEDOUT;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&w->mu);
+    return rc;
 }

@@ -80,8 +80,10 @@ bool eng_tp_watch_dead(eng_tp_watch_t *w);
 /* The trip's error (< 0; -ETIMEDOUT for the watchdog) and reason "rank r: ..." (copied to buf);
  * 0 and "" while alive. */
 int eng_tp_watch_reason(eng_tp_watch_t *w, char *buf, size_t len);
-/* Whether rank `rank`'s communicator has been aborted (tests, teardown). */
+/* Whether rank `rank`'s communicator has been aborted (abort_fn returned). */
 bool eng_tp_watch_aborted(eng_tp_watch_t *w, int rank);
+/* Waits until every claimed abort has returned (teardown of a dead group): 0, or -ETIMEDOUT. */
+int eng_tp_watch_settle(eng_tp_watch_t *w, uint64_t timeout_ms);
 
 #ifdef __cplusplus
 }

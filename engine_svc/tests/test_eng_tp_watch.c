@@ -227,6 +227,9 @@ int main(void) {
     usleep(50000);
     ok &= first >= 290 && first < 1500 && s.ret_ms[2] >= 480 && s.ret_ms[2] < 3000;
     ok &= rc == -ETIMEDOUT && strstr(why, "watchdog") && strstr(why, "rank 2 (GPU 12) issuing");
+    ok &= eng_tp_watch_settle(s.w, 2000) == 0;
+    for (int r = 0; r < N; r++)
+        ok &= eng_tp_watch_aborted(s.w, r);
     ok &= s_all_aborted_once(&s);
     snprintf(d, sizeof d, "others back after %llu ms (watchdog 300), hung rank after %llu ms "
              "(+ grace 200), reason '%s'", (unsigned long long)first,
