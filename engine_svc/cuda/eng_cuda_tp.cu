@@ -309,6 +309,11 @@ static int s_env(eng_cuda_tp *g, bool *ret_sync, char *err, size_t errlen) {
         g->fault_rank = rank;
         g->fault_step = step;
         g->fault_kind = strcmp(kind, "hang") == 0 ? FAULT_HANG : FAULT_ERROR;
+        if (g->fault_kind == FAULT_HANG && g->watchdog_ms == 0) {
+            snprintf(err, errlen, "OM_CUDA_TP_FAULT: '%s': a hang needs the watchdog "
+                     "(OMNIPIPE_TP_WATCHDOG_MS > 0) to end it", f);
+            return -EINVAL;
+        }
     }
     return 0;
 }
