@@ -227,6 +227,11 @@ static int run(int argc, char **argv) {
         om_log_err("%s", err);
         goto out;
     }
+    if (tp_watchdog_ms > 86400000) {
+        r = om_log_errno(-EINVAL, "tp_watchdog_ms: %" PRIu64 " is over a day (86400000); 0 turns "
+                         "the watchdog off", tp_watchdog_ms);
+        goto out;
+    }
     { /* the GPUs: devices, else device .. device+tensor_parallel-1 (eng_devices.h) */
         int devs[ENG_DEVICES_MAX], n_devs = 0;
         if ((r = eng_devices_resolve(om_config_get(cfg, "devices"), om_config_get(cfg, "device"),
