@@ -70,9 +70,10 @@ typedef struct eng_cuda_model_opts {
     int tensor_parallel;        /* GPUs the model is split over (devices device ..
                                    device+N-1, one host thread each, NCCL all-reduce; see
                                    eng_cuda_tp.h); 0 or 1 = one GPU */
-    const int *devices;         /* (tensor_parallel) CUDA device of each rank (--devices), read
-                                   during the load only; NULL = device, device+1, ... Each must
-                                   exist and appear once (-ENODEV / -EINVAL naming devices[i]) */
+    const int *devices;         /* tensor_parallel > 1: (tensor_parallel) CUDA device of each
+                                   rank (--devices), read during the load only; NULL = device,
+                                   device+1, ... Each must exist and appear once (-ENODEV /
+                                   -EINVAL naming devices[i]). A one-GPU model uses device. */
 } eng_cuda_model_opts_t;
 
 typedef struct eng_cuda_model_info {
