@@ -28,6 +28,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "eng_devices.h"
 #include "om_config.h"
 #include "om_time.h"
 
@@ -49,7 +50,8 @@ typedef struct up_child {
     unsigned fails;           /* failures in a row (reset by a stable run) */
     unsigned restarts;        /* restarts so far */
     char bin[4200];           /* executable path */
-    char eid[32], dev[24];    /* engines: --engine-id and --device values (argv points here) */
+    char eid[32];             /* engines: --engine-id, --devices, --tensor-parallel values */
+    char dev[ENG_DEVICES_MAX * 6], tpv[8]; /* (argv points here) */
     char *argv[UP_MAX_ARGS];  /* NULL-terminated; strings live here or in cmd_up's frame */
 } up_child_t;
 
@@ -174,6 +176,7 @@ static void s_stop_all(up_state_t *u) {
 
 static void s_usage(void) {
     printf("usage: omnipipe up --model DIR [--runtime-dir D] [--engines N] [--backend cpu|cuda]\n"
+           "                   [--devices LIST] [--tensor-parallel N]\n"
            "                   [--record DIR] [--threads N] [--load-format auto|dummy]\n"
            "                   [--heartbeat-ms N] [--log-level L] [--ready-timeout S]\n"
            "                   [--restart no|on-failure] [--restart-delay-ms N]\n");
@@ -182,7 +185,7 @@ static void s_usage(void) {
 int cmd_up(int argc, char **argv) {
     enum {
         O_MODEL = 1000, O_RT, O_ENGINES, O_BACKEND, O_RECORD, O_THREADS, O_LF, O_HB, O_LOG, O_TIMEOUT, O_RESTART,
-        O_RDELAY, O_HELP
+        O_RDELAY, O_DEVICES, O_TP, O_HELP
     };
     static const struct option longopts[] = {
         {"model", required_argument, NULL, O_MODEL},     {"runtime-dir", required_argument, NULL, O_RT},
@@ -191,19 +194,31 @@ int cmd_up(int argc, char **argv) {
         {"load-format", required_argument, NULL, O_LF},  {"heartbeat-ms", required_argument, NULL, O_HB},
         {"log-level", required_argument, NULL, O_LOG},   {"ready-timeout", required_argument, NULL, O_TIMEOUT},
         {"restart", required_argument, NULL, O_RESTART}, {"restart-delay-ms", required_argument, NULL, O_RDELAY},
+        {"devices", required_argument, NULL, O_DEVICES}, {"tensor-parallel", required_argument, NULL, O_TP},
         {"help", no_argument, NULL, O_HELP},             {NULL, 0, NULL, 0},
     };
     const char *model = NULL, *rt = NULL, *backend = "cpu", *record = NULL, *threads = NULL, *lf = NULL;
     const char *hb = NULL, *loglevel = NULL;
-    long engines = 1, timeout_s = 300, restart_delay_ms = 1000;
-    bool restart = false;
+    long engines = 1, timeout_s = 300, restart_delay_ms = 1000, tp = 1;
+    bool restart = false, engines_set = false;
+    const char *devices = NULL;
     char *num_end = NULL;
     int opt;
     while ((opt = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
         switch (opt) {
         case O_MODEL: model = optarg; break;
         case O_RT: rt = optarg; break;
-        case O_ENGINES: engines = strtol(optarg, NULL, 10); break;
+        case O_ENGINES: engines = strtol(optarg, NULL, 10); engines_set = true; break;
+        case O_DEVICES: devices = optarg; break;
+        case O_TP:
+            errno = 0;
+            tp = strtol(optarg, &num_end, 10);
+            if (num_end == optarg || *num_end || errno || tp < 1 || tp > ENG_DEVICES_MAX) {
+                fprintf(stderr, "omnipipe up: --tensor-parallel: expected 1..%d, got '%s'\n", ENG_DEVICES_MAX,
+                        optarg);
+                return 2;
+            }
+            break;
         case O_BACKEND: backend = optarg; break;
         case O_RECORD: record = optarg; break;
         case O_THREADS: threads = optarg; break;
@@ -236,8 +251,31 @@ int cmd_up(int argc, char **argv) {
         s_usage();
         return 2;
     }
+    /* GPU placement: engine e on list[e·tp .. e·tp+tp-1] (eng_devices.h); without --engines, as
+       many engines as the list holds groups of tp */
+    int devlist[ENG_DEVICES_MAX], n_devlist = 0;
+    char derr[512];
+    if (devices && eng_devices_parse(devices, "--devices", devlist, ENG_DEVICES_MAX, &n_devlist, derr,
+                                     sizeof derr) < 0) {
+        fprintf(stderr, "omnipipe up: %s\n", derr);
+        return 2;
+    }
+    if (devices && !engines_set)
+        engines = n_devlist / tp > 0 ? n_devlist / tp : 1;
     if (engines < 1 || engines > UP_MAX_CHILDREN - 3 || timeout_s < 1) {
         fprintf(stderr, "omnipipe up: --engines must be 1..%d and --ready-timeout positive\n", UP_MAX_CHILDREN - 3);
+        return 2;
+    }
+    for (long e = 0; e < engines; e++) {
+        int d[ENG_DEVICES_MAX];
+        if (eng_devices_place(devices ? devlist : NULL, n_devlist, (int)engines, (int)tp, (int)e, d, derr,
+                              sizeof derr) < 0) {
+            fprintf(stderr, "omnipipe up: %s\n", derr);
+            return 2;
+        }
+    }
+    if ((devices || tp > 1) && strcmp(backend, "cuda") != 0) {
+        fprintf(stderr, "omnipipe up: --devices and --tensor-parallel need --backend cuda\n");
         return 2;
     }
     char bindir[4096], rtdir[4096];
@@ -308,7 +346,7 @@ int cmd_up(int argc, char **argv) {
             }
             up_child_t *ch = &u.c[u.n];
             memset(ch, 0, sizeof *ch);
-            char *bin = ch->bin, *name = ch->name, *eid = ch->eid, *dev = ch->dev;
+            char *bin = ch->bin, *name = ch->name, *eid = ch->eid, *dev = ch->dev, *tpv = ch->tpv;
             snprintf(bin, sizeof ch->bin, "%s/%s", bindir, order[k].bin);
             char **args = ch->argv;
             int na = 0;
@@ -323,14 +361,20 @@ int cmd_up(int argc, char **argv) {
             if (strcmp(order[k].name, "engine") == 0) {
                 snprintf(name, sizeof ch->name, "engine-%ld", e);
                 snprintf(eid, sizeof ch->eid, "engine-%ld", e);
-                snprintf(dev, sizeof ch->dev, "%ld", e);
                 args[na++] = "--engine-id";
                 args[na++] = eid;
                 args[na++] = "--backend";
                 args[na++] = (char *)backend;
-                if (strcmp(backend, "cuda") == 0) {
-                    args[na++] = "--device";
+                if (strcmp(backend, "cuda") == 0) { /* checked above */
+                    int d[ENG_DEVICES_MAX];
+                    eng_devices_place(devices ? devlist : NULL, n_devlist, (int)engines, (int)tp, (int)e, d,
+                                      NULL, 0);
+                    eng_devices_format(d, (int)tp, dev, sizeof ch->dev);
+                    snprintf(tpv, sizeof ch->tpv, "%ld", tp);
+                    args[na++] = "--devices";
                     args[na++] = dev;
+                    args[na++] = "--tensor-parallel";
+                    args[na++] = tpv;
                 }
                 if (threads) {
                     args[na++] = "--threads";

@@ -22,6 +22,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "eng_devices.h"
 #include "eng_loader.h"
 #include "eng_model.h"
 #ifdef OM_HAVE_CUDA
@@ -563,6 +564,27 @@ static int s_moe_parallel(const eng_model_load_opts_t *o, const eng_config_t *cf
 }
 
 #ifdef OM_HAVE_CUDA
+/* The GPUs of a split model from OMNIPIPE_DEVICES (engine_svc's `devices`, eng_devices.h), if set:
+ * exactly tensor_parallel of them, the first the backend's device. *ret_n = 0 when unset. */
+static int s_devices(int device, int tp, int *ret, int *ret_n, char *err, size_t errlen) {
+    const char *e = getenv("OMNIPIPE_DEVICES");
+    *ret_n = 0;
+    if (!e || !*e)
+        return 0;
+    int n = 0;
+    int r = eng_devices_parse(e, "OMNIPIPE_DEVICES", ret, ENG_DEVICES_MAX, &n, err, errlen);
+    if (r < 0)
+        return r;
+    if (n != (tp > 1 ? tp : 1))
+        return s_err(err, errlen, -EINVAL, "OMNIPIPE_DEVICES: '%s' lists %d GPUs, tensor_parallel "
+                     "is %d", e, n, tp > 1 ? tp : 1);
+    if (ret[0] != device)
+        return s_err(err, errlen, -EINVAL, "OMNIPIPE_DEVICES: '%s' starts with GPU %d, the backend "
+                     "is on GPU %d", e, ret[0], device);
+    *ret_n = n;
+    return 0;
+}
+
 /* Whether the fast runner drives this model: a cuda backend, unless the options or
  * $OMNIPIPE_CUDA_RUNNER say "vtable". */
 static bool s_want_fast(const eng_backend_t *b, const eng_model_load_opts_t *o) {
@@ -594,6 +616,11 @@ static int s_fast_load(eng_model_t *m, const char *model_dir, const eng_model_lo
         return r0;
     if ((r0 = s_moe_parallel(o, &m->cfg, co.tensor_parallel, &co.moe_parallel, err, errlen)) < 0)
         return r0;
+    int devs[ENG_DEVICES_MAX], n_devs = 0;
+    if ((r0 = s_devices(co.device, co.tensor_parallel, devs, &n_devs, err, errlen)) < 0)
+        return r0;
+    if (n_devs > 0)
+        co.devices = devs;
     eng_cuda_model_t *fm = NULL;
     int r = eng_cuda_model_load(model_dir, &co, &fm, err, errlen);
     if (r < 0)

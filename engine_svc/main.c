@@ -13,6 +13,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "eng_devices.h"
 #include "eng_service.h"
 #ifdef OM_HAVE_CUDA
 #include "eng_cuda.h"
@@ -135,10 +136,11 @@ static bool s_on_mmp(eng_main_t *m, om_arena_t *a) {
 }
 
 /* Whether a failed step left the device unusable (sticky CUDA error: the context is poisoned and
- * only a new process recovers). */
+ * only a new process recovers; -EHOSTDOWN: a tensor-parallel group aborted its NCCL
+ * communicators after a rank's failure or its watchdog, which also sets the sticky error). */
 static bool s_device_lost(int r) {
 #ifdef OM_HAVE_CUDA
-    return r == -EIO && eng_cuda_error_is_sticky();
+    return (r == -EIO || r == -EHOSTDOWN) && eng_cuda_error_is_sticky();
 #else
     (void)r;
     return false;
@@ -176,9 +178,19 @@ static int s_step(eng_main_t *m, om_arena_t *a) {
 static int run(int argc, char **argv) {
     static const om_config_key_t keys[] = {
         {"backend", false, "cpu", "cpu|cuda"},
-        {"device", false, "0", "CUDA device index (with tensor_parallel N: the first of N)"},
-        {"tensor_parallel", false, "1",
-         "cuda: split the model over N GPUs (device .. device+N-1; NCCL, one thread per GPU)"},
+        /* device and tensor_parallel have no stored default: whether they were set matters
+           next to devices (eng_devices_resolve) */
+        {"device", false, NULL,
+         "CUDA device index (default 0; with tensor_parallel N: the first of N)"},
+        {"devices", false, NULL,
+         "cuda: the GPUs this engine uses, e.g. 2,3 (rank i on the i-th; tensor_parallel defaults "
+         "to the list's length; replaces device)"},
+        {"tensor_parallel", false, NULL,
+         "cuda: split the model over N GPUs (default 1, or the length of devices): devices, else "
+         "device .. device+N-1; NCCL, one thread per GPU"},
+        {"tp_watchdog_ms", false, "20000",
+         "tensor_parallel > 1: a step running longer aborts the group and ends the engine (0 = "
+         "off; keep it under the unit's WatchdogSec)"},
         {"moe_parallel", false, "expert",
          "with tensor_parallel > 1: expert (E/N whole experts per GPU) | column (every expert's "
          "columns split)"},
@@ -201,7 +213,7 @@ static int run(int argc, char **argv) {
     eng_main_t m = {0};
     om_arena_t *a = NULL;
     uint64_t hb_ms = 500, device = 0, kv_blocks = 0, mbt = 0, threads = 0, drain_ms = 10000;
-    uint64_t max_running = 0, tensor_parallel = 1;
+    uint64_t max_running = 0, tensor_parallel = 1, tp_watchdog_ms = 20000;
     double kv_fraction = 0.9;
     const char *model = om_config_get(cfg, "model");
     if (!model) {
@@ -209,19 +221,18 @@ static int run(int argc, char **argv) {
         goto out;
     }
     if ((r = om_config_get_u64(cfg, "heartbeat_ms", &hb_ms, err, sizeof err)) < 0 ||
-        (r = om_config_get_u64(cfg, "device", &device, err, sizeof err)) < 0 ||
         (r = om_config_get_u64(cfg, "kv_blocks", &kv_blocks, err, sizeof err)) < 0 ||
         (r = om_config_get_u64(cfg, "max_batch_tokens", &mbt, err, sizeof err)) < 0 ||
         (r = om_config_get_u64(cfg, "max_running", &max_running, err, sizeof err)) < 0 ||
         (r = om_config_get_u64(cfg, "threads", &threads, err, sizeof err)) < 0 ||
         (r = om_config_get_u64(cfg, "drain_ms", &drain_ms, err, sizeof err)) < 0 ||
-        (r = om_config_get_u64(cfg, "tensor_parallel", &tensor_parallel, err, sizeof err)) < 0) {
+        (r = om_config_get_u64(cfg, "tp_watchdog_ms", &tp_watchdog_ms, err, sizeof err)) < 0) {
         om_log_err("%s", err);
         goto out;
     }
-    if (tensor_parallel < 1 || tensor_parallel > 64) {
-        r = om_log_errno(-EINVAL, "tensor_parallel: must be in [1, 64], got %" PRIu64,
-                         tensor_parallel);
+    if (tp_watchdog_ms > 86400000) {
+        r = om_log_errno(-EINVAL, "tp_watchdog_ms: %" PRIu64 " is over a day (86400000); 0 turns "
+                         "the watchdog off", tp_watchdog_ms);
         goto out;
     }
     { /* eng_model reads the MoE split from OMNIPIPE_MOE_PARALLEL (eng_model_load_opts_t) */
@@ -235,13 +246,51 @@ static int run(int argc, char **argv) {
             goto out;
         }
     }
-    { /* eng_model reads the degree from OMNIPIPE_TENSOR_PARALLEL (eng_model_load_opts_t) */
-        char tpv[24];
-        snprintf(tpv, sizeof tpv, "%" PRIu64, tensor_parallel);
-        if (setenv("OMNIPIPE_TENSOR_PARALLEL", tpv, 1) != 0) {
-            r = om_log_errno(-errno, "setenv OMNIPIPE_TENSOR_PARALLEL: %s", strerror(errno));
+    { /* the GPUs: devices, else device .. device+tensor_parallel-1 (eng_devices.h) */
+        int devs[ENG_DEVICES_MAX], n_devs = 0;
+        if ((r = eng_devices_resolve(om_config_get(cfg, "devices"), om_config_get(cfg, "device"),
+                                     om_config_get(cfg, "tensor_parallel"), devs, &n_devs, err,
+                                     sizeof err)) < 0) {
+            om_log_err("%s", err);
             goto out;
         }
+        const char *be = om_config_get(cfg, "backend");
+#ifdef OM_HAVE_CUDA
+        if (be && strcmp(be, "cuda") == 0) { /* every GPU must exist, named by its field */
+            int have = eng_cuda_device_count();
+            for (int i = 0; i < n_devs; i++)
+                if (devs[i] >= have) {
+                    if (om_config_get(cfg, "devices"))
+                        r = om_log_errno(-ENODEV, "devices[%d]: GPU %d does not exist (%d CUDA "
+                                         "device%s visible)", i, devs[i], have, have == 1 ? "" : "s");
+                    else
+                        r = om_log_errno(-ENODEV, "%s: GPU %d does not exist (%d CUDA device%s "
+                                         "visible)", i ? "tensor_parallel" : "device", devs[i],
+                                         have, have == 1 ? "" : "s");
+                    goto out;
+                }
+        }
+#endif
+        (void)be;
+        device = (uint64_t)devs[0];
+        tensor_parallel = (uint64_t)n_devs;
+        /* eng_model reads the degree and the GPUs from OMNIPIPE_TENSOR_PARALLEL and
+           OMNIPIPE_DEVICES (eng_model_load_opts_t), the group its watchdog from
+           OMNIPIPE_TP_WATCHDOG_MS */
+        char tpv[24], dl[ENG_DEVICES_MAX * 6], wd[24];
+        snprintf(tpv, sizeof tpv, "%" PRIu64, tensor_parallel);
+        snprintf(wd, sizeof wd, "%" PRIu64, tp_watchdog_ms);
+        if (eng_devices_format(devs, n_devs, dl, sizeof dl) < 0 ||
+            setenv("OMNIPIPE_TENSOR_PARALLEL", tpv, 1) != 0 ||
+            setenv("OMNIPIPE_DEVICES", dl, 1) != 0 ||
+            setenv("OMNIPIPE_TP_WATCHDOG_MS", wd, 1) != 0) {
+            r = om_log_errno(-EINVAL, "setenv OMNIPIPE_TENSOR_PARALLEL / OMNIPIPE_DEVICES / "
+                             "OMNIPIPE_TP_WATCHDOG_MS: %s", strerror(errno));
+            goto out;
+        }
+        if (n_devs > 1 || om_config_get(cfg, "devices"))
+            om_log_info("GPUs: %s (tensor_parallel %d, watchdog %" PRIu64 " ms)", dl, n_devs,
+                        tp_watchdog_ms);
     }
     {
         const char *f = om_config_get(cfg, "kv_fraction");
@@ -356,7 +405,12 @@ static int run(int argc, char **argv) {
                    "service manager restarts a clean engine", eng_cuda_last_error());
 #endif
             om_daemon_status(m.d, "device lost: %s; restarting", strerror(-r));
-            eng_service_fail_all(m.svc, r, "engine device failed (sticky CUDA error); restarting");
+            /* UNAVAILABLE (retryable): the requests did nothing wrong and the engine restarts */
+            eng_service_fail_all(m.svc, -EHOSTDOWN,
+                                 r == -EHOSTDOWN
+                                     ? "engine device failed (tensor-parallel group aborted); "
+                                       "restarting"
+                                     : "engine device failed (sticky CUDA error); restarting");
             for (int i = 0; i < 4 && eng_service_has_work(m.svc); i++)
                 s_step(&m, a); /* reports the failed requests; no model step runs */
             r = -EIO;

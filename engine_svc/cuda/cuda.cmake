@@ -12,7 +12,8 @@ if(OM_CUDA)
     ${CMAKE_CURRENT_LIST_DIR}/eng_cuda_sample.cu
     ${CMAKE_CURRENT_LIST_DIR}/eng_cuda_tp.cu
     ${CMAKE_CURRENT_LIST_DIR}/eng_cuda_testhook.cu
-    ${CMAKE_CURRENT_LIST_DIR}/eng_nccl.c)
+    ${CMAKE_CURRENT_LIST_DIR}/eng_nccl.c
+    ${CMAKE_CURRENT_LIST_DIR}/eng_tp_watch.c)
   target_include_directories(eng_cuda PUBLIC ${CMAKE_CURRENT_LIST_DIR} ${CMAKE_CURRENT_SOURCE_DIR})
   target_compile_options(eng_cuda PRIVATE $<$<COMPILE_LANGUAGE:CUDA>:-O3 --expt-relaxed-constexpr -Xcompiler=-Wall>)
   set_target_properties(eng_cuda PROPERTIES CUDA_SEPARABLE_COMPILATION OFF POSITION_INDEPENDENT_CODE ON)
@@ -32,6 +33,9 @@ if(OM_CUDA)
     # tensor parallelism: 2 GPUs vs 1 and the fixtures (skips with fewer than 2 GPUs)
     om_add_test(NAME cuda_tp SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/tests/test_cuda_tp.c
                 LIBS eng_core LABELS gpu TIMEOUT 600)
+    # a failing or hanging rank of a TP group: abort, no hang (2 GPUs; skips otherwise)
+    om_add_test(NAME cuda_tp_fault SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/tests/test_cuda_tp_fault.c
+                LIBS eng_core LABELS gpu TIMEOUT 900)
     # the NVLink-multicast guard of the NCCL loader (no GPU needed)
     om_add_test(NAME eng_nccl SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/tests/test_eng_nccl.c
                 LIBS eng_core LABELS unit TIMEOUT 60)
@@ -44,5 +48,11 @@ if(OM_CUDA)
   target_link_libraries(eng_bench_cuda PRIVATE eng_core m)
 endif()
 if(OM_CUDA AND BUILD_TESTING)
-  set_tests_properties(cuda_ops cuda_model cuda_sample cuda_tp PROPERTIES SKIP_RETURN_CODE 77)
+  set_tests_properties(cuda_ops cuda_model cuda_sample cuda_tp cuda_tp_fault PROPERTIES SKIP_RETURN_CODE 77)
+endif()
+# The tensor-parallel watchdog / abort state machine is plain C: its unit test runs in every build.
+if(BUILD_TESTING)
+  om_add_test(NAME eng_tp_watch SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/tests/test_eng_tp_watch.c
+              ${CMAKE_CURRENT_LIST_DIR}/eng_tp_watch.c LIBS Threads::Threads LABELS unit TIMEOUT 60)
+  target_include_directories(test_eng_tp_watch PRIVATE ${CMAKE_CURRENT_LIST_DIR})
 endif()

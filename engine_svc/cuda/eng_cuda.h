@@ -32,6 +32,8 @@ extern "C" {
 const char *eng_cuda_last_error(void);
 /* True when the device reported an error that poisons the context (illegal address, ...). */
 bool eng_cuda_error_is_sticky(void);
+/* CUDA devices visible to this process (0 when none or no driver). */
+int eng_cuda_device_count(void);
 
 /* MoE expert path of the vtable backend: 0 auto, 1 GEMV (routed rows only), 2 grouped GEMM. */
 struct eng_backend;
@@ -73,6 +75,10 @@ typedef struct eng_cuda_model_opts {
                                    rank r; needs E % N == 0) or ENG_CUDA_MOE_PAR_COLUMN (every
                                    expert's intermediate columns split); 0 = expert. Dense MLPs
                                    are always column-split. */
+    const int *devices;         /* tensor_parallel > 1: (tensor_parallel) CUDA device of each
+                                   rank (--devices), read during the load only; NULL = device,
+                                   device+1, ... Each must exist and appear once (-ENODEV /
+                                   -EINVAL naming devices[i]). A one-GPU model uses device. */
 } eng_cuda_model_opts_t;
 
 enum { ENG_CUDA_MOE_PAR_DEFAULT = 0, ENG_CUDA_MOE_PAR_EXPERT = 1, ENG_CUDA_MOE_PAR_COLUMN = 2 };

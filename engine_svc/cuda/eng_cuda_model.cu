@@ -144,6 +144,8 @@ struct eng_cuda_model {
     eng_cuda_tp *tp;
     int tp_rank, tp_n;
     void *comm;
+    bool tp_async;            /* TP: forward returns without the final stream sync (the group
+                                 waits, bounded: eng_cuda_tp.cu) */
     cfg cf;
     /* TP expert mode (moe_parallel expert, MoE models): c.I stays whole and this shard holds
        experts [e0, e0 + ne) of c.E (router and routing ids global); ne = 0: all experts. */
@@ -910,6 +912,11 @@ extern "C" void *eng_cuda_model_stream(eng_cuda_model_t *m) {
     return m ? (void *)m->s : nullptr;
 }
 
+extern "C" void eng_cuda_model_set_tp_async(eng_cuda_model_t *m, bool on) {
+    if (m)
+        m->tp_async = on;
+}
+
 extern "C" void eng_cuda_model_get_info(const eng_cuda_model_t *m, eng_cuda_model_info_t *ret) {
     if (m->tp) {
         eng_cuda_tp_get_info(m->tp, ret);
@@ -1428,6 +1435,8 @@ extern "C" int eng_cuda_model_forward(eng_cuda_model_t *m, const eng_batch_t *b,
     if (ret_logits)
         MCHECK(cudaMemcpyAsync(ret_logits, m->logits, (size_t)R * c.V * 4, cudaMemcpyDeviceToHost,
                                m->s));
+    if (m->tp_async) /* TP: the group waits for the stream with its watchdog (eng_cuda_tp.cu) */
+        return 0;
     MCHECK(cudaStreamSynchronize(m->s));
     return 0;
 }

@@ -36,6 +36,10 @@ int eng_cuda_model_load_shard(const char *dir, const eng_cuda_model_opts_t *opts
                               void *comm, eng_cuda_model_t **ret, char *err, size_t errlen);
 /* The shard's CUDA stream (cudaStream_t), its hidden size and layer count (for measure_comm). */
 void *eng_cuda_model_stream(eng_cuda_model_t *m);
+/* on: the shard's forward returns once its work is issued, without synchronising its stream (the
+ * group then waits with a watchdog); host copies (ret_ids, ret_logits) complete when the stream
+ * does. Off (default): the forward returns after cudaStreamSynchronize. */
+void eng_cuda_model_set_tp_async(eng_cuda_model_t *m, bool on);
 
 int eng_cuda_tp_load(const char *dir, const eng_cuda_model_opts_t *opts, eng_cuda_tp_t **ret,
                      char *err, size_t errlen);

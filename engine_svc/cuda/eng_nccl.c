@@ -20,8 +20,10 @@ typedef int (*fn_allreduce_t)(const void *send, void *recv, size_t count, int dt
                               nccl_comm_t comm, void *stream);
 typedef const char *(*fn_errstr_t)(int result);
 typedef int (*fn_version_t)(int *version);
+typedef int (*fn_abort_t)(nccl_comm_t comm);
+typedef int (*fn_async_err_t)(nccl_comm_t comm, int *async_error);
 
-enum { NCCL_SUCCESS = 0, NCCL_BF16 = 9, NCCL_F32 = 7, NCCL_SUM = 0 };
+enum { NCCL_SUCCESS = 0, NCCL_IN_PROGRESS = 7, NCCL_BF16 = 9, NCCL_F32 = 7, NCCL_SUM = 0 };
 
 static struct {
     pthread_once_t once;
@@ -33,7 +35,9 @@ static struct {
     fn_destroy_t destroy;
     fn_allreduce_t allreduce;
     fn_errstr_t errstr;
-} g = {PTHREAD_ONCE_INIT, 0, "", NULL, 0, NULL, NULL, NULL, NULL};
+    fn_abort_t abort_comm;
+    fn_async_err_t async_err;
+} g = {PTHREAD_ONCE_INIT, 0, "", NULL, 0, NULL, NULL, NULL, NULL, NULL, NULL};
 
 static char g_last[256];
 
@@ -71,9 +75,13 @@ static void s_open_once(void) {
     s_sym(&g.allreduce, sizeof g.allreduce, "ncclAllReduce");
     s_sym(&g.errstr, sizeof g.errstr, "ncclGetErrorString");
     s_sym(&ver, sizeof ver, "ncclGetVersion");
-    if (!g.init_all || !g.destroy || !g.allreduce || !g.errstr || !ver) {
+    s_sym(&g.abort_comm, sizeof g.abort_comm, "ncclCommAbort");
+    s_sym(&g.async_err, sizeof g.async_err, "ncclCommGetAsyncError");
+    if (!g.init_all || !g.destroy || !g.allreduce || !g.errstr || !ver || !g.abort_comm ||
+        !g.async_err) {
         snprintf(g.msg, sizeof g.msg, "libnccl.so.2: missing entry point (ncclCommInitAll, "
-                 "ncclCommDestroy, ncclAllReduce, ncclGetErrorString or ncclGetVersion)");
+                 "ncclCommDestroy, ncclAllReduce, ncclGetErrorString, ncclGetVersion, "
+                 "ncclCommAbort or ncclCommGetAsyncError)");
         g.rc = -ELIBACC;
         return;
     }
@@ -130,6 +138,31 @@ int eng_nccl_comms_init(int n, const int *devices, void **ret_comms, char *err, 
 void eng_nccl_comm_destroy(void *comm) {
     if (comm && g.destroy)
         g.destroy(comm);
+}
+
+int eng_nccl_comm_abort(void *comm) {
+    if (!comm || !g.abort_comm)
+        return -EINVAL;
+    int nr = g.abort_comm(comm);
+    if (nr != NCCL_SUCCESS) {
+        snprintf(g_last, sizeof g_last, "ncclCommAbort: %s", g.errstr(nr));
+        return -EIO;
+    }
+    return 0;
+}
+
+int eng_nccl_comm_async_error(void *comm, char *err, size_t errlen) {
+    if (!comm || !g.async_err)
+        return -EINVAL;
+    int ae = NCCL_SUCCESS;
+    int nr = g.async_err(comm, &ae);
+    if (nr != NCCL_SUCCESS || (ae != NCCL_SUCCESS && ae != NCCL_IN_PROGRESS)) {
+        int code = nr != NCCL_SUCCESS ? nr : ae;
+        if (err && errlen)
+            snprintf(err, errlen, "ncclCommGetAsyncError: %s (%d)", g.errstr(code), code);
+        return -EIO;
+    }
+    return 0;
 }
 
 int eng_nccl_allreduce_sum(void *comm, void *buf, size_t count, int dtype, void *stream) {

@@ -27,6 +27,14 @@ int eng_nccl_version(void);
  * process). ret_comms: n opaque ncclComm_t, written only on success. */
 int eng_nccl_comms_init(int n, const int *devices, void **ret_comms, char *err, size_t errlen);
 void eng_nccl_comm_destroy(void *comm);
+/* ncclCommAbort: the communicator's kernels that wait for peers return, and the communicator is
+ * freed (never destroy or use it afterwards). Callable from another thread than the one issuing
+ * on the communicator, but not while that thread is inside an NCCL call on it (eng_tp_watch.h).
+ * 0 or -EIO. */
+int eng_nccl_comm_abort(void *comm);
+/* ncclCommGetAsyncError: 0 while the communicator is healthy (or still in progress), -EIO with
+ * err naming NCCL's error otherwise. Non-blocking. */
+int eng_nccl_comm_async_error(void *comm, char *err, size_t errlen);
 /* In-place sum all-reduce of `count` bf16 (dtype 0) or f32 (dtype 1) elements of device memory
  * `buf` on the CUDA stream `stream` (cudaStream_t); capturable into CUDA graphs. 0 or -EIO. */
 int eng_nccl_allreduce_sum(void *comm, void *buf, size_t count, int dtype, void *stream);

@@ -1,6 +1,6 @@
 # model.cmake: engine-cpu's tests (model parity against the transformers fixtures, loader errors,
 # dummy load). Included from engine_svc/CMakeLists.txt when BUILD_TESTING.
-foreach(t eng_loader eng_model eng_model_mm)
+foreach(t eng_loader eng_model eng_model_mm eng_devices)
   if(EXISTS ${CMAKE_CURRENT_SOURCE_DIR}/tests/test_${t}.c)
     om_add_test(NAME ${t} SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/tests/test_${t}.c
                 LIBS eng_core LABELS unit TIMEOUT 600)
