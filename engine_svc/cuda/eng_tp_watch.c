@@ -1,7 +1,9 @@
 /* eng_tp_watch.c: the watchdog / abort state machine of a tensor-parallel group (eng_tp_watch.h).
  * One mutex guards the state; the watchdog thread sleeps on a condition variable (CLOCK_MONOTONIC)
  * until the step's deadline or a trip's grace period; communicator aborts run outside the state
- * lock, serialised by a second mutex. */
+ * lock, each on a thread of its own, all at once: ncclCommAbort of one rank of a single-process
+ * clique may wait for its peers' aborts, so aborting them one after another from one thread
+ * deadlocks (seen on two H200s: a failed rank's group hung, a watchdog trip took 16.8 s). */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
@@ -18,9 +20,8 @@
 enum { S_IDLE, S_ISSUING, S_WAITING, S_DONE, S_FAILED, S_SKIPPED };
 
 struct eng_tp_watch {
-    pthread_mutex_t mu;          /* guards everything below except abort_mu */
+    pthread_mutex_t mu;          /* guards everything below */
     pthread_cond_t cv;           /* wakes the watchdog thread */
-    pthread_mutex_t abort_mu;    /* one abort_fn at a time */
     pthread_t th;
     bool th_started, quit;
     int n;
@@ -107,19 +108,48 @@ static int s_claim_locked(eng_tp_watch_t *w, bool force, int *list) {
     return k;
 }
 
-/* Calls abort_fn for the claimed ranks, one at a time. Lock NOT held. */
+struct abort_arg {
+    eng_tp_watch_t *w;
+    int rank;
+};
+
+/* One rank's abort; marks it done when abort_fn returns. Lock NOT held. */
+static void s_abort_one(eng_tp_watch_t *w, int rank) {
+    w->abort_fn(w->ud, rank);
+    pthread_mutex_lock(&w->mu);
+    w->abort_done[rank] = true;
+    pthread_cond_broadcast(&w->done_cv);
+    pthread_mutex_unlock(&w->mu);
+}
+
+static void *s_abort_thread(void *p) {
+    struct abort_arg a = *(struct abort_arg *)p;
+    free(p);
+    s_abort_one(a.w, a.rank);
+    return NULL;
+}
+
+/* Starts abort_fn for each claimed rank, each on a detached thread, and returns at once (an
+ * abort may wait for a peer's abort, which a later claim starts). Lock NOT held. Where a thread
+ * cannot be started the abort runs here. */
 static void s_abort_list(eng_tp_watch_t *w, const int *list, int k) {
-    if (k == 0)
-        return;
-    pthread_mutex_lock(&w->abort_mu);
     for (int i = 0; i < k; i++) {
-        w->abort_fn(w->ud, list[i]);
-        pthread_mutex_lock(&w->mu);
-        w->abort_done[list[i]] = true;
-        pthread_cond_broadcast(&w->done_cv);
-        pthread_mutex_unlock(&w->mu);
+        struct abort_arg *a = malloc(sizeof *a);
+        pthread_attr_t at;
+        pthread_t th;
+        bool started = false;
+        if (a && pthread_attr_init(&at) == 0) {
+            a->w = w;
+            a->rank = list[i];
+            started = pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED) == 0 &&
+                      pthread_create(&th, &at, s_abort_thread, a) == 0;
+            pthread_attr_destroy(&at);
+        }
+        if (!started) {
+            free(a);
+            s_abort_one(w, list[i]);
+        }
     }
-    pthread_mutex_unlock(&w->abort_mu);
 }
 
 static void s_timeout_reason_locked(eng_tp_watch_t *w, char *buf, size_t len) {
@@ -142,7 +172,7 @@ static void s_abstime(uint64_t ns, struct timespec *ts) {
 
 static void *s_watchdog(void *arg) {
     eng_tp_watch_t *w = arg;
-    int list[ENG_TP_WATCH_MAX_RANKS];
+    int list[ENG_TP_WATCH_MAX_RANKS] = {0};
     pthread_mutex_lock(&w->mu);
     while (!w->quit) {
         uint64_t now = s_now_ns(), wake = 0;
@@ -204,7 +234,6 @@ int eng_tp_watch_new(const eng_tp_watch_opts_t *o, eng_tp_watch_t **ret) {
     pthread_condattr_init(&ca);
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
     pthread_mutex_init(&w->mu, NULL);
-    pthread_mutex_init(&w->abort_mu, NULL);
     pthread_cond_init(&w->cv, &ca);
     pthread_cond_init(&w->done_cv, &ca);
     pthread_condattr_destroy(&ca);
@@ -221,6 +250,10 @@ int eng_tp_watch_new(const eng_tp_watch_opts_t *o, eng_tp_watch_t **ret) {
 void eng_tp_watch_free(eng_tp_watch_t *w) {
     if (!w)
         return;
+    /* abort threads still running use w: wait for them; if one never returns, leak w (the
+       process is about to exit on its device-lost path) */
+    if (eng_tp_watch_settle(w, 60000) < 0)
+        return;
     if (w->th_started) {
         pthread_mutex_lock(&w->mu);
         w->quit = true;
@@ -230,7 +263,6 @@ void eng_tp_watch_free(eng_tp_watch_t *w) {
     }
     pthread_cond_destroy(&w->cv);
     pthread_cond_destroy(&w->done_cv);
-    pthread_mutex_destroy(&w->abort_mu);
     pthread_mutex_destroy(&w->mu);
     free(w);
 }
@@ -253,7 +285,7 @@ int eng_tp_watch_begin(eng_tp_watch_t *w) {
 }
 
 int eng_tp_watch_issued(eng_tp_watch_t *w, int rank) {
-    int list[ENG_TP_WATCH_MAX_RANKS], k = 0, rc = 0;
+    int list[ENG_TP_WATCH_MAX_RANKS] = {0}, k = 0, rc = 0;
     pthread_mutex_lock(&w->mu);
     w->state[rank] = S_WAITING;
     s_settle_locked(w);
@@ -267,7 +299,7 @@ int eng_tp_watch_issued(eng_tp_watch_t *w, int rank) {
 }
 
 int eng_tp_watch_skip(eng_tp_watch_t *w, int rank, int rc, const char *msg) {
-    int list[ENG_TP_WATCH_MAX_RANKS], k = 0;
+    int list[ENG_TP_WATCH_MAX_RANKS] = {0}, k = 0;
     pthread_mutex_lock(&w->mu);
     w->state[rank] = S_SKIPPED;
     if (w->skip_rank < 0) {
@@ -285,7 +317,7 @@ int eng_tp_watch_skip(eng_tp_watch_t *w, int rank, int rc, const char *msg) {
 }
 
 void eng_tp_watch_fail(eng_tp_watch_t *w, int rank, int rc, const char *msg) {
-    int list[ENG_TP_WATCH_MAX_RANKS];
+    int list[ENG_TP_WATCH_MAX_RANKS] = {0};
     char why[512], lab[48];
     pthread_mutex_lock(&w->mu);
     w->state[rank] = S_FAILED;
@@ -299,7 +331,7 @@ void eng_tp_watch_fail(eng_tp_watch_t *w, int rank, int rc, const char *msg) {
 
 int eng_tp_watch_wait(eng_tp_watch_t *w, int rank, eng_tp_poll_fn poll, void *pud,
                       uint64_t spin_us) {
-    int list[ENG_TP_WATCH_MAX_RANKS];
+    int list[ENG_TP_WATCH_MAX_RANKS] = {0};
     const uint64_t t0 = s_now_ns();
     uint64_t sleep_ns = 5000;
     for (;;) {

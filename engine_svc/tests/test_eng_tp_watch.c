@@ -3,12 +3,14 @@
  * rank's "stream" finishes only once every rank has issued its step (the collectives meet) and the
  * step's work time has passed, or when its communicator is aborted (the waiting kernels return).
  * A rank told to hang blocks in "issuing" (a launch behind a waiting NCCL kernel) until its own
- * communicator is aborted. Cases, one line each:
+ * communicator is aborted. An abort, as ncclCommAbort on a single-process clique, returns only
+ * once every rank's abort has begun (the teardown meets its peers): aborts started one after
+ * another from one thread never return (the deadlock seen on two H200s). Cases, one line each:
  *  1. healthy: 40 steps on 4 ranks, no trip, no abort;
  *  2. slow but inside the watchdog (work 150 ms, watchdog 1000 ms): no trip;
  *  3. rank 1 fails before issuing: every other rank's wait returns -EHOSTDOWN within 500 ms,
  *     the reason names rank 1 (GPU 11) and its message, every communicator aborted exactly once,
- *     never two aborts at a time, then begin() refuses (sticky);
+ *     no abort stuck waiting for its peers, then begin() refuses (sticky);
  *  4. rank 2 hangs while issuing (watchdog 300 ms, grace 200 ms): the others return -EHOSTDOWN
  *     after the watchdog (not before), rc -ETIMEDOUT, the reason says watchdog and names rank 2
  *     "issuing"; rank 2's communicator is aborted after the grace period, which releases it;
@@ -51,7 +53,8 @@ typedef struct sim {
     eng_tp_watch_t *w;
     atomic_int issued;              /* ranks that issued this step */
     atomic_int aborts[N];           /* abort_fn calls per rank */
-    atomic_int in_abort, max_in_abort;
+    atomic_int entered[N];          /* abort_fn began, per rank */
+    atomic_int stuck;               /* an abort waited 3 s for its peers' */
     atomic_int released[N];         /* comm aborted: kernels return */
     uint64_t step_t0, work_ms;
     int fail_rank;                  /* fails before issuing; -1 none */
@@ -65,13 +68,23 @@ typedef struct sim {
 
 static void s_abort(void *ud, int rank) {
     sim_t *s = ud;
-    int in = atomic_fetch_add(&s->in_abort, 1) + 1;
-    if (in > atomic_load(&s->max_in_abort))
-        atomic_store(&s->max_in_abort, in);
+    atomic_store(&s->entered[rank], 1);
+    atomic_store(&s->released[rank], 1); /* the abort flag: this rank's kernels return */
+    uint64_t t0 = s_ms();
+    for (;;) { /* the teardown waits for every peer's abort to begin */
+        int all = 1;
+        for (int r = 0; r < N; r++)
+            all &= atomic_load(&s->entered[r]);
+        if (all)
+            break;
+        if (s_ms() - t0 > 3000) {
+            atomic_store(&s->stuck, 1);
+            break;
+        }
+        usleep(1000);
+    }
     usleep(5000); /* an abort takes a while */
     atomic_fetch_add(&s->aborts[rank], 1);
-    atomic_store(&s->released[rank], 1);
-    atomic_fetch_sub(&s->in_abort, 1);
 }
 
 static int s_poll(void *pud, int rank, char *msg, size_t len) {
@@ -155,7 +168,7 @@ static int s_all_aborted_once(sim_t *s) {
     for (int r = 0; r < N; r++)
         if (atomic_load(&s->aborts[r]) != 1)
             return 0;
-    return atomic_load(&s->max_in_abort) == 1;
+    return !atomic_load(&s->stuck);
 }
 
 static int s_none_aborted(sim_t *s) {
