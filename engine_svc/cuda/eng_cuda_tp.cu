@@ -202,8 +202,21 @@ extern "C" void eng_cuda_tp_free(eng_cuda_tp_t *g) {
                 t.detach();
         return;
     }
-    if (dead && g->watch && eng_tp_watch_settle(g->watch, 30000) < 0)
-        fprintf(stderr, "engine tensor parallel: an ncclCommAbort has not returned after 30 s\n");
+    if (dead && g->watch && eng_tp_watch_settle(g->watch, 5000) < 0) {
+        /* an ncclCommAbort still runs (seen on H200s: a rank's graph had launched its collectives
+           when its peer failed): freeing under it could hang or crash, and the process is about
+           to exit on its device-lost path, so leave the group (and the watch) to it */
+        fprintf(stderr, "engine tensor parallel: an ncclCommAbort has not returned after 5 s; "
+                        "leaving the group's memory to the process exit\n");
+        std::lock_guard<std::mutex> lk(g->mu);
+        g->wedged = true;
+        g->quit = true;
+        g->go.notify_all();
+        for (std::thread &t : g->th)
+            if (t.joinable())
+                t.detach();
+        return;
+    }
     /* each rank frees its shard and destroys its communicator on its own thread, all at once
        (communicator teardown may wait for the peers); an aborted communicator is already gone */
     if (g->th.size() == (size_t)g->n)
@@ -501,7 +514,7 @@ static int s_forward_rank(eng_cuda_tp *g, uint64_t step, int k, const eng_batch_
         }
         /* hang: never issue the step, stay "issuing" (like a thread blocked in a launch) until
            the watchdog aborts this rank's communicator */
-        while (!eng_tp_watch_aborted(w, k))
+        while (!eng_tp_watch_abort_started(w, k))
             std::this_thread::sleep_for(std::chrono::milliseconds(1));
         snprintf(e, el, "injected hang (OM_CUDA_TP_FAULT=%d:%llu:hang)", k,
                  (unsigned long long)step);

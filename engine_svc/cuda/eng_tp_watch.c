@@ -399,6 +399,13 @@ bool eng_tp_watch_aborted(eng_tp_watch_t *w, int rank) {
     return a;
 }
 
+bool eng_tp_watch_abort_started(eng_tp_watch_t *w, int rank) {
+    pthread_mutex_lock(&w->mu);
+    bool a = rank >= 0 && rank < w->n && w->aborted[rank];
+    pthread_mutex_unlock(&w->mu);
+    return a;
+}
+
 int eng_tp_watch_settle(eng_tp_watch_t *w, uint64_t timeout_ms) {
     struct timespec ts;
     s_abstime(s_now_ns() + timeout_ms * 1000000ull, &ts);

@@ -82,6 +82,9 @@ bool eng_tp_watch_dead(eng_tp_watch_t *w);
 int eng_tp_watch_reason(eng_tp_watch_t *w, char *buf, size_t len);
 /* Whether rank `rank`'s communicator has been aborted (abort_fn returned). */
 bool eng_tp_watch_aborted(eng_tp_watch_t *w, int rank);
+/* Whether rank `rank`'s abort has begun (claimed; abort_fn called or about to be): what releases a
+ * launch blocked behind that rank's NCCL kernels, which may be long before abort_fn returns. */
+bool eng_tp_watch_abort_started(eng_tp_watch_t *w, int rank);
 /* Waits until every claimed abort has returned (teardown of a dead group): 0, or -ETIMEDOUT. */
 int eng_tp_watch_settle(eng_tp_watch_t *w, uint64_t timeout_ms);
 
