@@ -277,8 +277,10 @@ template <bool CG> __device__ __forceinline__ void s_ld8h(const float *p, float 
 
 /* One warp, K <= 8, I % 8 == 0: out[t][d] = Σ_k bf16(bf16(down_e[d]·h[t·K+k]) · w[t·K+k]) with
  * all K expert rows in flight at once, reductions at the end. Shared by k_moe_down and
- * k_moe_fused. */
-template <typename A, typename O, bool CG>
+ * k_moe_fused. RANGE: skip pairs routed outside [e0, e0+ne) (expert parallelism); without it the
+ * slot tests are k < K only, which keeps all K rows' loads unconditional (62 registers against
+ * 48: one GPU's batch-1 decode was 1.7 % slower with the range test compiled in). */
+template <typename A, typename O, bool CG, bool RANGE = true>
 __device__ __forceinline__ void s_down_vec8(O *out, const A *h, const bf16 *down,
                                             const int32_t *ids, const float *wts, int t, int d,
                                             int K, int D, int I, int e0, int ne, int lane) {
@@ -290,8 +292,8 @@ __device__ __forceinline__ void s_down_vec8(O *out, const A *h, const bf16 *down
     for (int k = 0; k < 8; k++) {
         part[k] = 0.0f;
         int e = ids[t * K + (k < K ? k : 0)] - e0;
-        loc[k] = k < K && (unsigned)e < (unsigned)ne;
-        wr[k] = down + ((int64_t)(loc[k] ? e : 0) * D + d) * I;
+        loc[k] = k < K && (!RANGE || (unsigned)e < (unsigned)ne);
+        wr[k] = down + ((int64_t)(!RANGE || loc[k] ? e : 0) * D + d) * I;
     }
     for (int c = lane * 8; c < I; c += 256) {
 #pragma unroll
@@ -316,7 +318,7 @@ __device__ __forceinline__ void s_down_vec8(O *out, const A *h, const bf16 *down
         st(&out[(int64_t)t * D + d], acc);
 }
 
-template <typename A, typename O, bool VEC>
+template <typename A, typename O, bool VEC, bool RANGE>
 __global__ void __launch_bounds__(256)
     k_moe_down(O *out, const A *h, const bf16 *down, const int32_t *ids, const float *wts, int K,
                int D, int I, int e0, int ne) {
@@ -334,7 +336,7 @@ __global__ void __launch_bounds__(256)
     if (d >= D)
         return;
     if (VEC && K <= 8) {
-        s_down_vec8<A, O, false>(out, h, down, ids, wts, t, d, K, D, I, e0, ne, lane);
+        s_down_vec8<A, O, false, RANGE>(out, h, down, ids, wts, t, d, K, D, I, e0, ne, lane);
         return;
     }
     float acc = 0.0f;
@@ -761,12 +763,15 @@ int ek_moe_experts(const ek_ctx *c, O *out, const A *x, const bf16 *gate, const 
             CUDA_CHECK(ek_launch(k_moe_gu<A, false>, g1, dim3(256), 0, s, h, x, gate, up, m->ids,
                                  K, I, D, e0, ne));
         dim3 g2((D + 7) / 8, T);
-        if (vec_i)
-            CUDA_CHECK(ek_launch(k_moe_down<A, O, true>, g2, dim3(256), 0, s, out, h, down,
+        if (vec_i && ne == E) /* one GPU (or column split): no expert-range test */
+            CUDA_CHECK(ek_launch(k_moe_down<A, O, true, false>, g2, dim3(256), 0, s, out, h, down,
+                                 m->ids, m->wts, K, D, I, e0, ne));
+        else if (vec_i)
+            CUDA_CHECK(ek_launch(k_moe_down<A, O, true, true>, g2, dim3(256), 0, s, out, h, down,
                                  m->ids, m->wts, K, D, I, e0, ne));
         else
-            CUDA_CHECK(ek_launch(k_moe_down<A, O, false>, g2, dim3(256), 0, s, out, h, down,
-                                 m->ids, m->wts, K, D, I, e0, ne));
+            CUDA_CHECK(ek_launch(k_moe_down<A, O, false, true>, g2, dim3(256), 0, s, out, h,
+                                 down, m->ids, m->wts, K, D, I, e0, ne));
         return 0;
     }
     int max_tiles = s_max_tiles(TK, E);
