@@ -224,6 +224,25 @@ static double s_service_b1(const char *dir, int ctx, int steps, int mode, double
     return got > 3 && dt > 0 ? (got - 3) / dt : 0;
 }
 
+/* n sequences with 512-token prompts (seeds seed0 + i, prefilled 8 at a time), 3 warm-up decode
+ * steps, then `steps` timed ones: their wall time in seconds. Frees the sequences and the KV. */
+static double s_agg_decode(int n, int steps, uint64_t seed0) {
+    seq_t *ss = calloc(n, sizeof *ss);
+    if (!ss)
+        s_die(-ENOMEM, "aggregate decode");
+    for (int i = 0; i < n; i++)
+        s_seq_init(&ss[i], 512 + steps + 8, seed0 + i);
+    for (int i = 0; i < n; i += 8)
+        s_prefill(ss + i, n - i < 8 ? n - i : 8, 512, 512);
+    s_decode(ss, n, 3);
+    double dt = s_decode(ss, n, steps);
+    for (int i = 0; i < n; i++)
+        s_seq_free(&ss[i]);
+    free(ss);
+    g_next_block = 0;
+    return dt;
+}
+
 /* --tensor-parallel: the figures that compare a split model with one GPU (see the top comment). */
 static int s_tp_bench(int tp, int steps) {
     double ttft, b1, agg[2] = {0}, comm[3] = {0}, ar_us[3] = {0}, step_ms[3] = {0};
@@ -244,22 +263,12 @@ static int s_tp_bench(int tp, int steps) {
     }
     for (int k = 0; k < 2; k++) {
         int n = bsz[k];
-        seq_t *ss = calloc(n, sizeof *ss);
-        for (int i = 0; i < n; i++)
-            s_seq_init(&ss[i], 512 + steps + 8, 100 + i);
-        for (int i = 0; i < n; i += 8)
-            s_prefill(ss + i, n - i < 8 ? n - i : 8, 512, 512);
-        s_decode(ss, n, 3);
-        double dt = s_decode(ss, n, steps);
+        double dt = s_agg_decode(n, steps, 100);
         agg[k] = (double)n * steps / dt;
         step_ms[k + 1] = dt / steps * 1e3;
         printf("TP %d: batch %d, ctx 512: aggregate decode %.0f tok/s (%.2f ms/step)\n", tp, n,
                agg[k], step_ms[k + 1]);
         fflush(stdout);
-        for (int i = 0; i < n; i++)
-            s_seq_free(&ss[i]);
-        free(ss);
-        g_next_block = 0;
     }
     for (int k = 0; k < 3; k++) {
         int r = eng_cuda_model_measure_comm(g_m, (uint32_t)cb[k], &comm[k], &ar_us[k], g_err,
@@ -299,22 +308,10 @@ static int s_curve(int steps) {
     double tps[NB] = {0};
     for (int k = 0; k < NB; k++) {
         int n = bs[k];
-        seq_t *ss = calloc(n, sizeof *ss);
-        if (!ss)
-            s_die(-ENOMEM, "curve");
-        for (int i = 0; i < n; i++)
-            s_seq_init(&ss[i], 512 + steps + 8, 700 + i);
-        for (int i = 0; i < n; i += 8)
-            s_prefill(ss + i, n - i < 8 ? n - i : 8, 512, 512);
-        s_decode(ss, n, 3);
-        double dt = s_decode(ss, n, steps);
+        double dt = s_agg_decode(n, steps, 700);
         tps[k] = (double)n * steps / dt;
         printf("curve batch %d, ctx 512: %.2f ms/step, %.0f tok/s\n", n, dt / steps * 1e3, tps[k]);
         fflush(stdout);
-        for (int i = 0; i < n; i++)
-            s_seq_free(&ss[i]);
-        free(ss);
-        g_next_block = 0;
     }
     printf("\n| concurrent C | 1 GPU at C (tok/s) | 1 GPU at C/2 (tok/s) | 2 replicas at most (x) |\n"
            "|---|---|---|---|\n");
@@ -471,21 +468,11 @@ int main(int argc, char **argv) {
     int nb = quick ? 2 : 3;
     for (int k = 0; k < nb; k++) {
         int n = bsz[k];
-        seq_t *ss = calloc(n, sizeof *ss);
-        for (int i = 0; i < n; i++)
-            s_seq_init(&ss[i], 512 + steps + 8, 100 + i);
-        for (int i = 0; i < n; i += 8)
-            s_prefill(ss + i, n - i < 8 ? n - i : 8, 512, 512);
-        s_decode(ss, n, 3);
-        double dt = s_decode(ss, n, steps);
+        double dt = s_agg_decode(n, steps, 100);
         agg[k] = (double)n * steps / dt;
         printf("batch %d, ctx 512: aggregate decode %.0f tok/s (%.2f ms/step)\n", n, agg[k],
                dt / steps * 1e3);
         fflush(stdout);
-        for (int i = 0; i < n; i++)
-            s_seq_free(&ss[i]);
-        free(ss);
-        g_next_block = 0;
     }
     /* MoE path comparison at batch 1 and 8 */
     double moe_cmp[2][2] = {{0}};

@@ -311,22 +311,7 @@ __global__ void __launch_bounds__(256)
     if (n >= N)
         return;
     float acc[NT];
-#pragma unroll
-    for (int t = 0; t < NT; t++)
-        acc[t] = 0.0f;
-#pragma unroll 4
-    for (int c = lane * 8; c < D; c += 256) {
-        float wf[8];
-        ld8(wr + c, wf);
-#pragma unroll
-        for (int t = 0; t < NT; t++) {
-            float xf[8];
-            ld8(xs + t * D + c, xf);
-#pragma unroll
-            for (int i = 0; i < 8; i++)
-                acc[t] = fmaf(wf[i], xf[i], acc[t]);
-        }
-    }
+    ek_dot_row_smem<NT>(wr, xs, D, lane, acc);
 #pragma unroll
     for (int t = 0; t < NT; t++) {
         float v = warp_sum(acc[t]);
@@ -531,22 +516,7 @@ __global__ void __launch_bounds__(256, NT == 1 ? 6 : 4)
     ek_norm_prologue<NT>(xs, h_in, delta, h_out, nw, eps, nullptr, D, blockIdx.x == 0);
     if (n < N) {
         float acc[NT];
-#pragma unroll
-        for (int t = 0; t < NT; t++)
-            acc[t] = 0.0f;
-#pragma unroll 4
-        for (int c = lane * 8; c < D; c += 256) {
-            float wf[8];
-            ld8(wr + c, wf);
-#pragma unroll
-            for (int t = 0; t < NT; t++) {
-                float xf[8];
-                ld8(xs + t * D + c, xf);
-#pragma unroll
-                for (int i = 0; i < 8; i++)
-                    acc[t] = fmaf(wf[i], xf[i], acc[t]);
-            }
-        }
+        ek_dot_row_smem<NT>(wr, xs, D, lane, acc);
 #pragma unroll
         for (int t = 0; t < NT; t++) {
             float v = warp_sum(acc[t]);

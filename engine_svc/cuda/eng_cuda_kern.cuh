@@ -216,6 +216,30 @@ __device__ __forceinline__ void ek_norm_prologue(bf16 *xs, const bf16 *h_in, con
     __syncthreads();
 }
 
+/* acc[t] = Σ_c wr[c] · xs[t·D + c] for one warp (lane 0..31), D % 8 == 0, 16-byte loads: the row
+ * dot product of the decode GEMVs that read their activations from shared memory (k_gemv_norm,
+ * k_gemv_norm_rope); the caller reduces acc over the warp. */
+template <int NT>
+__device__ __forceinline__ void ek_dot_row_smem(const bf16 *wr, const bf16 *xs, int D, int lane,
+                                                float *acc) {
+#pragma unroll
+    for (int t = 0; t < NT; t++)
+        acc[t] = 0.0f;
+#pragma unroll 4
+    for (int c = lane * 8; c < D; c += 256) {
+        float wf[8];
+        ld8(wr + c, wf);
+#pragma unroll
+        for (int t = 0; t < NT; t++) {
+            float xf[8];
+            ld8(xs + t * D + c, xf);
+#pragma unroll
+            for (int i = 0; i < 8; i++)
+                acc[t] = fmaf(wf[i], xf[i], acc[t]);
+        }
+    }
+}
+
 /* y (T,N) bf16 = norm(h_in + delta) · wᵀ for T <= 8 (decode): add + RMSNorm fused into the GEMV
  * prologue; block 0 writes the new residual to h_out. Needs D % 8 == 0 and T·D·2 <= 48 KiB. */
 int ek_gemv_norm(cudaStream_t s, bf16 *y, const bf16 *w, int T, int N, int D, const bf16 *h_in,

@@ -187,6 +187,18 @@ static int s_dead_err(eng_cuda_tp *g, char *err, size_t errlen) {
     return -EHOSTDOWN;
 }
 
+/* Leaves a group whose worker or abort is stuck in the driver: the threads are detached and the
+ * memory left to the process exit (freeing under them could hang or crash; the engine is about to
+ * exit on its device-lost path). */
+static void s_abandon(eng_cuda_tp *g) {
+    std::lock_guard<std::mutex> lk(g->mu);
+    g->quit = true;
+    g->go.notify_all();
+    for (std::thread &t : g->th)
+        if (t.joinable())
+            t.detach();
+}
+
 extern "C" void eng_cuda_tp_free(eng_cuda_tp_t *g) {
     if (!g)
         return;
@@ -194,12 +206,7 @@ extern "C" void eng_cuda_tp_free(eng_cuda_tp_t *g) {
     if (g->wedged) {
         /* a worker is stuck in the driver: freeing under it could crash or hang. The process is
            about to exit (the engine's device-lost path); leave the group to it. */
-        std::lock_guard<std::mutex> lk(g->mu);
-        g->quit = true;
-        g->go.notify_all();
-        for (std::thread &t : g->th)
-            if (t.joinable())
-                t.detach();
+        s_abandon(g);
         return;
     }
     if (dead && g->watch && eng_tp_watch_settle(g->watch, 5000) < 0) {
@@ -208,13 +215,8 @@ extern "C" void eng_cuda_tp_free(eng_cuda_tp_t *g) {
            to exit on its device-lost path, so leave the group (and the watch) to it */
         fprintf(stderr, "engine tensor parallel: an ncclCommAbort has not returned after 5 s; "
                         "leaving the group's memory to the process exit\n");
-        std::lock_guard<std::mutex> lk(g->mu);
         g->wedged = true;
-        g->quit = true;
-        g->go.notify_all();
-        for (std::thread &t : g->th)
-            if (t.joinable())
-                t.detach();
+        s_abandon(g);
         return;
     }
     /* each rank frees its shard and destroys its communicator on its own thread, all at once
@@ -229,12 +231,7 @@ extern "C" void eng_cuda_tp_free(eng_cuda_tp_t *g) {
             return 0;
         }, nullptr, 0, dead ? g->watchdog_ms + 30000 : 0);
     if (g->wedged) { /* stuck during the teardown itself */
-        std::lock_guard<std::mutex> lk(g->mu);
-        g->quit = true;
-        g->go.notify_all();
-        for (std::thread &t : g->th)
-            if (t.joinable())
-                t.detach();
+        s_abandon(g);
         return;
     }
     {
