@@ -1,9 +1,12 @@
 /* cuda_sample_bench.c: the GPU sampler alone -- the cuda backend's SAMPLE hook (eng_cuda_sample_ex:
  * upload of row parameters and logit edits, one kernel, download of ids and logprobs, stream sync)
- * per call at vocab 152064 and batch 1, 16 and 256, on a peaked (LLM-like) and a flat row. Configs:
+ * per call at vocab 152064 and batch 1, 4, 16 and 256, on a peaked (LLM-like) and a flat row. Configs:
  * greedy, temperature 0.8, top-p 0.95, top-k 20 + top-p 0.8, min-p 0.05, top-p 0.95 with penalties
  * (repetition 1.1, presence 0.5, frequency 0.3 over a 512-token history) and with logprobs 5.
- * Prints microseconds per call and per row. Usage: cuda_sample_bench [--iters N] */
+ * Prints microseconds per call and per row. At batch 1, 4 and 16 both kernels run in the same process
+ * (OM_CUDA_SAMPLE_SPLIT=0: one block per row, k_sample; =1: the split path, one row over many
+ * blocks), with "ids ==" when the last call's ids (and logprobs) of the two are identical; batch 256
+ * runs the default choice. Usage: cuda_sample_bench [--iters N] */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -71,7 +74,8 @@ int main(int argc, char **argv) {
     static eng_sampler_params_t params[MAXB];
     static uint32_t steps[MAXB], edit0[MAXB], n_edit[MAXB];
     static int32_t ids[MAXB];
-    static eng_sampler_result_t res[MAXB];
+    static eng_sampler_result_t res[MAXB], res0[MAXB];
+    static int32_t ids0[MAXB];
     static eng_sampler_edit_t edits[HIST];
     const struct {
         const char *name;
@@ -87,7 +91,7 @@ int main(int argc, char **argv) {
         {"top-p 0.95 + logprobs 5", {.temperature = 0.8f, .top_p = 0.95f, .repetition_penalty = 1,
                                      .n_logprobs = 5}},
     };
-    const int bs[3] = {1, 16, 256};
+    const int bs[4] = {1, 4, 16, 256};
     printf("cuda_sample_bench: SAMPLE hook per call, vocab %d, %d calls per figure\n", BV, iters);
     for (int pk = 1; pk >= 0; pk--) {
         s_fill(row, pk);
@@ -105,7 +109,7 @@ int main(int argc, char **argv) {
             int ne = eng_sampler_edits(cs, &p, &sq, edits, HIST);
             if (ne < 0)
                 return 1;
-            for (int b = 0; b < 3; b++) {
+            for (int b = 0; b < 4; b++) {
                 int n = bs[b];
                 for (int i = 0; i < n; i++) {
                     params[i] = p;
@@ -117,21 +121,45 @@ int main(int argc, char **argv) {
                 struct eng_sample_batch sb = {.params = params, .steps = steps, .n_rows = (uint32_t)n,
                                               .edits = edits, .edit0 = edit0, .n_edit = n_edit,
                                               .results = res};
-                if ((r = be->ops->sample(be, &dev, &sb, ids)) < 0) { /* warm-up, allocations */
-                    fprintf(stderr, "sample: %d\n", r);
-                    return 1;
+                /* paths: 0 = k_sample, 1 = split; batch 256: the default only (-1) */
+                const int paths[2] = {n <= 16 ? 0 : -1, 1};
+                for (int pi = 0; pi < (n <= 16 ? 2 : 1); pi++) {
+                    if (paths[pi] >= 0)
+                        setenv("OM_CUDA_SAMPLE_SPLIT", paths[pi] ? "1" : "0", 1);
+                    else
+                        unsetenv("OM_CUDA_SAMPLE_SPLIT");
+                    if ((r = be->ops->sample(be, &dev, &sb, ids)) < 0) { /* warm-up, allocations */
+                        fprintf(stderr, "sample: %d\n", r);
+                        return 1;
+                    }
+                    double t0 = s_now();
+                    for (int it = 0; it < iters; it++) {
+                        for (int i = 0; i < n; i++)
+                            steps[i] = (uint32_t)it;
+                        r = be->ops->sample(be, &dev, &sb, ids);
+                    }
+                    double dt = (s_now() - t0) / iters;
+                    const char *same = "";
+                    if (paths[pi] == 0) {
+                        memcpy(ids0, ids, (size_t)n * sizeof *ids);
+                        memcpy(res0, res, (size_t)n * sizeof *res);
+                    } else if (paths[pi] == 1) {
+                        int eq = memcmp(ids0, ids, (size_t)n * sizeof *ids) == 0;
+                        for (int i = 0; eq && p.n_logprobs > 0 && i < n; i++)
+                            eq = res0[i].logprob == res[i].logprob && res0[i].n_top == res[i].n_top &&
+                                 !memcmp(res0[i].top_ids, res[i].top_ids,
+                                         res[i].n_top * sizeof *res[i].top_ids) &&
+                                 !memcmp(res0[i].top_logprobs, res[i].top_logprobs,
+                                         res[i].n_top * sizeof *res[i].top_logprobs);
+                        same = eq ? "  ids ==" : "  ids DIFFER";
+                    }
+                    printf("%-6s %-26s batch %3d %-7s: %8.1f us/call (%6.2f us/row)%s%s\n",
+                           pk ? "peaked" : "flat", cases[c].name, n,
+                           paths[pi] < 0 ? "default" : paths[pi] ? "split" : "k_sample", dt * 1e6,
+                           dt * 1e6 / n, same, r < 0 ? "  FAILED" : "");
+                    fflush(stdout);
                 }
-                double t0 = s_now();
-                for (int it = 0; it < iters; it++) {
-                    for (int i = 0; i < n; i++)
-                        steps[i] = (uint32_t)it;
-                    r = be->ops->sample(be, &dev, &sb, ids);
-                }
-                double dt = (s_now() - t0) / iters;
-                printf("%-6s %-26s batch %3d: %8.1f us/call (%6.2f us/row)%s\n",
-                       pk ? "peaked" : "flat", cases[c].name, n, dt * 1e6, dt * 1e6 / n,
-                       r < 0 ? "  FAILED" : "");
-                fflush(stdout);
+                unsetenv("OM_CUDA_SAMPLE_SPLIT");
             }
         }
     }

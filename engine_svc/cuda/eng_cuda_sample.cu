@@ -629,21 +629,14 @@ template <int NT> SS_HD int ss_count_to(ss_smem &sm, int D) {
     return (int)ss_sum<NT>(c, sm);
 }
 
-/* The temperature path of one row (temperature > 0): returns the sampled id. A histogram over
- * linear bins below the maximum bounds where the truncation (top-k by count, else top-p by mass,
- * min-p by its threshold) or, without truncation, the draw ends; the elements before that bound
- * (a prefix of the candidate order: usually a few hundred) are compacted into cl/cid (cap
- * elements; more, or cap 0: the selects run over the whole row as before) and the exact
- * selects run over them only. The answer is the same as over the whole row. */
+/* The linear bin bound of ss_row (after ss_lhist's histogram in sm): the truncation (top-k by
+ * count, else top-p by mass, min-p by its threshold) or, without truncation, the draw ends in
+ * linear bins <= the result. */
 template <int NT>
-SS_HD int32_t ss_row(const float *row, int V, const eng_cuda_sample_row_t &rw, float *cl,
-                     int32_t *cid, int cap, const ss_scr &scr, ss_smem &sm) {
-    const float inv_t = 1.0f / rw.temperature;
-    const float mx = ss_max<NT>(row, V, inv_t, sm);
-    const unsigned long long total_all = ss_lhist<NT>(row, V, inv_t, mx, sm);
+SS_HD int ss_bound(ss_smem &sm, const eng_cuda_sample_row_t &rw, int V,
+                   unsigned long long total_all, double u) {
     const bool topk = rw.top_k > 0 && rw.top_k < V;
     const bool minp = rw.min_p > 0.0f;
-    const double u = ss_uniform(rw.seed, rw.step);
     int D = SS_BINS - 1;
     if (topk)
         D = ss_cut<NT>(sm, true, (double)rw.top_k);
@@ -657,11 +650,17 @@ SS_HD int32_t ss_row(const float *row, int V, const eng_cuda_sample_row_t &rw, f
     }
     if (!topk && !minp && !(rw.top_p < 1.0f))
         D = ss_cut<NT>(sm, false, u * (double)total_all);
-    ss_src src = {row, nullptr, V, inv_t};
-    const int n_pre = cap > 0 ? ss_count_to<NT>(sm, D) : V;
-    if (n_pre <= cap && n_pre <= V / 2) /* (a list of most of the row saves nothing) */
-        src = ss_src{cl, cid, ss_gather<NT>(src, ss_pred_prefix{mx, D}, cl, cid, sm), 1.0f};
+    return D;
+}
 
+/* The selects of ss_row over src (the compacted prefix or the whole row), with ss_lhist's
+ * histogram still in sm: returns the sampled id. */
+template <int NT>
+SS_HD int32_t ss_row_sel(const ss_src &src, int V, float mx, unsigned long long total_all,
+                         const eng_cuda_sample_row_t &rw, double u, const ss_scr &scr,
+                         ss_smem &sm) {
+    const bool topk = rw.top_k > 0 && rw.top_k < V;
+    const bool minp = rw.min_p > 0.0f;
     const ss_bnd all = {0u, INT_MAX};
     ss_bnd B = all;
     if (topk) {
@@ -685,6 +684,33 @@ SS_HD int32_t ss_row(const float *row, int V, const eng_cuda_sample_row_t &rw, f
         mass = ss_mass<NT>(src, mx, B, minp, thr, sm);
     ss_sel s = {B, minp, thr, true, true, u * (double)mass};
     return ss_select<NT>(src, mx, s, scr, sm).id;
+}
+
+/* whether the prefix of n_pre elements goes into the candidate list (a list of most of the row
+ * saves nothing) */
+SS_HD inline bool ss_compact(int n_pre, int cap, int V) {
+    return n_pre <= cap && n_pre <= V / 2;
+}
+
+/* The temperature path of one row (temperature > 0): returns the sampled id. A histogram over
+ * linear bins below the maximum bounds where the truncation (top-k by count, else top-p by mass,
+ * min-p by its threshold) or, without truncation, the draw ends; the elements before that bound
+ * (a prefix of the candidate order: usually a few hundred) are compacted into cl/cid (cap
+ * elements; more, or cap 0: the selects run over the whole row as before) and the exact
+ * selects run over them only. The answer is the same as over the whole row. */
+template <int NT>
+SS_HD int32_t ss_row(const float *row, int V, const eng_cuda_sample_row_t &rw, float *cl,
+                     int32_t *cid, int cap, const ss_scr &scr, ss_smem &sm) {
+    const float inv_t = 1.0f / rw.temperature;
+    const float mx = ss_max<NT>(row, V, inv_t, sm);
+    const unsigned long long total_all = ss_lhist<NT>(row, V, inv_t, mx, sm);
+    const double u = ss_uniform(rw.seed, rw.step);
+    const int D = ss_bound<NT>(sm, rw, V, total_all, u);
+    ss_src src = {row, nullptr, V, inv_t};
+    const int n_pre = cap > 0 ? ss_count_to<NT>(sm, D) : V;
+    if (ss_compact(n_pre, cap, V))
+        src = ss_src{cl, cid, ss_gather<NT>(src, ss_pred_prefix{mx, D}, cl, cid, sm), 1.0f};
+    return ss_row_sel<NT>(src, V, mx, total_all, rw, u, scr, sm);
 }
 
 /* The best element (higher logit, then lower id) strictly after (pl, pid) in that order: the
@@ -828,6 +854,390 @@ __global__ void __launch_bounds__(SS_THREADS, 1)
     }
 }
 
+/* ---- the split path: one row over many blocks (small batches) -------------------------------
+ *
+ * At batch 1 k_sample's single block reads the row several times alone (the maximum, the linear
+ * histogram, the compaction, logprobs' sum and top-n). The split path spreads those whole-row
+ * passes over nb blocks per row (a chunk of the row each) in four launches, and leaves only the
+ * selects over the compacted candidates (short) to one block per row:
+ *   sp_k1 (nb x rows): the edited copy of the chunk; the chunk's maximum of the scaled logits
+ *         (greedy: its best (logit, id)); logprobs: the chunk's raw maximum and its n best; block
+ *         0 zeroes the row's histogram and counters (each call, so graph replays start clean);
+ *   sp_k2 (nb [+ 4] x rows): the row maximum from the chunk maxima, the chunk's linear histogram
+ *         (ss_lhist's) added into the row's (integer atomics: exact, order-free); logprobs: 4 more
+ *         blocks compute k_sample's 32 per-warp sums of exp(raw - max) with the same lanes,
+ *         element order and shuffles (so the double sum and the logprobs are bit-identical);
+ *   sp_k3 (nb x rows): every block derives ss_row's bound D from the row histogram and gathers
+ *         its chunk's share of the prefix into the candidate list (a global counter per row);
+ *   sp_k4 (rows, SS_THREADS): ss_row_sel over the list (or the whole row when it does not
+ *         compact, as k_sample), the greedy and top-n merges, the logprobs.
+ * Every step computes the same sets and exact sums as k_sample, so the token and the logprobs
+ * are the same bits. Sizes come from the launch (nb, V, cap), never from device results. */
+#define SP_THREADS 256
+#define SP_MAXNB 256
+#define SP_MIN_CHUNK 1024   /* elements per block at least */
+#define SP_TARGET_BLOCKS 264 /* ~2 blocks per SM on an H100 (132 SMs), over all rows */
+#define SP_LP_BLOCKS (SS_THREADS / SP_THREADS) /* sp_k2's extra blocks: k_sample's 32 warps */
+#define SP_MAXLP ENG_CUDA_SAMPLE_MAX_LOGPROBS
+
+/* per-row partials and counters (device; rows x nb, rows x 32, rows x SS_BINS, rows) */
+struct sp_ws {
+    float *bmax;               /* (rows, nb) chunk max of scaled logits / greedy best logit */
+    int32_t *bid;              /* (rows, nb) greedy best id (INT_MAX: none) */
+    float *rmax;               /* (rows, nb) chunk max of raw logits (logprobs) */
+    float *topl;               /* (rows, nb, SP_MAXLP) chunk n best raw logits */
+    int32_t *topi;             /* (rows, nb, SP_MAXLP) their ids (INT_MAX: none) */
+    double *dsum;              /* (rows, 32) k_sample's per-warp sums of exp(raw - max) */
+    unsigned long long *wbin;  /* (rows, SS_BINS) linear histogram: fixed-point mass */
+    uint32_t *cbin;            /* (rows, SS_BINS) linear histogram: counts */
+    unsigned long long *total; /* (rows) fixed-point mass of the row */
+    int32_t *ncand;            /* (rows) candidates gathered */
+};
+
+struct sp_red {
+    float f[32];
+    int32_t i[32];
+};
+
+__device__ inline void sp_chunk(int V, int nb, int b, int *lo, int *hi) {
+    const int c = (V + nb - 1) / nb;
+    const long long l = (long long)b * c;
+    *lo = l < V ? (int)l : V;
+    *hi = *lo + c < V ? *lo + c : V;
+}
+
+/* block max over p[0..n) (every thread gets it) */
+template <int NT> __device__ float sp_fmax(float m, sp_red &rd) {
+    m = warp_max(m);
+    if ((threadIdx.x & 31) == 0)
+        rd.f[threadIdx.x >> 5] = m;
+    __syncthreads();
+    float r = -INFINITY;
+    for (int i = 0; i < NT / 32; i++)
+        r = fmaxf(r, rd.f[i]);
+    __syncthreads();
+    return r;
+}
+template <int NT> __device__ float sp_pmax(const float *p, int n, sp_red &rd) {
+    float m = -INFINITY;
+    for (int i = threadIdx.x; i < n; i += NT)
+        m = fmaxf(m, p[i]);
+    return sp_fmax<NT>(m, rd);
+}
+
+/* ss_best over elements lo..hi of l (ids: the element's id, NULL: its index; INT_MAX: skipped):
+ * the best (higher logit, then lower id) strictly after (pl, pid); INT_MAX: none */
+template <int NT>
+__device__ int32_t sp_best(const float *l, const int32_t *ids, int lo, int hi, float pl, int pid,
+                           sp_red &rd, float *ret_l) {
+    float best = -INFINITY;
+    int bi = INT_MAX;
+    for (int i = lo + (int)threadIdx.x; i < hi; i += NT) {
+        const float x = l[i];
+        const int v = ids ? ids[i] : i;
+        if (v == INT_MAX || !(x < pl || (x == pl && v > pid)))
+            continue;
+        if (x > best || (x == best && v < bi)) {
+            best = x;
+            bi = v;
+        }
+    }
+    for (int o = 16; o > 0; o >>= 1) {
+        float ob = __shfl_xor_sync(0xffffffffu, best, o);
+        int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+        if (ob > best || (ob == best && oi < bi)) {
+            best = ob;
+            bi = oi;
+        }
+    }
+    if ((threadIdx.x & 31) == 0) {
+        rd.f[threadIdx.x >> 5] = best;
+        rd.i[threadIdx.x >> 5] = bi;
+    }
+    __syncthreads();
+    float b = rd.f[0];
+    int id = rd.i[0];
+    for (int i = 1; i < NT / 32; i++)
+        if (rd.f[i] > b || (rd.f[i] == b && rd.i[i] < id)) {
+            b = rd.f[i];
+            id = rd.i[i];
+        }
+    __syncthreads();
+    *ret_l = b;
+    return id;
+}
+
+__device__ inline const float *sp_row(const float *logits, int V, const eng_cuda_sample_row_t &rw,
+                                      const float *proc, int r) {
+    return rw.n_edit > 0 ? proc + (size_t)rw.slot * V : logits + (size_t)r * V;
+}
+
+__global__ void __launch_bounds__(SP_THREADS)
+    sp_k1(const float *logits, int V, int nb, const eng_cuda_sample_row_t *rows,
+          const eng_cuda_sample_edit_t *edits, float *proc, sp_ws ws) {
+    __shared__ sp_red rd;
+    const int r = blockIdx.y, b = blockIdx.x, t = threadIdx.x;
+    const eng_cuda_sample_row_t rw = rows[r];
+    int lo, hi;
+    sp_chunk(V, nb, b, &lo, &hi);
+    const float *raw = logits + (size_t)r * V;
+    const float *row = raw;
+    if (rw.n_edit > 0) { /* k_sample's edited copy, this chunk of it */
+        float *pr = proc + (size_t)rw.slot * V;
+        for (int v = lo + t; v < hi; v += SP_THREADS)
+            pr[v] = raw[v];
+        __syncthreads();
+        for (uint32_t j = t; j < rw.n_edit; j += SP_THREADS) {
+            const eng_cuda_sample_edit_t e = edits[rw.edit0 + j];
+            if (e.id < lo || e.id >= hi)
+                continue;
+            float l = raw[e.id];
+            if (e.rp != 1.0f)
+                l = l > 0 ? l / e.rp : l * e.rp;
+            l -= e.sub;
+            if (e.suppress)
+                l = -INFINITY;
+            pr[e.id] = l;
+        }
+        __syncthreads(); /* the chunk (global memory) is visible to the whole block */
+        row = pr;
+    }
+    if (b == 0) {
+        for (int i = t; i < SS_BINS; i += SP_THREADS) {
+            ws.wbin[(size_t)r * SS_BINS + i] = 0;
+            ws.cbin[(size_t)r * SS_BINS + i] = 0;
+        }
+        if (t == 0) {
+            ws.total[r] = 0;
+            ws.ncand[r] = 0;
+        }
+    }
+    const size_t pb = (size_t)r * nb + b;
+    if (rw.temperature > 0.0f) {
+        const float inv_t = 1.0f / rw.temperature;
+        float m = -INFINITY;
+        for (int v = lo + t; v < hi; v += SP_THREADS)
+            m = fmaxf(m, ss_l(row, v, inv_t));
+        m = sp_fmax<SP_THREADS>(m, rd);
+        if (t == 0)
+            ws.bmax[pb] = m;
+    } else {
+        float bl;
+        const int32_t id = sp_best<SP_THREADS>(row, nullptr, lo, hi, INFINITY, -1, rd, &bl);
+        if (t == 0) {
+            ws.bmax[pb] = bl;
+            ws.bid[pb] = id;
+        }
+    }
+    if (rw.n_logprobs > 0) {
+        float m = -INFINITY;
+        for (int v = lo + t; v < hi; v += SP_THREADS)
+            m = fmaxf(m, ss_l(raw, v, 1.0f));
+        m = sp_fmax<SP_THREADS>(m, rd);
+        if (t == 0)
+            ws.rmax[pb] = m;
+        float pl = INFINITY;
+        int pid = -1;
+        for (uint32_t k = 0; k < SP_MAXLP; k++) {
+            float bl = -INFINITY;
+            int32_t id = INT_MAX;
+            if (k < rw.n_logprobs)
+                id = sp_best<SP_THREADS>(raw, nullptr, lo, hi, pl, pid, rd, &bl);
+            if (t == 0) {
+                ws.topl[pb * SP_MAXLP + k] = bl;
+                ws.topi[pb * SP_MAXLP + k] = id;
+            }
+            pl = bl;
+            pid = id;
+        }
+    }
+}
+
+__global__ void __launch_bounds__(SP_THREADS)
+    sp_k2(const float *logits, int V, int nb, const eng_cuda_sample_row_t *rows,
+          const float *proc, sp_ws ws) {
+    __shared__ unsigned long long wbin[SS_BINS];
+    __shared__ uint32_t cbin[SS_BINS];
+    __shared__ sp_red rd;
+    const int r = blockIdx.y, b = blockIdx.x, t = threadIdx.x;
+    const eng_cuda_sample_row_t rw = rows[r];
+    if (b >= nb) { /* logprobs: k_sample's warps (b - nb) * 8 .. + 7, lane for lane */
+        if (rw.n_logprobs == 0)
+            return;
+        const float *raw = logits + (size_t)r * V;
+        const float mx = sp_pmax<SP_THREADS>(ws.rmax + (size_t)r * nb, nb, rd);
+        const int w = (b - nb) * (SP_THREADS / 32) + (t >> 5);
+        const int vt = w * 32 + (t & 31); /* the k_sample thread */
+        double acc = 0;
+        for (int v = vt; v < V; v += SS_THREADS)
+            acc += exp((double)raw[v] - (double)mx);
+        for (int off = 16; off > 0; off >>= 1)
+            acc += __shfl_xor_sync(0xffffffffu, acc, off);
+        if ((t & 31) == 0)
+            ws.dsum[(size_t)r * 32 + w] = acc;
+        return;
+    }
+    if (!(rw.temperature > 0.0f))
+        return;
+    const float *row = sp_row(logits, V, rw, proc, r);
+    const float inv_t = 1.0f / rw.temperature;
+    const float mx = sp_pmax<SP_THREADS>(ws.bmax + (size_t)r * nb, nb, rd);
+    for (int i = t; i < SS_BINS; i += SP_THREADS) {
+        wbin[i] = 0;
+        cbin[i] = 0;
+    }
+    __syncthreads();
+    int lo, hi;
+    sp_chunk(V, nb, b, &lo, &hi);
+    unsigned long long acc = 0;
+    for (int v = lo + t; v < hi; v += SP_THREADS) { /* ss_lhist's loop body */
+        const float l = ss_l(row, v, inv_t);
+        const unsigned long long q = ss_q(expf(l - mx));
+        if (q == 0)
+            continue;
+        const int d = ss_lbin(l, mx);
+        atomicAdd(&wbin[d], q);
+        atomicAdd(&cbin[d], 1u);
+        acc += q;
+    }
+    __syncthreads();
+    for (int i = t; i < SS_BINS; i += SP_THREADS)
+        if (cbin[i] > 0) {
+            atomicAdd(&ws.wbin[(size_t)r * SS_BINS + i], wbin[i]);
+            atomicAdd(&ws.cbin[(size_t)r * SS_BINS + i], cbin[i]);
+        }
+    for (int o = 16; o > 0; o >>= 1)
+        acc += __shfl_xor_sync(0xffffffffu, acc, o);
+    if ((t & 31) == 0 && acc > 0)
+        atomicAdd(&ws.total[r], acc);
+}
+
+/* the row histogram into sm (k_sample's state after ss_lhist); returns the row's mass */
+template <int NT>
+__device__ unsigned long long sp_load_hist(const sp_ws &ws, int r, ss_smem &sm) {
+    for (int i = threadIdx.x; i < SS_BINS; i += NT) {
+        sm.wbin[i] = ws.wbin[(size_t)r * SS_BINS + i];
+        sm.cbin[i] = ws.cbin[(size_t)r * SS_BINS + i];
+    }
+    __syncthreads();
+    return ws.total[r];
+}
+
+__global__ void __launch_bounds__(SP_THREADS)
+    sp_k3(const float *logits, int V, int nb, const eng_cuda_sample_row_t *rows,
+          const float *proc, sp_ws ws, float *cand_l, int32_t *cand_id, int cap) {
+    __shared__ ss_smem sm;
+    __shared__ sp_red rd;
+    const int r = blockIdx.y, b = blockIdx.x, t = threadIdx.x;
+    const eng_cuda_sample_row_t rw = rows[r];
+    if (!(rw.temperature > 0.0f))
+        return;
+    const unsigned long long total_all = sp_load_hist<SP_THREADS>(ws, r, sm);
+    const double u = ss_uniform(rw.seed, rw.step);
+    const int D = ss_bound<SP_THREADS>(sm, rw, V, total_all, u);
+    const int n_pre = cap > 0 ? ss_count_to<SP_THREADS>(sm, D) : V;
+    if (!ss_compact(n_pre, cap, V))
+        return;
+    const float *row = sp_row(logits, V, rw, proc, r);
+    const float inv_t = 1.0f / rw.temperature;
+    const float mx = sp_pmax<SP_THREADS>(ws.bmax + (size_t)r * nb, nb, rd);
+    const ss_pred_prefix pred = {mx, D};
+    float *ol = cand_l + (size_t)r * cap;
+    int32_t *oid = cand_id + (size_t)r * cap;
+    int lo, hi;
+    sp_chunk(V, nb, b, &lo, &hi);
+    const int lane = t & 31;
+    for (int base = lo; base < hi; base += SP_THREADS) { /* every lane runs every iteration */
+        const int v = base + t;
+        float l = 0.0f;
+        bool take = false;
+        if (v < hi) {
+            l = ss_l(row, v, inv_t);
+            take = pred(l, v);
+        }
+        const unsigned m = __ballot_sync(0xffffffffu, take);
+        int at = 0;
+        if (lane == 0 && m)
+            at = atomicAdd(&ws.ncand[r], __popc(m));
+        at = __shfl_sync(0xffffffffu, at, 0);
+        if (take) {
+            at += __popc(m & ((1u << lane) - 1u));
+            ol[at] = l;
+            oid[at] = v;
+        }
+    }
+}
+
+__global__ void __launch_bounds__(SS_THREADS, 1)
+    sp_k4(const float *logits, int V, int nb, const eng_cuda_sample_row_t *rows,
+          eng_cuda_sample_out_t *out, const float *proc, sp_ws ws, float *cand_l,
+          int32_t *cand_id, int cap, float *bin_l, int32_t *bin_id) {
+    __shared__ ss_smem sm;
+    __shared__ sp_red rd;
+    const int r = blockIdx.x, t = threadIdx.x;
+    const eng_cuda_sample_row_t rw = rows[r];
+    const float *raw = logits + (size_t)r * V;
+    int32_t id;
+    if (rw.temperature > 0.0f) {
+        const float *row = sp_row(logits, V, rw, proc, r);
+        const float inv_t = 1.0f / rw.temperature;
+        const float mx = sp_pmax<SS_THREADS>(ws.bmax + (size_t)r * nb, nb, rd);
+        const unsigned long long total_all = sp_load_hist<SS_THREADS>(ws, r, sm);
+        const double u = ss_uniform(rw.seed, rw.step);
+        const int D = ss_bound<SS_THREADS>(sm, rw, V, total_all, u);
+        const int n_pre = cap > 0 ? ss_count_to<SS_THREADS>(sm, D) : V;
+        ss_src src = {row, nullptr, V, inv_t};
+        if (ss_compact(n_pre, cap, V))
+            src = ss_src{cand_l + (size_t)r * cap, cand_id + (size_t)r * cap, ws.ncand[r], 1.0f};
+        id = ss_row_sel<SS_THREADS>(src, V, mx, total_all, rw, u,
+                                    ss_scr{bin_l + (size_t)r * SS_BCAP,
+                                           bin_id + (size_t)r * SS_BCAP, SS_BCAP},
+                                    sm);
+    } else {
+        float bl;
+        id = sp_best<SS_THREADS>(ws.bmax + (size_t)r * nb, ws.bid + (size_t)r * nb, 0, nb,
+                                 INFINITY, -1, rd, &bl);
+        id = id == INT_MAX ? 0 : id;
+    }
+    __syncthreads();
+    eng_cuda_sample_out_t *o = &out[r];
+    if (rw.n_logprobs > 0) { /* ss_logprobs from the partials */
+        const float mx = sp_pmax<SS_THREADS>(ws.rmax + (size_t)r * nb, nb, rd);
+        double sum = 0;
+        for (int i = 0; i < SS_THREADS / 32; i++)
+            sum += ws.dsum[(size_t)r * 32 + i];
+        const double lse = (double)mx + log(sum);
+        const float *tl = ws.topl + (size_t)r * nb * SP_MAXLP;
+        const int32_t *ti = ws.topi + (size_t)r * nb * SP_MAXLP;
+        float pl = INFINITY;
+        int pid = -1;
+        uint32_t k = 0;
+        for (; k < rw.n_logprobs; k++) {
+            float b;
+            int32_t bid = sp_best<SS_THREADS>(tl, ti, 0, nb * SP_MAXLP, pl, pid, rd, &b);
+            if (bid == INT_MAX)
+                break;
+            if (t == 0) {
+                o->top_ids[k] = bid;
+                o->top_logprobs[k] = (float)((double)b - lse);
+            }
+            pl = b;
+            pid = bid;
+        }
+        if (t == 0) {
+            o->n_top = k;
+            o->logprob = (float)((double)raw[id] - lse);
+        }
+    }
+    if (t == 0) {
+        o->token = id;
+        if (rw.n_logprobs == 0) {
+            o->logprob = 0.0f;
+            o->n_top = 0;
+        }
+    }
+}
+
 extern "C" int eng_cuda_sample_host(const float *logits, uint32_t V,
                                     const eng_cuda_sample_row_t *row, int32_t *ret_id) {
     if (!logits || !row || !ret_id || V == 0 || V >= (1u << 22))
@@ -933,6 +1343,70 @@ static int s_reserve(uint32_t n, size_t cand, size_t n_edits, size_t proc) {
     return 0;
 }
 
+/* the split path's workspace (grown, never shrunk) */
+static sp_ws s_sp;
+static size_t s_sp_rows, s_sp_parts; /* rows; rows x nb */
+
+static int s_sp_reserve(uint32_t n_rows, uint32_t nb) {
+    const size_t parts = (size_t)n_rows * nb;
+    if (parts > s_sp_parts) {
+        cudaFree(s_sp.bmax);
+        cudaFree(s_sp.bid);
+        cudaFree(s_sp.rmax);
+        cudaFree(s_sp.topl);
+        cudaFree(s_sp.topi);
+        s_sp.bmax = s_sp.rmax = s_sp.topl = nullptr;
+        s_sp.bid = s_sp.topi = nullptr;
+        s_sp_parts = 0;
+        CUDA_CHECK(cudaMalloc(&s_sp.bmax, parts * sizeof *s_sp.bmax));
+        CUDA_CHECK(cudaMalloc(&s_sp.bid, parts * sizeof *s_sp.bid));
+        CUDA_CHECK(cudaMalloc(&s_sp.rmax, parts * sizeof *s_sp.rmax));
+        CUDA_CHECK(cudaMalloc(&s_sp.topl, parts * SP_MAXLP * sizeof *s_sp.topl));
+        CUDA_CHECK(cudaMalloc(&s_sp.topi, parts * SP_MAXLP * sizeof *s_sp.topi));
+        s_sp_parts = parts;
+    }
+    if (n_rows > s_sp_rows) {
+        cudaFree(s_sp.dsum);
+        cudaFree(s_sp.wbin);
+        cudaFree(s_sp.cbin);
+        cudaFree(s_sp.total);
+        cudaFree(s_sp.ncand);
+        s_sp.dsum = nullptr;
+        s_sp.wbin = s_sp.total = nullptr;
+        s_sp.cbin = nullptr;
+        s_sp.ncand = nullptr;
+        s_sp_rows = 0;
+        CUDA_CHECK(cudaMalloc(&s_sp.dsum, (size_t)n_rows * 32 * sizeof *s_sp.dsum));
+        CUDA_CHECK(cudaMalloc(&s_sp.wbin, (size_t)n_rows * SS_BINS * sizeof *s_sp.wbin));
+        CUDA_CHECK(cudaMalloc(&s_sp.cbin, (size_t)n_rows * SS_BINS * sizeof *s_sp.cbin));
+        CUDA_CHECK(cudaMalloc(&s_sp.total, (size_t)n_rows * sizeof *s_sp.total));
+        CUDA_CHECK(cudaMalloc(&s_sp.ncand, (size_t)n_rows * sizeof *s_sp.ncand));
+        s_sp_rows = n_rows;
+    }
+    return 0;
+}
+
+/* OM_CUDA_SAMPLE_SPLIT: 0 = k_sample always, 1 = the split path always, unset / other = the
+ * split path below SP_AUTO_ROWS rows. Read on every call (A/B within one process). */
+#define SP_AUTO_ROWS 16
+static bool s_use_split(uint32_t n_rows) {
+    const char *e = getenv("OM_CUDA_SAMPLE_SPLIT");
+    if (e && strcmp(e, "0") == 0)
+        return false;
+    if (e && strcmp(e, "1") == 0)
+        return true;
+    return n_rows < SP_AUTO_ROWS;
+}
+
+/* blocks per row: chunks of >= SP_MIN_CHUNK elements, ~SP_TARGET_BLOCKS over all rows */
+static uint32_t s_sp_nb(uint32_t n_rows, uint32_t V) {
+    uint32_t nb = (V + SP_MIN_CHUNK - 1) / SP_MIN_CHUNK;
+    const uint32_t by_rows = SP_TARGET_BLOCKS / n_rows;
+    nb = by_rows < nb ? by_rows : nb;
+    nb = nb < SP_MAXNB ? nb : SP_MAXNB;
+    return nb > 0 ? nb : 1;
+}
+
 /* both entry points; plain: ids only, the rows' edit and logprob fields ignored */
 static int s_sample(void *stream, const float *logits, uint32_t n_rows, uint32_t V,
                     const eng_cuda_sample_row_t *rows, const eng_cuda_sample_edit_t *edits,
@@ -983,10 +1457,39 @@ static int s_sample(void *stream, const float *logits, uint32_t n_rows, uint32_t
         CUDA_CHECK(cudaMemcpyAsync(s_edits_dev, s_edits_host, n_edits * sizeof *edits,
                                    cudaMemcpyHostToDevice, s));
     }
-    k_sample<<<n_rows, SS_THREADS, 0, s>>>(logits, (int)V, s_rows_dev, s_out_dev, s_cand_l,
-                                           s_cand_id, cap, s_edits_dev, s_proc, s_bin_l,
-                                           s_bin_id);
-    CUDA_LAUNCH_CHECK();
+    if (s_use_split(n_rows)) {
+        const uint32_t nb = s_sp_nb(n_rows, V);
+        r = s_sp_reserve(n_rows, nb);
+        if (r < 0)
+            return r;
+        bool any_t = false, any_lp = false;
+        for (uint32_t i = 0; i < n_rows; i++) {
+            any_t = any_t || s_rows_host[i].temperature > 0.0f;
+            any_lp = any_lp || s_rows_host[i].n_logprobs > 0;
+        }
+        sp_k1<<<dim3(nb, n_rows), SP_THREADS, 0, s>>>(logits, (int)V, (int)nb, s_rows_dev,
+                                                      s_edits_dev, s_proc, s_sp);
+        CUDA_LAUNCH_CHECK();
+        if (any_t || any_lp) {
+            sp_k2<<<dim3(nb + (any_lp ? SP_LP_BLOCKS : 0), n_rows), SP_THREADS, 0, s>>>(
+                logits, (int)V, (int)nb, s_rows_dev, s_proc, s_sp);
+            CUDA_LAUNCH_CHECK();
+        }
+        if (any_t) {
+            sp_k3<<<dim3(nb, n_rows), SP_THREADS, 0, s>>>(logits, (int)V, (int)nb, s_rows_dev,
+                                                          s_proc, s_sp, s_cand_l, s_cand_id, cap);
+            CUDA_LAUNCH_CHECK();
+        }
+        sp_k4<<<n_rows, SS_THREADS, 0, s>>>(logits, (int)V, (int)nb, s_rows_dev, s_out_dev,
+                                            s_proc, s_sp, s_cand_l, s_cand_id, cap, s_bin_l,
+                                            s_bin_id);
+        CUDA_LAUNCH_CHECK();
+    } else {
+        k_sample<<<n_rows, SS_THREADS, 0, s>>>(logits, (int)V, s_rows_dev, s_out_dev, s_cand_l,
+                                               s_cand_id, cap, s_edits_dev, s_proc, s_bin_l,
+                                               s_bin_id);
+        CUDA_LAUNCH_CHECK();
+    }
     CUDA_CHECK(cudaMemcpyAsync(s_out_host, s_out_dev, n_rows * sizeof *s_out_host,
                                cudaMemcpyDeviceToHost, s));
     CUDA_CHECK(cudaStreamSynchronize(s));
