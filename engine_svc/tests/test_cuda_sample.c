@@ -19,6 +19,14 @@
  *    CPU-processed row) and pass the same total-variation bound; penalties move the greedy token
  *    off the penalised maximum, suppression off the eos id;
  *  - logprobs: the token's logprob and the 5 best (ids exact) match the CPU sampler's within 1e-4.
+ * All of the above runs twice: with the default kernel choice (these batches are large: k_sample,
+ * one block per row) and again with OM_CUDA_SAMPLE_SPLIT=1 (the split path, one row over many
+ * blocks, forced at batch > 1; lines tagged "[split]").
+ * Then the split path at batch 1 and 5 against k_sample (OM_CUDA_SAMPLE_SPLIT=0) and the CPU
+ * sampler, one line per case: vocab 1, 7, 1000, 152064, 151949; rows normal, all-equal, with -inf
+ * entries; greedy, temperature, top-k + top-p, top-k > vocab, top-p 1.0, top-p 1e-6, min-p,
+ * penalties, logprobs 5. Tokens and logprobs must be identical bit for bit between the two kernels,
+ * and the CPU sampler must agree on >= n - 1 of the n draws (logprobs within 1e-4).
  * Exit 77 without a CUDA device. */
 #include <errno.h>
 #include <math.h>
@@ -36,11 +44,12 @@
 #define R 512     /* rows (draws) per large-vocabulary case */
 
 static int g_fail;
+static const char *g_tag = ""; /* "[split] " while the suite runs with OM_CUDA_SAMPLE_SPLIT=1 */
 
 static void s_result(int ok, const char *what, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 static void s_result(int ok, const char *what, const char *fmt, ...) {
-    printf("%-4s %s: ", ok ? "ok" : "FAIL", what);
+    printf("%-4s %s%s: ", ok ? "ok" : "FAIL", g_tag, what);
     va_list ap;
     va_start(ap, fmt);
     vprintf(fmt, ap);
@@ -384,6 +393,173 @@ static void s_big_all(eng_backend_t *be) {
     be->ops->release(be, &dev);
 }
 
+/* ---- the split path against k_sample and the CPU sampler, small batches ---- */
+
+#define PCALLS 16 /* calls per case */
+#define PMAXB 5
+
+static void s_parity(eng_backend_t *be, eng_tensor_t *dev, const float *logits, int nv,
+                     const char *dname, const char *pname, eng_sampler_params_t p, int B) {
+    static eng_sampler_params_t params[PMAXB];
+    static uint32_t steps[PMAXB], edit0[PMAXB], n_edit[PMAXB];
+    static int32_t ida[PMAXB], idb[PMAXB];
+    static eng_sampler_result_t ra[PMAXB], rb[PMAXB];
+    static eng_sampler_edit_t edits[64];
+    static float row[BV];
+    char name[160];
+    snprintf(name, sizeof name, "parity batch %d vocab %d %s %s", B, nv, dname, pname);
+    const int32_t prompt[3] = {0, 3 % nv, 5 % nv}, output[3] = {1 % nv, 1 % nv, 2 % nv};
+    const eng_sampler_seq_t sq = {.prompt = prompt, .n_prompt = 3, .output = output, .n_output = 3};
+    if (p.top_p == 0)
+        p.top_p = 1;
+    if (p.repetition_penalty == 0)
+        p.repetition_penalty = 1;
+    p.max_tokens = 1000;
+    eng_sampler_t *cs = NULL;
+    if (eng_sampler_new((uint32_t)nv, &cs) < 0) {
+        s_result(0, name, "eng_sampler_new failed");
+        return;
+    }
+    const int ne = eng_sampler_edits(cs, &p, &sq, edits, 64);
+    int n = 0, same = 0, agree = 0, lp_bits = 1, fails = 0;
+    double lp_diff = 0, lp_cpu = 0;
+    for (int c = 0; c < PCALLS && ne >= 0; c++) {
+        for (int i = 0; i < B; i++) {
+            params[i] = p;
+            params[i].seed = 1000 + (uint64_t)(c * B + i);
+            steps[i] = sq.n_output;
+            edit0[i] = 0;
+            n_edit[i] = (uint32_t)ne;
+        }
+        struct eng_sample_batch sb = {.params = params, .steps = steps, .n_rows = (uint32_t)B,
+                                      .edits = edits, .edit0 = edit0, .n_edit = n_edit,
+                                      .results = ra};
+        setenv("OM_CUDA_SAMPLE_SPLIT", "0", 1);
+        int r1 = be->ops->sample(be, dev, &sb, ida);
+        sb.results = rb;
+        setenv("OM_CUDA_SAMPLE_SPLIT", "1", 1);
+        int r2 = be->ops->sample(be, dev, &sb, idb);
+        unsetenv("OM_CUDA_SAMPLE_SPLIT");
+        if (r1 < 0 || r2 < 0) {
+            fails++;
+            continue;
+        }
+        for (int i = 0; i < B; i++) {
+            n++;
+            same += ida[i] == idb[i];
+            if (p.n_logprobs > 0) {
+                if (ra[i].n_top != rb[i].n_top ||
+                    memcmp(&ra[i].logprob, &rb[i].logprob, sizeof ra[i].logprob) ||
+                    memcmp(ra[i].top_ids, rb[i].top_ids, rb[i].n_top * sizeof *rb[i].top_ids) ||
+                    memcmp(ra[i].top_logprobs, rb[i].top_logprobs,
+                           rb[i].n_top * sizeof *rb[i].top_logprobs))
+                    lp_bits = 0;
+                double e = fabs((double)ra[i].logprob - rb[i].logprob);
+                for (uint32_t k = 0; k < ra[i].n_top && k < rb[i].n_top; k++) {
+                    double ek = fabs((double)ra[i].top_logprobs[k] - rb[i].top_logprobs[k]);
+                    e = ek > e ? ek : e;
+                }
+                lp_diff = e > lp_diff || isnan(e) ? e : lp_diff;
+            }
+            memcpy(row, logits, (size_t)nv * sizeof *row);
+            eng_sampler_result_t cr;
+            eng_sampler_params_t pi = params[i];
+            if (eng_sampler_sample(cs, &pi, &sq, row, &cr) < 0) {
+                fails++;
+                continue;
+            }
+            agree += cr.token == idb[i];
+            if (p.n_logprobs > 0) {
+                if (cr.n_top != rb[i].n_top)
+                    lp_cpu = INFINITY;
+                if (cr.token == idb[i]) {
+                    double e = fabs((double)cr.logprob - rb[i].logprob);
+                    lp_cpu = e > lp_cpu || isnan(e) ? e : lp_cpu;
+                }
+                for (uint32_t k = 0; k < cr.n_top && k < rb[i].n_top; k++) {
+                    double e = cr.top_ids[k] != rb[i].top_ids[k]
+                                   ? INFINITY
+                                   : fabs((double)cr.top_logprobs[k] - rb[i].top_logprobs[k]);
+                    lp_cpu = e > lp_cpu || isnan(e) ? e : lp_cpu;
+                }
+            }
+        }
+    }
+    eng_sampler_free(cs);
+    const int want = PCALLS * B;
+    int ok = ne >= 0 && fails == 0 && n == want && same == n && agree >= n - 1;
+    char lp[120] = "";
+    if (p.n_logprobs > 0) {
+        ok = ok && lp_bits && lp_cpu < 1e-4;
+        snprintf(lp, sizeof lp, "; logprobs %s (max |diff| %.1e, bound 0), vs CPU %.1e (tol 1e-4)",
+                 lp_bits ? "bit-identical" : "DIFFER", lp_diff, lp_cpu);
+    }
+    s_result(ok, name,
+             "split == k_sample on %d of %d tokens (bound all); CPU sampler agrees on %d (bound >= "
+             "%d)%s%s",
+             same, n, agree, n - 1, lp, ne < 0 || fails ? " (errors)" : "");
+}
+
+static void s_parity_all(eng_backend_t *be) {
+    static float l[BV];
+    const int vocabs[5] = {1, 7, 1000, BV, 151936 + 13};
+    const char *dnames[3] = {"normal", "all-equal", "-inf entries"};
+    const struct {
+        const char *name;
+        eng_sampler_params_t p;
+    } ps[] = {
+        {"greedy", {.temperature = 0}},
+        {"temperature 0.8", {.temperature = 0.8f}},
+        {"top-k 20 top-p 0.8", {.temperature = 0.7f, .top_k = 20, .top_p = 0.8f}},
+        {"top-k > vocab", {.temperature = 1.0f, .top_k = 200000}},
+        {"top-p 1.0", {.temperature = 1.0f, .top_p = 1.0f}},
+        {"top-p 1e-6", {.temperature = 1.0f, .top_p = 1e-6f}},
+        {"min-p 0.1", {.temperature = 1.0f, .min_p = 0.1f}},
+        {"penalties top-p 0.95", {.temperature = 0.8f, .top_p = 0.95f, .repetition_penalty = 1.3f,
+                                  .presence_penalty = 0.5f, .frequency_penalty = 0.4f}},
+        {"logprobs 5 top-p 0.95", {.temperature = 0.8f, .top_p = 0.95f, .n_logprobs = 5}},
+        {"logprobs 5 greedy", {.temperature = 0, .n_logprobs = 5}},
+    };
+    for (int vi = 0; vi < 5; vi++) {
+        const int nv = vocabs[vi];
+        int64_t shape[2] = {PMAXB, nv};
+        eng_tensor_t dev;
+        int r = eng_tensor_init(&dev, ENG_DTYPE_F32, 2, shape);
+        if (r == 0)
+            r = be->ops->alloc(be, &dev);
+        if (r < 0) {
+            s_result(0, "parity", "device logits (vocab %d): %d", nv, r);
+            continue;
+        }
+        for (int d = 0; d < 3; d++) {
+            uint64_t x = 0x9e3779b97f4a7c15ull ^ (uint64_t)nv;
+            for (int v = 0; v < nv; v++) {
+                double s = 0;
+                for (int k = 0; k < 4; k++) {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    s += (double)(x >> 11) / 9007199254740992.0;
+                }
+                l[v] = d == 1 ? 1.5f : (float)((s - 2.0) * 4.3);
+                if (d == 2 && v % 3 == 1)
+                    l[v] = -INFINITY; /* entry 0 stays finite */
+            }
+            for (int i = 0; r == 0 && i < PMAXB; i++)
+                r = be->ops->upload(be, &dev, (size_t)i * nv * sizeof *l, l, (size_t)nv * sizeof *l);
+            if (r < 0) {
+                s_result(0, "parity", "upload (vocab %d): %d", nv, r);
+                break;
+            }
+            for (size_t pi = 0; pi < sizeof ps / sizeof ps[0]; pi++) {
+                s_parity(be, &dev, l, nv, dnames[d], ps[pi].name, ps[pi].p, 1);
+                s_parity(be, &dev, l, nv, dnames[d], ps[pi].name, ps[pi].p, PMAXB);
+            }
+        }
+        be->ops->release(be, &dev);
+    }
+}
+
 int main(void) {
     eng_backend_t *be = NULL;
     if (eng_backend_new("cuda", 0, 0, &be) < 0) {
@@ -410,26 +586,36 @@ int main(void) {
     /* ties at the top and inside the body */
     logits[17] = logits[4000] = logits[23] = 12.0f;
     logits[100] = logits[101] = logits[102] = logits[103] = 6.5f;
-    int64_t shape[2] = {N, V};
-    eng_tensor_t dev;
-    int r = eng_tensor_init(&dev, ENG_DTYPE_F32, 2, shape);
-    if (r == 0)
-        r = be->ops->alloc(be, &dev);
-    for (int i = 0; r == 0 && i < N; i++)
-        r = be->ops->upload(be, &dev, (size_t)i * sizeof logits, logits, sizeof logits);
-    if (r < 0) {
-        printf("FAIL: device logits: %d\n", r);
-        eng_backend_free(be);
-        return 1;
+    /* the suite with the default kernel choice, then with the split path forced */
+    for (int pass = 0; pass < 2; pass++) {
+        if (pass == 1) {
+            setenv("OM_CUDA_SAMPLE_SPLIT", "1", 1);
+            g_tag = "[split] ";
+        }
+        int64_t shape[2] = {N, V};
+        eng_tensor_t dev;
+        int r = eng_tensor_init(&dev, ENG_DTYPE_F32, 2, shape);
+        if (r == 0)
+            r = be->ops->alloc(be, &dev);
+        for (int i = 0; r == 0 && i < N; i++)
+            r = be->ops->upload(be, &dev, (size_t)i * sizeof logits, logits, sizeof logits);
+        if (r < 0) {
+            printf("FAIL: device logits: %d\n", r);
+            eng_backend_free(be);
+            return 1;
+        }
+        s_case(be, &dev, logits, "greedy", (eng_sampler_params_t){.temperature = 0, .top_p = 1});
+        s_case(be, &dev, logits, "temperature 0.7", (eng_sampler_params_t){.temperature = 0.7f, .top_p = 1});
+        s_case(be, &dev, logits, "top-k 50", (eng_sampler_params_t){.temperature = 1.0f, .top_k = 50, .top_p = 1});
+        s_case(be, &dev, logits, "top-p 0.9", (eng_sampler_params_t){.temperature = 0.8f, .top_p = 0.9f});
+        s_case(be, &dev, logits, "top-k 100 top-p 0.95 min-p 0.05",
+               (eng_sampler_params_t){.temperature = 1.2f, .top_k = 100, .top_p = 0.95f, .min_p = 0.05f});
+        be->ops->release(be, &dev);
+        s_big_all(be);
     }
-    s_case(be, &dev, logits, "greedy", (eng_sampler_params_t){.temperature = 0, .top_p = 1});
-    s_case(be, &dev, logits, "temperature 0.7", (eng_sampler_params_t){.temperature = 0.7f, .top_p = 1});
-    s_case(be, &dev, logits, "top-k 50", (eng_sampler_params_t){.temperature = 1.0f, .top_k = 50, .top_p = 1});
-    s_case(be, &dev, logits, "top-p 0.9", (eng_sampler_params_t){.temperature = 0.8f, .top_p = 0.9f});
-    s_case(be, &dev, logits, "top-k 100 top-p 0.95 min-p 0.05",
-           (eng_sampler_params_t){.temperature = 1.2f, .top_k = 100, .top_p = 0.95f, .min_p = 0.05f});
-    be->ops->release(be, &dev);
-    s_big_all(be);
+    unsetenv("OM_CUDA_SAMPLE_SPLIT");
+    g_tag = "";
+    s_parity_all(be);
     eng_backend_free(be);
     printf("%s\n", g_fail ? "FAILED" : "all passed");
     return g_fail ? 1 : 0;
