@@ -29,7 +29,7 @@ if(OM_CUDA)
     om_add_test(NAME cuda_model SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/tests/test_cuda_model.c
                 LIBS eng_core LABELS gpu TIMEOUT 300)
     om_add_test(NAME cuda_sample SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/tests/test_cuda_sample.c
-                LIBS eng_core LABELS gpu TIMEOUT 300)
+                LIBS eng_core LABELS gpu TIMEOUT 600)
     # tensor parallelism: 2 GPUs vs 1 and the fixtures (skips with fewer than 2 GPUs)
     om_add_test(NAME cuda_tp SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/tests/test_cuda_tp.c
                 LIBS eng_core LABELS gpu TIMEOUT 600)

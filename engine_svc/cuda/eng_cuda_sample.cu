@@ -863,10 +863,11 @@ __global__ void __launch_bounds__(SS_THREADS, 1)
  *   sp_k1 (nb x rows): the edited copy of the chunk; the chunk's maximum of the scaled logits
  *         (greedy: its best (logit, id)); logprobs: the chunk's raw maximum and its n best; block
  *         0 zeroes the row's histogram and counters (each call, so graph replays start clean);
- *   sp_k2 (nb [+ 4] x rows): the row maximum from the chunk maxima, the chunk's linear histogram
- *         (ss_lhist's) added into the row's (integer atomics: exact, order-free); logprobs: 4 more
- *         blocks compute k_sample's 32 per-warp sums of exp(raw - max) with the same lanes,
- *         element order and shuffles (so the double sum and the logprobs are bit-identical);
+ *   sp_k2 (nb [+ 32] x rows): the row maximum from the chunk maxima, the chunk's linear histogram
+ *         (ss_lhist's) added into the row's (integer atomics: exact, order-free); logprobs: 32
+ *         more blocks (one warp each) compute k_sample's 32 per-warp sums of exp(raw - max) with
+ *         the same lanes, element order and shuffles (so the double sum and the logprobs are
+ *         bit-identical);
  *   sp_k3 (nb x rows): every block derives ss_row's bound D from the row histogram and gathers
  *         its chunk's share of the prefix into the candidate list (a global counter per row);
  *   sp_k4 (rows, SS_THREADS): ss_row_sel over the list (or the whole row when it does not
@@ -877,7 +878,7 @@ __global__ void __launch_bounds__(SS_THREADS, 1)
 #define SP_MAXNB 256
 #define SP_MIN_CHUNK 1024   /* elements per block at least */
 #define SP_TARGET_BLOCKS 264 /* ~2 blocks per SM on an H100 (132 SMs), over all rows */
-#define SP_LP_BLOCKS (SS_THREADS / SP_THREADS) /* sp_k2's extra blocks: k_sample's 32 warps */
+#define SP_LP_BLOCKS (SS_THREADS / 32) /* sp_k2's extra blocks: one per k_sample warp */
 #define SP_MAXLP ENG_CUDA_SAMPLE_MAX_LOGPROBS
 
 /* per-row partials and counters (device; rows x nb, rows x 32, rows x SS_BINS, rows) */
@@ -1061,19 +1062,23 @@ __global__ void __launch_bounds__(SP_THREADS)
     __shared__ sp_red rd;
     const int r = blockIdx.y, b = blockIdx.x, t = threadIdx.x;
     const eng_cuda_sample_row_t rw = rows[r];
-    if (b >= nb) { /* logprobs: k_sample's warps (b - nb) * 8 .. + 7, lane for lane */
-        if (rw.n_logprobs == 0)
+    if (b >= nb) { /* logprobs: block nb + w is k_sample's warp w, lane for lane (warp 0 only:
+                    * one warp per SM, the double exps spread over 32 SMs) */
+        if (rw.n_logprobs == 0 || t >= 32)
             return;
         const float *raw = logits + (size_t)r * V;
-        const float mx = sp_pmax<SP_THREADS>(ws.rmax + (size_t)r * nb, nb, rd);
-        const int w = (b - nb) * (SP_THREADS / 32) + (t >> 5);
-        const int vt = w * 32 + (t & 31); /* the k_sample thread */
+        float m = -INFINITY;
+        for (int i = t; i < nb; i += 32)
+            m = fmaxf(m, ws.rmax[(size_t)r * nb + i]);
+        const float mx = warp_max(m);
+        const int w = b - nb;
+        const int vt = w * 32 + t; /* the k_sample thread */
         double acc = 0;
         for (int v = vt; v < V; v += SS_THREADS)
             acc += exp((double)raw[v] - (double)mx);
         for (int off = 16; off > 0; off >>= 1)
             acc += __shfl_xor_sync(0xffffffffu, acc, off);
-        if ((t & 31) == 0)
+        if (t == 0)
             ws.dsum[(size_t)r * 32 + w] = acc;
         return;
     }
