@@ -11,6 +11,68 @@
 
 #include "cuda_common.cuh"
 
+/* --- QK-norm + RoPE / M-RoPE row math (device) ---------------------------------------------
+ * Shared by k_qk_norm_rope, the fused QKV kernel k_gemv_norm_rope and the decode attention kernel
+ * k_attn_dec (OM_CUDA_ATTN_ROPE), so all round at the same points. One warp per row; lane owns
+ * d = lane + 32·i (i < 8, d < hd); unrolled so the per-lane values stay in registers.
+ * Part 1 (weights and inv_freq only, may run before the PDL wait): */
+template <typename W>
+__device__ __forceinline__ void ek_qk_pre(float *nwv, float *ifv, const W *nw,
+                                          const float *inv_freq, int hd, int lane) {
+    const int half = hd / 2;
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+        const int d = lane + 32 * i;
+        nwv[i] = d < hd ? ld(&nw[d]) : 0.0f;
+        ifv[i] = d < hd ? inv_freq[d < half ? d : d - half] : 0.0f;
+    }
+}
+
+/* Part 2: x[i] (the raw row, d = lane + 32·i; 0 where d >= hd) -> outv[i]: RMSNorm (rounded to
+ * A, times the norm weight, rounded) then rotate_half RoPE with M-RoPE sections (rounded cos/sin,
+ * products and sum rounded). buf: hd floats of shared memory for this warp (clobbered; the caller
+ * may reuse it after a __syncwarp). */
+template <typename A>
+__device__ __forceinline__ void ek_qk_row(const float *xv, float *outv, const float *nwv,
+                                          const float *ifv, int pt, int ph, int pw, int hd,
+                                          float eps, int sec1, int sec2, float *buf, int lane) {
+    const int half = hd / 2;
+    float ss = 0.0f;
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+        const int d = lane + 32 * i;
+        if (d < hd)
+            ss += xv[i] * xv[i];
+    }
+    ss = warp_sum(ss);
+    float rs = rsqrtf(ss / (float)hd + eps);
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+        const int d = lane + 32 * i;
+        if (d < hd)
+            buf[d] = rnd<A>(rnd<A>(xv[i] * rs) * nwv[i]);
+    }
+    __syncwarp();
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+        const int d = lane + 32 * i;
+        outv[i] = 0.0f;
+        if (d < hd) {
+            int j = d < half ? d : d - half;
+            int pr = pt;
+            if (j % 3 == 1 && j < 3 * sec1)
+                pr = ph;
+            else if (j % 3 == 2 && j < 3 * sec2)
+                pr = pw;
+            float f = (float)pr * ifv[i];
+            float cs = rnd<A>(cosf(f)), sn = rnd<A>(sinf(f));
+            float x = buf[d];
+            float rot = d < half ? -buf[d + half] : buf[d - half];
+            outv[i] = rnd<A>(rnd<A>(x * cs) + rnd<A>(rot * sn));
+        }
+    }
+}
+
 /* Per-call context: stream, cuBLAS handle (its workspace set by the owner), and a conversion
  * scratch buffer used when f32 activations must be rounded to bf16 for a tensor-core GEMM. */
 struct ek_ctx {
