@@ -142,6 +142,31 @@ int ek_attention_decode(cudaStream_t s, bf16 *out, const bf16 *q, const bf16 *kp
                         int max_blocks, int block_size, float scale, int n_splits,
                         float *partial, int q_stride, int *counters);
 
+/* ek_attention_decode with k_qk_norm_rope's work folded in (decode steps only; OM_CUDA_ATTN_ROPE):
+ * qkv is the raw QKV output (T, q_stride >= (Hq + 2·Hk)·hd: q, k, v rows), left unchanged. Each
+ * block normalises and rotates the q rows of its heads itself; the block whose key range holds
+ * the new token (position tok_pos[t]) normalises and rotates that token's k, writes k and v to
+ * kpool/vpool at slots[t] (the same bf16 values as k_qk_norm_rope) and uses them directly. The
+ * new row is never read from the cache in the step. Needs ek_attention_decode_rope_supported
+ * (bf16 KV, hd 128, Hq/Hk <= 16, n_splits > 1 with partial and counters); else -EOPNOTSUPP. */
+struct ek_dec_rope {
+    const bf16 *q_norm, *k_norm; /* (hd) */
+    const int32_t *pos3;         /* (3, T) rope positions */
+    const float *inv_freq;       /* (hd / 2) */
+    const int32_t *slots;        /* (T) KV slot of each token */
+    float eps;
+    int sec1, sec2;              /* M-RoPE H/W sections (0: plain RoPE) */
+    bf16 *kw, *vw;               /* set by the launcher (the pools) */
+};
+bool ek_attention_decode_rope_supported(int Hq, int Hk, int hd, int n_splits,
+                                        const float *partial, const int *counters);
+int ek_attention_decode_rope(cudaStream_t s, bf16 *out, const bf16 *qkv, bf16 *kpool,
+                             bf16 *vpool, const int32_t *tok_seq, const int32_t *tok_pos,
+                             const int32_t *block_tables, int T, int Hq, int Hk, int hd,
+                             int max_blocks, int block_size, float scale, int n_splits,
+                             float *partial, int q_stride, int *counters,
+                             const ek_dec_rope *rope);
+
 /* Tiled (flash-style) causal prefill attention on tensor cores, bf16, hd = 128 or 64 or 16·k<=128.
  * tiles (n_tiles, 3) i32: first token, token count (<= 64), sequence; the tile's tokens are
  * consecutive tokens of one sequence. */
