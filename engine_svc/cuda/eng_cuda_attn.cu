@@ -373,11 +373,12 @@ __global__ void k_attn_combine(float *out_f, bf16 *out_b, const float *partial, 
  * the metadata and the K/V rows of positions < tok_pos (written by earlier steps) are loaded
  * before the PDL wait, overlapping the previous kernels; the new token's row and q after it.
  * ROPE (ek_attention_decode_rope, decode steps, OM_CUDA_ATTN_ROPE): q is the raw QKV output; each
- * block applies k_qk_norm_rope's row math (ek_qk_row) to the q rows of its G heads, and warp 0 of
- * the last active split (the one holding position len - 1) to the new token's k: it writes k and
- * v to the paged pools at slots[t] and into the shared-memory tile itself (tile 0/1 directly, a
- * later tile through kst/vst when that tile is issued), so the new row is never read from the
- * cache and k_qk_norm_rope is not launched. */
+ * block applies k_qk_norm_rope's row math (cos/sin before the PDL wait: ek_qk_cossin; then
+ * ek_qk_rot) to the q rows of its G heads, and warp 0 of the last active split (the one holding
+ * position len - 1) to the new token's k: it writes k and v to the paged pools at slots[t] and
+ * into the shared-memory tile itself (tile 0/1 directly, a later tile through kst/vst when that
+ * tile is issued), so the new row is never read from the cache and k_qk_norm_rope is not
+ * launched. */
 #define DEC_TILE 64
 #define DEC_HD 128
 #define DEC_KS (DEC_HD + 8) /* K row stride in shared memory (bf16): conflict-free row reads */
@@ -469,15 +470,15 @@ __global__ void __launch_bounds__(512)
     const bool owner = ROPE && split == n_active - 1; /* writes the new K/V row */
     const int late = (prewait || ROPE) ? len - 1 : -1;
     /* ROPE, before the wait: step metadata and weights only */
-    float nwq[8], nwk[8], ifv[8];
-    int pt = 0, ph = 0, pw = 0;
+    float nwq[8], nwk[8], csv[8], snv[8];
     if (ROPE) {
+        float ifv[8];
         ek_qk_pre<bf16>(nwq, ifv, rp.q_norm, rp.inv_freq, DEC_HD, lane);
         if (owner && g == 0)
             ek_qk_pre<bf16>(nwk, ifv, rp.k_norm, rp.inv_freq, DEC_HD, lane);
-        pt = rp.pos3[t];
-        ph = rp.pos3[T + t];
-        pw = rp.pos3[2 * T + t];
+        /* q and the new k share the token's positions: cos/sin once, before the wait */
+        ek_qk_cossin<bf16>(csv, snv, ifv, rp.pos3[t], rp.pos3[T + t], rp.pos3[2 * T + t],
+                           DEC_HD, rp.sec1, rp.sec2, lane);
     }
     /* tiles 0 and 1 in flight, without row late */
     dec_issue(Kb, Vb, kpool, vpool, tab, bs, Hk, kvh, k0, min(k1, k0 + DEC_TILE), late);
@@ -506,8 +507,7 @@ __global__ void __launch_bounds__(512)
                 const int d = lane + 32 * i;
                 xv[i] = d < DEC_HD ? ld(&kr[d]) : 0.0f;
             }
-            ek_qk_row<bf16>(xv, outv, nwk, ifv, pt, ph, pw, DEC_HD, rp.eps, rp.sec1, rp.sec2,
-                            buf, lane);
+            ek_qk_rot<bf16>(xv, outv, nwk, csv, snv, DEC_HD, rp.eps, buf, lane);
             const int r = late - k0;
             bf16 *kd = kst, *vd = vst;
             if (r < 2 * DEC_TILE) {
@@ -534,8 +534,7 @@ __global__ void __launch_bounds__(512)
             const int d = lane + 32 * i;
             xv[i] = d < DEC_HD ? ld(&qr[d]) : 0.0f;
         }
-        ek_qk_row<bf16>(xv, outv, nwq, ifv, pt, ph, pw, DEC_HD, rp.eps, rp.sec1, rp.sec2, buf,
-                        lane);
+        ek_qk_rot<bf16>(xv, outv, nwq, csv, snv, DEC_HD, rp.eps, buf, lane);
         __syncwarp(); /* every lane has read buf */
 #pragma unroll
         for (int i = 0; i < 4; i++)

@@ -28,14 +28,38 @@ __device__ __forceinline__ void ek_qk_pre(float *nwv, float *ifv, const W *nw,
     }
 }
 
-/* Part 2: x[i] (the raw row, d = lane + 32·i; 0 where d >= hd) -> outv[i]: RMSNorm (rounded to
- * A, times the norm weight, rounded) then rotate_half RoPE with M-RoPE sections (rounded cos/sin,
- * products and sum rounded). buf: hd floats of shared memory for this warp (clobbered; the caller
- * may reuse it after a __syncwarp). */
+/* Part 2 (positions only, may also run before the PDL wait): the rounded cos/sin of lane's
+ * dims with M-RoPE sections (rotate_half: dims d and d + hd/2 share frequency j). */
 template <typename A>
-__device__ __forceinline__ void ek_qk_row(const float *xv, float *outv, const float *nwv,
-                                          const float *ifv, int pt, int ph, int pw, int hd,
-                                          float eps, int sec1, int sec2, float *buf, int lane) {
+__device__ __forceinline__ void ek_qk_cossin(float *csv, float *snv, const float *ifv, int pt,
+                                             int ph, int pw, int hd, int sec1, int sec2,
+                                             int lane) {
+    const int half = hd / 2;
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+        const int d = lane + 32 * i;
+        csv[i] = snv[i] = 0.0f;
+        if (d < hd) {
+            int j = d < half ? d : d - half;
+            int pr = pt;
+            if (j % 3 == 1 && j < 3 * sec1)
+                pr = ph;
+            else if (j % 3 == 2 && j < 3 * sec2)
+                pr = pw;
+            float f = (float)pr * ifv[i];
+            csv[i] = rnd<A>(cosf(f));
+            snv[i] = rnd<A>(sinf(f));
+        }
+    }
+}
+
+/* Part 3: x[i] (the raw row, d = lane + 32·i; 0 where d >= hd) -> outv[i]: RMSNorm (rounded to
+ * A, times the norm weight, rounded) then rotate_half RoPE (products and sum rounded). buf: hd
+ * floats of shared memory for this warp (clobbered; the caller may reuse it after a __syncwarp). */
+template <typename A>
+__device__ __forceinline__ void ek_qk_rot(const float *xv, float *outv, const float *nwv,
+                                          const float *csv, const float *snv, int hd, float eps,
+                                          float *buf, int lane) {
     const int half = hd / 2;
     float ss = 0.0f;
 #pragma unroll
@@ -58,19 +82,21 @@ __device__ __forceinline__ void ek_qk_row(const float *xv, float *outv, const fl
         const int d = lane + 32 * i;
         outv[i] = 0.0f;
         if (d < hd) {
-            int j = d < half ? d : d - half;
-            int pr = pt;
-            if (j % 3 == 1 && j < 3 * sec1)
-                pr = ph;
-            else if (j % 3 == 2 && j < 3 * sec2)
-                pr = pw;
-            float f = (float)pr * ifv[i];
-            float cs = rnd<A>(cosf(f)), sn = rnd<A>(sinf(f));
             float x = buf[d];
             float rot = d < half ? -buf[d + half] : buf[d - half];
-            outv[i] = rnd<A>(rnd<A>(x * cs) + rnd<A>(rot * sn));
+            outv[i] = rnd<A>(rnd<A>(x * csv[i]) + rnd<A>(rot * snv[i]));
         }
     }
+}
+
+/* Parts 2 + 3. */
+template <typename A>
+__device__ __forceinline__ void ek_qk_row(const float *xv, float *outv, const float *nwv,
+                                          const float *ifv, int pt, int ph, int pw, int hd,
+                                          float eps, int sec1, int sec2, float *buf, int lane) {
+    float csv[8], snv[8];
+    ek_qk_cossin<A>(csv, snv, ifv, pt, ph, pw, hd, sec1, sec2, lane);
+    ek_qk_rot<A>(xv, outv, nwv, csv, snv, hd, eps, buf, lane);
 }
 
 /* Per-call context: stream, cuBLAS handle (its workspace set by the owner), and a conversion
