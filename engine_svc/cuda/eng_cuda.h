@@ -265,6 +265,26 @@ typedef struct eng_cuda_test_qkv {
 /* fused: k_gemv_norm_rope; else k_gemv_norm + k_qk_norm_rope. */
 int eng_cuda_test_qkv_rope(int fused, int reps, const eng_cuda_test_qkv_t *a);
 
+typedef struct eng_cuda_test_attn {
+    int T, Hq, Hk, hd;             /* T sequences (tok_seq[t] = t), one new token each */
+    int sec1, sec2;                /* M-RoPE H/W sections (0: plain RoPE) */
+    int bs, max_blocks, n_slots;   /* paged KV: block size, block-table width, pool rows */
+    int n_splits;                  /* key splits (upper bound, as the model runner's st.splits) */
+    float eps, theta;              /* inv_freq = 1 / theta^(2j/hd) as the model runner */
+    const uint16_t *qkv;           /* (T, (Hq + 2·Hk)·hd) raw QKV GEMV output */
+    const uint16_t *q_norm, *k_norm; /* (hd) */
+    const int32_t *pos3;           /* (3, T) rope positions */
+    const int32_t *tok_pos;        /* (T) the new token's position (context length - 1) */
+    const int32_t *bt;             /* (T, max_blocks) block tables; slot = bt·bs + pos % bs */
+    const uint16_t *kpool, *vpool; /* (n_slots, Hk·hd) initial contents */
+    uint16_t *ret_out;             /* (T, Hq·hd) attention output */
+    uint16_t *ret_kpool, *ret_vpool; /* (n_slots, Hk·hd) after the step */
+} eng_cuda_test_attn_t;
+/* A decode step's attention: fused: k_attn_dec with QK-norm + RoPE + KV write folded in
+ * (ek_attention_decode_rope; -EOPNOTSUPP where it does not apply, e.g. hd != 128); else
+ * k_qk_norm_rope + k_attn_dec (ek_attention_decode). Counters: the split merge's. */
+int eng_cuda_test_attn_rope(int fused, int reps, const eng_cuda_test_attn_t *a);
+
 typedef struct eng_cuda_test_moe {
     int T, D, I, E, K;             /* T <= 8 */
     const uint16_t *x;             /* (T, D) */

@@ -371,7 +371,14 @@ __global__ void k_attn_combine(float *out_f, bf16 *out_b, const float *partial, 
  * head) merges them (counter, self-resetting, graph-safe).
  * prewait (the model runner's decode steps only, where every sequence has exactly one new token):
  * the metadata and the K/V rows of positions < tok_pos (written by earlier steps) are loaded
- * before the PDL wait, overlapping the previous kernels; the new token's row and q after it. */
+ * before the PDL wait, overlapping the previous kernels; the new token's row and q after it.
+ * ROPE (ek_attention_decode_rope, decode steps, OM_CUDA_ATTN_ROPE): q is the raw QKV output; each
+ * block applies k_qk_norm_rope's row math (cos/sin before the PDL wait: ek_qk_cossin; then
+ * ek_qk_rot) to the q rows of its G heads, and warp 0 of the last active split (the one holding
+ * position len - 1) to the new token's k: it writes k and v to the paged pools at slots[t] and
+ * into the shared-memory tile itself (tile 0/1 directly, a later tile through kst/vst when that
+ * tile is issued), so the new row is never read from the cache and k_qk_norm_rope is not
+ * launched. */
 #define DEC_TILE 64
 #define DEC_HD 128
 #define DEC_KS (DEC_HD + 8) /* K row stride in shared memory (bf16): conflict-free row reads */
@@ -383,23 +390,36 @@ __device__ __forceinline__ void dec_cp16(void *sm, const void *g) {
 __device__ __forceinline__ void dec_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 __device__ __forceinline__ void dec_wait1() { asm volatile("cp.async.wait_group 1;\n" ::); }
 
-static size_t dec_smem_bytes(int G) {
+/* rope: + the new token's K and V rows (bf16) staged for a tile past the first two */
+static size_t dec_smem_bytes(int G, bool rope) {
     return (size_t)2 * DEC_TILE * DEC_KS * 2 + (size_t)2 * DEC_TILE * DEC_HD * 2 +
-           (size_t)G * DEC_HD * 4 + (size_t)G * DEC_TILE * 4 + (size_t)G * 32 * 4;
+           (size_t)G * DEC_HD * 4 + (size_t)G * DEC_TILE * 4 + (size_t)G * 32 * 4 +
+           (rope ? (size_t)2 * DEC_HD * 2 : 0);
 }
 
 /* Issues the cp.async copies of positions [p0, p1) (at most DEC_TILE) into Ks/Vs, skipping
- * position skip. Thread mapping: warp w copies rows w, w + nw, ...; lanes 0-15 the K chunks,
- * 16-31 the V chunks of a row (16 bytes each). */
+ * position skip; if kst: row skip is copied from the shared-memory rows kst/vst instead (plain
+ * stores, visible after the consumer's __syncthreads). Thread mapping: warp w copies rows w,
+ * w + nw, ...; lanes 0-15 the K chunks, 16-31 the V chunks of a row (16 bytes each). */
 __device__ __forceinline__ void dec_issue(bf16 *Ks, bf16 *Vs, const bf16 *kpool, const bf16 *vpool,
                                           const int32_t *tab, int bs, int Hk, int kvh, int p0,
-                                          int p1, int skip) {
+                                          int p1, int skip, const bf16 *kst = nullptr,
+                                          const bf16 *vst = nullptr) {
     const int nw = blockDim.x >> 5, w = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int c = (lane & 15) * 8;
     for (int r = w; r < p1 - p0; r += nw) {
         const int p = p0 + r;
-        if (p == skip)
+        if (p == skip) {
+            if (kst) {
+                if (lane < 16)
+                    *reinterpret_cast<uint4 *>(Ks + r * DEC_KS + c) =
+                        *reinterpret_cast<const uint4 *>(kst + c);
+                else
+                    *reinterpret_cast<uint4 *>(Vs + r * DEC_HD + c) =
+                        *reinterpret_cast<const uint4 *>(vst + c);
+            }
             continue;
+        }
         const int64_t slot = (int64_t)tab[p / bs] * bs + p % bs;
         const int64_t off = (slot * Hk + kvh) * DEC_HD + c;
         if (lane < 16)
@@ -409,12 +429,12 @@ __device__ __forceinline__ void dec_issue(bf16 *Ks, bf16 *Vs, const bf16 *kpool,
     }
 }
 
-template <typename Q, typename O>
+template <typename Q, typename O, bool ROPE>
 __global__ void __launch_bounds__(512)
     k_attn_dec(O *out, const Q *q, const bf16 *kpool, const bf16 *vpool, const int32_t *tok_seq,
                const int32_t *tok_pos, const int32_t *bt, int Hq, int Hk, int max_blocks, int bs,
                float scale, int n_splits, float *partial, int q_stride, int *counters,
-               int prewait) {
+               int prewait, ek_dec_rope rp) {
     extern __shared__ __align__(16) unsigned char dsm[];
     const int split = blockIdx.x, kvh = blockIdx.y, t = blockIdx.z, T = gridDim.z;
     const int G = Hq / Hk;
@@ -425,6 +445,8 @@ __global__ void __launch_bounds__(512)
     float *qs = reinterpret_cast<float *>(Vb + 2 * DEC_TILE * DEC_HD); /* [G][DEC_HD] */
     float *ps = qs + G * DEC_HD;                               /* [G][DEC_TILE] */
     float *wsh = ps + G * DEC_TILE;                            /* [G][32] */
+    bf16 *kst = reinterpret_cast<bf16 *>(wsh + G * 32);        /* ROPE: [DEC_HD] new K row */
+    bf16 *vst = kst + DEC_HD;                                  /* ROPE: [DEC_HD] new V row */
     if (!prewait) {
         pdl_wait();
         pdl_trigger();
@@ -443,8 +465,22 @@ __global__ void __launch_bounds__(512)
     }
     const int32_t *tab = bt + (int64_t)sq * max_blocks;
     const int n_tiles = (k1 - k0 + DEC_TILE - 1) / DEC_TILE;
-    /* tiles 0 and 1 in flight; with prewait, without the new token's row (position len - 1) */
-    const int late = prewait ? len - 1 : -1;
+    /* ROPE: the new token's row (position len - 1, in the last active split) is computed here,
+       never read from the cache; else with prewait it is loaded after the wait */
+    const bool owner = ROPE && split == n_active - 1; /* writes the new K/V row */
+    const int late = (prewait || ROPE) ? len - 1 : -1;
+    /* ROPE, before the wait: step metadata and weights only */
+    float nwq[8], nwk[8], csv[8], snv[8];
+    if (ROPE) {
+        float ifv[8];
+        ek_qk_pre<bf16>(nwq, ifv, rp.q_norm, rp.inv_freq, DEC_HD, lane);
+        if (owner && g == 0)
+            ek_qk_pre<bf16>(nwk, ifv, rp.k_norm, rp.inv_freq, DEC_HD, lane);
+        /* q and the new k share the token's positions: cos/sin once, before the wait */
+        ek_qk_cossin<bf16>(csv, snv, ifv, rp.pos3[t], rp.pos3[T + t], rp.pos3[2 * T + t],
+                           DEC_HD, rp.sec1, rp.sec2, lane);
+    }
+    /* tiles 0 and 1 in flight, without row late */
     dec_issue(Kb, Vb, kpool, vpool, tab, bs, Hk, kvh, k0, min(k1, k0 + DEC_TILE), late);
     dec_commit();
     if (n_tiles > 1)
@@ -454,23 +490,77 @@ __global__ void __launch_bounds__(512)
     if (prewait) {
         pdl_wait();
         pdl_trigger();
-        /* the new token's row, written by the previous kernel, if it is in tile 0 or 1 */
-        const int r = late - k0;
-        if (late < k1 && r < 2 * DEC_TILE && threadIdx.x < 32) {
-            const int64_t slot = (int64_t)tab[late / bs] * bs + late % bs;
-            const int64_t off = (slot * Hk + kvh) * DEC_HD + (lane & 15) * 8;
-            const int b = r / DEC_TILE, rr = r % DEC_TILE;
-            if (lane < 16)
-                *reinterpret_cast<uint4 *>(Kb + (b * DEC_TILE + rr) * DEC_KS + (lane & 15) * 8) =
-                    __ldcg(reinterpret_cast<const uint4 *>(kpool + off));
-            else
-                *reinterpret_cast<uint4 *>(Vb + (b * DEC_TILE + rr) * DEC_HD + (lane & 15) * 8) =
-                    __ldcg(reinterpret_cast<const uint4 *>(vpool + off));
-        }
     }
-    /* q (scaled) of the G heads */
-    for (int i = threadIdx.x; i < G * DEC_HD; i += blockDim.x)
-        qs[i] = ld(&q[(int64_t)t * q_stride + (int64_t)kvh * G * DEC_HD + i]) * scale;
+    if (ROPE) {
+        /* q rows of the raw QKV output (q_stride apart): q (Hq·128), k (Hk·128), v (Hk·128) */
+        const Q *qrow = q + (int64_t)t * q_stride;
+        float *buf = qs + g * DEC_HD; /* this warp's scratch, then its scaled q */
+        float xv[8], outv[8];
+        if (owner && g == 0) {
+            /* the new key: k_qk_norm_rope's math; k and v to the cache slot and to the tile row
+               (tiles 0/1, visible after the loop's first __syncthreads) or to kst/vst (a later
+               tile: dec_issue copies it in) */
+            const Q *kr = qrow + (int64_t)(Hq + kvh) * DEC_HD;
+            const Q *vr = qrow + (int64_t)(Hq + Hk + kvh) * DEC_HD;
+#pragma unroll
+            for (int i = 0; i < 8; i++) {
+                const int d = lane + 32 * i;
+                xv[i] = d < DEC_HD ? ld(&kr[d]) : 0.0f;
+            }
+            ek_qk_rot<bf16>(xv, outv, nwk, csv, snv, DEC_HD, rp.eps, buf, lane);
+            const int r = late - k0;
+            bf16 *kd = kst, *vd = vst;
+            if (r < 2 * DEC_TILE) {
+                kd = Kb + r * DEC_KS; /* (r / 64) · 64 · DEC_KS + (r % 64) · DEC_KS */
+                vd = Vb + r * DEC_HD;
+            }
+            const int64_t o = ((int64_t)rp.slots[t] * Hk + kvh) * DEC_HD;
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                const int d = lane + 32 * i;
+                const bf16 kb = __float2bfloat16(outv[i]);
+                const bf16 vb = __float2bfloat16(ld(&vr[d]));
+                rp.kw[o + d] = kb;
+                rp.vw[o + d] = vb;
+                kd[d] = kb;
+                vd[d] = vb;
+            }
+            __syncwarp(); /* buf is reused for q */
+        }
+        /* q of head h: norm + rope (bf16 values, as k_qk_norm_rope stores them), scaled */
+        const Q *qr = qrow + (int64_t)h * DEC_HD;
+#pragma unroll
+        for (int i = 0; i < 8; i++) {
+            const int d = lane + 32 * i;
+            xv[i] = d < DEC_HD ? ld(&qr[d]) : 0.0f;
+        }
+        ek_qk_rot<bf16>(xv, outv, nwq, csv, snv, DEC_HD, rp.eps, buf, lane);
+        __syncwarp(); /* every lane has read buf */
+#pragma unroll
+        for (int i = 0; i < 4; i++)
+            buf[lane + 32 * i] = outv[i] * scale;
+    } else {
+        if (prewait) {
+            /* the new token's row, written by the previous kernel, if it is in tile 0 or 1 */
+            const int r = late - k0;
+            if (late < k1 && r < 2 * DEC_TILE && threadIdx.x < 32) {
+                const int64_t slot = (int64_t)tab[late / bs] * bs + late % bs;
+                const int64_t off = (slot * Hk + kvh) * DEC_HD + (lane & 15) * 8;
+                const int b = r / DEC_TILE, rr = r % DEC_TILE;
+                if (lane < 16)
+                    *reinterpret_cast<uint4 *>(Kb + (b * DEC_TILE + rr) * DEC_KS +
+                                               (lane & 15) * 8) =
+                        __ldcg(reinterpret_cast<const uint4 *>(kpool + off));
+                else
+                    *reinterpret_cast<uint4 *>(Vb + (b * DEC_TILE + rr) * DEC_HD +
+                                               (lane & 15) * 8) =
+                        __ldcg(reinterpret_cast<const uint4 *>(vpool + off));
+            }
+        }
+        /* q (scaled) of the G heads */
+        for (int i = threadIdx.x; i < G * DEC_HD; i += blockDim.x)
+            qs[i] = ld(&q[(int64_t)t * q_stride + (int64_t)kvh * G * DEC_HD + i]) * scale;
+    }
     float m = -INFINITY, l = 0.0f, o[4] = {0.0f, 0.0f, 0.0f, 0.0f};
     const float *qg = qs + g * DEC_HD;
     for (int it = 0; it < n_tiles; it++) {
@@ -530,7 +620,7 @@ __global__ void __launch_bounds__(512)
         if (it + 2 < n_tiles)
             dec_issue(Kb + (it & 1) * DEC_TILE * DEC_KS, Vb + (it & 1) * DEC_TILE * DEC_HD, kpool,
                       vpool, tab, bs, Hk, kvh, p0 + 2 * DEC_TILE,
-                      min(k1, p0 + 3 * DEC_TILE), -1);
+                      min(k1, p0 + 3 * DEC_TILE), owner ? late : -1, kst, vst);
         dec_commit();
     }
     const int64_t oi = ((int64_t)t * Hq + h) * DEC_HD + lane * 4;
@@ -600,28 +690,33 @@ __global__ void __launch_bounds__(512)
         counters[(int64_t)t * Hk + kvh] = 0;
 }
 
-/* Launches k_attn_dec; -EOPNOTSUPP where it does not apply (the caller falls back). */
-template <typename Q, typename O>
+/* Launches k_attn_dec; -EOPNOTSUPP where it does not apply (the caller falls back). rope: the
+ * decode-step variant that also does k_qk_norm_rope's work (ROPE; q is the raw QKV output). */
+static bool s_attn_dec_off() {
+    static const bool off = getenv("OM_CUDA_ATTN_OLD") != nullptr;
+    return off;
+}
+template <typename Q, typename O, bool ROPE>
 static int s_attn_dec(cudaStream_t s, O *out, const Q *q, const bf16 *kpool, const bf16 *vpool,
                       const int32_t *tok_seq, const int32_t *tok_pos, const int32_t *bt, int T,
                       int Hq, int Hk, int max_blocks, int bs, float scale, int n_splits,
-                      float *partial, int q_stride, int *counters, bool prewait) {
-    static const bool off = getenv("OM_CUDA_ATTN_OLD") != nullptr;
+                      float *partial, int q_stride, int *counters, bool prewait,
+                      const ek_dec_rope &rp) {
     const int G = Hq / Hk;
-    if (off || G > 16 || (n_splits > 1 && (!partial || !counters)))
+    if (s_attn_dec_off() || G > 16 || (n_splits > 1 && (!partial || !counters)))
         return -EOPNOTSUPP;
     if (n_splits > 32)
         n_splits = 32; /* the merge handles up to 32 partials (lane = split) */
     static thread_local int attr_bytes = 0; /* per instantiation and thread (= device, TP ranks) */
-    const size_t bytes = dec_smem_bytes(G);
+    const size_t bytes = dec_smem_bytes(G, ROPE);
     if ((int)bytes > attr_bytes) {
-        CUDA_CHECK(cudaFuncSetAttribute(k_attn_dec<Q, O>,
+        CUDA_CHECK(cudaFuncSetAttribute(k_attn_dec<Q, O, ROPE>,
                                         cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
         attr_bytes = (int)bytes;
     }
-    CUDA_CHECK(ek_launch(k_attn_dec<Q, O>, dim3(n_splits, Hk, T), dim3(32 * G), bytes, s, out, q,
-                         kpool, vpool, tok_seq, tok_pos, bt, Hq, Hk, max_blocks, bs, scale,
-                         n_splits, partial, q_stride, counters, prewait ? 1 : 0));
+    CUDA_CHECK(ek_launch(k_attn_dec<Q, O, ROPE>, dim3(n_splits, Hk, T), dim3(32 * G), bytes, s,
+                         out, q, kpool, vpool, tok_seq, tok_pos, bt, Hq, Hk, max_blocks, bs,
+                         scale, n_splits, partial, q_stride, counters, prewait ? 1 : 0, rp));
     CUDA_LAUNCH_CHECK();
     return 0;
 }
@@ -647,10 +742,11 @@ static int s_attention(cudaStream_t s, O *out, const Q *q, const KV *kpool, cons
         return -EOPNOTSUPP;
     static const bool generic_only = getenv("OM_CUDA_ATTN_GENERIC") != nullptr;
     if (sizeof(KV) == 2 && hd == 128 && !generic_only) {
-        int r = s_attn_dec<Q, O>(s, out, q, reinterpret_cast<const bf16 *>(kpool),
-                                 reinterpret_cast<const bf16 *>(vpool), tok_seq, tok_pos,
-                                 block_tables, T, Hq, Hk, max_blocks, block_size, scale, n_splits,
-                                 partial, q_stride, counters, prewait);
+        const ek_dec_rope none = {};
+        int r = s_attn_dec<Q, O, false>(s, out, q, reinterpret_cast<const bf16 *>(kpool),
+                                        reinterpret_cast<const bf16 *>(vpool), tok_seq, tok_pos,
+                                        block_tables, T, Hq, Hk, max_blocks, block_size, scale,
+                                        n_splits, partial, q_stride, counters, prewait, none);
         if (r != -EOPNOTSUPP)
             return r;
     }
@@ -714,6 +810,35 @@ int ek_attention_decode(cudaStream_t s, bf16 *out, const bf16 *q, const bf16 *kp
     return s_attention<bf16, bf16, bf16>(s, out, q, kpool, vpool, tok_seq, tok_pos, block_tables,
                                          T, Hq, Hk, hd, max_blocks, block_size, scale, n_splits,
                                          partial, q_stride, counters, !no_prewait);
+}
+
+bool ek_attention_decode_rope_supported(int Hq, int Hk, int hd, int n_splits,
+                                        const float *partial, const int *counters) {
+    static const bool generic_only = getenv("OM_CUDA_ATTN_GENERIC") != nullptr;
+    return hd == 128 && Hk > 0 && Hq % Hk == 0 && Hq / Hk <= 16 && n_splits >= 1 &&
+           !generic_only && !s_attn_dec_off() && (n_splits == 1 || (partial && counters));
+}
+
+int ek_attention_decode_rope(cudaStream_t s, bf16 *out, const bf16 *qkv, bf16 *kpool,
+                             bf16 *vpool, const int32_t *tok_seq, const int32_t *tok_pos,
+                             const int32_t *block_tables, int T, int Hq, int Hk, int hd,
+                             int max_blocks, int block_size, float scale, int n_splits,
+                             float *partial, int q_stride, int *counters,
+                             const ek_dec_rope *rope) {
+    if (T == 0)
+        return 0;
+    if (!rope || !rope->q_norm || !rope->k_norm || !rope->pos3 || !rope->inv_freq ||
+        !rope->slots || q_stride < (Hq + 2 * Hk) * hd)
+        return -EINVAL;
+    if (!ek_attention_decode_rope_supported(Hq, Hk, hd, n_splits, partial, counters))
+        return -EOPNOTSUPP;
+    static const bool no_prewait = getenv("OM_CUDA_ATTN_NOPREWAIT") != nullptr;
+    ek_dec_rope rp = *rope;
+    rp.kw = kpool;
+    rp.vw = vpool;
+    return s_attn_dec<bf16, bf16, true>(s, out, qkv, kpool, vpool, tok_seq, tok_pos,
+                                        block_tables, T, Hq, Hk, max_blocks, block_size, scale,
+                                        n_splits, partial, q_stride, counters, !no_prewait, rp);
 }
 
 template int ek_attention<float, float, float>(cudaStream_t, float *, const float *, const float *,

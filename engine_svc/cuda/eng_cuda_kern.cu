@@ -346,28 +346,11 @@ int ek_gemv_norm(cudaStream_t s, bf16 *y, const bf16 *w, int T, int N, int D, co
 
 /* --- QK-norm + RoPE / M-RoPE (+ KV write) ------------------------------------------------- */
 
-/* The per-(token, head) row math shared by k_qk_norm_rope and the fused QKV kernel
- * k_gemv_norm_rope (one code path, so both round at the same points). One warp; lane owns
- * d = lane + 32·i (i < 8, d < hd); unrolled so the per-lane values stay in registers.
- * Part 1 (weights and inv_freq only, may run before the PDL wait): */
-template <typename W>
-__device__ __forceinline__ void s_qk_pre(float *nwv, float *ifv, const W *nw,
-                                         const float *inv_freq, int hd, int lane) {
-    const int half = hd / 2;
-#pragma unroll
-    for (int i = 0; i < 8; i++) {
-        const int d = lane + 32 * i;
-        nwv[i] = d < hd ? ld(&nw[d]) : 0.0f;
-        ifv[i] = d < hd ? inv_freq[d < half ? d : d - half] : 0.0f;
-    }
-}
-
 /* bf16 load through L2 (rows written by other blocks of the same kernel) */
 __device__ __forceinline__ float s_ld_cg(const bf16 *p) { return __bfloat162float(__ldcg(p)); }
 __device__ __forceinline__ float s_ld_cg(const float *p) { return __ldcg(p); }
 
-/* Part 2: RMSNorm (rounded to A, times the norm weight, rounded) then rotate_half RoPE with
- * M-RoPE sections (rounded cos/sin, products and sum rounded), in place on p[0..hd); if kdst:
+/* The row math (ek_qk_pre / ek_qk_row, eng_cuda_kern.cuh) applied in place on p[0..hd); if kdst:
  * also kdst[d] = result; if vdst: vdst[d] = vsrc[d]. buf: hd floats of shared memory for this warp.
  * CG: p (and vsrc) were written by other blocks of this kernel: load them through L2. */
 template <bool CG, typename A, typename KV>
@@ -375,45 +358,13 @@ __device__ __forceinline__ void s_qk_apply(A *p, const float *nwv, const float *
                                            int ph, int pw, int hd, float eps, int sec1, int sec2,
                                            float *buf, KV *kdst, KV *vdst, const A *vsrc,
                                            int lane) {
-    const int half = hd / 2;
-    float ss = 0.0f;
+    float xv[8], outv[8];
 #pragma unroll
     for (int i = 0; i < 8; i++) {
         const int d = lane + 32 * i;
-        if (d < hd) {
-            float x = CG ? s_ld_cg(&p[d]) : ld(&p[d]);
-            buf[d] = x;
-            ss += x * x;
-        }
+        xv[i] = d < hd ? (CG ? s_ld_cg(&p[d]) : ld(&p[d])) : 0.0f;
     }
-    ss = warp_sum(ss);
-    float rs = rsqrtf(ss / (float)hd + eps);
-#pragma unroll
-    for (int i = 0; i < 8; i++) {
-        const int d = lane + 32 * i;
-        if (d < hd)
-            buf[d] = rnd<A>(rnd<A>(buf[d] * rs) * nwv[i]);
-    }
-    __syncwarp();
-    float outv[8];
-#pragma unroll
-    for (int i = 0; i < 8; i++) {
-        const int d = lane + 32 * i;
-        outv[i] = 0.0f;
-        if (d < hd) {
-            int j = d < half ? d : d - half;
-            int pr = pt;
-            if (j % 3 == 1 && j < 3 * sec1)
-                pr = ph;
-            else if (j % 3 == 2 && j < 3 * sec2)
-                pr = pw;
-            float f = (float)pr * ifv[i];
-            float cs = rnd<A>(cosf(f)), sn = rnd<A>(sinf(f));
-            float x = buf[d];
-            float rot = d < half ? -buf[d + half] : buf[d - half];
-            outv[i] = rnd<A>(rnd<A>(x * cs) + rnd<A>(rot * sn));
-        }
-    }
+    ek_qk_row<A>(xv, outv, nwv, ifv, pt, ph, pw, hd, eps, sec1, sec2, buf, lane);
 #pragma unroll
     for (int i = 0; i < 8; i++) {
         const int d = lane + 32 * i;
@@ -451,7 +402,7 @@ __global__ void k_qk_norm_rope(A *q, int q_stride, A *k, int k_stride, const W *
     /* before the PDL wait: step metadata (uploaded before the step) and weights only */
     const int pt = pos[t], ph = pos[T + t], pw = pos[2 * T + t];
     float nwv[8], ifv[8];
-    s_qk_pre<W>(nwv, ifv, nw, inv_freq, hd, lane);
+    ek_qk_pre<W>(nwv, ifv, nw, inv_freq, hd, lane);
     pdl_wait();
     pdl_trigger();
     KV *kd = nullptr, *vd = nullptr;
@@ -546,7 +497,7 @@ __global__ void __launch_bounds__(256, NT == 1 ? 6 : 4)
     const bool is_q = head < Hq;
     /* loaded here, not before the GEMV: held across it they cost registers (occupancy) */
     float nwv[8], ifv[8];
-    s_qk_pre<bf16>(nwv, ifv, is_q ? qn : kn, inv_freq, hd, lane);
+    ek_qk_pre<bf16>(nwv, ifv, is_q ? qn : kn, inv_freq, hd, lane);
     for (int t = warp; t < NT; t += 8) {
         bf16 *p = y + (int64_t)t * N + (int64_t)head * hd;
         bf16 *kd = nullptr;

@@ -11,6 +11,94 @@
 
 #include "cuda_common.cuh"
 
+/* --- QK-norm + RoPE / M-RoPE row math (device) ---------------------------------------------
+ * Shared by k_qk_norm_rope, the fused QKV kernel k_gemv_norm_rope and the decode attention kernel
+ * k_attn_dec (OM_CUDA_ATTN_ROPE), so all round at the same points. One warp per row; lane owns
+ * d = lane + 32·i (i < 8, d < hd); unrolled so the per-lane values stay in registers.
+ * Part 1 (weights and inv_freq only, may run before the PDL wait): */
+template <typename W>
+__device__ __forceinline__ void ek_qk_pre(float *nwv, float *ifv, const W *nw,
+                                          const float *inv_freq, int hd, int lane) {
+    const int half = hd / 2;
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+        const int d = lane + 32 * i;
+        nwv[i] = d < hd ? ld(&nw[d]) : 0.0f;
+        ifv[i] = d < hd ? inv_freq[d < half ? d : d - half] : 0.0f;
+    }
+}
+
+/* Part 2 (positions only, may also run before the PDL wait): the rounded cos/sin of lane's
+ * dims with M-RoPE sections (rotate_half: dims d and d + hd/2 share frequency j). */
+template <typename A>
+__device__ __forceinline__ void ek_qk_cossin(float *csv, float *snv, const float *ifv, int pt,
+                                             int ph, int pw, int hd, int sec1, int sec2,
+                                             int lane) {
+    const int half = hd / 2;
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+        const int d = lane + 32 * i;
+        csv[i] = snv[i] = 0.0f;
+        if (d < hd) {
+            int j = d < half ? d : d - half;
+            int pr = pt;
+            if (j % 3 == 1 && j < 3 * sec1)
+                pr = ph;
+            else if (j % 3 == 2 && j < 3 * sec2)
+                pr = pw;
+            float f = (float)pr * ifv[i];
+            csv[i] = rnd<A>(cosf(f));
+            snv[i] = rnd<A>(sinf(f));
+        }
+    }
+}
+
+/* Part 3: x[i] (the raw row, d = lane + 32·i; 0 where d >= hd) -> outv[i]: RMSNorm (rounded to
+ * A, times the norm weight, rounded) then rotate_half RoPE (products and sum rounded). buf: hd
+ * floats of shared memory for this warp (clobbered; the caller may reuse it after a __syncwarp). */
+template <typename A>
+__device__ __forceinline__ void ek_qk_rot(const float *xv, float *outv, const float *nwv,
+                                          const float *csv, const float *snv, int hd, float eps,
+                                          float *buf, int lane) {
+    const int half = hd / 2;
+    float ss = 0.0f;
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+        const int d = lane + 32 * i;
+        if (d < hd)
+            ss += xv[i] * xv[i];
+    }
+    ss = warp_sum(ss);
+    float rs = rsqrtf(ss / (float)hd + eps);
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+        const int d = lane + 32 * i;
+        if (d < hd)
+            buf[d] = rnd<A>(rnd<A>(xv[i] * rs) * nwv[i]);
+    }
+    __syncwarp();
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+        const int d = lane + 32 * i;
+        outv[i] = 0.0f;
+        if (d < hd) {
+            float x = buf[d];
+            float rot = d < half ? -buf[d + half] : buf[d - half];
+            outv[i] = rnd<A>(rnd<A>(x * csv[i]) + rnd<A>(rot * snv[i]));
+        }
+    }
+}
+
+/* Parts 2 + 3. */
+template <typename A>
+__device__ __forceinline__ void ek_qk_row(const float *xv, float *outv, const float *nwv,
+                                          const float *ifv, int pt, int ph, int pw, int hd,
+                                          float eps, int sec1, int sec2, float *buf, int lane) {
+    float csv[8], snv[8];
+    ek_qk_cossin<A>(csv, snv, ifv, pt, ph, pw, hd, sec1, sec2, lane);
+    ek_qk_rot<A>(xv, outv, nwv, csv, snv, hd, eps, buf, lane);
+}
+
 /* Per-call context: stream, cuBLAS handle (its workspace set by the owner), and a conversion
  * scratch buffer used when f32 activations must be rounded to bf16 for a tensor-core GEMM. */
 struct ek_ctx {
@@ -79,6 +167,31 @@ int ek_attention_decode(cudaStream_t s, bf16 *out, const bf16 *q, const bf16 *kp
                         const int32_t *block_tables, int T, int Hq, int Hk, int hd,
                         int max_blocks, int block_size, float scale, int n_splits,
                         float *partial, int q_stride, int *counters);
+
+/* ek_attention_decode with k_qk_norm_rope's work folded in (decode steps only; OM_CUDA_ATTN_ROPE):
+ * qkv is the raw QKV output (T, q_stride >= (Hq + 2·Hk)·hd: q, k, v rows), left unchanged. Each
+ * block normalises and rotates the q rows of its heads itself; the block whose key range holds
+ * the new token (position tok_pos[t]) normalises and rotates that token's k, writes k and v to
+ * kpool/vpool at slots[t] (the same bf16 values as k_qk_norm_rope) and uses them directly. The
+ * new row is never read from the cache in the step. Needs ek_attention_decode_rope_supported
+ * (bf16 KV, hd 128, Hq/Hk <= 16, n_splits > 1 with partial and counters); else -EOPNOTSUPP. */
+struct ek_dec_rope {
+    const bf16 *q_norm, *k_norm; /* (hd) */
+    const int32_t *pos3;         /* (3, T) rope positions */
+    const float *inv_freq;       /* (hd / 2) */
+    const int32_t *slots;        /* (T) KV slot of each token */
+    float eps;
+    int sec1, sec2;              /* M-RoPE H/W sections (0: plain RoPE) */
+    bf16 *kw, *vw;               /* set by the launcher (the pools) */
+};
+bool ek_attention_decode_rope_supported(int Hq, int Hk, int hd, int n_splits,
+                                        const float *partial, const int *counters);
+int ek_attention_decode_rope(cudaStream_t s, bf16 *out, const bf16 *qkv, bf16 *kpool,
+                             bf16 *vpool, const int32_t *tok_seq, const int32_t *tok_pos,
+                             const int32_t *block_tables, int T, int Hq, int Hk, int hd,
+                             int max_blocks, int block_size, float scale, int n_splits,
+                             float *partial, int q_stride, int *counters,
+                             const ek_dec_rope *rope);
 
 /* Tiled (flash-style) causal prefill attention on tensor cores, bf16, hd = 128 or 64 or 16·k<=128.
  * tiles (n_tiles, 3) i32: first token, token count (<= 64), sequence; the tile's tokens are

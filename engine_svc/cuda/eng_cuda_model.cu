@@ -131,6 +131,8 @@ struct eng_cuda_model {
     bool pdl;                 /* programmatic dependent launch in decode (OM_CUDA_NOPDL=1: off) */
     bool fuse_rope;           /* decode: QK-norm+RoPE+KV write in the QKV GEMV epilogue
                                  (opt-in, OM_CUDA_FUSE_ROPE=1; measured slower, see docs) */
+    bool attn_rope;           /* decode: QK-norm+RoPE+KV write inside the decode attention
+                                 kernel k_attn_dec (default on; OM_CUDA_ATTN_ROPE=0: off) */
     bool fuse_moe;            /* decode: gate/up and down in one persistent kernel
                                  (opt-in, OM_CUDA_FUSE_MOE=1; measured slower, see docs) */
     int oproj_ks;             /* decode: o_proj GEMV rows split over this many warps (2, 4, 8;
@@ -791,6 +793,10 @@ static int s_model_init(eng_cuda_model *m, const char *dir, char *err, size_t er
     m->fuse_rope = s_env_flag("OM_CUDA_FUSE_ROPE");
     m->fuse_moe = s_env_flag("OM_CUDA_FUSE_MOE");
     {
+        const char *e = getenv("OM_CUDA_ATTN_ROPE");
+        m->attn_rope = !(e && !strcmp(e, "0"));
+    }
+    {
         const char *e = getenv("OM_CUDA_OPROJ_KSPLIT");
         m->oproj_ks = e && *e ? atoi(e) : 1;
         if (m->oproj_ks != 2 && m->oproj_ks != 4 && m->oproj_ks != 8)
@@ -1101,6 +1107,13 @@ static int s_run(eng_cuda_model *m, const step &st, char *err, size_t errlen) {
     const bool fused = m->fuse && T <= 8 && ek_gemv_norm_supported(T, c.D);
     /* ... and QK-norm + RoPE + KV write in the QKV GEMV's epilogue (one launch less per layer) */
     const bool fuse_rope = fused && m->fuse_rope && ek_gemv_norm_rope_supported(T, c.D, c.hd);
+    /* ... or, in decode steps on k_attn_dec, inside the decode attention kernel (q-norm + RoPE
+       per block, the new token's k-norm + RoPE + KV write by the block holding its position) */
+    int *attn_cnt = m->fuse ? m->attn_cnt : nullptr;
+    const bool attn_rope = m->attn_rope && !fuse_rope && st.decode && st.n_tiles == 0 &&
+                           !st.attn_tc &&
+                           ek_attention_decode_rope_supported(c.Hq, c.Hk, c.hd, st.splits,
+                                                              m->partial, attn_cnt);
     bf16 *cur = m->h, *oth = m->h2;
     struct pdl_guard {
         explicit pdl_guard(bool on) { ek_pdl = on; }
@@ -1128,7 +1141,7 @@ static int s_run(eng_cuda_model *m, const step &st, char *err, size_t errlen) {
                 RCHECK(ek_add_rmsnorm<bf16, bf16>(s, m->xn, cur, m->delta, w.attn_norm, T, c.D, c.eps));
             RCHECK(ek_matmul<bf16, bf16>(&m->kc, m->qkv, m->xn, w.wqkv, T, Nqkv, c.D));
         }
-        if (!fuse_rope)
+        if (!fuse_rope && !attn_rope)
             RCHECK(ek_qk_norm_rope<bf16, bf16, bf16>(
                 s, m->qkv, Nqkv, m->qkv + c.Hq * c.hd, Nqkv, w.q_norm, w.k_norm, md + mo.pos3,
                 m->inv_freq, T, c.Hq, c.Hk, c.hd, c.eps, c.sec[1], c.sec[2], kp, vp,
@@ -1146,7 +1159,14 @@ static int s_run(eng_cuda_model *m, const step &st, char *err, size_t errlen) {
                                                 md + mo.tok_pos, md + mo.bt, T, c.Hq, c.Hk, c.hd,
                                                 m->max_blocks, (int)m->o.block_size, scale,
                                                 st.splits, m->partial, Nqkv, m->attn_cnt)));
-        else
+        else if (attn_rope) {
+            const ek_dec_rope rp = {w.q_norm, w.k_norm, md + mo.pos3, m->inv_freq,
+                                    md + mo.slots, c.eps, c.sec[1], c.sec[2], nullptr, nullptr};
+            RCHECK(ek_attention_decode_rope(s, m->attn, m->qkv, kp, vp, md + mo.tok_seq,
+                                            md + mo.tok_pos, md + mo.bt, T, c.Hq, c.Hk, c.hd,
+                                            m->max_blocks, (int)m->o.block_size, scale,
+                                            st.splits, m->partial, Nqkv, attn_cnt, &rp));
+        } else
             /* n_tiles == 0 with a flash-capable hd means a decode step: one new token per
                sequence, so the decode kernel may read earlier K/V rows before its PDL wait */
             RCHECK(st.decode

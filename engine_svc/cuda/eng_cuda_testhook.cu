@@ -108,6 +108,86 @@ extern "C" int eng_cuda_test_qkv_rope(int fused, int reps, const eng_cuda_test_q
     return nz; /* counters left non-zero (0 expected) */
 }
 
+extern "C" int eng_cuda_test_attn_rope(int fused, int reps, const eng_cuda_test_attn_t *a) {
+    if (!a || a->T < 1 || a->Hq <= 0 || a->Hk <= 0 || a->Hq % a->Hk || a->hd <= 0 || a->hd % 2 ||
+        a->bs <= 0 || a->max_blocks <= 0 || a->n_slots <= 0 || a->n_splits < 1 || reps < 1)
+        return -EINVAL;
+    const int T = a->T, hd = a->hd, Hq = a->Hq, Hk = a->Hk, bs = a->bs;
+    const int N = (Hq + 2 * Hk) * hd;
+    const size_t pool = (size_t)a->n_slots * Hk * hd;
+    std::vector<int32_t> tseq(T), slots(T);
+    for (int t = 0; t < T; t++) {
+        const int p = a->tok_pos[t];
+        if (p < 0 || p / bs >= a->max_blocks)
+            return -EINVAL;
+        tseq[t] = t;
+        slots[t] = a->bt[(size_t)t * a->max_blocks + p / bs] * bs + p % bs;
+        if (slots[t] < 0 || slots[t] >= a->n_slots)
+            return -EINVAL;
+    }
+    std::vector<float> invh(hd / 2);
+    for (int j = 0; j < hd / 2; j++) /* as the model runner computes it */
+        invh[j] = 1.0f / powf(a->theta, (float)(2 * j) / (float)hd);
+    dbuf b;
+    bf16 *qkv = nullptr, *qn = nullptr, *kn = nullptr, *kp = nullptr, *vp = nullptr, *out = nullptr;
+    int32_t *pos = nullptr, *sl = nullptr, *tp = nullptr, *ts = nullptr, *bt = nullptr;
+    float *inv = nullptr, *partial = nullptr;
+    int *cnt = nullptr;
+    HCHECK(b.get(&qkv, (size_t)T * N, a->qkv));
+    HCHECK(b.get(&qn, (size_t)hd, a->q_norm));
+    HCHECK(b.get(&kn, (size_t)hd, a->k_norm));
+    HCHECK(b.get(&kp, pool, a->kpool));
+    HCHECK(b.get(&vp, pool, a->vpool));
+    HCHECK(b.get(&out, (size_t)T * Hq * hd, nullptr, 0));
+    HCHECK(b.get(&pos, (size_t)3 * T, a->pos3));
+    HCHECK(b.get(&sl, (size_t)T, slots.data()));
+    HCHECK(b.get(&tp, (size_t)T, a->tok_pos));
+    HCHECK(b.get(&ts, (size_t)T, tseq.data()));
+    HCHECK(b.get(&bt, (size_t)T * a->max_blocks, a->bt));
+    HCHECK(b.get(&inv, invh.size(), invh.data()));
+    HCHECK(b.get(&partial, (size_t)T * Hq * 32 * (hd + 2), nullptr, 0));
+    HCHECK(b.get(&cnt, (size_t)T * Hq, nullptr, 0));
+    cudaStream_t s;
+    CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+    const float scale = 1.0f / sqrtf((float)hd);
+    int r = 0;
+    {
+        pdl_on pg;
+        for (int i = 0; i < reps && r >= 0; i++) {
+            if (fused) {
+                const ek_dec_rope rp = {qn, kn, pos, inv, sl, a->eps, a->sec1, a->sec2,
+                                        nullptr, nullptr};
+                r = ek_attention_decode_rope(s, out, qkv, kp, vp, ts, tp, bt, T, Hq, Hk, hd,
+                                             a->max_blocks, bs, scale, a->n_splits, partial, N,
+                                             cnt, &rp);
+            } else {
+                r = ek_qk_norm_rope<bf16, bf16, bf16>(s, qkv, N, qkv + Hq * hd, N, qn, kn, pos,
+                                                      inv, T, Hq, Hk, hd, a->eps, a->sec1,
+                                                      a->sec2, kp, vp, qkv + (Hq + Hk) * hd, N,
+                                                      sl);
+                if (r >= 0)
+                    r = ek_attention_decode(s, out, qkv, kp, vp, ts, tp, bt, T, Hq, Hk, hd,
+                                            a->max_blocks, bs, scale, a->n_splits, partial, N,
+                                            cnt);
+            }
+        }
+    }
+    cudaError_t e = cudaStreamSynchronize(s);
+    cudaStreamDestroy(s);
+    if (r < 0)
+        return r;
+    CUDA_CHECK(e);
+    CUDA_CHECK(cudaMemcpy(a->ret_out, out, (size_t)T * Hq * hd * 2, cudaMemcpyDeviceToHost));
+    CUDA_CHECK(cudaMemcpy(a->ret_kpool, kp, pool * 2, cudaMemcpyDeviceToHost));
+    CUDA_CHECK(cudaMemcpy(a->ret_vpool, vp, pool * 2, cudaMemcpyDeviceToHost));
+    std::vector<int> ch((size_t)T * Hq);
+    CUDA_CHECK(cudaMemcpy(ch.data(), cnt, ch.size() * 4, cudaMemcpyDeviceToHost));
+    int nz = 0;
+    for (int v : ch)
+        nz += v != 0;
+    return nz;
+}
+
 extern "C" int eng_cuda_test_moe_experts(int fused, int reps, int max_blocks,
                                          const eng_cuda_test_moe_t *a) {
     if (!a || a->T < 1 || a->T > 8 || a->D <= 0 || a->I <= 0 || a->E <= 0 || a->K <= 0 ||

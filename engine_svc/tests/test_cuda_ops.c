@@ -9,6 +9,7 @@
  *      buffer filled with a canary).
  * MoE runs both expert paths (GEMV, grouped tensor-core GEMM), batch 1 (120 of 128 expert groups
  * empty) to 300 tokens. Label gpu: needs a CUDA device; exits 77 (skip) without one. */
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -583,6 +584,183 @@ static void t_qkv_fused(int T, int D, int Hq, int Hk, int hd, int s1, int s2, in
     free(rq); free(rh); free(rk); free(rv); free(xs); free(inv);
 }
 
+/* k_attn_dec with QK-norm + RoPE + KV write folded in (decode steps, OM_CUDA_ATTN_ROPE) against
+ * (a) the kernels it replaces (k_qk_norm_rope + k_attn_dec): attention output and KV pools
+ * bit-identical expected (same rounding points, same tile order); (b) a CPU reference of
+ * qk-norm + rope (bf16 rounding points of k_qk_norm_rope) + paged attention in double (NMSE
+ * bound over output and pools: cos/sin ulps may flip a bf16 rounding). S sequences, one new token
+ * each, at position ctx[i] - 1; 2 fused runs in a row (the raw qkv must stay untouched, counters
+ * must be left zero). hd != 128: the fused kernel must refuse (-EOPNOTSUPP; the model runner then
+ * keeps k_qk_norm_rope). */
+static void t_attn_rope(int S, const int *ctx, int Hq, int Hk, int hd, int s1, int s2, int bs,
+                        int n_splits) {
+    g_cases++;
+    const int N = (Hq + 2 * Hk) * hd, half = hd / 2;
+    const float eps = 1e-6f, theta = 1e6f;
+    int max_blocks = 1, total = 0;
+    for (int i = 0; i < S; i++) {
+        int nb = (ctx[i] + bs - 1) / bs;
+        max_blocks = nb > max_blocks ? nb : max_blocks;
+        total += nb;
+    }
+    const int n_blocks = total + 3, n_slots = n_blocks * bs;
+    const size_t pool = (size_t)n_slots * Hk * hd;
+    int *perm = malloc((size_t)n_blocks * sizeof(int));
+    for (int i = 0; i < n_blocks; i++)
+        perm[i] = i;
+    for (int i = n_blocks - 1; i > 0; i--) {
+        int j = (int)(s_rand() % (uint64_t)(i + 1)), x = perm[i];
+        perm[i] = perm[j];
+        perm[j] = x;
+    }
+    int32_t *bt = calloc((size_t)S * max_blocks, 4), *tpos = malloc((size_t)S * 4);
+    int32_t *pos3 = malloc((size_t)3 * S * 4), *slot = malloc((size_t)S * 4);
+    for (int i = 0, used = 0; i < S; i++) {
+        for (int j = 0; j < (ctx[i] + bs - 1) / bs; j++)
+            bt[(size_t)i * max_blocks + j] = perm[used++];
+        tpos[i] = ctx[i] - 1;
+        slot[i] = bt[(size_t)i * max_blocks + tpos[i] / bs] * bs + tpos[i] % bs;
+        pos3[i] = tpos[i];
+        pos3[S + i] = (int32_t)(s_rand() % 40000);
+        pos3[2 * S + i] = (int32_t)(s_rand() % 40000);
+    }
+    uint16_t *qkv = s_bf_rand((size_t)S * N, 2.0f, 0.0f);
+    uint16_t *qn = s_bf_rand((size_t)hd, 0.5f, 1.0f), *kn = s_bf_rand((size_t)hd, 0.5f, 1.0f);
+    uint16_t *kp0 = s_bf_rand(pool, 1.0f, 0.0f), *vp0 = s_bf_rand(pool, 1.0f, 0.0f);
+    uint16_t *out[2][3]; /* [unfused, fused][out, kpool, vpool] */
+    int nz[2] = {0, 0}, unsupported = 0;
+    for (int f = 0; f < 2; f++) {
+        out[f][0] = malloc((size_t)S * Hq * hd * 2);
+        out[f][1] = malloc(pool * 2);
+        out[f][2] = malloc(pool * 2);
+        eng_cuda_test_attn_t a = {S, Hq, Hk, hd, s1, s2, bs, max_blocks, n_slots, n_splits, eps,
+                                  theta, qkv, qn, kn, pos3, tpos, bt, kp0, vp0, out[f][0],
+                                  out[f][1], out[f][2]};
+        nz[f] = eng_cuda_test_attn_rope(f, f ? 2 : 1, &a);
+        if (f && hd != 128 && nz[f] == -EOPNOTSUPP) {
+            unsupported = 1;
+            break;
+        }
+        s_check(nz[f], f ? "eng_cuda_test_attn_rope fused" : "eng_cuda_test_attn_rope unfused");
+    }
+    char nm[160];
+    snprintf(nm, sizeof nm, "ATTN_ROPE S=%d ctx=%d%s Hq=%d Hk=%d hd=%d mrope=[%d,%d] bs=%d splits=%d",
+             S, ctx[0], S > 1 ? ",..." : "", Hq, Hk, hd, s1, s2, bs, n_splits);
+    if (hd != 128) {
+        int ok = unsupported;
+        printf("%-4s %s: fused kernel refuses (-EOPNOTSUPP) %s (expected: yes)\n", ok ? "ok" : "FAIL",
+               nm, ok ? "yes" : "no");
+        if (!ok)
+            g_fail++;
+        for (int f = 0; f < 2; f++)
+            for (int i = 0; i < 3; i++)
+                free(out[f][i]);
+        free(perm); free(bt); free(tpos); free(pos3); free(slot);
+        free(qkv); free(qn); free(kn); free(kp0); free(vp0);
+        return;
+    }
+    /* CPU reference: q/k norm + rope (k_qk_norm_rope's rounding points), KV write, attention */
+    float *rk = malloc(pool * 4), *rv = malloc(pool * 4), *rq = malloc((size_t)S * Hq * hd * 4);
+    float *ro = malloc((size_t)S * Hq * hd * 4), *inv = malloc((size_t)half * 4), buf[256], row[256];
+    int maxctx = 0;
+    for (int i = 0; i < S; i++)
+        maxctx = ctx[i] > maxctx ? ctx[i] : maxctx;
+    double *sc = malloc((size_t)maxctx * 8);
+    for (size_t i = 0; i < pool; i++) {
+        rk[i] = eng_bf16_to_f32(kp0[i]);
+        rv[i] = eng_bf16_to_f32(vp0[i]);
+    }
+    for (int j = 0; j < half; j++)
+        inv[j] = 1.0f / powf(theta, (float)(2 * j) / (float)hd);
+    for (int t = 0; t < S; t++) {
+        for (int hh = 0; hh < Hq + Hk; hh++) {
+            const uint16_t *src = qkv + (size_t)t * N + (size_t)hh * hd;
+            const uint16_t *nv = hh < Hq ? qn : kn;
+            float s2q = 0.0f;
+            for (int d = 0; d < hd; d++) {
+                row[d] = eng_bf16_to_f32(src[d]);
+                s2q += row[d] * row[d];
+            }
+            float r2 = 1.0f / sqrtf(s2q / (float)hd + eps);
+            for (int d = 0; d < hd; d++)
+                buf[d] = s_bfr(s_bfr(row[d] * r2) * eng_bf16_to_f32(nv[d]));
+            for (int d = 0; d < hd; d++) {
+                int j = d < half ? d : d - half, pr = pos3[t];
+                if (j % 3 == 1 && j < 3 * s1)
+                    pr = pos3[S + t];
+                else if (j % 3 == 2 && j < 3 * s2)
+                    pr = pos3[2 * S + t];
+                float fr = (float)pr * inv[j];
+                float cs = s_bfr(cosf(fr)), sn = s_bfr(sinf(fr));
+                float rot = d < half ? -buf[d + half] : buf[d - half];
+                row[d] = s_bfr(s_bfr(buf[d] * cs) + s_bfr(rot * sn));
+            }
+            if (hh < Hq) {
+                memcpy(rq + ((size_t)t * Hq + hh) * hd, row, (size_t)hd * 4);
+            } else {
+                size_t o = ((size_t)slot[t] * Hk + (hh - Hq)) * hd;
+                const uint16_t *vs = qkv + (size_t)t * N + (size_t)(Hq + Hk) * hd +
+                                     (size_t)(hh - Hq) * hd;
+                for (int d = 0; d < hd; d++) {
+                    rk[o + d] = row[d];
+                    rv[o + d] = eng_bf16_to_f32(vs[d]);
+                }
+            }
+        }
+    }
+    const double scale = 1.0 / sqrt((double)hd);
+    for (int t = 0; t < S; t++)
+        for (int h = 0; h < Hq; h++) {
+            const int kvh = h / (Hq / Hk);
+            const float *q = rq + ((size_t)t * Hq + h) * hd;
+            double mx = -1e300, l = 0.0;
+            for (int p = 0; p < ctx[t]; p++) {
+                size_t sl = (size_t)bt[(size_t)t * max_blocks + p / bs] * bs + p % bs;
+                const float *k = rk + (sl * Hk + kvh) * hd;
+                double dot = 0.0;
+                for (int d = 0; d < hd; d++)
+                    dot += (double)q[d] * k[d];
+                sc[p] = dot * scale;
+                mx = sc[p] > mx ? sc[p] : mx;
+            }
+            double acc[256] = {0};
+            for (int p = 0; p < ctx[t]; p++) {
+                size_t sl = (size_t)bt[(size_t)t * max_blocks + p / bs] * bs + p % bs;
+                const float *v = rv + (sl * Hk + kvh) * hd;
+                double w = exp(sc[p] - mx);
+                l += w;
+                for (int d = 0; d < hd; d++)
+                    acc[d] += w * v[d];
+            }
+            for (int d = 0; d < hd; d++)
+                ro[((size_t)t * Hq + h) * hd + d] = (float)(acc[d] / l);
+        }
+    /* the new rows alone for the KV error (the rest of the pools is copied through) */
+    double num = 0, den = 0, numk = 0, denk = 0;
+    s_acc_err(out[1][0], ro, (size_t)S * Hq * hd, &num, &den);
+    for (int t = 0; t < S; t++) {
+        const size_t o = (size_t)slot[t] * Hk * hd;
+        s_acc_err(out[1][1] + o, rk + o, (size_t)Hk * hd, &numk, &denk);
+        s_acc_err(out[1][2] + o, rv + o, (size_t)Hk * hd, &numk, &denk);
+    }
+    double nmse = den > 0 ? num / den : num, nmsek = denk > 0 ? numk / denk : numk;
+    long dout = s_bits_differ(out[0][0], out[1][0], (size_t)S * Hq * hd);
+    long dkv = s_bits_differ(out[0][1], out[1][1], pool) + s_bits_differ(out[0][2], out[1][2], pool);
+    const double bound = 1e-4;
+    int ok = dout == 0 && dkv == 0 && nmse <= bound && nmsek <= bound && nz[1] == 0;
+    printf("%-4s %s: kv != unfused %ld (max 0), out != unfused %ld (max 0), nmse vs cpu out %.3e "
+           "new kv %.3e (max %.0e), counters left %d (max 0)\n",
+           ok ? "ok" : "FAIL", nm, dkv, dout, nmse, nmsek, bound, nz[1]);
+    if (!ok)
+        g_fail++;
+    for (int f = 0; f < 2; f++)
+        for (int i = 0; i < 3; i++)
+            free(out[f][i]);
+    free(perm); free(bt); free(tpos); free(pos3); free(slot);
+    free(qkv); free(qn); free(kn); free(kp0); free(vp0);
+    free(rk); free(rv); free(rq); free(ro); free(inv); free(sc);
+}
+
 /* k_moe_fused (gate/up + down in one persistent kernel, atomic tickets) against k_moe_gu +
  * k_moe_down (bit-identical expected) and a CPU reference with the same rounding points; 3 runs
  * in a row (counters must be left zero). max_blocks > 0 caps the grid (1: one block runs every
@@ -804,6 +982,37 @@ int main(int argc, char **argv) {
     t_qkv_fused(5, 512, 4, 4, 128, 0, 0, 1);
     t_qkv_fused(4, 256, 8, 1, 72, 12, 12, 1);
     t_qkv_fused(6, 128, 2, 1, 256, 42, 42, 0);
+    /* decode attention with QK-norm + RoPE + KV write folded in (OM_CUDA_ATTN_ROPE): contexts
+       around the 64-key tile and 512 boundaries, 1 split (new row in a later tile: staged in
+       shared memory) and up to 32 (merge), GQA 8 (the thinker) and 1, M-RoPE on/off, block
+       sizes 16/48/256, mixed batches; hd 64: refused (the model keeps k_qk_norm_rope) */
+    {
+        const int cx[] = {1, 2, 63, 64, 65, 511, 512, 513, 4096};
+        const int ncx = (int)(sizeof cx / sizeof cx[0]);
+        for (int gq = 0; gq < 2; gq++)
+            for (int i = 0; i < ncx; i++)
+                for (int sp = 0; sp < 2; sp++) {
+                    if (quick && cx[i] == 4096 && gq)
+                        continue;
+                    t_attn_rope(1, &cx[i], gq ? 4 : 32, 4, 128, 20, 20, 16, sp ? 32 : 1);
+                }
+        const int c65[] = {65}, c513[] = {513}, c4k[] = {4096}, c130[] = {130};
+        t_attn_rope(1, c65, 32, 4, 128, 0, 0, 16, 32);
+        t_attn_rope(1, c513, 32, 4, 128, 0, 0, 16, 1);
+        t_attn_rope(1, c4k, 32, 4, 128, 0, 0, 16, 32);
+        t_attn_rope(1, c513, 32, 4, 128, 20, 20, 16, 2);  /* new row in tile 3 + merge */
+        t_attn_rope(1, c4k, 32, 4, 128, 20, 20, 16, 4);   /* new row in tile 15 + merge */
+        t_attn_rope(1, c130, 32, 4, 128, 20, 20, 48, 1);  /* block straddles tiles */
+        t_attn_rope(1, c513, 16, 1, 128, 20, 20, 256, 8); /* GQA 16 */
+        const int m4[] = {1, 64, 513, 4096};
+        t_attn_rope(4, m4, 32, 4, 128, 20, 20, 16, 32);
+        t_attn_rope(4, m4, 32, 4, 128, 0, 0, 16, 4);
+        const int m8[] = {2, 63, 65, 511, 512, 130, 1000, 4096};
+        t_attn_rope(8, m8, 4, 4, 128, 20, 20, 48, 16);
+        t_attn_rope(8, m8, 32, 4, 128, 20, 20, 16, 16);
+        const int c100[] = {100};
+        t_attn_rope(1, c100, 16, 2, 64, 8, 8, 16, 32);
+    }
     t_moe_fused(1, 2048, 768, 32, 8, 0);
     t_moe_fused(1, 2048, 768, 32, 8, 1);
     t_moe_fused(8, 2048, 768, 32, 8, 0);
