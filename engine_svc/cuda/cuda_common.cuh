@@ -62,6 +62,17 @@ __device__ __forceinline__ float warp_sum(float v) {
     return v;
 }
 
+/* Warp-wide (best, bi) = the largest value, ties to the lowest index, on every lane. */
+__device__ __forceinline__ void warp_argmax_lo(float &best, int &bi) {
+    for (int o = 16; o > 0; o >>= 1) {
+        float ob = __shfl_xor_sync(0xffffffffu, best, o);
+        int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+        if (ob > best || (ob == best && oi < bi)) {
+            best = ob;
+            bi = oi;
+        }
+    }
+}
 __device__ __forceinline__ float warp_max(float v) {
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1)

@@ -729,14 +729,7 @@ __device__ int32_t ss_best(const float *row, int V, float pl, int pid, ss_smem &
             bi = v;
         }
     }
-    for (int o = 16; o > 0; o >>= 1) {
-        float ob = __shfl_xor_sync(0xffffffffu, best, o);
-        int oi = __shfl_xor_sync(0xffffffffu, bi, o);
-        if (ob > best || (ob == best && oi < bi)) {
-            best = ob;
-            bi = oi;
-        }
-    }
+    warp_argmax_lo(best, bi);
     if ((t & 31) == 0) {
         sm.fwarp[t >> 5] = best;
         sm.iwarp[t >> 5] = bi;
@@ -943,14 +936,7 @@ __device__ int32_t sp_best(const float *l, const int32_t *ids, int lo, int hi, f
             bi = v;
         }
     }
-    for (int o = 16; o > 0; o >>= 1) {
-        float ob = __shfl_xor_sync(0xffffffffu, best, o);
-        int oi = __shfl_xor_sync(0xffffffffu, bi, o);
-        if (ob > best || (ob == best && oi < bi)) {
-            best = ob;
-            bi = oi;
-        }
-    }
+    warp_argmax_lo(best, bi);
     if ((threadIdx.x & 31) == 0) {
         rd.f[threadIdx.x >> 5] = best;
         rd.i[threadIdx.x >> 5] = bi;
