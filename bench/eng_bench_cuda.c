@@ -27,8 +27,13 @@
  * tok/s as a function of its batch, and from it the most that two replicas can gain at C concurrent
  * requests (each decodes C/2: 2 x tok/s(C/2) / tok/s(C)), the bound bench/multi-gpu-run measures.
  *
+ * --skip LIST (profiling, with --b1-only): decode steps leave out the named kernels of every layer
+ * (qkv, rope, attn, oproj, router, moe; eng_cuda_model_opts_t.profile_skip), so the step time
+ * against a full run is their marginal cost inside the CUDA graph, PDL overlap included. The
+ * tokens are wrong; `bench/gpu-run` with SKIPS=1 runs one kernel at a time.
+ *
  * Usage: eng_bench_cuda CONFIG_DIR [--steps N] [--quick] [--profile] [--b1-only] [--service]
- *        [--tensor-parallel N] [--moe-parallel expert|column] [--curve]
+ *        [--tensor-parallel N] [--moe-parallel expert|column] [--curve] [--skip LIST]
  * --profile: only runs, inside a profiler range (ncu --profile-from-start off), one batch-1 decode
  * step at ctx 512, one 512-token prefill and one batch-128 decode step (bench/ncu_summary.py). */
 #include <errno.h>
@@ -328,6 +333,7 @@ int main(int argc, char **argv) {
     }
     int steps = 64, quick = 0, profile = 0, b1_only = 0, service = 0, tp = 0, curve = 0;
     int moe_par = ENG_CUDA_MOE_PAR_DEFAULT;
+    unsigned skip = 0;
     for (int i = 2; i < argc; i++) {
         if (!strcmp(argv[i], "--steps") && i + 1 < argc)
             steps = atoi(argv[++i]);
@@ -341,6 +347,29 @@ int main(int argc, char **argv) {
             service = 1;
         else if (!strcmp(argv[i], "--curve"))
             curve = 1;
+        else if (!strcmp(argv[i], "--skip") && i + 1 < argc) {
+            static const struct {
+                const char *name;
+                unsigned bit;
+            } k[] = {{"qkv", ENG_CUDA_SKIP_QKV},     {"rope", ENG_CUDA_SKIP_ROPE},
+                     {"attn", ENG_CUDA_SKIP_ATTN},   {"oproj", ENG_CUDA_SKIP_OPROJ},
+                     {"router", ENG_CUDA_SKIP_ROUTER}, {"moe", ENG_CUDA_SKIP_MOE}};
+            char buf[256];
+            snprintf(buf, sizeof buf, "%s", argv[++i]);
+            for (char *save = NULL, *t = strtok_r(buf, ",", &save); t;
+                 t = strtok_r(NULL, ",", &save)) {
+                unsigned bit = 0;
+                for (size_t j = 0; j < sizeof k / sizeof k[0]; j++)
+                    if (!strcmp(t, k[j].name))
+                        bit = k[j].bit;
+                if (!bit) {
+                    fprintf(stderr, "--skip: '%s' is not one of qkv, rope, attn, oproj, router, moe\n",
+                            t);
+                    return 2;
+                }
+                skip |= bit;
+            }
+        }
         else if (!strcmp(argv[i], "--tensor-parallel") && i + 1 < argc)
             tp = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--moe-parallel") && i + 1 < argc) {
@@ -372,6 +401,7 @@ int main(int argc, char **argv) {
     o.max_seqs = 256;
     o.tensor_parallel = tp;
     o.moe_parallel = moe_par;
+    o.profile_skip = skip;
     double t0 = s_now();
     r = eng_cuda_model_load(argv[1], &o, &g_m, g_err, sizeof g_err);
     if (r < 0)

@@ -79,7 +79,20 @@ typedef struct eng_cuda_model_opts {
                                    rank (--devices), read during the load only; NULL = device,
                                    device+1, ... Each must exist and appear once (-ENODEV /
                                    -EINVAL naming devices[i]). A one-GPU model uses device. */
+    unsigned profile_skip;      /* profiling only (eng_bench_cuda --skip): decode steps of the
+                                   fused path leave out these kernels (ENG_CUDA_SKIP_*), so a
+                                   timed step shows their marginal cost inside the graph. The
+                                   results are wrong; engine_svc never sets it. 0 = none. */
 } eng_cuda_model_opts_t;
+
+enum {
+    ENG_CUDA_SKIP_QKV = 1,     /* add + RMSNorm + QKV GEMV */
+    ENG_CUDA_SKIP_ROPE = 2,    /* QK-norm + RoPE + KV write */
+    ENG_CUDA_SKIP_ATTN = 4,    /* decode attention */
+    ENG_CUDA_SKIP_OPROJ = 8,   /* o_proj */
+    ENG_CUDA_SKIP_ROUTER = 16, /* add + RMSNorm + router + top-k (the experts keep fixed ids) */
+    ENG_CUDA_SKIP_MOE = 32,    /* the routed experts */
+};
 
 enum { ENG_CUDA_MOE_PAR_DEFAULT = 0, ENG_CUDA_MOE_PAR_EXPERT = 1, ENG_CUDA_MOE_PAR_COLUMN = 2 };
 

@@ -569,6 +569,15 @@ static int s_scratch_init(eng_cuda_model *m, char *err, size_t errlen) {
     RCHECK(s_alloc_in(sl, &msb, ek_moe_scratch_bytes(T, c.D, c.I, c.E, c.K), "scratch: MoE", err,
                       errlen));
     ek_moe_scratch_carve(&m->ms, msb, T, c.D, c.I, c.E, c.K);
+    if (m->o.profile_skip & ENG_CUDA_SKIP_ROUTER) {
+        /* profiling without the router: every token keeps K distinct experts, weights 1/K */
+        std::vector<int32_t> ids((size_t)T * c.K);
+        std::vector<float> wts((size_t)T * c.K, 1.0f / (float)c.K);
+        for (size_t i = 0; i < ids.size(); i++)
+            ids[i] = (int32_t)(((i % c.K) * (c.E / c.K) + i / c.K) % c.E);
+        MCHECK(cudaMemcpy(m->ms.ids, ids.data(), ids.size() * 4, cudaMemcpyHostToDevice));
+        MCHECK(cudaMemcpy(m->ms.wts, wts.data(), wts.size() * 4, cudaMemcpyHostToDevice));
+    }
     s_meta_layout(m);
     RCHECK(s_alloc_in(sl, (void **)&m->meta_dev, m->mo.end * 4, "scratch: step metadata", err,
                       errlen));
@@ -1116,6 +1125,8 @@ static int s_run(eng_cuda_model *m, const step &st, char *err, size_t errlen) {
                            !st.attn_tc &&
                            ek_attention_decode_rope_supported(c.Hq, c.Hk, c.hd, st.splits,
                                                               m->partial, attn_cnt);
+    /* profiling only: kernels left out of decode steps (eng_cuda_model_opts_t.profile_skip) */
+    const unsigned sk = fused && st.decode ? m->o.profile_skip : 0;
     bf16 *cur = m->h, *oth = m->h2;
     struct pdl_guard {
         explicit pdl_guard(bool on) { ek_pdl = on; }
@@ -1126,7 +1137,9 @@ static int s_run(eng_cuda_model *m, const step &st, char *err, size_t errlen) {
         const layer_w &w = m->lw[l];
         bf16 *kp = m->kv + (size_t)l * lstride;
         bf16 *vp = m->kv + (size_t)(c.L + l) * lstride;
-        if (fuse_rope) {
+        if (sk & ENG_CUDA_SKIP_QKV) {
+            /* profiling: left out */
+        } else if (fuse_rope) {
             RCHECK(ek_gemv_norm_rope(s, m->qkv, w.wqkv, T, c.D, cur, l == 0 ? nullptr : m->delta,
                                      oth, w.attn_norm, c.eps, c.Hq, c.Hk, c.hd, w.q_norm,
                                      w.k_norm, md + mo.pos3, m->inv_freq, c.sec[1], c.sec[2], kp,
@@ -1143,12 +1156,15 @@ static int s_run(eng_cuda_model *m, const step &st, char *err, size_t errlen) {
                 RCHECK(ek_add_rmsnorm<bf16, bf16>(s, m->xn, cur, m->delta, w.attn_norm, T, c.D, c.eps));
             RCHECK(ek_matmul<bf16, bf16>(&m->kc, m->qkv, m->xn, w.wqkv, T, Nqkv, c.D));
         }
-        if (!fuse_rope && !attn_rope)
+        if (!fuse_rope && !attn_rope && !(sk & ENG_CUDA_SKIP_ROPE))
             RCHECK(ek_qk_norm_rope<bf16, bf16, bf16>(
                 s, m->qkv, Nqkv, m->qkv + c.Hq * c.hd, Nqkv, w.q_norm, w.k_norm, md + mo.pos3,
                 m->inv_freq, T, c.Hq, c.Hk, c.hd, c.eps, c.sec[1], c.sec[2], kp, vp,
                 m->qkv + (c.Hq + c.Hk) * c.hd, Nqkv, md + mo.slots));
-        if (st.n_tiles > 0 && s_attn_tc_min_t() > 0 && ek_attention_tc_supported(c.Hq, c.Hk, c.hd))
+        if (sk & ENG_CUDA_SKIP_ATTN) {
+            /* profiling: left out */
+        } else if (st.n_tiles > 0 && s_attn_tc_min_t() > 0 &&
+                   ek_attention_tc_supported(c.Hq, c.Hk, c.hd))
             RCHECK((ek_attention_prefill_tc<bf16, bf16>(
                 s, m->attn, m->qkv, kp, vp, md + mo.tok_pos, md + mo.bt, md + mo.tiles,
                 st.n_tiles, c.Hq, c.Hk, c.hd, m->max_blocks, (int)m->o.block_size, scale, Nqkv)));
@@ -1183,7 +1199,9 @@ static int s_run(eng_cuda_model *m, const step &st, char *err, size_t errlen) {
                                                          m->max_blocks, (int)m->o.block_size,
                                                          scale, st.splits, m->partial, Nqkv,
                                                          m->fuse ? m->attn_cnt : nullptr)));
-        if (red32)
+        if (sk & ENG_CUDA_SKIP_OPROJ) {
+            /* profiling: left out */
+        } else if (red32)
             RCHECK(ek_matmul<bf16, float>(&m->kc, m->delta32, m->attn, w.wo, T, c.D, c.Hq * c.hd));
         else if (fused && m->oproj_ks > 1 &&
                  ek_gemv_ks_supported(T, c.Hq * c.hd, m->oproj_ks, m->attn, w.wo))
@@ -1193,11 +1211,15 @@ static int s_run(eng_cuda_model *m, const step &st, char *err, size_t errlen) {
         if (m->tp_n > 1) /* TP: o_proj partial sums of this rank's heads */
             RCHECK(s_tp_allreduce(m, m->delta, (size_t)T * c.D, err, errlen));
         if (fused) {
-            RCHECK(ek_router_fused(s, &m->ms, m->router_cnt, w.router, T, c.E, c.D, c.K,
-                                   c.norm_topk, cur, m->delta, oth, w.ffn_norm, c.eps, m->xn));
-            std::swap(cur, oth);
+            if (!(sk & ENG_CUDA_SKIP_ROUTER)) {
+                RCHECK(ek_router_fused(s, &m->ms, m->router_cnt, w.router, T, c.E, c.D, c.K,
+                                       c.norm_topk, cur, m->delta, oth, w.ffn_norm, c.eps, m->xn));
+                std::swap(cur, oth);
+            }
             int *fcnt = m->fuse_moe ? m->moe_cnt : nullptr;
-            if (red32)
+            if (sk & ENG_CUDA_SKIP_MOE) {
+                /* profiling: left out */
+            } else if (red32)
                 RCHECK(ek_moe_experts<bf16, float>(&m->kc, m->delta32, m->xn, w.gate, w.up,
                                                    w.down, T, c.D, c.I, c.E, c.K, m->o.moe_mode,
                                                    &m->ms, e0, ne, fcnt));
