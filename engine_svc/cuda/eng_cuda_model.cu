@@ -713,7 +713,7 @@ static int s_model_init(eng_cuda_model *m, const char *dir, char *err, size_t er
         } else {
             for (int e = 0; e < c.E; e++) {
                 std::string q = p + "mlp.experts." + std::to_string(e) + ".";
-                /* TP expert mode: another rank's expert stays a placeholder (ptr NULL: not read,
+                /* TP expert mode: another rank's expert keeps an entry with ptr NULL (not read,
                    not generated) so the dummy seeds of the others match the 1-GPU model's */
                 int le = e - (m->ep ? m->e0 : 0);
                 bool here = le >= 0 && (size_t)le < nel;
