@@ -307,8 +307,9 @@ typedef struct eng_cuda_test_moe {
     const float *wts;              /* (T, K) routing weights */
     uint16_t *ret_out;             /* (T, D) */
 } eng_cuda_test_moe_t;
-/* The GEMV expert path: fused: k_moe_fused (at most max_blocks blocks when > 0); else
- * k_moe_gu + k_moe_down. */
+/* The GEMV expert path: fused 1: k_moe_fused (at most max_blocks blocks when > 0); else
+ * k_moe_gu and the down projection: 0 k_moe_down_wk (the default), 2 k_moe_down, 3
+ * k_moe_down_wk with two rows per warp. */
 int eng_cuda_test_moe_experts(int fused, int reps, int max_blocks, const eng_cuda_test_moe_t *a);
 
 /* y (T, N) = x (T, K) · wᵀ, bf16, T <= 8: ks 2, 4, 8: the K-split GEMV k_gemv_ks (decode o_proj);

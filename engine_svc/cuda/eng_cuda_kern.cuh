@@ -381,9 +381,12 @@ int ek_router_fused(cudaStream_t s, const ek_moe_scratch *m, int *counter, const
  * same expert range (e0, ne) and output type O. fused_cnt (EK_MOE_FUSED_CNT ints, zero, left
  * zero) != NULL: on the GEMV path with T <= EK_MOE_FUSED_MAX_T, K <= 8, D % 8 == I % 8 == 0,
  * gate/up and down run as one persistent kernel (k_moe_fused; same rounding); otherwise (or
- * NULL) k_moe_gu + k_moe_down. */
+ * NULL) k_moe_gu + k_moe_down_wk (k_moe_down where that does not apply). */
 #define EK_MOE_FUSED_CNT 16
 extern thread_local int ek_moe_fused_cap; /* > 0: at most this many k_moe_fused blocks (tests) */
+/* The unfused decode down projection (tests; -1: OM_CUDA_MOE_DOWN, default 1): 0 k_moe_down,
+ * 1 k_moe_down_wk, 2 k_moe_down_wk with two rows per warp. */
+extern thread_local int ek_moe_down_sel;
 #define EK_MOE_FUSED_MAX_T 8
 template <typename A, typename O = A>
 int ek_moe_experts(const ek_ctx *c, O *out, const A *x, const bf16 *gate, const bf16 *up,

@@ -218,10 +218,12 @@ extern "C" int eng_cuda_test_moe_experts(int fused, int reps, int max_blocks,
     {
         pdl_on pg;
         ek_moe_fused_cap = max_blocks;
+        ek_moe_down_sel = fused == 2 ? 0 : (fused == 3 ? 2 : 1);
         for (int i = 0; i < reps && r >= 0; i++)
             r = ek_moe_experts<bf16>(&c, out, x, g, u, dn, T, D, I, E, K, EK_MOE_GEMV, &ms, 0, 0,
-                                     fused ? cnt : nullptr);
+                                     fused == 1 ? cnt : nullptr);
         ek_moe_fused_cap = 0;
+        ek_moe_down_sel = -1;
     }
     cudaError_t e = cudaStreamSynchronize(s);
     cudaStreamDestroy(s);

@@ -761,10 +761,12 @@ static void t_attn_rope(int S, const int *ctx, int Hq, int Hk, int hd, int s1, i
     free(rk); free(rv); free(rq); free(ro); free(inv); free(sc);
 }
 
-/* k_moe_fused (gate/up + down in one persistent kernel, atomic tickets) against k_moe_gu +
- * k_moe_down (bit-identical expected) and a CPU reference with the same rounding points; 3 runs
- * in a row (counters must be left zero). max_blocks > 0 caps the grid (1: one block runs every
- * tile in ticket order; few blocks: each loops over many tickets). */
+/* The GEMV expert path's variants against k_moe_gu + k_moe_down (bit-identical expected):
+ * k_moe_down_wk (the default down projection, a warp per expert slot, weights loaded before the
+ * PDL wait) with one and two rows per warp, and k_moe_fused (gate/up + down in one persistent
+ * kernel, atomic tickets; 3 runs in a row, counters must be left zero; max_blocks > 0 caps the
+ * grid: 1 runs every tile in ticket order, few blocks loop over many tickets); and a CPU
+ * reference with the same rounding points. */
 static void t_moe_fused(int T, int D, int I, int E, int K, int max_blocks) {
     g_cases++;
     uint16_t *x = s_bf_rand((size_t)T * D, 1.0f, 0.0f);
@@ -789,13 +791,14 @@ static void t_moe_fused(int T, int D, int I, int E, int K, int max_blocks) {
         for (int k = 0; k < K; k++) /* normalised, rounded to bf16 (the router's output) */
             wts[t * K + k] = s_bfr(wts[t * K + k] / sum);
     }
-    uint16_t *out[2];
-    int nz[2];
-    for (int f = 0; f < 2; f++) {
+    /* out[f], f = the hook's mode: 0 k_moe_down_wk, 1 fused, 2 k_moe_down, 3 two rows a warp */
+    uint16_t *out[4];
+    int nz[4];
+    for (int f = 0; f < 4; f++) {
         out[f] = malloc((size_t)T * D * 2);
         eng_cuda_test_moe_t a = {T, D, I, E, K, x, g, u, dn, ids, wts, out[f]};
-        nz[f] = eng_cuda_test_moe_experts(f, f ? 3 : 1, max_blocks, &a);
-        s_check(nz[f], f ? "eng_cuda_test_moe_experts fused" : "eng_cuda_test_moe_experts");
+        nz[f] = eng_cuda_test_moe_experts(f, f == 1 ? 3 : 1, max_blocks, &a);
+        s_check(nz[f], "eng_cuda_test_moe_experts");
     }
     float *ref = malloc((size_t)T * D * 4), *h = malloc((size_t)K * I * 4);
     for (int t = 0; t < T; t++) {
@@ -828,15 +831,20 @@ static void t_moe_fused(int T, int D, int I, int E, int K, int max_blocks) {
     double num = 0, den = 0;
     s_acc_err(out[1], ref, (size_t)T * D, &num, &den);
     double nmse = den > 0 ? num / den : num;
-    long diff = s_bits_differ(out[0], out[1], (size_t)T * D);
+    long diff = s_bits_differ(out[2], out[1], (size_t)T * D);
+    long dwk1 = s_bits_differ(out[2], out[0], (size_t)T * D);
+    long dwk2 = s_bits_differ(out[2], out[3], (size_t)T * D);
     const double bound = 1e-4;
-    int ok = diff == 0 && nmse <= bound && nz[1] == 0;
-    printf("%-4s FUSED_MOE T=%d D=%d I=%d E=%d K=%d blocks<=%d: values != unfused %ld (max 0), "
-           "nmse vs cpu %.3e (max %.0e), counters left %d (max 0)\n",
-           ok ? "ok" : "FAIL", T, D, I, E, K, max_blocks, diff, nmse, bound, nz[1]);
+    int ok = diff == 0 && dwk1 == 0 && dwk2 == 0 && nmse <= bound && nz[1] == 0;
+    printf("%-4s FUSED_MOE T=%d D=%d I=%d E=%d K=%d blocks<=%d: values != k_moe_down: fused %ld, "
+           "down_wk %ld, down_wk 2 rows %ld (max 0), nmse vs cpu %.3e (max %.0e), counters left "
+           "%d (max 0)\n",
+           ok ? "ok" : "FAIL", T, D, I, E, K, max_blocks, diff, dwk1, dwk2, nmse, bound, nz[1]);
     if (!ok)
         g_fail++;
-    free(out[0]); free(out[1]); free(x); free(g); free(u); free(dn); free(ids); free(wts);
+    for (int f = 0; f < 4; f++)
+        free(out[f]);
+    free(x); free(g); free(u); free(dn); free(ids); free(wts);
     free(ref); free(h);
 }
 
