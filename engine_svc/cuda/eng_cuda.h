@@ -317,6 +317,22 @@ int eng_cuda_test_moe_experts(int fused, int reps, int max_blocks, const eng_cud
 int eng_cuda_test_gemv_ks(int ks, int T, int N, int K, const uint16_t *x, const uint16_t *w,
                           uint16_t *ret_y);
 
+typedef struct eng_cuda_test_tail {
+    int T, R, D, V;                /* T hidden rows, R <= 8 logits rows, hidden D, vocab V */
+    const uint16_t *resid, *delta; /* (T, D): the final norm's input is resid + delta */
+    const uint16_t *norm_w;        /* (D) final norm weight */
+    const int32_t *rows;           /* (R) logits rows (outside [0, T): zero hidden row) */
+    const uint16_t *lm_head;       /* (V, D) */
+    float eps;
+    uint16_t *ret_xl;              /* (R, D) normalised logits rows */
+    float *ret_logits;             /* (R, V) */
+    int32_t *ret_ids;              /* (R) greedy ids */
+} eng_cuda_test_tail_t;
+/* The model runner's decode tail: fused 1: ek_add_rmsnorm_rows + ek_lm_head_argmax (the
+ * OM_CUDA_TAIL path); 0: ek_add_rmsnorm + ek_get_rows + ek_matmul + ek_argmax (64 x 32
+ * partials, as the runner). PDL launches, reps times in a row. */
+int eng_cuda_test_tail(int fused, int reps, const eng_cuda_test_tail_t *a);
+
 #ifdef __cplusplus
 }
 #endif

@@ -59,9 +59,26 @@ int ek_embed(cudaStream_t s, A *out, const int32_t *ids, const bf16 *w, int T, i
 
 /* --- add + rmsnorm ------------------------------------------------------------------------ */
 
-template <typename A, typename W>
-__global__ void k_add_rmsnorm(A *out, A *resid, const A *x, const W *w, int D, float eps) {
+/* GATHER (the decode tail, ek_add_rmsnorm_rows): block r computes row rows[r] of the plain
+ * kernel's output into out row r (a zero row when rows[r] is outside [0, n_rows_x)), with the
+ * same thread count, element order and rounding, so out equals ek_add_rmsnorm + ek_get_rows bit
+ * for bit; resid is read, never written (rows may repeat). PDL: waits before reading resid/x. */
+template <typename A, typename W, bool GATHER>
+__global__ void k_add_rmsnorm(A *out, A *resid, const A *x, const W *w, int D, float eps,
+                              const int32_t *rows, int n_rows_x) {
     int64_t row = blockIdx.x;
+    int64_t orow = blockIdx.x;
+    if (GATHER) {
+        const int src = rows[blockIdx.x]; /* step metadata: uploaded before the step's first kernel */
+        pdl_wait();
+        pdl_trigger();
+        if (src < 0 || src >= n_rows_x) {
+            for (int d = threadIdx.x; d < D; d += blockDim.x)
+                out[orow * D + d] = (A)0.0f;
+            return;
+        }
+        row = src;
+    }
     const A *xr = x + row * D;
     A *rr = resid ? resid + row * D : nullptr;
     float ss = 0.0f;
@@ -69,7 +86,8 @@ __global__ void k_add_rmsnorm(A *out, A *resid, const A *x, const W *w, int D, f
         float h = ld(&xr[d]);
         if (rr) {
             h = rnd<A>(ld(&rr[d]) + h);
-            st(&rr[d], h);
+            if (!GATHER)
+                st(&rr[d], h);
         }
         ss += h * h;
     }
@@ -88,9 +106,19 @@ __global__ void k_add_rmsnorm(A *out, A *resid, const A *x, const W *w, int D, f
     float rs = rsqrtf(red[0] / (float)D + eps);
     const A *hr = rr ? rr : xr;
     for (int d = threadIdx.x; d < D; d += blockDim.x) {
-        float y = rnd<A>(ld(&hr[d]) * rs);
-        st(&out[row * D + d], y * ld(&w[d]));
+        /* GATHER: resid was not updated; h is recomputed (the same rounded sum) */
+        float h = GATHER && rr ? rnd<A>(ld(&rr[d]) + ld(&xr[d])) : ld(&hr[d]);
+        float y = rnd<A>(h * rs);
+        st(&out[orow * D + d], y * ld(&w[d]));
     }
+}
+
+/* threads per row of k_add_rmsnorm: shared by both launchers (the reduction order depends on it) */
+static int s_norm_threads(int D) {
+    int th = D >= 1024 ? 1024 : ((D + 31) / 32) * 32;
+    if (th > 256 && D <= 2048)
+        th = 256;
+    return th;
 }
 
 template <typename A, typename W>
@@ -98,31 +126,30 @@ int ek_add_rmsnorm(cudaStream_t s, A *out, A *resid, const A *x, const W *w, int
                    float eps) {
     if (rows == 0)
         return 0;
-    int th = D >= 1024 ? 1024 : ((D + 31) / 32) * 32;
-    if (th > 256 && D <= 2048)
-        th = 256;
-    k_add_rmsnorm<A, W><<<rows, th, 0, s>>>(out, resid, x, w, D, eps);
+    k_add_rmsnorm<A, W, false><<<rows, s_norm_threads(D), 0, s>>>(out, resid, x, w, D, eps,
+                                                                  nullptr, 0);
     CUDA_LAUNCH_CHECK();
+    return 0;
+}
+
+int ek_add_rmsnorm_rows(cudaStream_t s, bf16 *out, const bf16 *resid, const bf16 *x,
+                        const bf16 *w, const int32_t *rows, int R, int D, int n_rows_x,
+                        float eps) {
+    if (R == 0)
+        return 0;
+    CUDA_CHECK(ek_launch(k_add_rmsnorm<bf16, bf16, true>, dim3(R), dim3(s_norm_threads(D)), 0, s,
+                         out, (bf16 *)resid, x, w, D, eps, rows, n_rows_x));
     return 0;
 }
 
 /* --- GEMV (small T) and cuBLAS GEMM ------------------------------------------------------- */
 
-/* One warp per output row n, all NT tokens at once: the weight row is read once, 16 bytes per
- * lane per step. Vector path needs K % 8 == 0 (checked by the launcher); else scalar. */
-template <int NT, typename A, typename O, bool VEC>
-__global__ void __launch_bounds__(256) k_gemv(O *y, const A *x, const bf16 *w, int N, int K) {
-    int n = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
-    int lane = threadIdx.x & 31;
-    if (n >= N) {
-        pdl_trigger();
-        return;
-    }
-    const bf16 *wr = w + (int64_t)n * K;
-    l2_prefetch_warp(wr, (size_t)K * 2, lane);
-    pdl_wait();
-    pdl_trigger();
-    float acc[NT];
+/* acc[t] = sum over k of w[k]·x[t][k] for one weight row wr, one warp (lane = 0..31), in
+ * k_gemv's f32 order (per lane: chunks lane·8 + 256·i, fmaf per element; the caller sums the
+ * lanes with warp_sum). Shared by k_gemv and k_gemv_amax so their logits are the same bits. */
+template <int NT, typename A, bool VEC>
+__device__ __forceinline__ void s_gemv_dot(float (&acc)[NT], const bf16 *wr, const A *x, int K,
+                                           int lane) {
 #pragma unroll
     for (int t = 0; t < NT; t++)
         acc[t] = 0.0f;
@@ -148,6 +175,24 @@ __global__ void __launch_bounds__(256) k_gemv(O *y, const A *x, const bf16 *w, i
                 acc[t] = fmaf(wf, ld(&x[(int64_t)t * K + c]), acc[t]);
         }
     }
+}
+
+/* One warp per output row n, all NT tokens at once: the weight row is read once, 16 bytes per
+ * lane per step. Vector path needs K % 8 == 0 (checked by the launcher); else scalar. */
+template <int NT, typename A, typename O, bool VEC>
+__global__ void __launch_bounds__(256) k_gemv(O *y, const A *x, const bf16 *w, int N, int K) {
+    int n = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    int lane = threadIdx.x & 31;
+    if (n >= N) {
+        pdl_trigger();
+        return;
+    }
+    const bf16 *wr = w + (int64_t)n * K;
+    l2_prefetch_warp(wr, (size_t)K * 2, lane);
+    pdl_wait();
+    pdl_trigger();
+    float acc[NT];
+    s_gemv_dot<NT, A, VEC>(acc, wr, x, K, lane);
 #pragma unroll
     for (int t = 0; t < NT; t++) {
         float v = warp_sum(acc[t]);
@@ -726,6 +771,130 @@ int ek_argmax(cudaStream_t s, int32_t *ids, const float *logits, int R, int V, f
     }
     k_argmax<<<R, 1024, 0, s>>>(ids, logits, V);
     CUDA_LAUNCH_CHECK();
+    return 0;
+}
+
+/* --- lm_head GEMV with the greedy argmax folded in (decode tail) ------------------------- */
+
+/* k_gemv (f32 logits, 8 rows per 256-thread block) that also writes, per token t, the block's
+ * (largest logit, lowest row on ties, NaN never wins) to pv/pi[t·nbp + block]: the same values
+ * the logits hold, merged with s_amax_merge, so the argmax over all partials equals ek_argmax's
+ * over the stored row (s_amax_merge is the order-free "largest non-NaN value, then lowest index";
+ * (-inf, INT_MAX) is the empty element). */
+template <int NT, typename A, bool VEC>
+__global__ void __launch_bounds__(256)
+    k_gemv_amax(float *y, const A *x, const bf16 *w, int N, int K, float *pv, int *pi, int nbp) {
+    __shared__ float sv[8][NT];
+    __shared__ int si[8][NT];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int n = blockIdx.x * 8 + warp;
+    const bool ok = n < N;
+    const bf16 *wr = w + (int64_t)(ok ? n : 0) * K;
+    if (ok)
+        l2_prefetch_warp(wr, (size_t)K * 2, lane);
+    pdl_wait();
+    pdl_trigger();
+    float acc[NT];
+    if (ok)
+        s_gemv_dot<NT, A, VEC>(acc, wr, x, K, lane);
+#pragma unroll
+    for (int t = 0; t < NT; t++) {
+        float v = ok ? warp_sum(acc[t]) : -INFINITY;
+        if (lane == 0) {
+            if (ok)
+                y[(int64_t)t * N + n] = v;
+            sv[warp][t] = v;
+            si[warp][t] = ok ? n : 0x7fffffff;
+        }
+    }
+    __syncthreads();
+    if (threadIdx.x < NT) {
+        const int t = threadIdx.x;
+        float best = -INFINITY;
+        int bi = 0x7fffffff;
+#pragma unroll
+        for (int q = 0; q < 8; q++)
+            s_amax_merge(best, bi, sv[q][t], si[q][t]);
+        pv[(int64_t)t * nbp + blockIdx.x] = best;
+        pi[(int64_t)t * nbp + blockIdx.x] = bi;
+    }
+}
+
+/* One 1024-thread block per row: the argmax over the row's nbp partials (k_argmax's reduction);
+ * ids[r] = 0 when every logit of the row is NaN (as ek_argmax). */
+__global__ void __launch_bounds__(1024)
+    k_argmax_partials(int32_t *ids, const float *pv, const int *pi, int nbp) {
+    const float *rv = pv + (int64_t)blockIdx.x * nbp;
+    const int *ri = pi + (int64_t)blockIdx.x * nbp;
+    pdl_wait();
+    pdl_trigger();
+    float best = -INFINITY;
+    int bi = 0x7fffffff;
+    /* four loads in flight per thread before the merges */
+    for (int i0 = threadIdx.x; i0 < nbp; i0 += 4 * (int)blockDim.x) {
+        float v[4];
+        int ix[4];
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            const int i = i0 + k * (int)blockDim.x;
+            v[k] = i < nbp ? rv[i] : -INFINITY;
+            ix[k] = i < nbp ? ri[i] : 0x7fffffff;
+        }
+#pragma unroll
+        for (int k = 0; k < 4; k++)
+            s_amax_merge(best, bi, v[k], ix[k]);
+    }
+    for (int o = 16; o > 0; o >>= 1) {
+        float v2 = __shfl_xor_sync(0xffffffffu, best, o);
+        int i2 = __shfl_xor_sync(0xffffffffu, bi, o);
+        s_amax_merge(best, bi, v2, i2);
+    }
+    __shared__ float sv[32];
+    __shared__ int si[32];
+    const int w = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    if (lane == 0) {
+        sv[w] = best;
+        si[w] = bi;
+    }
+    __syncthreads();
+    if (w == 0) {
+        best = lane < (int)(blockDim.x >> 5) ? sv[lane] : -INFINITY;
+        bi = lane < (int)(blockDim.x >> 5) ? si[lane] : 0x7fffffff;
+        for (int o = 16; o > 0; o >>= 1) {
+            float v2 = __shfl_xor_sync(0xffffffffu, best, o);
+            int i2 = __shfl_xor_sync(0xffffffffu, bi, o);
+            s_amax_merge(best, bi, v2, i2);
+        }
+        if (lane == 0)
+            ids[blockIdx.x] = bi == 0x7fffffff ? 0 : bi;
+    }
+}
+
+int ek_lm_head_argmax_partials(int R, int V) { return R >= 1 && R <= 8 ? (V + 7) / 8 : 0; }
+
+int ek_lm_head_argmax(cudaStream_t s, float *logits, int32_t *ids, const bf16 *x, const bf16 *w,
+                      int R, int V, int K, float *pv, int *pi) {
+    if (R == 0 || V == 0)
+        return 0;
+    if (R < 0 || R > 8 || V < 0 || K <= 0 || !pv || !pi)
+        return -EINVAL;
+    const int nbp = (V + 7) / 8;
+    const bool vec = (K % 8) == 0 && ((uintptr_t)x % 16) == 0 && ((uintptr_t)w % 16) == 0;
+    cudaError_t e = cudaSuccess;
+#define AM_CASE(NT_)                                                                               \
+    case NT_:                                                                                      \
+        e = vec ? ek_launch(k_gemv_amax<NT_, bf16, true>, dim3(nbp), dim3(256), 0, s, logits, x, w, \
+                            V, K, pv, pi, nbp)                                                     \
+                : ek_launch(k_gemv_amax<NT_, bf16, false>, dim3(nbp), dim3(256), 0, s, logits, x,  \
+                            w, V, K, pv, pi, nbp);                                                 \
+        break;
+    switch (R) {
+        AM_CASE(1) AM_CASE(2) AM_CASE(3) AM_CASE(4) AM_CASE(5) AM_CASE(6) AM_CASE(7) AM_CASE(8)
+    }
+#undef AM_CASE
+    CUDA_CHECK(e);
+    CUDA_CHECK(ek_launch(k_argmax_partials, dim3(R), dim3(1024), 0, s, ids, (const float *)pv,
+                         (const int *)pi, nbp));
     return 0;
 }
 

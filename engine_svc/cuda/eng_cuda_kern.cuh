@@ -245,6 +245,18 @@ int ek_get_rows(cudaStream_t s, A *out, const A *x, const int32_t *rows, int R, 
 /* ids (R) = argmax of each row of logits (R,V), lowest id on ties, NaN never wins. With scratch
  * pv/pi (64·32 each) and R <= 64, each row is split over 32 blocks. */
 int ek_argmax(cudaStream_t s, int32_t *ids, const float *logits, int R, int V, float *pv, int *pi);
+/* The decode tail (model runner, OM_CUDA_TAIL, default on; PDL launches through ek_launch):
+ * ek_add_rmsnorm_rows: out (R, D) row r = the final add + RMSNorm of row rows[r] of resid + x
+ * (zero row when rows[r] is outside [0, n_rows_x)): bit for bit ek_add_rmsnorm<bf16, bf16> +
+ * ek_get_rows, one kernel; resid is not updated (nothing reads it after the final norm).
+ * ek_lm_head_argmax: logits (R, V) f32 = x (R, K) · wᵀ as ek_matmul's GEMV (the same bits) and
+ * ids (R) = ek_argmax of them (same ties and NaN rule), from per-block partials pv/pi (each
+ * ek_lm_head_argmax_partials(R, V) per row, row-major) reduced by one more kernel. R <= 8. */
+int ek_add_rmsnorm_rows(cudaStream_t s, bf16 *out, const bf16 *resid, const bf16 *x,
+                        const bf16 *w, const int32_t *rows, int R, int D, int n_rows_x, float eps);
+int ek_lm_head_argmax_partials(int R, int V); /* partials per row; 0: R outside 1..8 */
+int ek_lm_head_argmax(cudaStream_t s, float *logits, int32_t *ids, const bf16 *x, const bf16 *w,
+                      int R, int V, int K, float *pv, int *pi);
 /* Fills n bf16 values with uniform(-scale, scale) + offset from a counter hash (dummy weights). */
 int ek_fill_random(cudaStream_t s, bf16 *p, size_t n, uint64_t seed, float scale, float offset);
 /* out (n) bf16 = round(in (n) f32): the one rounding after an f32 tensor-parallel all-reduce. */

@@ -10,8 +10,9 @@
  * Each step: one upload of the step metadata (ids, positions, slots, block tables, tiles), then
  * embed -> 48 x [add+rmsnorm, QKV GEMM, qk-norm+rope+KV write, attention, O GEMM, add+rmsnorm,
  * MoE] -> final norm -> logits rows -> lm_head -> argmax. Steps of T <= 8 tokens fuse these into
- * five kernels per layer (docs/engine.md, "Decode-path kernels"). Decode steps (every sequence one
- * token) are replayed from CUDA graphs captured per batch-size bucket.
+ * five kernels per layer (docs/engine.md, "Decode-path kernels") and a three-kernel tail (final
+ * norm of the logits rows only, lm_head with argmax partials, argmax reduce). Decode steps (every
+ * sequence one token) are replayed from CUDA graphs captured per batch-size bucket.
  *
  * Not here: scheduling, prefix-cache bookkeeping (the scheduler owns block tables), sampling
  * beyond greedy (eng_cuda_sample.cu, the cuda backend's SAMPLE hook). Invariants: nothing is allocated per step;
@@ -120,6 +121,8 @@ struct eng_cuda_model {
     int32_t *ids_dev;         /* (max_seqs) */
     float *amax_v;            /* (64, 32) argmax partials */
     int *amax_i;              /* (64, 32) */
+    float *tail_pv;           /* (8, ceil(V/8)) decode tail: lm_head per-block argmax partials */
+    int *tail_pi;             /* (8, ceil(V/8)) */
     float *partial;           /* split-K attention partials */
     int max_splits;
     ek_moe_scratch ms;
@@ -136,6 +139,9 @@ struct eng_cuda_model {
                                  slower on an H100, see docs) */
     bool fuse_moe;            /* decode: gate/up and down in one persistent kernel
                                  (opt-in, OM_CUDA_FUSE_MOE=1; measured slower, see docs) */
+    bool tail;                /* decode: final add+RMSNorm fused with the logits-row gather,
+                                 greedy argmax folded into the lm_head GEMV (default on;
+                                 OM_CUDA_TAIL=0 restores the four-launch tail) */
     int oproj_ks;             /* decode: o_proj GEMV rows split over this many warps (2, 4, 8;
                                  OM_CUDA_OPROJ_KSPLIT; default 1 = k_gemv, measured faster) */
     int cap_layer;            /* capture_hidden */
@@ -492,6 +498,8 @@ static void s_scratch_free(eng_cuda_model *m) {
     m->ids_dev = nullptr;
     m->amax_v = nullptr;
     m->amax_i = nullptr;
+    m->tail_pv = nullptr;
+    m->tail_pi = nullptr;
     m->partial = nullptr;
 }
 
@@ -562,6 +570,13 @@ static int s_scratch_init(eng_cuda_model *m, char *err, size_t errlen) {
     RCHECK(s_alloc_in(sl, (void **)&m->ids_dev, (size_t)S * 4, "scratch: ids", err, errlen));
     RCHECK(s_alloc_in(sl, (void **)&m->amax_v, 64 * 32 * 4, "scratch: argmax", err, errlen));
     RCHECK(s_alloc_in(sl, (void **)&m->amax_i, 64 * 32 * 4, "scratch: argmax", err, errlen));
+    {   /* decode tail (R <= 8 logits rows): the lm_head GEMV's per-block argmax partials */
+        const size_t np = (size_t)8 * ek_lm_head_argmax_partials(8, c.V);
+        RCHECK(s_alloc_in(sl, (void **)&m->tail_pv, np * 4, "scratch: argmax partials", err,
+                          errlen));
+        RCHECK(s_alloc_in(sl, (void **)&m->tail_pi, np * 4, "scratch: argmax partials", err,
+                          errlen));
+    }
     /* splits per step are capped by T (see forward): T·splits <= max(1024, 8·T_max) */
     size_t pb = (size_t)(8 * T > 1024 ? 8 * T : 1024) * c.Hq * (c.hd + 2) * 4;
     RCHECK(s_alloc_in(sl, (void **)&m->partial, pb, "scratch: attention partials", err, errlen));
@@ -798,6 +813,11 @@ static int s_model_init(eng_cuda_model *m, const char *dir, char *err, size_t er
     m->cap_layer = -2;
     m->fuse = !getenv("OM_CUDA_NOFUSE");
     m->pdl = !getenv("OM_CUDA_NOPDL");
+    {   /* default on: bit-identical to the old tail by construction (test_cuda_ops TAIL lines,
+           test_cuda_model "decode tail" lines); "0" restores it for A/B */
+        const char *e = getenv("OM_CUDA_TAIL");
+        m->tail = !(e && !strcmp(e, "0"));
+    }
     /* opt-in: on an H200 (2026-11-26) each of the three made batch-1 decode slower than the
        kernels it replaces (all three on 260 tok/s, all off 301; docs/engine.md) */
     m->fuse_rope = s_env_flag("OM_CUDA_FUSE_ROPE");
@@ -1244,6 +1264,17 @@ static int s_run(eng_cuda_model *m, const step &st, char *err, size_t errlen) {
             RCHECK(s_tp_allreduce(m, m->delta, (size_t)T * c.D, err, errlen));
         if (trace)
             RCHECK(s_trace_layer(m, l, T, cur, err, errlen));
+    }
+    /* decode tail (T <= 8): final add + RMSNorm of only the logits rows (one PDL kernel instead
+       of norm + gather), the lm_head GEMV writing per-block argmax partials, one reduce kernel
+       (instead of the two-kernel ek_argmax). Not with the final-norm capture (it reads xn). */
+    const bool tail = fused && m->tail && m->cap_layer != c.L && st.R <= 8 && m->tail_pv;
+    if (tail) {
+        RCHECK(ek_add_rmsnorm_rows(s, m->xl, cur, m->delta, m->final_norm, md + mo.logit_rows,
+                                   st.R, c.D, T, c.eps));
+        RCHECK(ek_lm_head_argmax(s, m->logits, m->ids_dev, m->xl, m->lm_head, st.R, c.V, c.D,
+                                 m->tail_pv, m->tail_pi));
+        return 0;
     }
     RCHECK(ek_add_rmsnorm<bf16, bf16>(s, m->xn, cur, m->delta, m->final_norm, T, c.D, c.eps));
     RCHECK(ek_get_rows<bf16>(s, m->xl, m->xn, md + mo.logit_rows, st.R, c.D, T));

@@ -267,3 +267,67 @@ extern "C" int eng_cuda_test_gemv_ks(int ks, int T, int N, int K, const uint16_t
     CUDA_CHECK(cudaMemcpy(ret_y, yd, (size_t)T * N * 2, cudaMemcpyDeviceToHost));
     return 0;
 }
+
+extern "C" int eng_cuda_test_tail(int fused, int reps, const eng_cuda_test_tail_t *a) {
+    if (!a || a->T < 1 || a->R < 1 || a->R > 8 || a->D <= 0 || a->V <= 0 || reps < 1 ||
+        !a->resid || !a->delta || !a->norm_w || !a->rows || !a->lm_head || !a->ret_xl ||
+        !a->ret_logits || !a->ret_ids)
+        return -EINVAL;
+    const int T = a->T, R = a->R, D = a->D, V = a->V;
+    const size_t np = (size_t)R * ek_lm_head_argmax_partials(R, V);
+    dbuf b;
+    bf16 *resid = nullptr, *delta = nullptr, *nw = nullptr, *w = nullptr, *xn = nullptr,
+         *xl = nullptr;
+    int32_t *rows = nullptr, *ids = nullptr;
+    float *logits = nullptr, *pv = nullptr;
+    int *pi = nullptr;
+    HCHECK(b.get(&resid, (size_t)T * D, a->resid));
+    HCHECK(b.get(&delta, (size_t)T * D, a->delta));
+    HCHECK(b.get(&nw, (size_t)D, a->norm_w));
+    HCHECK(b.get(&w, (size_t)V * D, a->lm_head));
+    HCHECK(b.get(&rows, (size_t)R, a->rows));
+    HCHECK(b.get(&xn, (size_t)T * D, nullptr, 0));
+    HCHECK(b.get(&xl, (size_t)R * D, nullptr, 0xff));     /* poisoned: every row must be written */
+    HCHECK(b.get(&logits, (size_t)R * V, nullptr, 0xff));
+    HCHECK(b.get(&ids, (size_t)R, nullptr, 0xff));
+    HCHECK(b.get(&pv, fused ? np : (size_t)64 * 32, nullptr, 0xff));
+    HCHECK(b.get(&pi, fused ? np : (size_t)64 * 32, nullptr, 0xff));
+    cudaStream_t s;
+    CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+    ek_ctx c = {};
+    c.stream = s;
+    c.gemv_max_rows = 8;
+    int r = 0;
+    {
+        pdl_on pg;
+        for (int i = 0; i < reps && r >= 0; i++) {
+            if (i > 0) /* the old path adds delta into resid in place: start each rep afresh */
+                r = cudaMemcpyAsync(resid, a->resid, (size_t)T * D * 2, cudaMemcpyHostToDevice,
+                                    s) == cudaSuccess ? 0 : -EIO;
+            if (r < 0)
+                break;
+            if (fused) {
+                r = ek_add_rmsnorm_rows(s, xl, resid, delta, nw, rows, R, D, T, a->eps);
+                if (r >= 0)
+                    r = ek_lm_head_argmax(s, logits, ids, xl, w, R, V, D, pv, pi);
+            } else {
+                r = ek_add_rmsnorm<bf16, bf16>(s, xn, resid, delta, nw, T, D, a->eps);
+                if (r >= 0)
+                    r = ek_get_rows<bf16>(s, xl, xn, rows, R, D, T);
+                if (r >= 0)
+                    r = ek_matmul<bf16, float>(&c, logits, xl, w, R, V, D);
+                if (r >= 0)
+                    r = ek_argmax(s, ids, logits, R, V, pv, pi);
+            }
+        }
+    }
+    cudaError_t e = cudaStreamSynchronize(s);
+    cudaStreamDestroy(s);
+    if (r < 0)
+        return r;
+    CUDA_CHECK(e);
+    CUDA_CHECK(cudaMemcpy(a->ret_xl, xl, (size_t)R * D * 2, cudaMemcpyDeviceToHost));
+    CUDA_CHECK(cudaMemcpy(a->ret_logits, logits, (size_t)R * V * 4, cudaMemcpyDeviceToHost));
+    CUDA_CHECK(cudaMemcpy(a->ret_ids, ids, (size_t)R * 4, cudaMemcpyDeviceToHost));
+    return 0;
+}

@@ -9,6 +9,7 @@
  * 2. The model graph (eng_model, cuda_runner "vtable") on the CUDA backend vs the same on the CPU
  *    backend, same prompt, prefill + 3 decode steps: logits NMSE.
  * Fixtures are read from $OM_FIXTURES_DIR or $OM_SHARED_DIR/fixtures; exit 77 without a GPU. */
+#include <errno.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -245,6 +246,166 @@ out:
     json_decref(g);
 }
 
+/* --- 1b. decode tail (OM_CUDA_TAIL) on the fixtures -------------------------------------- */
+
+/* One teacher-forced run of the fast runner with OM_CUDA_TAIL=tail: every prompt prefilled but
+ * its last 4 tokens (one step), then those 4 tokens as chunks of T <= 8 (seq 0 alone: R = 1,
+ * logits row 3; seqs 1 and 2 together with only seq 2 wanting logits: R = 1, row 7; the rest in
+ * one step), then `steps` decode steps of all prompts (eager, then CUDA-graph replays). The
+ * logits and ids of every step are appended to lg/ids (row stride *ret_V, the vocab); returns
+ * the number of logits rows or < 0. */
+static int s_tail_run(const char *dir, const char *tail, json_t *g, int steps, float *lg,
+                      int32_t *ids, int max_rows, int *ret_V) {
+    setenv("OM_CUDA_TAIL", tail, 1);
+    eng_cuda_model_opts_t o = {0};
+    o.kv_fraction = 0.02;
+    o.max_ctx = 4096;
+    o.max_batch_tokens = 1024;
+    o.max_seqs = 16;
+    eng_cuda_model_t *m = NULL;
+    char err[512] = "";
+    int r = eng_cuda_model_load(dir, &o, &m, err, sizeof err);
+    unsetenv("OM_CUDA_TAIL");
+    if (r < 0) {
+        printf("load %s (OM_CUDA_TAIL=%s): %d %s\n", dir, tail, r, err);
+        return r;
+    }
+    eng_cuda_model_info_t info;
+    eng_cuda_model_get_info(m, &info);
+    const int V = (int)info.vocab, bs = (int)info.block_size;
+    *ret_V = V;
+    json_t *prompts = json_object_get(g, "prompts");
+    json_t *runs = json_object_get(json_object_get(g, "runs"), "bf16");
+    int n = (int)json_array_size(prompts);
+    if (n > 8)
+        n = 8;
+    int32_t *toks[8], *bt[8];
+    int len[8], per = 0, rows = 0;
+    for (int i = 0; i < n; i++) {
+        json_t *p = json_array_get(prompts, i);
+        json_t *rt = json_object_get(json_array_get(runs, i), "tokens");
+        len[i] = (int)json_array_size(p);
+        toks[i] = malloc((len[i] + steps) * 4);
+        for (int j = 0; j < len[i]; j++)
+            toks[i][j] = (int32_t)json_integer_value(json_array_get(p, j));
+        for (int j = 0; j < steps; j++)
+            toks[i][len[i] + j] = (int32_t)json_integer_value(json_array_get(rt, j));
+        int nb = (len[i] + steps + bs) / bs;
+        if (nb > per)
+            per = nb;
+    }
+    for (int i = 0; i < n; i++) {
+        bt[i] = malloc(per * 4);
+        for (int j = 0; j < per; j++)
+            bt[i][j] = i * per + j;
+    }
+    eng_batch_seq_t seqs[8];
+    /* step plan: 0 prefill but 4; 1 seq 0's 4; 2 seqs 1, 2's 4 (seq 1 no logits); 3 the rest's
+       4; 4.. decode */
+    for (int st = 0; st < 4 + steps && r >= 0; st++) {
+        eng_batch_t b = {seqs, 0, 0, 0};
+        for (int i = 0; i < n; i++) {
+            const int cut = len[i] > 4 ? len[i] - 4 : 1;
+            eng_batch_seq_t q = {toks[i], 0, 0, NULL, bt[i], (uint32_t)per, true};
+            if (st == 0) {
+                q.n_tokens = (uint32_t)cut;
+            } else if (st <= 3) {
+                const int grp = i == 0 ? 1 : (i <= 2 ? 2 : 3);
+                if (grp != st || cut >= len[i])
+                    continue;
+                q.tokens = toks[i] + cut;
+                q.n_tokens = (uint32_t)(len[i] - cut);
+                q.n_past = (uint32_t)cut;
+                q.want_logits = i != 1;
+            } else {
+                const int k = st - 4; /* token len + k - 1 decodes to len + k */
+                if (k == 0)
+                    continue; /* the prompts' last logits came from the chunk steps */
+                q.tokens = toks[i] + len[i] + k - 1;
+                q.n_tokens = 1;
+                q.n_past = (uint32_t)(len[i] + k - 1);
+            }
+            seqs[b.n_seqs++] = q;
+            b.n_tokens += q.n_tokens;
+            b.n_logits += q.want_logits ? 1 : 0;
+        }
+        if (b.n_seqs == 0)
+            continue;
+        if (rows + (int)b.n_logits > max_rows) {
+            r = -E2BIG;
+            break;
+        }
+        r = eng_cuda_model_forward(m, &b, lg + (size_t)rows * V, ids + rows, err, sizeof err);
+        if (r < 0)
+            printf("%s (OM_CUDA_TAIL=%s) step %d: %d %s\n", dir, tail, st, r, err);
+        rows += (int)b.n_logits;
+    }
+    for (int i = 0; i < n; i++) {
+        free(toks[i]);
+        free(bt[i]);
+    }
+    eng_cuda_model_free(m);
+    return r < 0 ? r : rows;
+}
+
+/* The tail with OM_CUDA_TAIL=1 against =0 (and =0 against itself, the control: the runner is
+ * deterministic): every step's logits and ids bit for bit; ids also against a host argmax of the
+ * logits. */
+static void t_tail_fixture(const char *name) {
+    char dir[1200], path[1300];
+    snprintf(dir, sizeof dir, "%s/%s", g_fix, name);
+    snprintf(path, sizeof path, "%s/golden.json", dir);
+    json_t *g = json_load_file(path, 0, NULL);
+    if (!g) {
+        s_result(0, "%s: cannot read %s", name, path);
+        return;
+    }
+    const int steps = 6, max_rows = 8 * (steps + 4), V = 152064; /* V: an upper bound */
+    float *lg[3];
+    int32_t *ids[3];
+    int rows[3], Vk[3] = {0, 0, 0};
+    const char *mode[3] = {"0", "1", "0"};
+    for (int k = 0; k < 3; k++) {
+        lg[k] = malloc((size_t)max_rows * V * 4);
+        ids[k] = malloc((size_t)max_rows * 4);
+        rows[k] = s_tail_run(dir, mode[k], g, steps, lg[k], ids[k], max_rows, &Vk[k]);
+    }
+    if (rows[0] < 0 || rows[1] < 0 || rows[2] < 0 || rows[0] != rows[1] || rows[0] != rows[2]) {
+        s_result(0, "%s: decode tail runs failed or differ in rows (%d, %d, %d)", name, rows[0],
+                 rows[1], rows[2]);
+    } else {
+        const int Vr = Vk[0] == Vk[1] && Vk[0] == Vk[2] && Vk[0] <= V ? Vk[0] : 0;
+        long d[2] = {0, 0}, di[2] = {0, 0}, host = 0;
+        for (int c = 0; c < 2; c++) {
+            const int k = c == 0 ? 1 : 2;
+            for (size_t i = 0; i < (size_t)rows[0] * Vr; i++)
+                d[c] += memcmp(&lg[0][i], &lg[k][i], 4) != 0;
+            for (int i = 0; i < rows[0]; i++)
+                di[c] += ids[0][i] != ids[k][i];
+        }
+        for (int i = 0; i < rows[0]; i++) {
+            const float *x = lg[1] + (size_t)i * Vr;
+            int b = -1;
+            for (int v = 0; v < Vr; v++)
+                if (x[v] == x[v] && (b < 0 || x[v] > x[b]))
+                    b = v;
+            host += ids[1][i] != (b < 0 ? 0 : b);
+        }
+        s_result(Vr > 0 && d[1] == 0 && di[1] == 0,
+                 "%s: decode tail control, OM_CUDA_TAIL=0 twice: %d rows, logits != %ld, ids != "
+                 "%ld (max 0)", name, rows[0], d[1], di[1]);
+        s_result(Vr > 0 && d[0] == 0 && di[0] == 0 && host == 0,
+                 "%s: decode tail OM_CUDA_TAIL=1 vs 0: %d rows (prefill, chunks T<=8 R=1, %d "
+                 "decode steps), logits != %ld, ids != %ld, ids != host argmax %ld (max 0)",
+                 name, rows[0], steps - 1, d[0], di[0], host);
+    }
+    for (int k = 0; k < 3; k++) {
+        free(lg[k]);
+        free(ids[k]);
+    }
+    json_decref(g);
+}
+
 /* --- 2. model graph on CUDA vtable vs CPU backend ----------------------------------------- */
 
 static int s_run_model(const char *dir, eng_backend_t *be, const int32_t *toks, int len,
@@ -340,6 +501,9 @@ int main(void) {
     t_fixture("tiny-qwen3-moe");
     t_fixture("tiny-omni");
     t_fixture("tiny-qwen3");
+    t_tail_fixture("tiny-qwen3-moe");
+    t_tail_fixture("tiny-omni");
+    t_tail_fixture("tiny-qwen3");
     t_backend_parity("tiny-qwen3-moe");
     t_backend_parity("tiny-omni");
     printf("%s\n", g_fail ? "FAILED" : "all passed");

@@ -880,6 +880,100 @@ static void t_gemv_ks(int T, int N, int K, int ks) {
     free(x); free(w); free(y); free(y1); free(ref);
 }
 
+/* The decode tail (OM_CUDA_TAIL): ek_add_rmsnorm_rows + ek_lm_head_argmax against the old tail
+ * (ek_add_rmsnorm + ek_get_rows + ek_matmul + ek_argmax): normalised rows, logits and ids bit
+ * for bit; the ids also against a host argmax of the returned logits (largest non-NaN, lowest id
+ * on ties, 0 when the row is all NaN) and, where the case plants one, the expected id.
+ * kind: 0 random; 1 ties (a "big" lm_head row copied to later rows in the same 8-row block and
+ * in other blocks; hidden rows positive so it is the maximum); 2 as 1 plus a NaN logit below the
+ * maximum, a token whose hidden row is NaN (all logits NaN: id 0) and two +inf logits (tie);
+ * 3 a logits row outside [0, T) (zero hidden row: every logit 0, id 0) and repeated rows. */
+static int s_host_argmax(const float *x, int n) {
+    int b = -1;
+    for (int i = 0; i < n; i++)
+        if (x[i] == x[i] && (b < 0 || x[i] > x[b]))
+            b = i;
+    return b < 0 ? 0 : b;
+}
+
+static void t_tail(const char *name, int T, int R, int D, int V, int kind) {
+    g_cases++;
+    const int pos = kind == 1 || kind == 2;
+    uint16_t *resid = s_bf_rand((size_t)T * D, pos ? 0.5f : 1.0f, pos ? 1.0f : 0.0f);
+    uint16_t *delta = s_bf_rand((size_t)T * D, pos ? 0.2f : 1.0f, pos ? 0.5f : 0.0f);
+    uint16_t *nw = s_bf_rand((size_t)D, 0.2f, 1.0f);
+    uint16_t *w = s_bf_rand((size_t)V * D, 0.05f, 0.0f);
+    int32_t rows[8];
+    for (int r = 0; r < R; r++)
+        rows[r] = T - R + r; /* the last R rows, as decode with one logits row per token */
+    int expect = -1;         /* planted argmax of every non-NaN row; -1 none */
+    int nan_tok = -1;
+    if (pos) {
+        /* big rows: b0 < b1 in one 8-row block, b2 the last row (another block, partial when
+           V % 8 != 0): expect b0 */
+        const int b0 = (V / 2 / 8) * 8 + 1, b1 = b0 + 5, b2 = V - 1;
+        const int big[3] = {b1, b0, b2};
+        for (int k = 0; k < 3; k++)
+            for (int d = 0; d < D; d++)
+                w[(size_t)big[k] * D + d] = eng_f32_to_bf16(0.5f);
+        expect = b0;
+        if (kind == 2) {
+            /* a NaN logit at 3 (never wins), +inf at inf0 < inf1 (one block): expect inf0 */
+            const int nan_row = 3, inf0 = (V / 3 / 8) * 8 + 2, inf1 = inf0 + 3;
+            w[(size_t)nan_row * D + D / 2] = 0x7fc0;
+            for (int d = 0; d < D; d++) {
+                w[(size_t)inf1 * D + d] = eng_f32_to_bf16(0.5f);
+                w[(size_t)inf0 * D + d] = eng_f32_to_bf16(0.5f);
+            }
+            w[(size_t)inf1 * D + 1] = 0x7f80; /* +inf (the hidden rows are positive) */
+            w[(size_t)inf0 * D + 7] = 0x7f80;
+            expect = inf0;
+            if (R > 1) {
+                nan_tok = rows[R / 2];
+                resid[(size_t)nan_tok * D + D - 1] = 0x7fc0;
+            }
+        }
+    }
+    if (kind == 3 && R >= 3) {
+        rows[0] = T;         /* outside: zero row */
+        rows[1] = -1;        /* outside */
+        rows[2] = rows[R - 1]; /* repeated */
+    }
+    uint16_t *xl[2];
+    float *lg[2];
+    int32_t ids[2][8];
+    for (int f = 0; f < 2; f++) {
+        xl[f] = malloc((size_t)R * D * 2);
+        lg[f] = malloc((size_t)R * V * 4);
+        eng_cuda_test_tail_t a = {T, R, D, V, resid, delta, nw, rows, w, 1e-6f,
+                                  xl[f], lg[f], ids[f]};
+        s_check(eng_cuda_test_tail(f, f ? 3 : 1, &a), "eng_cuda_test_tail");
+    }
+    long dxl = s_bits_differ(xl[0], xl[1], (size_t)R * D), dlg = 0;
+    for (size_t i = 0; i < (size_t)R * V; i++)
+        dlg += memcmp(&lg[0][i], &lg[1][i], 4) != 0;
+    int did = 0, dhost = 0, dexp = 0;
+    for (int r = 0; r < R; r++) {
+        did += ids[0][r] != ids[1][r];
+        dhost += ids[1][r] != s_host_argmax(lg[1] + (size_t)r * V, V);
+        const int tok = rows[r];
+        const int want = tok == nan_tok || tok < 0 || tok >= T ? 0 : expect;
+        if ((expect >= 0 || tok < 0 || tok >= T) && ids[1][r] != want)
+            dexp++;
+    }
+    int ok = dxl == 0 && dlg == 0 && did == 0 && dhost == 0 && dexp == 0;
+    printf("%-4s TAIL %s T=%d R=%d D=%d V=%d: != old tail: rows %ld, logits %ld, ids %d (max 0); "
+           "ids != host argmax %d, != planted id %d (max 0); id[0] %d\n",
+           ok ? "ok" : "FAIL", name, T, R, D, V, dxl, dlg, did, dhost, dexp, ids[1][0]);
+    if (!ok)
+        g_fail++;
+    for (int f = 0; f < 2; f++) {
+        free(xl[f]);
+        free(lg[f]);
+    }
+    free(resid); free(delta); free(nw); free(w);
+}
+
 int main(int argc, char **argv) {
     const char *seed = getenv("OM_TEST_SEED");
     if (seed)
@@ -1037,6 +1131,20 @@ int main(int argc, char **argv) {
     t_gemv_ks(5, 1001, 264, 8);   /* odd N (partial last block), K not a multiple of 256 */
     t_gemv_ks(2, 7, 8, 4);
     t_gemv_ks(7, 515, 1032, 2);
+    /* decode tail (OM_CUDA_TAIL): the thinker's vocab and hidden, batch 1..8; ties, NaN, +inf,
+       rows outside the step; vocab not a multiple of 8 (partial last block) on both argmax paths
+       of the old tail (V >= 8192: 32-block split, else one block); D % 8 != 0 (scalar GEMV) */
+    t_tail("random", 1, 1, 2048, 152064, 0);
+    t_tail("random", 8, 8, 2048, 152064, 0);
+    t_tail("ties", 1, 1, 2048, 152064, 1);
+    t_tail("ties+nan+inf", 4, 4, 2048, 152064, 2);
+    t_tail("ties+nan+inf", 8, 8, 2048, 151949, 2);
+    t_tail("rows", 6, 5, 2048, 152064, 3);
+    t_tail("chunk", 7, 1, 2048, 152064, 0); /* a prefill chunk: only its last row */
+    t_tail("random", 3, 3, 264, 8193, 0);
+    t_tail("ties+nan+inf", 5, 5, 264, 8193, 2);
+    t_tail("ties+nan+inf", 2, 2, 100, 1001, 2);
+    t_tail("rows", 8, 4, 36, 7, 3);
 
     printf("%d cases, %d failed\n", g_cases, g_fail);
     eng_backend_free(g_gpu);
