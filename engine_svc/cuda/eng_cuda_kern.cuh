@@ -390,16 +390,17 @@ extern thread_local int ek_moe_fused_cap; /* > 0: at most this many k_moe_fused 
  * 1 k_moe_down_wk, 2 k_moe_down_wk with two rows per warp. */
 extern thread_local int ek_moe_down_sel;
 #define EK_MOE_FUSED_MAX_T 8
-/* route_local (OM_CUDA_ROUTER_LOCAL): m->ids / m->wts are not filled; m->logits (T, E) f32 are
- * (ek_router_fused with topk false). Where ek_moe_route_local_ok, k_moe_gu and k_moe_down_wk run
- * the router's softmax + top-k (norm_topk: renormalise) themselves, the same function as the
- * router's last block (bit-identical ids / weights); k_moe_gu also writes m->ids / m->wts.
- * Elsewhere a k_moe_topk launch fills them first. */
+/* route_local (OM_CUDA_ROUTER_LOCAL) 1 or 2: m->ids / m->wts are not filled; m->logits (T, E) f32
+ * are (ek_router_fused with topk false). Where ek_moe_route_local_ok, k_moe_gu and k_moe_down_wk
+ * run the router's softmax + top-k (norm_topk: renormalise) themselves, the same function as the
+ * router's last block (bit-identical ids / weights; 1: its argmax rounds by redux.sync, same
+ * result; 2: the router's shuffles); k_moe_gu also writes m->ids / m->wts. Elsewhere a
+ * k_moe_topk launch fills them first. */
 template <typename A, typename O = A>
 int ek_moe_experts(const ek_ctx *c, O *out, const A *x, const bf16 *gate, const bf16 *up,
                    const bf16 *down, int T, int D, int I, int E, int K, int mode,
                    const ek_moe_scratch *m, int e0 = 0, int ne = 0, int *fused_cnt = nullptr,
-                   bool route_local = false, bool norm_topk = false);
+                   int route_local = 0, bool norm_topk = false);
 /* Whether ek_moe_experts routes locally in k_moe_gu + k_moe_down_wk for this shape (GEMV path,
  * T <= 8, K <= 8, E <= 512, I % 8 == 0, I <= 1024, not k_moe_fused (fused: fused_cnt given and
  * applicable), down projection k_moe_down_wk). */

@@ -136,8 +136,9 @@ struct eng_cuda_model {
                                  slower on an H100, see docs) */
     bool fuse_moe;            /* decode: gate/up and down in one persistent kernel
                                  (opt-in, OM_CUDA_FUSE_MOE=1; measured slower, see docs) */
-    bool router_local;        /* decode: the router writes logits only; k_moe_gu / k_moe_down_wk
-                                 run the softmax + top-k (opt-in, OM_CUDA_ROUTER_LOCAL=1) */
+    int router_local;         /* decode: the router writes logits only; k_moe_gu / k_moe_down_wk
+                                 run the softmax + top-k (opt-in, OM_CUDA_ROUTER_LOCAL=1, or 2
+                                 with the router's shuffle argmax; 0 off) */
     int oproj_ks;             /* decode: o_proj GEMV rows split over this many warps (2, 4, 8;
                                  OM_CUDA_OPROJ_KSPLIT; default 1 = k_gemv, measured faster) */
     int cap_layer;            /* capture_hidden */
@@ -806,7 +807,11 @@ static int s_model_init(eng_cuda_model *m, const char *dir, char *err, size_t er
     m->fuse_moe = s_env_flag("OM_CUDA_FUSE_MOE");
     /* opt-in until measured: decode routing in k_moe_gu / k_moe_down_wk instead of the router's
        last block (docs/engine.md) */
-    m->router_local = s_env_flag("OM_CUDA_ROUTER_LOCAL");
+    {
+        /* 1: the expert kernels' top-k rounds by redux.sync; 2: by the router's shuffles */
+        const char *e = getenv("OM_CUDA_ROUTER_LOCAL");
+        m->router_local = e && (!strcmp(e, "1") || !strcmp(e, "2")) ? atoi(e) : 0;
+    }
     {
         /* opt-in: on an H100 (2026-11-26) 255.8 against 263.9 tok/s at batch 1, ctx 512, and
            205.7 against 227.2 at ctx 4096 (the q rope moves onto attention's critical path) */
@@ -1219,14 +1224,16 @@ static int s_run(eng_cuda_model *m, const step &st, char *err, size_t errlen) {
             int *fcnt = m->fuse_moe ? m->moe_cnt : nullptr;
             /* OM_CUDA_ROUTER_LOCAL: the router writes logits only; k_moe_gu / k_moe_down_wk run
                the top-k themselves (not with k_moe_fused, nor with the router left out) */
-            const bool rl = m->router_local && !(sk & ENG_CUDA_SKIP_ROUTER) &&
-                            !(sk & ENG_CUDA_SKIP_MOE) &&
-                            ek_moe_route_local_ok(T, c.D, c.I, c.E, c.K, m->o.moe_mode,
-                                                  fcnt != nullptr);
+            const int rl = m->router_local && !(sk & ENG_CUDA_SKIP_ROUTER) &&
+                                   !(sk & ENG_CUDA_SKIP_MOE) &&
+                                   ek_moe_route_local_ok(T, c.D, c.I, c.E, c.K, m->o.moe_mode,
+                                                         fcnt != nullptr)
+                               ? m->router_local
+                               : 0;
             if (!(sk & ENG_CUDA_SKIP_ROUTER)) {
                 RCHECK(ek_router_fused(s, &m->ms, m->router_cnt, w.router, T, c.E, c.D, c.K,
                                        c.norm_topk, cur, m->delta, oth, w.ffn_norm, c.eps, m->xn,
-                                       !rl));
+                                       rl == 0));
                 std::swap(cur, oth);
             }
             if (sk & ENG_CUDA_SKIP_MOE) {

@@ -62,8 +62,13 @@ void ek_moe_scratch_carve(ek_moe_scratch *m, void *base, int max_T, int D, int I
  * of shared memory for this warp. Ties go to the lower expert id. Lane k < K returns slot k's
  * expert id in *ret_id and its (rounded) weight in *ret_w. The one copy of this math: the router's
  * last block (s_topk_token) and the local routing of k_moe_gu / k_moe_down_wk
- * (OM_CUDA_ROUTER_LOCAL) both call it, so their ids and weights are bit-identical. */
-template <typename A>
+ * (OM_CUDA_ROUTER_LOCAL) both call it, so their ids and weights are bit-identical.
+ * REDUX: each round's warp argmax by two redux.sync instructions instead of 5 x 2 dependent
+ * shuffles: the maximum of key = bits(best) + 1 (best >= 0: the exp values are >= +0, so their
+ * bit patterns order as the values; removed/absent entries key 0), then the minimum id over the
+ * lanes holding that key. The same (value, lowest id) as the shuffle reduction, so the same ids
+ * and weights; used by the local routing only (OM_CUDA_ROUTER_LOCAL=1; =2 keeps the shuffles). */
+template <typename A, bool REDUX = false>
 __device__ __forceinline__ void s_topk_core(const float *l, float *p, int E, int K, bool norm,
                                             int32_t *ret_id, float *ret_w) {
     int lane = threadIdx.x & 31;
@@ -94,12 +99,19 @@ __device__ __forceinline__ void s_topk_core(const float *l, float *p, int E, int
                 bi = e;
             }
         }
-        for (int o = 16; o > 0; o >>= 1) {
-            float v2 = __shfl_xor_sync(0xffffffffu, best, o);
-            int i2 = __shfl_xor_sync(0xffffffffu, bi, o);
-            if (v2 > best || (v2 == best && i2 < bi)) {
-                best = v2;
-                bi = i2;
+        if constexpr (REDUX) {
+            const unsigned key = best >= 0.0f ? __float_as_uint(best) + 1u : 0u;
+            const unsigned mk = __reduce_max_sync(0xffffffffu, key);
+            bi = __reduce_min_sync(0xffffffffu, key == mk ? bi : 0x7fffffff);
+            best = __uint_as_float(mk - 1u);
+        } else {
+            for (int o = 16; o > 0; o >>= 1) {
+                float v2 = __shfl_xor_sync(0xffffffffu, best, o);
+                int i2 = __shfl_xor_sync(0xffffffffu, bi, o);
+                if (v2 > best || (v2 == best && i2 < bi)) {
+                    best = v2;
+                    bi = i2;
+                }
             }
         }
         float w = best / sum;
@@ -258,7 +270,7 @@ __device__ __forceinline__ void s_gu_row(A *h, const A *x, const bf16 *gate, con
  * router wrote only the f32 logits (T, E)): after the PDL wait, warp 0 runs the router's softmax +
  * top-k (s_topk_core, bf16 rounding as k_router_fused) on token t's logits and takes slot k;
  * block (0, t·K) also writes token t's ids / wts (T, K) for later readers (trace). */
-template <typename A, bool VEC, bool LOCAL>
+template <typename A, bool VEC, int LOCAL>
 __global__ void __launch_bounds__(256)
     k_moe_gu(A *h, const A *x, const bf16 *gate, const bf16 *up, int32_t *ids, int K, int I,
              int D, int e0, int ne, const float *logits, float *wts, int E, bool norm) {
@@ -268,14 +280,14 @@ __global__ void __launch_bounds__(256)
     pdl_wait();
     pdl_trigger();
     int eg;
-    if constexpr (LOCAL) {
+    if constexpr (LOCAL != 0) {
         __shared__ float sp[512]; /* E <= 512 (ek_router_fused) */
         __shared__ int32_t sid;
         if (threadIdx.x < 32) {
             const int t = a / K, k = a - t * K;
             int32_t id;
             float w;
-            s_topk_core<bf16>(logits + (int64_t)t * E, sp, E, K, norm, &id, &w);
+            s_topk_core<bf16, LOCAL == 1>(logits + (int64_t)t * E, sp, E, K, norm, &id, &w);
             const int32_t idk = __shfl_sync(0xffffffffu, id, k);
             if (lane == 0)
                 sid = idk;
@@ -426,7 +438,7 @@ __global__ void __launch_bounds__(256)
  * (the logits are two kernels back), warp 0 runs the router's softmax + top-k (s_topk_core) on
  * token t's logits; each warp takes its slot's id and weight from shared memory. */
 #define DWK_MAXC 4 /* 16-byte chunks per lane: I <= 32 · 8 · DWK_MAXC */
-template <typename A, typename O, bool RANGE, int R, bool LOCAL>
+template <typename A, typename O, bool RANGE, int R, int LOCAL>
 __global__ void __launch_bounds__(256)
     k_moe_down_wk(O *out, const A *h, const bf16 *down, const int32_t *ids, const float *wts,
                   int K, int D, int I, int e0, int ne, const float *logits, int E, bool norm) {
@@ -436,14 +448,14 @@ __global__ void __launch_bounds__(256)
     const int d0 = blockIdx.x * R;
     int eg;
     float wk = 0.0f; /* LOCAL: slot k's weight */
-    if constexpr (LOCAL) {
+    if constexpr (LOCAL != 0) {
         __shared__ float sp[512]; /* E <= 512 (ek_router_fused) */
         __shared__ int32_t sid[8];
         __shared__ float swt[8];
         if (k == 0) {
             int32_t id;
             float w;
-            s_topk_core<bf16>(logits + (int64_t)t * E, sp, E, K, norm, &id, &w);
+            s_topk_core<bf16, LOCAL == 1>(logits + (int64_t)t * E, sp, E, K, norm, &id, &w);
             if (lane < K) {
                 sid[lane] = id;
                 swt[lane] = w;
@@ -499,7 +511,7 @@ __global__ void __launch_bounds__(256)
     for (int r = 0; r < R; r++) {
         float y = rnd<A>(warp_sum(part[r]));
         if (lane == 0)
-            ys[r][k] = rnd<A>(y * (LOCAL ? wk : wts[t * K + k]));
+            ys[r][k] = rnd<A>(y * (LOCAL != 0 ? wk : wts[t * K + k]));
     }
     if (lane == 0)
         ok[k] = loc;
@@ -872,7 +884,7 @@ int ek_moe(const ek_ctx *c, O *out, const A *x, const bf16 *router, const bf16 *
     k_moe_topk<A><<<(T + 3) / 4, 128, 0, s>>>(m->ids, m->wts, m->logits, T, E, K, norm_topk);
     CUDA_LAUNCH_CHECK();
     return ek_moe_experts<A, O>(c, out, x, gate, up, down, T, D, I, E, K, mode, m, e0, ne, nullptr,
-                                false, false);
+                                0, false);
 }
 
 /* The unfused decode down projection: ek_moe_down_sel (tests), else OM_CUDA_MOE_DOWN (0
@@ -896,10 +908,40 @@ bool ek_moe_route_local_ok(int T, int D, int I, int E, int K, int mode, bool fus
            I <= 32 * 8 * DWK_MAXC;
 }
 
+/* k_moe_gu + k_moe_down_wk routing from m->logits themselves (L: 1 redux argmax, 2 shuffles). */
+template <typename A, typename O, int L>
+static int s_moe_local(cudaStream_t s, O *out, const A *x, const bf16 *gate, const bf16 *up,
+                       const bf16 *down, int T, int D, int I, int E, int K,
+                       const ek_moe_scratch *m, int e0, int ne, bool vec_d, bool norm_topk) {
+    A *h = (A *)m->h;
+    dim3 g1((I + 7) / 8, T * K);
+    if (vec_d)
+        CUDA_CHECK(ek_launch(k_moe_gu<A, true, L>, g1, dim3(256), 0, s, h, x, gate, up, m->ids, K,
+                             I, D, e0, ne, m->logits, m->wts, E, norm_topk));
+    else
+        CUDA_CHECK(ek_launch(k_moe_gu<A, false, L>, g1, dim3(256), 0, s, h, x, gate, up, m->ids, K,
+                             I, D, e0, ne, m->logits, m->wts, E, norm_topk));
+    const int dwk = s_dwk();
+    dim3 gw((D + dwk - 1) / dwk, T);
+    if (dwk == 1 && ne == E)
+        CUDA_CHECK(ek_launch(k_moe_down_wk<A, O, false, 1, L>, gw, dim3(32 * K), 0, s, out, h,
+                             down, m->ids, m->wts, K, D, I, e0, ne, m->logits, E, norm_topk));
+    else if (dwk == 1)
+        CUDA_CHECK(ek_launch(k_moe_down_wk<A, O, true, 1, L>, gw, dim3(32 * K), 0, s, out, h,
+                             down, m->ids, m->wts, K, D, I, e0, ne, m->logits, E, norm_topk));
+    else if (ne == E)
+        CUDA_CHECK(ek_launch(k_moe_down_wk<A, O, false, 2, L>, gw, dim3(32 * K), 0, s, out, h,
+                             down, m->ids, m->wts, K, D, I, e0, ne, m->logits, E, norm_topk));
+    else
+        CUDA_CHECK(ek_launch(k_moe_down_wk<A, O, true, 2, L>, gw, dim3(32 * K), 0, s, out, h,
+                             down, m->ids, m->wts, K, D, I, e0, ne, m->logits, E, norm_topk));
+    return 0;
+}
+
 template <typename A, typename O>
 int ek_moe_experts(const ek_ctx *c, O *out, const A *x, const bf16 *gate, const bf16 *up,
                    const bf16 *down, int T, int D, int I, int E, int K, int mode,
-                   const ek_moe_scratch *m, int e0, int ne, int *fused_cnt, bool route_local,
+                   const ek_moe_scratch *m, int e0, int ne, int *fused_cnt, int route_local,
                    bool norm_topk) {
     if (T == 0)
         return 0;
@@ -922,42 +964,19 @@ int ek_moe_experts(const ek_ctx *c, O *out, const A *x, const bf16 *gate, const 
             k_moe_topk<bf16><<<(T + 3) / 4, 128, 0, s>>>(m->ids, m->wts, m->logits, T, E, K,
                                                          norm_topk);
             CUDA_LAUNCH_CHECK();
-            route_local = false;
+            route_local = 0;
         }
     }
     if (!grouped) {
         A *h = (A *)m->h;
         bool vec_d = D % 8 == 0 && ((uintptr_t)x % 16) == 0;
         bool vec_i = I % 8 == 0;
-        if (route_local) { /* ek_moe_route_local_ok: k_moe_gu + k_moe_down_wk, routing local */
-            dim3 g1((I + 7) / 8, TK);
-            if (vec_d)
-                CUDA_CHECK(ek_launch(k_moe_gu<A, true, true>, g1, dim3(256), 0, s, h, x, gate, up,
-                                     m->ids, K, I, D, e0, ne, m->logits, m->wts, E, norm_topk));
-            else
-                CUDA_CHECK(ek_launch(k_moe_gu<A, false, true>, g1, dim3(256), 0, s, h, x, gate,
-                                     up, m->ids, K, I, D, e0, ne, m->logits, m->wts, E,
-                                     norm_topk));
-            const int dwk = s_dwk();
-            dim3 gw((D + dwk - 1) / dwk, T);
-            if (dwk == 1 && ne == E)
-                CUDA_CHECK(ek_launch(k_moe_down_wk<A, O, false, 1, true>, gw, dim3(32 * K), 0, s,
-                                     out, h, down, m->ids, m->wts, K, D, I, e0, ne, m->logits, E,
-                                     norm_topk));
-            else if (dwk == 1)
-                CUDA_CHECK(ek_launch(k_moe_down_wk<A, O, true, 1, true>, gw, dim3(32 * K), 0, s,
-                                     out, h, down, m->ids, m->wts, K, D, I, e0, ne, m->logits, E,
-                                     norm_topk));
-            else if (ne == E)
-                CUDA_CHECK(ek_launch(k_moe_down_wk<A, O, false, 2, true>, gw, dim3(32 * K), 0, s,
-                                     out, h, down, m->ids, m->wts, K, D, I, e0, ne, m->logits, E,
-                                     norm_topk));
-            else
-                CUDA_CHECK(ek_launch(k_moe_down_wk<A, O, true, 2, true>, gw, dim3(32 * K), 0, s,
-                                     out, h, down, m->ids, m->wts, K, D, I, e0, ne, m->logits, E,
-                                     norm_topk));
-            return 0;
-        }
+        if (route_local) /* ek_moe_route_local_ok: k_moe_gu + k_moe_down_wk, routing local */
+            return route_local == 2
+                       ? s_moe_local<A, O, 2>(s, out, x, gate, up, down, T, D, I, E, K, m, e0, ne,
+                                              vec_d, norm_topk)
+                       : s_moe_local<A, O, 1>(s, out, x, gate, up, down, T, D, I, E, K, m, e0, ne,
+                                              vec_d, norm_topk);
         if (fused_cnt && vec_d && vec_i && T <= EK_MOE_FUSED_MAX_T && K <= 8) {
             int nb = s_moe_fused_blocks<A, O>(TK * ((I + 7) / 8) + T * ((D + 7) / 8));
             if (nb < 0)
@@ -969,26 +988,26 @@ int ek_moe_experts(const ek_ctx *c, O *out, const A *x, const bf16 *gate, const 
         dim3 g1((I + 7) / 8, TK);
         const float *nl = nullptr; /* no logits: the routing is in m->ids / m->wts */
         if (vec_d)
-            CUDA_CHECK(ek_launch(k_moe_gu<A, true, false>, g1, dim3(256), 0, s, h, x, gate, up,
+            CUDA_CHECK(ek_launch(k_moe_gu<A, true, 0>, g1, dim3(256), 0, s, h, x, gate, up,
                                  m->ids, K, I, D, e0, ne, nl, m->wts, E, false));
         else
-            CUDA_CHECK(ek_launch(k_moe_gu<A, false, false>, g1, dim3(256), 0, s, h, x, gate, up,
+            CUDA_CHECK(ek_launch(k_moe_gu<A, false, 0>, g1, dim3(256), 0, s, h, x, gate, up,
                                  m->ids, K, I, D, e0, ne, nl, m->wts, E, false));
         /* k_moe_down_wk (default; OM_CUDA_MOE_DOWN: 0 k_moe_down, 2 two rows per warp) */
         const int dwk = s_dwk();
         if ((dwk == 1 || dwk == 2) && K <= 8 && vec_i && I <= 32 * 8 * DWK_MAXC) {
             dim3 gw((D + dwk - 1) / dwk, T);
             if (dwk == 1 && ne == E) /* one GPU (or column split): no expert-range test */
-                CUDA_CHECK(ek_launch(k_moe_down_wk<A, O, false, 1, false>, gw, dim3(32 * K), 0, s,
+                CUDA_CHECK(ek_launch(k_moe_down_wk<A, O, false, 1, 0>, gw, dim3(32 * K), 0, s,
                                      out, h, down, m->ids, m->wts, K, D, I, e0, ne, nl, E, false));
             else if (dwk == 1)
-                CUDA_CHECK(ek_launch(k_moe_down_wk<A, O, true, 1, false>, gw, dim3(32 * K), 0, s,
+                CUDA_CHECK(ek_launch(k_moe_down_wk<A, O, true, 1, 0>, gw, dim3(32 * K), 0, s,
                                      out, h, down, m->ids, m->wts, K, D, I, e0, ne, nl, E, false));
             else if (ne == E)
-                CUDA_CHECK(ek_launch(k_moe_down_wk<A, O, false, 2, false>, gw, dim3(32 * K), 0, s,
+                CUDA_CHECK(ek_launch(k_moe_down_wk<A, O, false, 2, 0>, gw, dim3(32 * K), 0, s,
                                      out, h, down, m->ids, m->wts, K, D, I, e0, ne, nl, E, false));
             else
-                CUDA_CHECK(ek_launch(k_moe_down_wk<A, O, true, 2, false>, gw, dim3(32 * K), 0, s,
+                CUDA_CHECK(ek_launch(k_moe_down_wk<A, O, true, 2, 0>, gw, dim3(32 * K), 0, s,
                                      out, h, down, m->ids, m->wts, K, D, I, e0, ne, nl, E, false));
             return 0;
         }
@@ -1031,7 +1050,7 @@ int ek_moe_experts(const ek_ctx *c, O *out, const A *x, const bf16 *gate, const 
                               const ek_moe_scratch *, int, int);                                  \
     template int ek_moe_experts<A, O>(const ek_ctx *, O *, const A *, const bf16 *, const bf16 *, \
                                       const bf16 *, int, int, int, int, int, int,                 \
-                                      const ek_moe_scratch *, int, int, int *, bool, bool);
+                                      const ek_moe_scratch *, int, int, int *, int, bool);
 EK_INST_MOE(float, float)
 EK_INST_MOE(bf16, bf16)
 EK_INST_MOE(bf16, float)

@@ -240,7 +240,8 @@ extern "C" int eng_cuda_test_moe_experts(int fused, int reps, int max_blocks,
 }
 
 extern "C" int eng_cuda_test_router_moe(int local, int reps, const eng_cuda_test_router_t *a) {
-    if (!a || a->T < 1 || a->T > 8 || a->D <= 0 || a->I <= 0 || a->E <= 0 || a->E > 512 ||
+    if (!a || local < 0 || local > 2 || a->T < 1 || a->T > 8 || a->D <= 0 || a->I <= 0 ||
+        a->E <= 0 || a->E > 512 ||
         a->K <= 0 || a->K > 8 || a->K > a->E || a->e0 < 0 || a->ne < 0 ||
         a->e0 + a->ne > a->E || (a->down != 1 && a->down != 2) || reps < 1)
         return -EINVAL;
@@ -272,14 +273,14 @@ extern "C" int eng_cuda_test_router_moe(int local, int reps, const eng_cuda_test
     ek_ctx c = {};
     c.stream = s;
     c.gemv_max_rows = 8;
-    const bool rl = local != 0; /* ek_moe_experts falls back to k_moe_topk where !route_local_ok */
+    const int rl = local; /* ek_moe_experts falls back to k_moe_topk where !route_local_ok */
     int r = 0;
     {
         pdl_on pg;
         ek_moe_down_sel = a->down;
         for (int i = 0; i < reps && r >= 0; i++) {
             r = ek_router_fused(s, &ms, cnt, rw, T, E, D, K, a->norm != 0, h_in, delta, h_out, nw,
-                                a->eps, xn, !rl);
+                                a->eps, xn, rl == 0);
             if (r >= 0)
                 r = ek_moe_experts<bf16>(&c, out, xn, g, u, dn, T, D, I, E, K, EK_MOE_GEMV, &ms,
                                          a->e0, a->ne, nullptr, rl, a->norm != 0);
