@@ -331,8 +331,9 @@ typedef struct eng_cuda_test_router {
 } eng_cuda_test_router_t;
 /* A decode step's router + experts (PDL launches, as the model runner): local 0: ek_router_fused
  * with its last-block top-k, then k_moe_gu + k_moe_down_wk; local 1 (OM_CUDA_ROUTER_LOCAL=1; 2:
- * =2, the router's shuffle argmax): the router writes logits only and the expert kernels route
- * themselves (where the shape does not
+ * =2, the router's shuffle argmax; 3 / 4: as 1 with every k_moe_down_wk block reading k_moe_gu's
+ * ids after the PDL wait / running the top-k before it, instead of the first resident wave
+ * only): the router writes logits only and the expert kernels route themselves (where the shape does not
  * take that path, ek_moe_experts' k_moe_topk fallback does). ids / wts start as 0xff
  * bytes, so a path that does not write them shows. reps runs in a row. Returns the router's
  * counter after the runs (0 expected) or < 0. */

@@ -389,6 +389,10 @@ extern thread_local int ek_moe_fused_cap; /* > 0: at most this many k_moe_fused 
 /* The unfused decode down projection (tests; -1: OM_CUDA_MOE_DOWN, default 1): 0 k_moe_down,
  * 1 k_moe_down_wk, 2 k_moe_down_wk with two rows per warp. */
 extern thread_local int ek_moe_down_sel;
+/* Local routing (route_local): how many k_moe_down_wk blocks run the top-k before the PDL wait
+ * (tests; -1: OM_CUDA_ROUTER_LOCAL_EARLY, default one resident wave); the rest read k_moe_gu's
+ * ids / wts after it. */
+extern thread_local int ek_moe_local_early;
 #define EK_MOE_FUSED_MAX_T 8
 /* route_local (OM_CUDA_ROUTER_LOCAL) 1 or 2: m->ids / m->wts are not filled; m->logits (T, E) f32
  * are (ek_router_fused with topk false). Where ek_moe_route_local_ok, k_moe_gu and k_moe_down_wk

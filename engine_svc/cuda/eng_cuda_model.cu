@@ -139,6 +139,9 @@ struct eng_cuda_model {
     int router_local;         /* decode: the router writes logits only; k_moe_gu / k_moe_down_wk
                                  run the softmax + top-k (opt-in, OM_CUDA_ROUTER_LOCAL=1, or 2
                                  with the router's shuffle argmax; 0 off) */
+    int router_local_t;       /* ... in steps of at most this many tokens (OM_CUDA_ROUTER_LOCAL_T,
+                                 default 1: every k_moe_gu block runs the top-k, one wave of
+                                 blocks at T = 1, T waves at T > 1) */
     int oproj_ks;             /* decode: o_proj GEMV rows split over this many warps (2, 4, 8;
                                  OM_CUDA_OPROJ_KSPLIT; default 1 = k_gemv, measured faster) */
     int cap_layer;            /* capture_hidden */
@@ -811,6 +814,8 @@ static int s_model_init(eng_cuda_model *m, const char *dir, char *err, size_t er
         /* 1: the expert kernels' top-k rounds by redux.sync; 2: by the router's shuffles */
         const char *e = getenv("OM_CUDA_ROUTER_LOCAL");
         m->router_local = e && (!strcmp(e, "1") || !strcmp(e, "2")) ? atoi(e) : 0;
+        const char *et = getenv("OM_CUDA_ROUTER_LOCAL_T");
+        m->router_local_t = et && *et ? atoi(et) : 1;
     }
     {
         /* opt-in: on an H100 (2026-11-26) 255.8 against 263.9 tok/s at batch 1, ctx 512, and
@@ -1224,7 +1229,8 @@ static int s_run(eng_cuda_model *m, const step &st, char *err, size_t errlen) {
             int *fcnt = m->fuse_moe ? m->moe_cnt : nullptr;
             /* OM_CUDA_ROUTER_LOCAL: the router writes logits only; k_moe_gu / k_moe_down_wk run
                the top-k themselves (not with k_moe_fused, nor with the router left out) */
-            const int rl = m->router_local && !(sk & ENG_CUDA_SKIP_ROUTER) &&
+            const int rl = m->router_local && T <= m->router_local_t &&
+                                   !(sk & ENG_CUDA_SKIP_ROUTER) &&
                                    !(sk & ENG_CUDA_SKIP_MOE) &&
                                    ek_moe_route_local_ok(T, c.D, c.I, c.E, c.K, m->o.moe_mode,
                                                          fcnt != nullptr)

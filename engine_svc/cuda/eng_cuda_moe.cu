@@ -434,36 +434,49 @@ __global__ void __launch_bounds__(256)
  * s_down_vec8 (chunks c ascending, 8 products each, then warp_sum), so bit-identical to
  * k_moe_down. Needs K <= 8, I % 8 == 0, I <= 1024. The default decode down projection:
  * 263 -> 286 tok/s at batch 1 on an H100 (docs/engine.md); OM_CUDA_MOE_DOWN=0 gives k_moe_down.
- * LOCAL (OM_CUDA_ROUTER_LOCAL; the router wrote only the f32 logits (T, E)): before the PDL wait
- * (the logits are two kernels back), warp 0 runs the router's softmax + top-k (s_topk_core) on
- * token t's logits; each warp takes its slot's id and weight from shared memory. */
+ * LOCAL (OM_CUDA_ROUTER_LOCAL; the router wrote only the f32 logits (T, E)): a block of the first
+ * n_early (linear block index; about one resident wave, set by the launcher) runs, before the PDL
+ * wait (the logits are two kernels back), the router's softmax + top-k (s_topk_core) on token t's
+ * logits in warp 0, and each warp takes its slot's id and weight from shared memory; the weight
+ * loads stay before the wait. A later block (it starts when k_moe_gu's blocks leave, mostly
+ * after k_moe_gu ended) waits first and reads ids / wts that k_moe_gu wrote, which is cheaper
+ * than the top-k. Either way the same ids and weights. */
 #define DWK_MAXC 4 /* 16-byte chunks per lane: I <= 32 · 8 · DWK_MAXC */
 template <typename A, typename O, bool RANGE, int R, int LOCAL>
 __global__ void __launch_bounds__(256)
     k_moe_down_wk(O *out, const A *h, const bf16 *down, const int32_t *ids, const float *wts,
-                  int K, int D, int I, int e0, int ne, const float *logits, int E, bool norm) {
+                  int K, int D, int I, int e0, int ne, const float *logits, int E, bool norm,
+                  int n_early) {
     __shared__ float ys[R][8];
     __shared__ bool ok[8];
     const int t = blockIdx.y, k = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int d0 = blockIdx.x * R;
     int eg;
     float wk = 0.0f; /* LOCAL: slot k's weight */
+    bool waited = false;
     if constexpr (LOCAL != 0) {
-        __shared__ float sp[512]; /* E <= 512 (ek_router_fused) */
-        __shared__ int32_t sid[8];
-        __shared__ float swt[8];
-        if (k == 0) {
-            int32_t id;
-            float w;
-            s_topk_core<bf16, LOCAL == 1>(logits + (int64_t)t * E, sp, E, K, norm, &id, &w);
-            if (lane < K) {
-                sid[lane] = id;
-                swt[lane] = w;
+        if ((int)(blockIdx.y * gridDim.x + blockIdx.x) < n_early) {
+            __shared__ float sp[512]; /* E <= 512 (ek_router_fused) */
+            __shared__ int32_t sid[8];
+            __shared__ float swt[8];
+            if (k == 0) {
+                int32_t id;
+                float w;
+                s_topk_core<bf16, LOCAL == 1>(logits + (int64_t)t * E, sp, E, K, norm, &id, &w);
+                if (lane < K) {
+                    sid[lane] = id;
+                    swt[lane] = w;
+                }
             }
+            __syncthreads();
+            eg = sid[k];
+            wk = swt[k];
+        } else { /* written by k_moe_gu (block (0, t·K)): readable after the wait */
+            pdl_wait();
+            waited = true;
+            eg = ids[t * K + k];
+            wk = wts[t * K + k];
         }
-        __syncthreads();
-        eg = sid[k];
-        wk = swt[k];
     } else {
         eg = ids[t * K + k];
     }
@@ -480,7 +493,8 @@ __global__ void __launch_bounds__(256)
                 w[r][j] = __ldg(reinterpret_cast<const uint4 *>(wr + c));
         }
     }
-    pdl_wait();
+    if (!waited)
+        pdl_wait();
     pdl_trigger();
     float part[R];
 #pragma unroll
@@ -908,6 +922,31 @@ bool ek_moe_route_local_ok(int T, int D, int I, int E, int K, int mode, bool fus
            I <= 32 * 8 * DWK_MAXC;
 }
 
+/* k_moe_down_wk (LOCAL): its first n_early blocks run the top-k before the PDL wait, the rest read
+ * k_moe_gu's ids after it: ek_moe_local_early (tests) if >= 0, else OM_CUDA_ROUTER_LOCAL_EARLY=n,
+ * else one resident wave (occupancy x SMs; cached per host thread = per device, and per K). */
+thread_local int ek_moe_local_early = -1;
+template <typename KF> static int s_dwk_early(KF kern, int K) {
+    if (ek_moe_local_early >= 0)
+        return ek_moe_local_early;
+    static const char *env = getenv("OM_CUDA_ROUTER_LOCAL_EARLY");
+    if (env && *env)
+        return atoi(env) > 0 ? atoi(env) : 0;
+    static thread_local int per_sm = 0, sms = 0, k_of = 0;
+    static thread_local const void *kern_of = nullptr;
+    if (!per_sm || k_of != K || kern_of != (const void *)kern) {
+        int dev = 0;
+        CUDA_CHECK(cudaGetDevice(&dev));
+        CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+        CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kern, 32 * K, 0));
+        if (per_sm < 1)
+            per_sm = 1;
+        k_of = K;
+        kern_of = (const void *)kern;
+    }
+    return per_sm * sms;
+}
+
 /* k_moe_gu + k_moe_down_wk routing from m->logits themselves (L: 1 redux argmax, 2 shuffles). */
 template <typename A, typename O, int L>
 static int s_moe_local(cudaStream_t s, O *out, const A *x, const bf16 *gate, const bf16 *up,
@@ -923,18 +962,24 @@ static int s_moe_local(cudaStream_t s, O *out, const A *x, const bf16 *gate, con
                              I, D, e0, ne, m->logits, m->wts, E, norm_topk));
     const int dwk = s_dwk();
     dim3 gw((D + dwk - 1) / dwk, T);
+    int ne_;
+#define DWK_L(RG, RR)                                                                              \
+    do {                                                                                           \
+        ne_ = s_dwk_early(k_moe_down_wk<A, O, RG, RR, L>, K);                                     \
+        if (ne_ < 0)                                                                               \
+            return ne_;                                                                            \
+        CUDA_CHECK(ek_launch(k_moe_down_wk<A, O, RG, RR, L>, gw, dim3(32 * K), 0, s, out, h, down, \
+                             m->ids, m->wts, K, D, I, e0, ne, m->logits, E, norm_topk, ne_));     \
+    } while (0)
     if (dwk == 1 && ne == E)
-        CUDA_CHECK(ek_launch(k_moe_down_wk<A, O, false, 1, L>, gw, dim3(32 * K), 0, s, out, h,
-                             down, m->ids, m->wts, K, D, I, e0, ne, m->logits, E, norm_topk));
+        DWK_L(false, 1);
     else if (dwk == 1)
-        CUDA_CHECK(ek_launch(k_moe_down_wk<A, O, true, 1, L>, gw, dim3(32 * K), 0, s, out, h,
-                             down, m->ids, m->wts, K, D, I, e0, ne, m->logits, E, norm_topk));
+        DWK_L(true, 1);
     else if (ne == E)
-        CUDA_CHECK(ek_launch(k_moe_down_wk<A, O, false, 2, L>, gw, dim3(32 * K), 0, s, out, h,
-                             down, m->ids, m->wts, K, D, I, e0, ne, m->logits, E, norm_topk));
+        DWK_L(false, 2);
     else
-        CUDA_CHECK(ek_launch(k_moe_down_wk<A, O, true, 2, L>, gw, dim3(32 * K), 0, s, out, h,
-                             down, m->ids, m->wts, K, D, I, e0, ne, m->logits, E, norm_topk));
+        DWK_L(true, 2);
+#undef DWK_L
     return 0;
 }
 
@@ -999,16 +1044,20 @@ int ek_moe_experts(const ek_ctx *c, O *out, const A *x, const bf16 *gate, const 
             dim3 gw((D + dwk - 1) / dwk, T);
             if (dwk == 1 && ne == E) /* one GPU (or column split): no expert-range test */
                 CUDA_CHECK(ek_launch(k_moe_down_wk<A, O, false, 1, 0>, gw, dim3(32 * K), 0, s,
-                                     out, h, down, m->ids, m->wts, K, D, I, e0, ne, nl, E, false));
+                                     out, h, down, m->ids, m->wts, K, D, I, e0, ne, nl, E, false,
+                                     0));
             else if (dwk == 1)
                 CUDA_CHECK(ek_launch(k_moe_down_wk<A, O, true, 1, 0>, gw, dim3(32 * K), 0, s,
-                                     out, h, down, m->ids, m->wts, K, D, I, e0, ne, nl, E, false));
+                                     out, h, down, m->ids, m->wts, K, D, I, e0, ne, nl, E, false,
+                                     0));
             else if (ne == E)
                 CUDA_CHECK(ek_launch(k_moe_down_wk<A, O, false, 2, 0>, gw, dim3(32 * K), 0, s,
-                                     out, h, down, m->ids, m->wts, K, D, I, e0, ne, nl, E, false));
+                                     out, h, down, m->ids, m->wts, K, D, I, e0, ne, nl, E, false,
+                                     0));
             else
                 CUDA_CHECK(ek_launch(k_moe_down_wk<A, O, true, 2, 0>, gw, dim3(32 * K), 0, s,
-                                     out, h, down, m->ids, m->wts, K, D, I, e0, ne, nl, E, false));
+                                     out, h, down, m->ids, m->wts, K, D, I, e0, ne, nl, E, false,
+                                     0));
             return 0;
         }
         dim3 g2((D + 7) / 8, T);

@@ -240,7 +240,7 @@ extern "C" int eng_cuda_test_moe_experts(int fused, int reps, int max_blocks,
 }
 
 extern "C" int eng_cuda_test_router_moe(int local, int reps, const eng_cuda_test_router_t *a) {
-    if (!a || local < 0 || local > 2 || a->T < 1 || a->T > 8 || a->D <= 0 || a->I <= 0 ||
+    if (!a || local < 0 || local > 4 || a->T < 1 || a->T > 8 || a->D <= 0 || a->I <= 0 ||
         a->E <= 0 || a->E > 512 ||
         a->K <= 0 || a->K > 8 || a->K > a->E || a->e0 < 0 || a->ne < 0 ||
         a->e0 + a->ne > a->E || (a->down != 1 && a->down != 2) || reps < 1)
@@ -273,11 +273,14 @@ extern "C" int eng_cuda_test_router_moe(int local, int reps, const eng_cuda_test
     ek_ctx c = {};
     c.stream = s;
     c.gemv_max_rows = 8;
-    const int rl = local; /* ek_moe_experts falls back to k_moe_topk where !route_local_ok */
+    /* ek_moe_experts falls back to k_moe_topk where !route_local_ok; 3, 4: every k_moe_down_wk
+       block reads k_moe_gu's ids after the wait / runs the top-k before it */
+    const int rl = local > 2 ? 1 : local;
     int r = 0;
     {
         pdl_on pg;
         ek_moe_down_sel = a->down;
+        ek_moe_local_early = local == 3 ? 0 : (local == 4 ? 1 << 30 : -1);
         for (int i = 0; i < reps && r >= 0; i++) {
             r = ek_router_fused(s, &ms, cnt, rw, T, E, D, K, a->norm != 0, h_in, delta, h_out, nw,
                                 a->eps, xn, rl == 0);
@@ -286,6 +289,7 @@ extern "C" int eng_cuda_test_router_moe(int local, int reps, const eng_cuda_test
                                          a->e0, a->ne, nullptr, rl, a->norm != 0);
         }
         ek_moe_down_sel = -1;
+        ek_moe_local_early = -1;
     }
     cudaError_t e = cudaStreamSynchronize(s);
     cudaStreamDestroy(s);

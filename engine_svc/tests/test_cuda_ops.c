@@ -860,9 +860,10 @@ static uint16_t *s_bf_pool(size_t n, float a) {
 
 /* OM_CUDA_ROUTER_LOCAL: a decode step's router + experts with the router's last-block top-k
  * (local 0) and with the router writing logits only and k_moe_gu / k_moe_down_wk routing
- * themselves (local 1: argmax rounds by redux.sync; 2: by the router's shuffles; shapes off that
- * path take ek_moe_experts' k_moe_topk fallback), 3 runs in a row each. Expected: every output of
- * 1 and 2 bit-identical to 0 (expert output, new residual, normalised x, logits, ids, weights),
+ * themselves (local 1: argmax rounds by redux.sync; 2: by the router's shuffles; 3 / 4: as 1 with
+ * every k_moe_down_wk block reading k_moe_gu's ids after the wait / running the top-k before it;
+ * shapes off that path take ek_moe_experts' k_moe_topk fallback), 3 runs in a row each. Expected:
+ * every output of 1..4 bit-identical to 0 (expert output, new residual, normalised x, logits, ids, weights),
  * the router's counter left zero, and the routing (of 1) right against a CPU
  * top-k of the returned logits (bf16-rounded as the kernel: the chosen values are exactly the K
  * largest, ties to the lower id; weights within bf16 rounding of an f64 softmax). Router rows are
@@ -907,11 +908,11 @@ static void t_router_local(int T, int D, int I, int E, int K, int norm, int e0, 
     }
     uint16_t *g = s_bf_pool((size_t)nl * I * D, 0.05f), *u = s_bf_pool((size_t)nl * I * D, 0.05f);
     uint16_t *dn = s_bf_pool((size_t)nl * D * I, 0.05f);
-    uint16_t *out[3], *ho[3], *xn[3];
-    float *lg[3], *wt[3];
-    int32_t *id[3];
-    int cnt[3];
-    for (int f = 0; f < 3; f++) {
+    uint16_t *out[5], *ho[5], *xn[5];
+    float *lg[5], *wt[5];
+    int32_t *id[5];
+    int cnt[5];
+    for (int f = 0; f < 5; f++) {
         out[f] = malloc((size_t)T * D * 2);
         ho[f] = malloc((size_t)T * D * 2);
         xn[f] = malloc((size_t)T * D * 2);
@@ -924,7 +925,7 @@ static void t_router_local(int T, int D, int I, int E, int K, int norm, int e0, 
         s_check(cnt[f], "eng_cuda_test_router_moe");
     }
     long d_out = 0, d_ho = 0, d_xn = 0, d_lg = 0, d_id = 0, d_wt = 0;
-    for (int f = 1; f < 3; f++) {
+    for (int f = 1; f < 5; f++) {
         d_out += s_bits_differ(out[0], out[f], (size_t)T * D);
         d_ho += s_bits_differ(ho[0], ho[f], (size_t)T * D);
         d_xn += s_bits_differ(xn[0], xn[f], (size_t)T * D);
@@ -984,16 +985,17 @@ static void t_router_local(int T, int D, int I, int E, int K, int norm, int e0, 
     }
     const double wt_bound = 8e-3; /* bf16 rounding of the weight (2^-8) plus f32 softmax */
     int ok = d_out == 0 && d_ho == 0 && d_xn == 0 && d_lg == 0 && d_id == 0 && d_wt == 0 &&
-             bad_ids == 0 && wt_err <= wt_bound && cnt[0] == 0 && cnt[1] == 0 && cnt[2] == 0;
+             bad_ids == 0 && wt_err <= wt_bound && cnt[0] == 0 && cnt[1] == 0 && cnt[2] == 0 &&
+             cnt[3] == 0 && cnt[4] == 0;
     printf("%-4s ROUTER_LOCAL T=%d D=%d I=%d E=%d K=%d norm=%d e0=%d ne=%d down=%d: values != "
-           "last-block top-k (local 1 + 2): out %ld h_out %ld xn %ld logits %ld ids %ld wts %ld (max "
+           "last-block top-k (local 1..4): out %ld h_out %ld xn %ld logits %ld ids %ld wts %ld (max "
            "0); vs cpu top-k: bad ids %d (max 0), wts rel err %.2e (max %.0e); counter left "
-           "%d/%d/%d (max 0)\n",
+           "%d/%d/%d/%d/%d (max 0)\n",
            ok ? "ok" : "FAIL", T, D, I, E, K, norm, e0, ne, down, d_out, d_ho, d_xn, d_lg, d_id,
-           d_wt, bad_ids, wt_err, wt_bound, cnt[0], cnt[1], cnt[2]);
+           d_wt, bad_ids, wt_err, wt_bound, cnt[0], cnt[1], cnt[2], cnt[3], cnt[4]);
     if (!ok)
         g_fail++;
-    for (int f = 0; f < 3; f++) {
+    for (int f = 0; f < 5; f++) {
         free(out[f]); free(ho[f]); free(xn[f]); free(lg[f]); free(wt[f]); free(id[f]);
     }
     free(v); free(sel);
