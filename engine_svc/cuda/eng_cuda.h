@@ -312,6 +312,33 @@ typedef struct eng_cuda_test_moe {
  * k_moe_down_wk with two rows per warp. */
 int eng_cuda_test_moe_experts(int fused, int reps, int max_blocks, const eng_cuda_test_moe_t *a);
 
+typedef struct eng_cuda_test_router {
+    int T, D, I, E, K;             /* T <= 8, E <= 512, K <= 8 */
+    int norm;                      /* renormalise the top-k weights (norm_topk_prob) */
+    int e0, ne;                    /* experts held by gate/up/down: [e0, e0+ne) (ne 0: all E) */
+    int down;                      /* down projection: 1 k_moe_down_wk, 2 two rows per warp */
+    float eps;                     /* RMSNorm epsilon */
+    const uint16_t *h_in, *delta;  /* (T, D) residual and attention output (bf16) */
+    const uint16_t *nw;            /* (D) post-attention RMSNorm weight */
+    const uint16_t *router;        /* (E, D) */
+    const uint16_t *gate, *up;     /* (ne, I, D) */
+    const uint16_t *down_w;        /* (ne, D, I) */
+    uint16_t *ret_out;             /* (T, D) expert output */
+    uint16_t *ret_h_out, *ret_xn;  /* (T, D) new residual, normalised x */
+    float *ret_logits;             /* (T, E) */
+    int32_t *ret_ids;              /* (T, K) routing ids as left in the scratch */
+    float *ret_wts;                /* (T, K) routing weights as left in the scratch */
+} eng_cuda_test_router_t;
+/* A decode step's router + experts (PDL launches, as the model runner): local 0: ek_router_fused
+ * with its last-block top-k, then k_moe_gu + k_moe_down_wk; local 1 (OM_CUDA_ROUTER_LOCAL=1; 2:
+ * =2, the router's shuffle argmax; 3 / 4: as 1 with every k_moe_down_wk block reading k_moe_gu's
+ * ids after the PDL wait / running the top-k before it, instead of the first resident wave
+ * only): the router writes logits only and the expert kernels route themselves (where the shape does not
+ * take that path, ek_moe_experts' k_moe_topk fallback does). ids / wts start as 0xff
+ * bytes, so a path that does not write them shows. reps runs in a row. Returns the router's
+ * counter after the runs (0 expected) or < 0. */
+int eng_cuda_test_router_moe(int local, int reps, const eng_cuda_test_router_t *a);
+
 /* y (T, N) = x (T, K) · wᵀ, bf16, T <= 8: ks 2, 4, 8: the K-split GEMV k_gemv_ks (decode o_proj);
  * ks <= 1: ek_matmul's k_gemv. Returns 0 or < 0. */
 int eng_cuda_test_gemv_ks(int ks, int T, int N, int K, const uint16_t *x, const uint16_t *w,

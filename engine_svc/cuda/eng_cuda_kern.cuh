@@ -384,11 +384,13 @@ bool ek_gemv_norm_rope_supported(int T, int D, int hd);
 
 /* Decode-path router: add + RMSNorm prologue, router GEMV (f32 logits into m->logits) and, in the
  * last block to finish, softmax + top-k into m->ids / m->wts. Writes the new residual h_out and
- * the normalised x xn_out (for the experts). counter: one int, zero, left zero. T <= 8. */
+ * the normalised x xn_out (for the experts). counter: one int, zero, left zero. T <= 8.
+ * topk false (OM_CUDA_ROUTER_LOCAL): the logits only (counter untouched); the experts must then
+ * be called with route_local (ek_moe_experts), which routes from the logits. */
 struct ek_moe_scratch;
 int ek_router_fused(cudaStream_t s, const ek_moe_scratch *m, int *counter, const bf16 *router,
                     int T, int E, int D, int K, bool norm, const bf16 *h_in, const bf16 *delta,
-                    bf16 *h_out, const bf16 *nw, float eps, bf16 *xn_out);
+                    bf16 *h_out, const bf16 *nw, float eps, bf16 *xn_out, bool topk = true);
 /* The expert half of ek_moe, with m->ids / m->wts already filled (after ek_router_fused);
  * same expert range (e0, ne) and output type O. fused_cnt (EK_MOE_FUSED_CNT ints, zero, left
  * zero) != NULL: on the GEMV path with T <= EK_MOE_FUSED_MAX_T, K <= 8, D % 8 == I % 8 == 0,
@@ -399,8 +401,23 @@ extern thread_local int ek_moe_fused_cap; /* > 0: at most this many k_moe_fused 
 /* The unfused decode down projection (tests; -1: OM_CUDA_MOE_DOWN, default 1): 0 k_moe_down,
  * 1 k_moe_down_wk, 2 k_moe_down_wk with two rows per warp. */
 extern thread_local int ek_moe_down_sel;
+/* Local routing (route_local): how many k_moe_down_wk blocks run the top-k before the PDL wait
+ * (tests; -1: OM_CUDA_ROUTER_LOCAL_EARLY, default one resident wave); the rest read k_moe_gu's
+ * ids / wts after it. */
+extern thread_local int ek_moe_local_early;
 #define EK_MOE_FUSED_MAX_T 8
+/* route_local (OM_CUDA_ROUTER_LOCAL) 1 or 2: m->ids / m->wts are not filled; m->logits (T, E) f32
+ * are (ek_router_fused with topk false). Where ek_moe_route_local_ok, k_moe_gu and k_moe_down_wk
+ * run the router's softmax + top-k (norm_topk: renormalise) themselves, the same function as the
+ * router's last block (bit-identical ids / weights; 1: its argmax rounds by redux.sync, same
+ * result; 2: the router's shuffles); k_moe_gu also writes m->ids / m->wts. Elsewhere a
+ * k_moe_topk launch fills them first. */
 template <typename A, typename O = A>
 int ek_moe_experts(const ek_ctx *c, O *out, const A *x, const bf16 *gate, const bf16 *up,
                    const bf16 *down, int T, int D, int I, int E, int K, int mode,
-                   const ek_moe_scratch *m, int e0 = 0, int ne = 0, int *fused_cnt = nullptr);
+                   const ek_moe_scratch *m, int e0 = 0, int ne = 0, int *fused_cnt = nullptr,
+                   int route_local = 0, bool norm_topk = false);
+/* Whether ek_moe_experts routes locally in k_moe_gu + k_moe_down_wk for this shape (GEMV path,
+ * T <= 8, K <= 8, E <= 512, I % 8 == 0, I <= 1024, not k_moe_fused (fused: fused_cnt given and
+ * applicable), down projection k_moe_down_wk). */
+bool ek_moe_route_local_ok(int T, int D, int I, int E, int K, int mode, bool fused);

@@ -142,6 +142,12 @@ struct eng_cuda_model {
     bool tail;                /* decode: final add+RMSNorm fused with the logits-row gather,
                                  greedy argmax folded into the lm_head GEMV (default on;
                                  OM_CUDA_TAIL=0 restores the four-launch tail) */
+    int router_local;         /* decode: the router writes logits only; k_moe_gu / k_moe_down_wk
+                                 run the softmax + top-k (opt-in, OM_CUDA_ROUTER_LOCAL=1, or 2
+                                 with the router's shuffle argmax; 0 off) */
+    int router_local_t;       /* ... in steps of at most this many tokens (OM_CUDA_ROUTER_LOCAL_T,
+                                 default 1: every k_moe_gu block runs the top-k, one wave of
+                                 blocks at T = 1, T waves at T > 1) */
     int oproj_ks;             /* decode: o_proj GEMV rows split over this many warps (2, 4, 8;
                                  OM_CUDA_OPROJ_KSPLIT; default 1 = k_gemv, measured faster) */
     int cap_layer;            /* capture_hidden */
@@ -822,6 +828,15 @@ static int s_model_init(eng_cuda_model *m, const char *dir, char *err, size_t er
        kernels it replaces (all three on 260 tok/s, all off 301; docs/engine.md) */
     m->fuse_rope = s_env_flag("OM_CUDA_FUSE_ROPE");
     m->fuse_moe = s_env_flag("OM_CUDA_FUSE_MOE");
+    /* opt-in until measured: decode routing in k_moe_gu / k_moe_down_wk instead of the router's
+       last block (docs/engine.md) */
+    {
+        /* 1: the expert kernels' top-k rounds by redux.sync; 2: by the router's shuffles */
+        const char *e = getenv("OM_CUDA_ROUTER_LOCAL");
+        m->router_local = e && (!strcmp(e, "1") || !strcmp(e, "2")) ? atoi(e) : 0;
+        const char *et = getenv("OM_CUDA_ROUTER_LOCAL_T");
+        m->router_local_t = et && *et ? atoi(et) : 1;
+    }
     {
         /* opt-in: on an H100 (2026-11-26) 255.8 against 263.9 tok/s at batch 1, ctx 512, and
            205.7 against 227.2 at ctx 4096 (the q rope moves onto attention's critical path) */
@@ -1231,22 +1246,32 @@ static int s_run(eng_cuda_model *m, const step &st, char *err, size_t errlen) {
         if (m->tp_n > 1) /* TP: o_proj partial sums of this rank's heads */
             RCHECK(s_tp_allreduce(m, m->delta, (size_t)T * c.D, err, errlen));
         if (fused) {
+            int *fcnt = m->fuse_moe ? m->moe_cnt : nullptr;
+            /* OM_CUDA_ROUTER_LOCAL: the router writes logits only; k_moe_gu / k_moe_down_wk run
+               the top-k themselves (not with k_moe_fused, nor with the router left out) */
+            const int rl = m->router_local && T <= m->router_local_t &&
+                                   !(sk & ENG_CUDA_SKIP_ROUTER) &&
+                                   !(sk & ENG_CUDA_SKIP_MOE) &&
+                                   ek_moe_route_local_ok(T, c.D, c.I, c.E, c.K, m->o.moe_mode,
+                                                         fcnt != nullptr)
+                               ? m->router_local
+                               : 0;
             if (!(sk & ENG_CUDA_SKIP_ROUTER)) {
                 RCHECK(ek_router_fused(s, &m->ms, m->router_cnt, w.router, T, c.E, c.D, c.K,
-                                       c.norm_topk, cur, m->delta, oth, w.ffn_norm, c.eps, m->xn));
+                                       c.norm_topk, cur, m->delta, oth, w.ffn_norm, c.eps, m->xn,
+                                       rl == 0));
                 std::swap(cur, oth);
             }
-            int *fcnt = m->fuse_moe ? m->moe_cnt : nullptr;
             if (sk & ENG_CUDA_SKIP_MOE) {
                 /* profiling: left out */
             } else if (red32)
                 RCHECK(ek_moe_experts<bf16, float>(&m->kc, m->delta32, m->xn, w.gate, w.up,
                                                    w.down, T, c.D, c.I, c.E, c.K, m->o.moe_mode,
-                                                   &m->ms, e0, ne, fcnt));
+                                                   &m->ms, e0, ne, fcnt, rl, c.norm_topk));
             else
                 RCHECK(ek_moe_experts<bf16>(&m->kc, m->delta, m->xn, w.gate, w.up, w.down, T,
                                             c.D, c.I, c.E, c.K, m->o.moe_mode, &m->ms, e0, ne,
-                                            fcnt));
+                                            fcnt, rl, c.norm_topk));
         } else {
             RCHECK(ek_add_rmsnorm<bf16, bf16>(s, m->xn, cur, m->delta, w.ffn_norm, T, c.D, c.eps));
             if (red32)

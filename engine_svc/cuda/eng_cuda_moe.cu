@@ -58,11 +58,19 @@ void ek_moe_scratch_carve(ek_moe_scratch *m, void *base, int max_T, int D, int I
 
 /* --- router softmax + top-k --------------------------------------------------------------- */
 
-/* Softmax + top-k (+ renorm) of one token's router logits by one warp; p: E floats of shared
- * memory for this warp. Ties go to the lower expert id. */
-template <typename A>
-__device__ void s_topk_token(int32_t *ids, float *wts, const float *l, float *p, int E, int K,
-                             bool norm) {
+/* Softmax + top-k (+ renorm) of one token's router logits by one warp (all 32 lanes); p: E floats
+ * of shared memory for this warp. Ties go to the lower expert id. Lane k < K returns slot k's
+ * expert id in *ret_id and its (rounded) weight in *ret_w. The one copy of this math: the router's
+ * last block (s_topk_token) and the local routing of k_moe_gu / k_moe_down_wk
+ * (OM_CUDA_ROUTER_LOCAL) both call it, so their ids and weights are bit-identical.
+ * REDUX: each round's warp argmax by two redux.sync instructions instead of 5 x 2 dependent
+ * shuffles: the maximum of key = bits(best) + 1 (best >= 0: the exp values are >= +0, so their
+ * bit patterns order as the values; removed/absent entries key 0), then the minimum id over the
+ * lanes holding that key. The same (value, lowest id) as the shuffle reduction, so the same ids
+ * and weights; used by the local routing only (OM_CUDA_ROUTER_LOCAL=1; =2 keeps the shuffles). */
+template <typename A, bool REDUX = false>
+__device__ __forceinline__ void s_topk_core(const float *l, float *p, int E, int K, bool norm,
+                                            int32_t *ret_id, float *ret_w) {
     int lane = threadIdx.x & 31;
     float mx = -INFINITY;
     for (int e = lane; e < E; e += 32) {
@@ -91,12 +99,19 @@ __device__ void s_topk_token(int32_t *ids, float *wts, const float *l, float *p,
                 bi = e;
             }
         }
-        for (int o = 16; o > 0; o >>= 1) {
-            float v2 = __shfl_xor_sync(0xffffffffu, best, o);
-            int i2 = __shfl_xor_sync(0xffffffffu, bi, o);
-            if (v2 > best || (v2 == best && i2 < bi)) {
-                best = v2;
-                bi = i2;
+        if constexpr (REDUX) {
+            const unsigned key = best >= 0.0f ? __float_as_uint(best) + 1u : 0u;
+            const unsigned mk = __reduce_max_sync(0xffffffffu, key);
+            bi = __reduce_min_sync(0xffffffffu, key == mk ? bi : 0x7fffffff);
+            best = __uint_as_float(mk - 1u);
+        } else {
+            for (int o = 16; o > 0; o >>= 1) {
+                float v2 = __shfl_xor_sync(0xffffffffu, best, o);
+                int i2 = __shfl_xor_sync(0xffffffffu, bi, o);
+                if (v2 > best || (v2 == best && i2 < bi)) {
+                    best = v2;
+                    bi = i2;
+                }
             }
         }
         float w = best / sum;
@@ -110,9 +125,21 @@ __device__ void s_topk_token(int32_t *ids, float *wts, const float *l, float *p,
             p[bi] = -2.0f;
         __syncwarp();
     }
+    *ret_id = my_i;
+    *ret_w = lane < K ? rnd<A>(norm ? my_w / wsum : my_w) : 0.0f;
+}
+
+/* s_topk_core, written to ids[0..K) / wts[0..K). */
+template <typename A>
+__device__ void s_topk_token(int32_t *ids, float *wts, const float *l, float *p, int E, int K,
+                             bool norm) {
+    int lane = threadIdx.x & 31;
+    int32_t id;
+    float w;
+    s_topk_core<A>(l, p, E, K, norm, &id, &w);
     if (lane < K) {
-        ids[lane] = my_i;
-        wts[lane] = rnd<A>(norm ? my_w / wsum : my_w);
+        ids[lane] = id;
+        wts[lane] = w;
     }
 }
 
@@ -132,8 +159,9 @@ __global__ void k_moe_topk(int32_t *ids, float *wts, const float *logits, int T,
 /* Decode-path router, fused: add + RMSNorm prologue (each block normalises the NT token rows into
  * shared memory; block 0 also writes the new residual h_out and the normalised x for the
  * experts), one warp per router row, then the last block to finish runs softmax + top-k for all
- * tokens (a self-resetting counter, so it is graph-safe). */
-template <int NT>
+ * tokens (a self-resetting counter, so it is graph-safe). !TOPK (OM_CUDA_ROUTER_LOCAL): the
+ * logits only; no counter, no last block (k_moe_gu / k_moe_down_wk route from the logits). */
+template <int NT, bool TOPK>
 __global__ void __launch_bounds__(256)
     k_router_fused(int32_t *ids, float *wts, float *logits, int *counter, const bf16 *router,
                    int E, int D, int K, bool norm, const bf16 *h_in, const bf16 *delta,
@@ -172,6 +200,8 @@ __global__ void __launch_bounds__(256)
                 logits[(int64_t)t * E + e] = v;
         }
     }
+    if (!TOPK)
+        return;
     __threadfence();
     __syncthreads();
     __shared__ int last;
@@ -194,13 +224,14 @@ __global__ void __launch_bounds__(256)
 
 /* --- GEMV path ---------------------------------------------------------------------------- */
 
-/* One warp: h[a][i] = bf16(silu(bf16(gate_e[i]·x_t)) rounded) · bf16(up_e[i]·x_t), e = ids[a],
- * t = a / K; nothing for a pair routed outside [e0, e0+ne). Shared by k_moe_gu and k_moe_fused. */
+/* One warp: h[a][i] = bf16(silu(bf16(gate_e[i]·x_t)) rounded) · bf16(up_e[i]·x_t), e = eg (the
+ * global expert id of pair a, ids[a]), t = a / K; nothing for a pair routed outside [e0, e0+ne).
+ * Shared by k_moe_gu and k_moe_fused. */
 template <typename A, bool VEC>
 __device__ __forceinline__ void s_gu_row(A *h, const A *x, const bf16 *gate, const bf16 *up,
-                                         const int32_t *ids, int a, int i, int K, int I, int D,
-                                         int e0, int ne, int lane) {
-    int t = a / K, e = ids[a] - e0;
+                                         int eg, int a, int i, int K, int I, int D, int e0,
+                                         int ne, int lane) {
+    int t = a / K, e = eg - e0;
     if ((unsigned)e >= (unsigned)ne) /* routed to another rank's expert */
         return;
     const bf16 *gr = gate + ((int64_t)e * I + i) * D;
@@ -235,18 +266,46 @@ __device__ __forceinline__ void s_gu_row(A *h, const A *x, const bf16 *gate, con
     }
 }
 
-template <typename A, bool VEC>
+/* Block (row group, pair a = t·K + k): gate/up rows of pair a. LOCAL (OM_CUDA_ROUTER_LOCAL; the
+ * router wrote only the f32 logits (T, E)): after the PDL wait, warp 0 runs the router's softmax +
+ * top-k (s_topk_core, bf16 rounding as k_router_fused) on token t's logits and takes slot k;
+ * block (0, t·K) also writes token t's ids / wts (T, K) for later readers (trace). */
+template <typename A, bool VEC, int LOCAL>
 __global__ void __launch_bounds__(256)
-    k_moe_gu(A *h, const A *x, const bf16 *gate, const bf16 *up, const int32_t *ids, int K, int I,
-             int D, int e0, int ne) {
+    k_moe_gu(A *h, const A *x, const bf16 *gate, const bf16 *up, int32_t *ids, int K, int I,
+             int D, int e0, int ne, const float *logits, float *wts, int E, bool norm) {
     int i = blockIdx.x * 8 + (threadIdx.x >> 5);
     int lane = threadIdx.x & 31;
     int a = blockIdx.y; /* t*K + k */
     pdl_wait();
     pdl_trigger();
+    int eg;
+    if constexpr (LOCAL != 0) {
+        __shared__ float sp[512]; /* E <= 512 (ek_router_fused) */
+        __shared__ int32_t sid;
+        if (threadIdx.x < 32) {
+            const int t = a / K, k = a - t * K;
+            int32_t id;
+            float w;
+            s_topk_core<bf16, LOCAL == 1>(logits + (int64_t)t * E, sp, E, K, norm, &id, &w);
+            const int32_t idk = __shfl_sync(0xffffffffu, id, k);
+            if (lane == 0)
+                sid = idk;
+            if (blockIdx.x == 0 && k == 0 && lane < K) {
+                ids[(int64_t)t * K + lane] = id;
+                wts[(int64_t)t * K + lane] = w;
+            }
+        }
+        __syncthreads();
+        eg = sid;
+    } else {
+        if (i >= I)
+            return;
+        eg = ids[a];
+    }
     if (i >= I)
         return;
-    s_gu_row<A, VEC>(h, x, gate, up, ids, a, i, K, I, D, e0, ne, lane);
+    s_gu_row<A, VEC>(h, x, gate, up, eg, a, i, K, I, D, e0, ne, lane);
 }
 
 /* 8 activations; CG: through L2 (h written by other blocks of the same kernel). */
@@ -374,17 +433,54 @@ __global__ void __launch_bounds__(256)
  * slot results are added in slot order through shared memory. Per lane the same f32 order as
  * s_down_vec8 (chunks c ascending, 8 products each, then warp_sum), so bit-identical to
  * k_moe_down. Needs K <= 8, I % 8 == 0, I <= 1024. The default decode down projection:
- * 263 -> 286 tok/s at batch 1 on an H100 (docs/engine.md); OM_CUDA_MOE_DOWN=0 gives k_moe_down. */
+ * 263 -> 286 tok/s at batch 1 on an H100 (docs/engine.md); OM_CUDA_MOE_DOWN=0 gives k_moe_down.
+ * LOCAL (OM_CUDA_ROUTER_LOCAL; the router wrote only the f32 logits (T, E)): a block of the first
+ * n_early (linear block index; about one resident wave, set by the launcher) runs, before the PDL
+ * wait (the logits are two kernels back), the router's softmax + top-k (s_topk_core) on token t's
+ * logits in warp 0, and each warp takes its slot's id and weight from shared memory; the weight
+ * loads stay before the wait. A later block (it starts when k_moe_gu's blocks leave, mostly
+ * after k_moe_gu ended) waits first and reads ids / wts that k_moe_gu wrote, which is cheaper
+ * than the top-k. Either way the same ids and weights. */
 #define DWK_MAXC 4 /* 16-byte chunks per lane: I <= 32 · 8 · DWK_MAXC */
-template <typename A, typename O, bool RANGE, int R>
+template <typename A, typename O, bool RANGE, int R, int LOCAL>
 __global__ void __launch_bounds__(256)
     k_moe_down_wk(O *out, const A *h, const bf16 *down, const int32_t *ids, const float *wts,
-                  int K, int D, int I, int e0, int ne) {
+                  int K, int D, int I, int e0, int ne, const float *logits, int E, bool norm,
+                  int n_early) {
     __shared__ float ys[R][8];
     __shared__ bool ok[8];
     const int t = blockIdx.y, k = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int d0 = blockIdx.x * R;
-    const int e = ids[t * K + k] - e0;
+    int eg;
+    float wk = 0.0f; /* LOCAL: slot k's weight */
+    bool waited = false;
+    if constexpr (LOCAL != 0) {
+        if ((int)(blockIdx.y * gridDim.x + blockIdx.x) < n_early) {
+            __shared__ float sp[512]; /* E <= 512 (ek_router_fused) */
+            __shared__ int32_t sid[8];
+            __shared__ float swt[8];
+            if (k == 0) {
+                int32_t id;
+                float w;
+                s_topk_core<bf16, LOCAL == 1>(logits + (int64_t)t * E, sp, E, K, norm, &id, &w);
+                if (lane < K) {
+                    sid[lane] = id;
+                    swt[lane] = w;
+                }
+            }
+            __syncthreads();
+            eg = sid[k];
+            wk = swt[k];
+        } else { /* written by k_moe_gu (block (0, t·K)): readable after the wait */
+            pdl_wait();
+            waited = true;
+            eg = ids[t * K + k];
+            wk = wts[t * K + k];
+        }
+    } else {
+        eg = ids[t * K + k];
+    }
+    const int e = eg - e0;
     const bool loc = !RANGE || (unsigned)e < (unsigned)ne;
     uint4 w[R][DWK_MAXC];
 #pragma unroll
@@ -397,7 +493,8 @@ __global__ void __launch_bounds__(256)
                 w[r][j] = __ldg(reinterpret_cast<const uint4 *>(wr + c));
         }
     }
-    pdl_wait();
+    if (!waited)
+        pdl_wait();
     pdl_trigger();
     float part[R];
 #pragma unroll
@@ -428,7 +525,7 @@ __global__ void __launch_bounds__(256)
     for (int r = 0; r < R; r++) {
         float y = rnd<A>(warp_sum(part[r]));
         if (lane == 0)
-            ys[r][k] = rnd<A>(y * wts[t * K + k]);
+            ys[r][k] = rnd<A>(y * (LOCAL != 0 ? wk : wts[t * K + k]));
     }
     if (lane == 0)
         ok[k] = loc;
@@ -480,7 +577,7 @@ __global__ void __launch_bounds__(256)
         if (cur < n_gu) {
             const int a = cur / gu_per_a, i = (cur % gu_per_a) * 8 + warp;
             if (i < I)
-                s_gu_row<A, true>(h, x, gate, up, ids, a, i, K, I, D, e0, ne, lane);
+                s_gu_row<A, true>(h, x, gate, up, ids[a], a, i, K, I, D, e0, ne, lane);
             __threadfence();
             __syncthreads();
             if (threadIdx.x == 0)
@@ -800,13 +897,97 @@ int ek_moe(const ek_ctx *c, O *out, const A *x, const bf16 *router, const bf16 *
         return r;
     k_moe_topk<A><<<(T + 3) / 4, 128, 0, s>>>(m->ids, m->wts, m->logits, T, E, K, norm_topk);
     CUDA_LAUNCH_CHECK();
-    return ek_moe_experts<A, O>(c, out, x, gate, up, down, T, D, I, E, K, mode, m, e0, ne, nullptr);
+    return ek_moe_experts<A, O>(c, out, x, gate, up, down, T, D, I, E, K, mode, m, e0, ne, nullptr,
+                                0, false);
+}
+
+/* The unfused decode down projection: ek_moe_down_sel (tests), else OM_CUDA_MOE_DOWN (0
+ * k_moe_down, 1 k_moe_down_wk (default), 2 two rows per warp). */
+static int s_dwk() {
+    static const int dwk_env = getenv("OM_CUDA_MOE_DOWN") && *getenv("OM_CUDA_MOE_DOWN")
+                                   ? atoi(getenv("OM_CUDA_MOE_DOWN"))
+                                   : 1;
+    return ek_moe_down_sel >= 0 ? ek_moe_down_sel : dwk_env;
+}
+
+static bool s_grouped(int T, int D, int I, int K, int mode) {
+    return D % 64 == 0 && I % 64 == 0 &&
+           (mode == EK_MOE_GROUPED || (mode == EK_MOE_AUTO && T * K > 64));
+}
+
+bool ek_moe_route_local_ok(int T, int D, int I, int E, int K, int mode, bool fused) {
+    const int dwk = s_dwk();
+    return T >= 1 && T <= 8 && E <= 512 && K >= 1 && K <= 8 && K <= E && !fused &&
+           !s_grouped(T, D, I, K, mode) && (dwk == 1 || dwk == 2) && I % 8 == 0 &&
+           I <= 32 * 8 * DWK_MAXC;
+}
+
+/* k_moe_down_wk (LOCAL): its first n_early blocks run the top-k before the PDL wait, the rest read
+ * k_moe_gu's ids after it: ek_moe_local_early (tests) if >= 0, else OM_CUDA_ROUTER_LOCAL_EARLY=n,
+ * else one resident wave (occupancy x SMs; cached per host thread = per device, and per K). */
+thread_local int ek_moe_local_early = -1;
+template <typename KF> static int s_dwk_early(KF kern, int K) {
+    if (ek_moe_local_early >= 0)
+        return ek_moe_local_early;
+    static const char *env = getenv("OM_CUDA_ROUTER_LOCAL_EARLY");
+    if (env && *env)
+        return atoi(env) > 0 ? atoi(env) : 0;
+    static thread_local int per_sm = 0, sms = 0, k_of = 0;
+    static thread_local const void *kern_of = nullptr;
+    if (!per_sm || k_of != K || kern_of != (const void *)kern) {
+        int dev = 0;
+        CUDA_CHECK(cudaGetDevice(&dev));
+        CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+        CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kern, 32 * K, 0));
+        if (per_sm < 1)
+            per_sm = 1;
+        k_of = K;
+        kern_of = (const void *)kern;
+    }
+    return per_sm * sms;
+}
+
+/* k_moe_gu + k_moe_down_wk routing from m->logits themselves (L: 1 redux argmax, 2 shuffles). */
+template <typename A, typename O, int L>
+static int s_moe_local(cudaStream_t s, O *out, const A *x, const bf16 *gate, const bf16 *up,
+                       const bf16 *down, int T, int D, int I, int E, int K,
+                       const ek_moe_scratch *m, int e0, int ne, bool vec_d, bool norm_topk) {
+    A *h = (A *)m->h;
+    dim3 g1((I + 7) / 8, T * K);
+    if (vec_d)
+        CUDA_CHECK(ek_launch(k_moe_gu<A, true, L>, g1, dim3(256), 0, s, h, x, gate, up, m->ids, K,
+                             I, D, e0, ne, m->logits, m->wts, E, norm_topk));
+    else
+        CUDA_CHECK(ek_launch(k_moe_gu<A, false, L>, g1, dim3(256), 0, s, h, x, gate, up, m->ids, K,
+                             I, D, e0, ne, m->logits, m->wts, E, norm_topk));
+    const int dwk = s_dwk();
+    dim3 gw((D + dwk - 1) / dwk, T);
+    int ne_;
+#define DWK_L(RG, RR)                                                                              \
+    do {                                                                                           \
+        ne_ = s_dwk_early(k_moe_down_wk<A, O, RG, RR, L>, K);                                     \
+        if (ne_ < 0)                                                                               \
+            return ne_;                                                                            \
+        CUDA_CHECK(ek_launch(k_moe_down_wk<A, O, RG, RR, L>, gw, dim3(32 * K), 0, s, out, h, down, \
+                             m->ids, m->wts, K, D, I, e0, ne, m->logits, E, norm_topk, ne_));     \
+    } while (0)
+    if (dwk == 1 && ne == E)
+        DWK_L(false, 1);
+    else if (dwk == 1)
+        DWK_L(true, 1);
+    else if (ne == E)
+        DWK_L(false, 2);
+    else
+        DWK_L(true, 2);
+#undef DWK_L
+    return 0;
 }
 
 template <typename A, typename O>
 int ek_moe_experts(const ek_ctx *c, O *out, const A *x, const bf16 *gate, const bf16 *up,
                    const bf16 *down, int T, int D, int I, int E, int K, int mode,
-                   const ek_moe_scratch *m, int e0, int ne, int *fused_cnt) {
+                   const ek_moe_scratch *m, int e0, int ne, int *fused_cnt, int route_local,
+                   bool norm_topk) {
     if (T == 0)
         return 0;
     if (ne == 0)
@@ -816,12 +997,31 @@ int ek_moe_experts(const ek_ctx *c, O *out, const A *x, const bf16 *gate, const 
     cudaStream_t s = c->stream;
     int r;
     int TK = T * K;
-    bool grouped_ok = D % 64 == 0 && I % 64 == 0;
-    bool grouped = grouped_ok && (mode == EK_MOE_GROUPED || (mode == EK_MOE_AUTO && TK > 64));
+    bool grouped = s_grouped(T, D, I, K, mode);
+    if (route_local) {
+        if (E > 512 || K > 32)
+            return -EINVAL;
+        const bool fused = fused_cnt && D % 8 == 0 && ((uintptr_t)x % 16) == 0 && I % 8 == 0 &&
+                           T <= EK_MOE_FUSED_MAX_T && K <= 8;
+        if (!ek_moe_route_local_ok(T, D, I, E, K, mode, fused) || sizeof(A) != 2) {
+            /* not the k_moe_gu + k_moe_down_wk path: the top-k as its own kernel (the same
+               s_topk_core math as the router's last block), then the path as usual */
+            k_moe_topk<bf16><<<(T + 3) / 4, 128, 0, s>>>(m->ids, m->wts, m->logits, T, E, K,
+                                                         norm_topk);
+            CUDA_LAUNCH_CHECK();
+            route_local = 0;
+        }
+    }
     if (!grouped) {
         A *h = (A *)m->h;
         bool vec_d = D % 8 == 0 && ((uintptr_t)x % 16) == 0;
         bool vec_i = I % 8 == 0;
+        if (route_local) /* ek_moe_route_local_ok: k_moe_gu + k_moe_down_wk, routing local */
+            return route_local == 2
+                       ? s_moe_local<A, O, 2>(s, out, x, gate, up, down, T, D, I, E, K, m, e0, ne,
+                                              vec_d, norm_topk)
+                       : s_moe_local<A, O, 1>(s, out, x, gate, up, down, T, D, I, E, K, m, e0, ne,
+                                              vec_d, norm_topk);
         if (fused_cnt && vec_d && vec_i && T <= EK_MOE_FUSED_MAX_T && K <= 8) {
             int nb = s_moe_fused_blocks<A, O>(TK * ((I + 7) / 8) + T * ((D + 7) / 8));
             if (nb < 0)
@@ -831,31 +1031,33 @@ int ek_moe_experts(const ek_ctx *c, O *out, const A *x, const bf16 *gate, const 
             return 0;
         }
         dim3 g1((I + 7) / 8, TK);
+        const float *nl = nullptr; /* no logits: the routing is in m->ids / m->wts */
         if (vec_d)
-            CUDA_CHECK(ek_launch(k_moe_gu<A, true>, g1, dim3(256), 0, s, h, x, gate, up, m->ids, K,
-                                 I, D, e0, ne));
+            CUDA_CHECK(ek_launch(k_moe_gu<A, true, 0>, g1, dim3(256), 0, s, h, x, gate, up,
+                                 m->ids, K, I, D, e0, ne, nl, m->wts, E, false));
         else
-            CUDA_CHECK(ek_launch(k_moe_gu<A, false>, g1, dim3(256), 0, s, h, x, gate, up, m->ids,
-                                 K, I, D, e0, ne));
+            CUDA_CHECK(ek_launch(k_moe_gu<A, false, 0>, g1, dim3(256), 0, s, h, x, gate, up,
+                                 m->ids, K, I, D, e0, ne, nl, m->wts, E, false));
         /* k_moe_down_wk (default; OM_CUDA_MOE_DOWN: 0 k_moe_down, 2 two rows per warp) */
-        static const int dwk_env = getenv("OM_CUDA_MOE_DOWN") && *getenv("OM_CUDA_MOE_DOWN")
-                                       ? atoi(getenv("OM_CUDA_MOE_DOWN"))
-                                       : 1;
-        const int dwk = ek_moe_down_sel >= 0 ? ek_moe_down_sel : dwk_env;
+        const int dwk = s_dwk();
         if ((dwk == 1 || dwk == 2) && K <= 8 && vec_i && I <= 32 * 8 * DWK_MAXC) {
             dim3 gw((D + dwk - 1) / dwk, T);
             if (dwk == 1 && ne == E) /* one GPU (or column split): no expert-range test */
-                CUDA_CHECK(ek_launch(k_moe_down_wk<A, O, false, 1>, gw, dim3(32 * K), 0, s, out,
-                                     h, down, m->ids, m->wts, K, D, I, e0, ne));
+                CUDA_CHECK(ek_launch(k_moe_down_wk<A, O, false, 1, 0>, gw, dim3(32 * K), 0, s,
+                                     out, h, down, m->ids, m->wts, K, D, I, e0, ne, nl, E, false,
+                                     0));
             else if (dwk == 1)
-                CUDA_CHECK(ek_launch(k_moe_down_wk<A, O, true, 1>, gw, dim3(32 * K), 0, s, out,
-                                     h, down, m->ids, m->wts, K, D, I, e0, ne));
+                CUDA_CHECK(ek_launch(k_moe_down_wk<A, O, true, 1, 0>, gw, dim3(32 * K), 0, s,
+                                     out, h, down, m->ids, m->wts, K, D, I, e0, ne, nl, E, false,
+                                     0));
             else if (ne == E)
-                CUDA_CHECK(ek_launch(k_moe_down_wk<A, O, false, 2>, gw, dim3(32 * K), 0, s, out,
-                                     h, down, m->ids, m->wts, K, D, I, e0, ne));
+                CUDA_CHECK(ek_launch(k_moe_down_wk<A, O, false, 2, 0>, gw, dim3(32 * K), 0, s,
+                                     out, h, down, m->ids, m->wts, K, D, I, e0, ne, nl, E, false,
+                                     0));
             else
-                CUDA_CHECK(ek_launch(k_moe_down_wk<A, O, true, 2>, gw, dim3(32 * K), 0, s, out,
-                                     h, down, m->ids, m->wts, K, D, I, e0, ne));
+                CUDA_CHECK(ek_launch(k_moe_down_wk<A, O, true, 2, 0>, gw, dim3(32 * K), 0, s,
+                                     out, h, down, m->ids, m->wts, K, D, I, e0, ne, nl, E, false,
+                                     0));
             return 0;
         }
         dim3 g2((D + 7) / 8, T);
@@ -897,7 +1099,7 @@ int ek_moe_experts(const ek_ctx *c, O *out, const A *x, const bf16 *gate, const 
                               const ek_moe_scratch *, int, int);                                  \
     template int ek_moe_experts<A, O>(const ek_ctx *, O *, const A *, const bf16 *, const bf16 *, \
                                       const bf16 *, int, int, int, int, int, int,                 \
-                                      const ek_moe_scratch *, int, int, int *);
+                                      const ek_moe_scratch *, int, int, int *, int, bool);
 EK_INST_MOE(float, float)
 EK_INST_MOE(bf16, bf16)
 EK_INST_MOE(bf16, float)
@@ -905,7 +1107,7 @@ EK_INST_MOE(bf16, float)
 
 int ek_router_fused(cudaStream_t s, const ek_moe_scratch *m, int *counter, const bf16 *router,
                     int T, int E, int D, int K, bool norm, const bf16 *h_in, const bf16 *delta,
-                    bf16 *h_out, const bf16 *nw, float eps, bf16 *xn_out) {
+                    bf16 *h_out, const bf16 *nw, float eps, bf16 *xn_out, bool topk) {
     if (!ek_gemv_norm_supported(T, D) || E > 512 || K > 32)
         return -EINVAL;
     size_t sm = (size_t)T * D * 2;
@@ -915,9 +1117,12 @@ int ek_router_fused(cudaStream_t s, const ek_moe_scratch *m, int *counter, const
     cudaError_t e = cudaSuccess;
 #define RF_CASE(NT_)                                                                               \
     case NT_:                                                                                      \
-        e = ek_launch(k_router_fused<NT_>, dim3(blocks), dim3(256), sm, s, m->ids, m->wts,         \
-                      m->logits, counter, router, E, D, K, norm, h_in, delta, h_out, nw, eps,      \
-                      xn_out);                                                                     \
+        e = topk ? ek_launch(k_router_fused<NT_, true>, dim3(blocks), dim3(256), sm, s, m->ids,    \
+                             m->wts, m->logits, counter, router, E, D, K, norm, h_in, delta,       \
+                             h_out, nw, eps, xn_out)                                               \
+                 : ek_launch(k_router_fused<NT_, false>, dim3(blocks), dim3(256), sm, s, m->ids,   \
+                             m->wts, m->logits, counter, router, E, D, K, norm, h_in, delta,       \
+                             h_out, nw, eps, xn_out);                                              \
         break;
     switch (T) {
         RF_CASE(1) RF_CASE(2) RF_CASE(3) RF_CASE(4) RF_CASE(5) RF_CASE(6) RF_CASE(7) RF_CASE(8)

@@ -239,6 +239,74 @@ extern "C" int eng_cuda_test_moe_experts(int fused, int reps, int max_blocks,
     return nz;
 }
 
+extern "C" int eng_cuda_test_router_moe(int local, int reps, const eng_cuda_test_router_t *a) {
+    if (!a || local < 0 || local > 4 || a->T < 1 || a->T > 8 || a->D <= 0 || a->I <= 0 ||
+        a->E <= 0 || a->E > 512 ||
+        a->K <= 0 || a->K > 8 || a->K > a->E || a->e0 < 0 || a->ne < 0 ||
+        a->e0 + a->ne > a->E || (a->down != 1 && a->down != 2) || reps < 1)
+        return -EINVAL;
+    const int T = a->T, D = a->D, I = a->I, E = a->E, K = a->K;
+    const int nl = a->ne ? a->ne : E;
+    dbuf b;
+    bf16 *h_in = nullptr, *delta = nullptr, *h_out = nullptr, *nw = nullptr, *rw = nullptr;
+    bf16 *g = nullptr, *u = nullptr, *dn = nullptr, *xn = nullptr, *out = nullptr;
+    int *cnt = nullptr;
+    char *msb = nullptr;
+    HCHECK(b.get(&h_in, (size_t)T * D, a->h_in));
+    HCHECK(b.get(&delta, (size_t)T * D, a->delta));
+    HCHECK(b.get(&h_out, (size_t)T * D, nullptr, 0));
+    HCHECK(b.get(&nw, (size_t)D, a->nw));
+    HCHECK(b.get(&rw, (size_t)E * D, a->router));
+    HCHECK(b.get(&g, (size_t)nl * I * D, a->gate));
+    HCHECK(b.get(&u, (size_t)nl * I * D, a->up));
+    HCHECK(b.get(&dn, (size_t)nl * D * I, a->down_w));
+    HCHECK(b.get(&xn, (size_t)T * D, nullptr, 0));
+    HCHECK(b.get(&out, (size_t)T * D, nullptr, 0));
+    HCHECK(b.get(&cnt, 1, nullptr, 0));
+    HCHECK(b.get(&msb, ek_moe_scratch_bytes(T, D, I, E, K), nullptr, 0));
+    ek_moe_scratch ms;
+    ek_moe_scratch_carve(&ms, msb, T, D, I, E, K);
+    CUDA_CHECK(cudaMemset(ms.ids, 0xff, (size_t)T * K * 4));
+    CUDA_CHECK(cudaMemset(ms.wts, 0xff, (size_t)T * K * 4));
+    cudaStream_t s;
+    CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+    ek_ctx c = {};
+    c.stream = s;
+    c.gemv_max_rows = 8;
+    /* ek_moe_experts falls back to k_moe_topk where !route_local_ok; 3, 4: every k_moe_down_wk
+       block reads k_moe_gu's ids after the wait / runs the top-k before it */
+    const int rl = local > 2 ? 1 : local;
+    int r = 0;
+    {
+        pdl_on pg;
+        ek_moe_down_sel = a->down;
+        ek_moe_local_early = local == 3 ? 0 : (local == 4 ? 1 << 30 : -1);
+        for (int i = 0; i < reps && r >= 0; i++) {
+            r = ek_router_fused(s, &ms, cnt, rw, T, E, D, K, a->norm != 0, h_in, delta, h_out, nw,
+                                a->eps, xn, rl == 0);
+            if (r >= 0)
+                r = ek_moe_experts<bf16>(&c, out, xn, g, u, dn, T, D, I, E, K, EK_MOE_GEMV, &ms,
+                                         a->e0, a->ne, nullptr, rl, a->norm != 0);
+        }
+        ek_moe_down_sel = -1;
+        ek_moe_local_early = -1;
+    }
+    cudaError_t e = cudaStreamSynchronize(s);
+    cudaStreamDestroy(s);
+    if (r < 0)
+        return r;
+    CUDA_CHECK(e);
+    CUDA_CHECK(cudaMemcpy(a->ret_out, out, (size_t)T * D * 2, cudaMemcpyDeviceToHost));
+    CUDA_CHECK(cudaMemcpy(a->ret_h_out, h_out, (size_t)T * D * 2, cudaMemcpyDeviceToHost));
+    CUDA_CHECK(cudaMemcpy(a->ret_xn, xn, (size_t)T * D * 2, cudaMemcpyDeviceToHost));
+    CUDA_CHECK(cudaMemcpy(a->ret_logits, ms.logits, (size_t)T * E * 4, cudaMemcpyDeviceToHost));
+    CUDA_CHECK(cudaMemcpy(a->ret_ids, ms.ids, (size_t)T * K * 4, cudaMemcpyDeviceToHost));
+    CUDA_CHECK(cudaMemcpy(a->ret_wts, ms.wts, (size_t)T * K * 4, cudaMemcpyDeviceToHost));
+    int ch = 0;
+    CUDA_CHECK(cudaMemcpy(&ch, cnt, sizeof ch, cudaMemcpyDeviceToHost));
+    return ch;
+}
+
 extern "C" int eng_cuda_test_gemv_ks(int ks, int T, int N, int K, const uint16_t *x,
                                      const uint16_t *w, uint16_t *ret_y) {
     if (T < 1 || T > 8 || N <= 0 || K <= 0 || !x || !w || !ret_y)

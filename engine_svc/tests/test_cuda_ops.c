@@ -848,6 +848,160 @@ static void t_moe_fused(int T, int D, int I, int E, int K, int max_blocks) {
     free(ref); free(h);
 }
 
+/* n bf16 values repeating a random pool of P (prime) values: large expert weights, cheaply. */
+static uint16_t *s_bf_pool(size_t n, float a) {
+    const size_t P = 1000003;
+    uint16_t *pool = s_bf_rand(P, a, 0.0f), *v = malloc(n * 2 + 2);
+    for (size_t i = 0; i < n; i += P)
+        memcpy(v + i, pool, (n - i < P ? n - i : P) * 2);
+    free(pool);
+    return v;
+}
+
+/* OM_CUDA_ROUTER_LOCAL: a decode step's router + experts with the router's last-block top-k
+ * (local 0) and with the router writing logits only and k_moe_gu / k_moe_down_wk routing
+ * themselves (local 1: argmax rounds by redux.sync; 2: by the router's shuffles; 3 / 4: as 1 with
+ * every k_moe_down_wk block reading k_moe_gu's ids after the wait / running the top-k before it;
+ * shapes off that path take ek_moe_experts' k_moe_topk fallback), 3 runs in a row each. Expected:
+ * every output of 1..4 bit-identical to 0 (expert output, new residual, normalised x, logits, ids, weights),
+ * the router's counter left zero, and the routing (of 1) right against a CPU
+ * top-k of the returned logits (bf16-rounded as the kernel: the chosen values are exactly the K
+ * largest, ties to the lower id; weights within bf16 rounding of an f64 softmax). Router rows are
+ * built so that token t (where 16t + 10 <= E) has exact ties (copied rows) inside its top K and
+ * at the K-th place, and near ties (one element 1 bf16 ulp apart). */
+static void t_router_local(int T, int D, int I, int E, int K, int norm, int e0, int ne, int down) {
+    g_cases++;
+    const int nl = ne ? ne : E;
+    uint16_t *h_in = s_bf_rand((size_t)T * D, 1.0f, 0.0f), *dl = s_bf_rand((size_t)T * D, 1.0f, 0.0f);
+    uint16_t *nw = s_bf_rand((size_t)D, 0.3f, 1.0f);
+    uint16_t *rw = s_bf_rand((size_t)E * D, 0.05f, 0.0f);
+    const float eps = 1e-6f;
+    for (int t = 0; t < T && 16 * t + 10 <= E; t++) {
+        /* x_t as the kernel computes it, approximately (alignment only needs the direction) */
+        double ss = 0;
+        float *xa = malloc((size_t)D * 4);
+        for (int d = 0; d < D; d++) {
+            float h = s_bfr(eng_bf16_to_f32(h_in[(size_t)t * D + d]) +
+                            eng_bf16_to_f32(dl[(size_t)t * D + d]));
+            xa[d] = h;
+            ss += (double)h * h;
+        }
+        double rs = 1.0 / sqrt(ss / D + eps), n2 = 0;
+        for (int d = 0; d < D; d++) {
+            xa[d] = (float)(xa[d] * rs) * eng_bf16_to_f32(nw[d]);
+            n2 += (double)xa[d] * xa[d];
+        }
+        /* logits about 8·scale; rows 3 and 8 are copies of rows 2 and 7 (7/8: places 8 and 9,
+           across the K = 8 edge), row 5 is row 4 with one element 1 ulp off (a near tie) */
+        static const float sc[10] = {1.0f, 0.97f, 0.94f, 0.94f, 0.91f, 0.91f, 0.88f, 0.85f,
+                                     0.85f, 0.82f};
+        for (int j = 0; j < 10; j++) {
+            uint16_t *row = rw + (size_t)(16 * t + j) * D;
+            int src = j == 3 ? 2 : (j == 8 ? 7 : -1);
+            for (int d = 0; d < D; d++)
+                row[d] = src >= 0 ? rw[(size_t)(16 * t + src) * D + d]
+                                  : eng_f32_to_bf16((float)(8.0 * sc[j] * xa[d] / n2));
+            if (j == 5)
+                row[D / 2] = (uint16_t)(rw[(size_t)(16 * t + 4) * D + D / 2] + 1);
+        }
+        free(xa);
+    }
+    uint16_t *g = s_bf_pool((size_t)nl * I * D, 0.05f), *u = s_bf_pool((size_t)nl * I * D, 0.05f);
+    uint16_t *dn = s_bf_pool((size_t)nl * D * I, 0.05f);
+    uint16_t *out[5], *ho[5], *xn[5];
+    float *lg[5], *wt[5];
+    int32_t *id[5];
+    int cnt[5];
+    for (int f = 0; f < 5; f++) {
+        out[f] = malloc((size_t)T * D * 2);
+        ho[f] = malloc((size_t)T * D * 2);
+        xn[f] = malloc((size_t)T * D * 2);
+        lg[f] = malloc((size_t)T * E * 4);
+        wt[f] = malloc((size_t)T * K * 4);
+        id[f] = malloc((size_t)T * K * 4);
+        eng_cuda_test_router_t a = {T, D, I, E, K, norm, e0, ne, down, eps, h_in, dl, nw, rw, g, u,
+                                    dn, out[f], ho[f], xn[f], lg[f], id[f], wt[f]};
+        cnt[f] = eng_cuda_test_router_moe(f, 3, &a);
+        s_check(cnt[f], "eng_cuda_test_router_moe");
+    }
+    long d_out = 0, d_ho = 0, d_xn = 0, d_lg = 0, d_id = 0, d_wt = 0;
+    for (int f = 1; f < 5; f++) {
+        d_out += s_bits_differ(out[0], out[f], (size_t)T * D);
+        d_ho += s_bits_differ(ho[0], ho[f], (size_t)T * D);
+        d_xn += s_bits_differ(xn[0], xn[f], (size_t)T * D);
+        for (size_t i = 0; i < (size_t)T * E; i++)
+            d_lg += memcmp(&lg[0][i], &lg[f][i], 4) != 0;
+        for (size_t i = 0; i < (size_t)T * K; i++) {
+            d_id += id[0][i] != id[f][i];
+            d_wt += memcmp(&wt[0][i], &wt[f][i], 4) != 0;
+        }
+    }
+    /* routing (of the local run) against a CPU top-k of its logits */
+    int bad_ids = 0;
+    double wt_err = 0;
+    float *v = malloc((size_t)E * 4);
+    char *sel = malloc((size_t)E);
+    for (int t = 0; t < T; t++) {
+        float mx = -INFINITY;
+        for (int e = 0; e < E; e++) {
+            v[e] = s_bfr(lg[1][(size_t)t * E + e]);
+            mx = v[e] > mx ? v[e] : mx;
+        }
+        memset(sel, 0, (size_t)E);
+        double sum = 0, tsum = 0;
+        for (int e = 0; e < E; e++)
+            sum += exp((double)v[e] - mx);
+        for (int k = 0; k < K; k++) {
+            int e = id[1][t * K + k];
+            if (e < 0 || e >= E || sel[e]) {
+                bad_ids++;
+                continue;
+            }
+            sel[e] = 1;
+            tsum += exp((double)v[e] - mx) / sum;
+            /* slot k holds the k-th largest value, ties in ascending id order */
+            if (k > 0) {
+                int p = id[1][t * K + k - 1];
+                if (p >= 0 && p < E && (v[p] < v[e] || (v[p] == v[e] && p > e)))
+                    bad_ids++;
+            }
+        }
+        int last = id[1][t * K + K - 1];
+        if (last >= 0 && last < E)
+            for (int e = 0; e < E; e++)
+                if (!sel[e] && (v[e] > v[last] || (v[e] == v[last] && e < last)))
+                    bad_ids++; /* a better expert left out */
+        for (int k = 0; k < K; k++) {
+            int e = id[1][t * K + k];
+            if (e < 0 || e >= E)
+                continue;
+            double w = exp((double)v[e] - mx) / sum;
+            if (norm)
+                w /= tsum;
+            double err = fabs(wt[1][t * K + k] - w) / (w > 1e-30 ? w : 1e-30);
+            if (err > wt_err || err != err)
+                wt_err = err != err ? INFINITY : err;
+        }
+    }
+    const double wt_bound = 8e-3; /* bf16 rounding of the weight (2^-8) plus f32 softmax */
+    int ok = d_out == 0 && d_ho == 0 && d_xn == 0 && d_lg == 0 && d_id == 0 && d_wt == 0 &&
+             bad_ids == 0 && wt_err <= wt_bound && cnt[0] == 0 && cnt[1] == 0 && cnt[2] == 0 &&
+             cnt[3] == 0 && cnt[4] == 0;
+    printf("%-4s ROUTER_LOCAL T=%d D=%d I=%d E=%d K=%d norm=%d e0=%d ne=%d down=%d: values != "
+           "last-block top-k (local 1..4): out %ld h_out %ld xn %ld logits %ld ids %ld wts %ld (max "
+           "0); vs cpu top-k: bad ids %d (max 0), wts rel err %.2e (max %.0e); counter left "
+           "%d/%d/%d/%d/%d (max 0)\n",
+           ok ? "ok" : "FAIL", T, D, I, E, K, norm, e0, ne, down, d_out, d_ho, d_xn, d_lg, d_id,
+           d_wt, bad_ids, wt_err, wt_bound, cnt[0], cnt[1], cnt[2], cnt[3], cnt[4]);
+    if (!ok)
+        g_fail++;
+    for (int f = 0; f < 5; f++) {
+        free(out[f]); free(ho[f]); free(xn[f]); free(lg[f]); free(wt[f]); free(id[f]);
+    }
+    free(v); free(sel);
+    free(h_in); free(dl); free(nw); free(rw); free(g); free(u); free(dn);
+}
+
 /* k_gemv_ks (the decode o_proj GEMV, rows split over ks warps) against a CPU reference (f64
  * sums of the bf16 inputs, rounded to bf16); the count of values that differ from k_gemv is
  * printed for information (another f32 summation order: a few 1-ulp bf16 flips are expected). */
@@ -1125,6 +1279,21 @@ int main(int argc, char **argv) {
     t_moe_fused(4, 64, 64, 4, 1, 0);
     t_moe_fused(7, 512, 256, 16, 4, 33);
     t_moe_fused(6, 128, 96, 12, 6, 0);
+    /* OM_CUDA_ROUTER_LOCAL: the thinker's MoE shape at T = 1..8, both down projections, no
+       renorm, expert ranges (expert parallelism), E = 512, and shapes that take the k_moe_topk
+       fallback (I > 1024) */
+    for (int t = 1; t <= 8; t++)
+        t_router_local(t, 2048, 768, 128, 8, 1, 0, 0, 1);
+    t_router_local(1, 2048, 768, 128, 8, 1, 0, 0, 2);
+    t_router_local(8, 2048, 768, 128, 8, 1, 0, 0, 2);
+    t_router_local(3, 2048, 768, 128, 8, 0, 0, 0, 1);
+    t_router_local(2, 2048, 768, 128, 8, 1, 32, 64, 1);
+    t_router_local(8, 2048, 768, 128, 8, 1, 64, 64, 2);
+    t_router_local(5, 2048, 768, 128, 8, 1, 120, 8, 1);
+    t_router_local(2, 256, 64, 512, 8, 1, 0, 0, 1);
+    t_router_local(5, 264, 136, 10, 3, 1, 0, 0, 1);
+    t_router_local(4, 64, 64, 4, 1, 0, 0, 0, 2);
+    t_router_local(3, 512, 1032, 32, 4, 1, 0, 0, 1); /* I > 1024: k_moe_topk fallback */
     t_gemv_ks(1, 2048, 4096, 4); /* o_proj of the thinker */
     t_gemv_ks(8, 2048, 4096, 4);
     t_gemv_ks(3, 2048, 4096, 2);
