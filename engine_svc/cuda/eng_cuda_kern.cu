@@ -673,20 +673,13 @@ __device__ __forceinline__ void s_amax_merge(float &v, int &i, float v2, int i2)
     }
 }
 
-__global__ void k_argmax(int32_t *ids, const float *logits, int V) {
-    const float *r = logits + (int64_t)blockIdx.x * V;
-    float best = -INFINITY;
-    int bi = 0x7fffffff;
-    for (int i = threadIdx.x; i < V; i += blockDim.x)
-        s_amax_merge(best, bi, r[i], i);
-    for (int o = 16; o > 0; o >>= 1) {
-        float v2 = __shfl_xor_sync(0xffffffffu, best, o);
-        int i2 = __shfl_xor_sync(0xffffffffu, bi, o);
-        s_amax_merge(best, bi, v2, i2);
-    }
+/* The block's warps' (best, bi) merged (after each warp has merged its lanes); thread 0 stores
+ * the winner to *id, 0 when every value was NaN (no index won). Shared by k_argmax and
+ * k_argmax_partials. */
+__device__ __forceinline__ void s_amax_block_store(int32_t *id, float best, int bi) {
     __shared__ float sv[32];
     __shared__ int si[32];
-    int w = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int w = threadIdx.x >> 5, lane = threadIdx.x & 31;
     if (lane == 0) {
         sv[w] = best;
         si[w] = bi;
@@ -701,8 +694,22 @@ __global__ void k_argmax(int32_t *ids, const float *logits, int V) {
             s_amax_merge(best, bi, v2, i2);
         }
         if (lane == 0)
-            ids[blockIdx.x] = bi == 0x7fffffff ? 0 : bi;
+            *id = bi == 0x7fffffff ? 0 : bi;
     }
+}
+
+__global__ void k_argmax(int32_t *ids, const float *logits, int V) {
+    const float *r = logits + (int64_t)blockIdx.x * V;
+    float best = -INFINITY;
+    int bi = 0x7fffffff;
+    for (int i = threadIdx.x; i < V; i += blockDim.x)
+        s_amax_merge(best, bi, r[i], i);
+    for (int o = 16; o > 0; o >>= 1) {
+        float v2 = __shfl_xor_sync(0xffffffffu, best, o);
+        int i2 = __shfl_xor_sync(0xffffffffu, bi, o);
+        s_amax_merge(best, bi, v2, i2);
+    }
+    s_amax_block_store(ids + blockIdx.x, best, bi);
 }
 
 /* Stage 1 of a wide argmax: block b of row r reduces a slice into part[r][b]. */
@@ -849,25 +856,7 @@ __global__ void __launch_bounds__(1024)
         int i2 = __shfl_xor_sync(0xffffffffu, bi, o);
         s_amax_merge(best, bi, v2, i2);
     }
-    __shared__ float sv[32];
-    __shared__ int si[32];
-    const int w = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    if (lane == 0) {
-        sv[w] = best;
-        si[w] = bi;
-    }
-    __syncthreads();
-    if (w == 0) {
-        best = lane < (int)(blockDim.x >> 5) ? sv[lane] : -INFINITY;
-        bi = lane < (int)(blockDim.x >> 5) ? si[lane] : 0x7fffffff;
-        for (int o = 16; o > 0; o >>= 1) {
-            float v2 = __shfl_xor_sync(0xffffffffu, best, o);
-            int i2 = __shfl_xor_sync(0xffffffffu, bi, o);
-            s_amax_merge(best, bi, v2, i2);
-        }
-        if (lane == 0)
-            ids[blockIdx.x] = bi == 0x7fffffff ? 0 : bi;
-    }
+    s_amax_block_store(ids + blockIdx.x, best, bi);
 }
 
 int ek_lm_head_argmax_partials(int R, int V) { return R >= 1 && R <= 8 ? (V + 7) / 8 : 0; }
