@@ -359,6 +359,11 @@ typedef struct eng_cuda_test_tail {
  * OM_CUDA_TAIL path); 0: ek_add_rmsnorm + ek_get_rows + ek_matmul + ek_argmax (64 x 32
  * partials, as the runner). PDL launches, reps times in a row. */
 int eng_cuda_test_tail(int fused, int reps, const eng_cuda_test_tail_t *a);
+/* The fused tail with a chosen lm_head kernel (OM_CUDA_LMH_PERSIST): lmh 0 k_gemv_amax; -2 the
+ * persistent k_gemv_amax_p with its resident-wave grid; n > 0 k_gemv_amax_p with n blocks (at
+ * most ceil(V/8)); -1 the environment's choice. *ret_grid: the persistent grid used (0: the old
+ * kernel ran). Returns 0 or < 0. */
+int eng_cuda_test_tail_lmh(int lmh, int reps, const eng_cuda_test_tail_t *a, int *ret_grid);
 
 #ifdef __cplusplus
 }

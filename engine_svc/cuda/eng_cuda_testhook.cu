@@ -336,7 +336,9 @@ extern "C" int eng_cuda_test_gemv_ks(int ks, int T, int N, int K, const uint16_t
     return 0;
 }
 
-extern "C" int eng_cuda_test_tail(int fused, int reps, const eng_cuda_test_tail_t *a) {
+/* lmh: ek_lmh_blocks for the fused tail's lm_head kernel (-1: the environment). */
+static int s_test_tail(int fused, int lmh, int reps, const eng_cuda_test_tail_t *a,
+                       int *ret_grid) {
     if (!a || a->T < 1 || a->R < 1 || a->R > 8 || a->D <= 0 || a->V <= 0 || reps < 1 ||
         !a->resid || !a->delta || !a->norm_w || !a->rows || !a->lm_head || !a->ret_xl ||
         !a->ret_logits || !a->ret_ids)
@@ -368,6 +370,12 @@ extern "C" int eng_cuda_test_tail(int fused, int reps, const eng_cuda_test_tail_
     int r = 0;
     {
         pdl_on pg;
+        struct lmh_sel { /* restored on every exit */
+            explicit lmh_sel(int v) { ek_lmh_blocks = v; }
+            ~lmh_sel() { ek_lmh_blocks = -1; }
+        } ls(lmh);
+        if (ret_grid)
+            *ret_grid = fused ? ek_lm_head_argmax_grid(R, V, D, xl, w) : 0;
         for (int i = 0; i < reps && r >= 0; i++) {
             if (i > 0) /* the old path adds delta into resid in place: start each rep afresh */
                 r = cudaMemcpyAsync(resid, a->resid, (size_t)T * D * 2, cudaMemcpyHostToDevice,
@@ -398,4 +406,15 @@ extern "C" int eng_cuda_test_tail(int fused, int reps, const eng_cuda_test_tail_
     CUDA_CHECK(cudaMemcpy(a->ret_logits, logits, (size_t)R * V * 4, cudaMemcpyDeviceToHost));
     CUDA_CHECK(cudaMemcpy(a->ret_ids, ids, (size_t)R * 4, cudaMemcpyDeviceToHost));
     return 0;
+}
+
+extern "C" int eng_cuda_test_tail(int fused, int reps, const eng_cuda_test_tail_t *a) {
+    return s_test_tail(fused, -1, reps, a, nullptr);
+}
+
+extern "C" int eng_cuda_test_tail_lmh(int lmh, int reps, const eng_cuda_test_tail_t *a,
+                                      int *ret_grid) {
+    if (lmh < -2 || !ret_grid)
+        return -EINVAL;
+    return s_test_tail(1, lmh == -2 ? EK_LMH_OCC : lmh, reps, a, ret_grid);
 }
