@@ -365,6 +365,14 @@ int eng_cuda_test_tail(int fused, int reps, const eng_cuda_test_tail_t *a);
  * kernel ran). Returns 0 or < 0. */
 int eng_cuda_test_tail_lmh(int lmh, int reps, const eng_cuda_test_tail_t *a, int *ret_grid);
 
+/* A step boundary under PDL (pdl 1; 0: plain launches): ek_lm_head_argmax writes ids (T <= 8) of
+ * x (T, D) · lm_headᵀ (V, D), ek_embed reads them (out (T, D) = embed[ids]; k_embed waits before
+ * it reads ids, then triggers at once), ek_matmul's k_gemv reads out (y (T, N) = out · wqᵀ).
+ * ids / out / y start as 0xff bytes. Returns 0 or < 0. */
+int eng_cuda_test_embed_pdl(int pdl, int T, int D, int V, int N, const uint16_t *x,
+                            const uint16_t *lm_head, const uint16_t *embed, const uint16_t *wq,
+                            int32_t *ret_ids, uint16_t *ret_out, uint16_t *ret_y);
+
 #ifdef __cplusplus
 }
 #endif

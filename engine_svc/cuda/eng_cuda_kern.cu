@@ -40,8 +40,14 @@ extern "C" bool eng_cuda_error_is_sticky(void) { return eng_cuda_sticky; }
 
 /* --- embed -------------------------------------------------------------------------------- */
 
+/* The step's first kernel. Launched through ek_launch (PDL in the model runner's decode steps,
+ * unless OM_CUDA_EMBED_PDL=0): it waits (a no-op without a PDL predecessor, as the first kernel
+ * of a graph) and then at once lets layer 0's QKV GEMV start its pre-wait weight loads while the
+ * rows are copied (that kernel reads out only after its own wait). */
 template <typename A>
 __global__ void k_embed(A *out, const int32_t *ids, const bf16 *w, int D, int V) {
+    pdl_wait();
+    pdl_trigger();
     int t = blockIdx.x;
     int id = ids[t];
     bool ok = id >= 0 && id < V;
@@ -53,8 +59,13 @@ template <typename A>
 int ek_embed(cudaStream_t s, A *out, const int32_t *ids, const bf16 *w, int T, int D, int V) {
     if (T == 0)
         return 0;
-    k_embed<A><<<T, 256, 0, s>>>(out, ids, w, D, V);
-    CUDA_LAUNCH_CHECK();
+    static const char *env = getenv("OM_CUDA_EMBED_PDL");
+    if (env && !strcmp(env, "0")) { /* the old plain launch (A/B) */
+        k_embed<A><<<T, 256, 0, s>>>(out, ids, w, D, V);
+        CUDA_LAUNCH_CHECK();
+        return 0;
+    }
+    CUDA_CHECK(ek_launch(k_embed<A>, dim3(T), dim3(256), 0, s, out, ids, w, D, V));
     return 0;
 }
 

@@ -418,3 +418,52 @@ extern "C" int eng_cuda_test_tail_lmh(int lmh, int reps, const eng_cuda_test_tai
         return -EINVAL;
     return s_test_tail(1, lmh == -2 ? EK_LMH_OCC : lmh, reps, a, ret_grid);
 }
+
+extern "C" int eng_cuda_test_embed_pdl(int pdl, int T, int D, int V, int N, const uint16_t *x,
+                                       const uint16_t *lm_head, const uint16_t *embed,
+                                       const uint16_t *wq, int32_t *ret_ids, uint16_t *ret_out,
+                                       uint16_t *ret_y) {
+    if (T < 1 || T > 8 || D <= 0 || V <= 0 || N <= 0 || !x || !lm_head || !embed || !wq ||
+        !ret_ids || !ret_out || !ret_y)
+        return -EINVAL;
+    const size_t np = (size_t)T * ek_lm_head_argmax_partials(T, V);
+    dbuf b;
+    bf16 *xd = nullptr, *lw = nullptr, *ew = nullptr, *qw = nullptr, *out = nullptr, *y = nullptr;
+    float *logits = nullptr, *pv = nullptr;
+    int32_t *ids = nullptr;
+    int *pi = nullptr;
+    HCHECK(b.get(&xd, (size_t)T * D, x));
+    HCHECK(b.get(&lw, (size_t)V * D, lm_head));
+    HCHECK(b.get(&ew, (size_t)V * D, embed));
+    HCHECK(b.get(&qw, (size_t)N * D, wq));
+    HCHECK(b.get(&logits, (size_t)T * V, nullptr, 0));
+    HCHECK(b.get(&pv, np, nullptr, 0));
+    HCHECK(b.get(&pi, np, nullptr, 0));
+    HCHECK(b.get(&ids, (size_t)T, nullptr, 0xff)); /* -1: a zero row if read before written */
+    HCHECK(b.get(&out, (size_t)T * D, nullptr, 0xff));
+    HCHECK(b.get(&y, (size_t)T * N, nullptr, 0xff));
+    cudaStream_t s;
+    CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+    ek_ctx c = {};
+    c.stream = s;
+    c.gemv_max_rows = 8;
+    int r;
+    {
+        ek_pdl = pdl != 0;
+        r = ek_lm_head_argmax(s, logits, ids, xd, lw, T, V, D, pv, pi);
+        if (r >= 0)
+            r = ek_embed<bf16>(s, out, ids, ew, T, D, V);
+        if (r >= 0)
+            r = ek_matmul<bf16, bf16>(&c, y, out, qw, T, N, D);
+        ek_pdl = false;
+    }
+    cudaError_t e = cudaStreamSynchronize(s);
+    cudaStreamDestroy(s);
+    if (r < 0)
+        return r;
+    CUDA_CHECK(e);
+    CUDA_CHECK(cudaMemcpy(ret_ids, ids, (size_t)T * 4, cudaMemcpyDeviceToHost));
+    CUDA_CHECK(cudaMemcpy(ret_out, out, (size_t)T * D * 2, cudaMemcpyDeviceToHost));
+    CUDA_CHECK(cudaMemcpy(ret_y, y, (size_t)T * N * 2, cudaMemcpyDeviceToHost));
+    return 0;
+}

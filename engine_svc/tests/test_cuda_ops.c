@@ -1168,6 +1168,67 @@ static void t_tail(const char *name, int T, int R, int D, int V, int kind) {
     free(resid); free(delta); free(nw); free(w);
 }
 
+/* EMBED_PDL: k_embed through ek_launch (OM_CUDA_EMBED_PDL) right after a PDL kernel that writes
+ * its ids (the lm_head tail, whose last kernel triggers before it writes) and before a PDL GEMV
+ * that reads its output: ids, rows and GEMV output with PDL bit for bit against plain launches;
+ * rows against the host lookup embed[ids]; ids against the host argmax of the host logits
+ * where the top two differ by more than 1e-3 (else not counted). */
+static void t_embed_pdl(int T, int D, int V, int N) {
+    g_cases++;
+    uint16_t *x = s_bf_rand((size_t)T * D, 1.0f, 0.0f);
+    uint16_t *lw = s_bf_rand((size_t)V * D, 0.05f, 0.0f);
+    uint16_t *ew = s_bf_rand((size_t)V * D, 1.0f, 0.0f);
+    uint16_t *qw = s_bf_rand((size_t)N * D, 0.05f, 0.0f);
+    int32_t ids[2][8];
+    uint16_t *out[2], *y[2];
+    for (int p = 0; p < 2; p++) {
+        out[p] = malloc((size_t)T * D * 2);
+        y[p] = malloc((size_t)T * N * 2);
+        s_check(eng_cuda_test_embed_pdl(p, T, D, V, N, x, lw, ew, qw, ids[p], out[p], y[p]),
+                "eng_cuda_test_embed_pdl");
+    }
+    int did = 0, dhost = 0;
+    long drow = 0;
+    double *lg = malloc((size_t)V * sizeof(double));
+    for (int t = 0; t < T; t++) {
+        did += ids[0][t] != ids[1][t];
+        for (int v = 0; v < V; v++) {
+            double a = 0;
+            for (int d = 0; d < D; d++)
+                a += (double)eng_bf16_to_f32(x[(size_t)t * D + d]) *
+                     eng_bf16_to_f32(lw[(size_t)v * D + d]);
+            lg[v] = a;
+        }
+        int b = 0, b2 = -1;
+        for (int v = 1; v < V; v++)
+            if (lg[v] > lg[b])
+                b = v;
+        for (int v = 0; v < V; v++)
+            if (v != b && (b2 < 0 || lg[v] > lg[b2]))
+                b2 = v;
+        if ((b2 < 0 || lg[b] - lg[b2] > 1e-3) && ids[1][t] != b)
+            dhost++;
+        const int id = ids[1][t];
+        if (id < 0 || id >= V)
+            drow += D;
+        else
+            drow += s_bits_differ(out[1] + (size_t)t * D, ew + (size_t)id * D, (size_t)D);
+    }
+    long dout = s_bits_differ(out[0], out[1], (size_t)T * D);
+    long dy = s_bits_differ(y[0], y[1], (size_t)T * N);
+    int ok = did == 0 && dhost == 0 && drow == 0 && dout == 0 && dy == 0;
+    printf("%-4s EMBED_PDL T=%d D=%d V=%d N=%d: PDL != plain: ids %d, rows %ld, gemv %ld; rows != "
+           "embed[ids] %ld, ids != host argmax %d (max 0)\n",
+           ok ? "ok" : "FAIL", T, D, V, N, did, dout, dy, drow, dhost);
+    if (!ok)
+        g_fail++;
+    for (int p = 0; p < 2; p++) {
+        free(out[p]);
+        free(y[p]);
+    }
+    free(lg); free(x); free(lw); free(ew); free(qw);
+}
+
 int main(int argc, char **argv) {
     const char *seed = getenv("OM_TEST_SEED");
     if (seed)
@@ -1358,6 +1419,9 @@ int main(int argc, char **argv) {
     t_tail("ties+nan+inf", 3, 3, 64, 23, 2);  /* K < 256: lanes 8..31 idle; 24 warps, 23 rows */
     t_tail("rows", 8, 8, 64, 7, 3);           /* one block, fewer rows than warps */
     t_tail("random", 1, 1, 3072, 5000, 0);    /* K > 2048: k_gemv_amax */
+    t_embed_pdl(1, 2048, 152064, 4096);
+    t_embed_pdl(8, 2048, 30011, 512);
+    t_embed_pdl(3, 64, 23, 40);
 
     printf("%d cases, %d failed\n", g_cases, g_fail);
     eng_backend_free(g_gpu);
