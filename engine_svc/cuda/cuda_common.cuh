@@ -80,9 +80,8 @@ __device__ __forceinline__ float warp_max(float v) {
     return v;
 }
 
-/* 8 bf16 in one 16-byte load, widened to f32. */
-__device__ __forceinline__ void ld8(const bf16 *p, float *f) {
-    uint4 u = *reinterpret_cast<const uint4 *>(p);
+/* 8 bf16 packed in 16 bytes, widened to f32 (exact). */
+__device__ __forceinline__ void bf16x8_f32(const uint4 &u, float *f) {
     const __nv_bfloat162 *h = reinterpret_cast<const __nv_bfloat162 *>(&u);
 #pragma unroll
     for (int i = 0; i < 4; i++) {
@@ -90,6 +89,19 @@ __device__ __forceinline__ void ld8(const bf16 *p, float *f) {
         f[2 * i] = t.x;
         f[2 * i + 1] = t.y;
     }
+}
+/* 8 bf16 in one 16-byte load, widened to f32. */
+__device__ __forceinline__ void ld8(const bf16 *p, float *f) {
+    uint4 u = *reinterpret_cast<const uint4 *>(p);
+    bf16x8_f32(u, f);
+}
+/* One 16-byte global load through the read-only path, not kept in L1 (weights read once). */
+__device__ __forceinline__ uint4 ld_nc_na16(const void *p) {
+    uint4 r;
+    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
+                 : "l"(p));
+    return r;
 }
 __device__ __forceinline__ void ld8(const float *p, float *f) {
     float4 a = *reinterpret_cast<const float4 *>(p);

@@ -359,6 +359,19 @@ typedef struct eng_cuda_test_tail {
  * OM_CUDA_TAIL path); 0: ek_add_rmsnorm + ek_get_rows + ek_matmul + ek_argmax (64 x 32
  * partials, as the runner). PDL launches, reps times in a row. */
 int eng_cuda_test_tail(int fused, int reps, const eng_cuda_test_tail_t *a);
+/* The fused tail with a chosen lm_head kernel (OM_CUDA_LMH_PERSIST): lmh 0 k_gemv_amax; -2 the
+ * persistent k_gemv_amax_p with its resident-wave grid; n > 0 k_gemv_amax_p with n blocks (at
+ * most ceil(V/8)); -1 the environment's choice. *ret_grid: the persistent grid used (0: the old
+ * kernel ran). Returns 0 or < 0. */
+int eng_cuda_test_tail_lmh(int lmh, int reps, const eng_cuda_test_tail_t *a, int *ret_grid);
+
+/* A step boundary under PDL (pdl 1; 0: plain launches): ek_lm_head_argmax writes ids (T <= 8) of
+ * x (T, D) · lm_headᵀ (V, D), ek_embed reads them (out (T, D) = embed[ids]; k_embed waits before
+ * it reads ids, then triggers at once), ek_matmul's k_gemv reads out (y (T, N) = out · wqᵀ).
+ * ids / out / y start as 0xff bytes. Returns 0 or < 0. */
+int eng_cuda_test_embed_pdl(int pdl, int T, int D, int V, int N, const uint16_t *x,
+                            const uint16_t *lm_head, const uint16_t *embed, const uint16_t *wq,
+                            int32_t *ret_ids, uint16_t *ret_out, uint16_t *ret_y);
 
 #ifdef __cplusplus
 }

@@ -5,6 +5,7 @@
  * (eng_cuda_backend.cu), the model runner (eng_cuda_model.cu).
  * Invariants: no launcher synchronises or allocates; every launch is checked. */
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 
 #include "eng_cuda_kern.cuh"
@@ -39,8 +40,14 @@ extern "C" bool eng_cuda_error_is_sticky(void) { return eng_cuda_sticky; }
 
 /* --- embed -------------------------------------------------------------------------------- */
 
+/* The step's first kernel. Launched through ek_launch (PDL in the model runner's decode steps,
+ * unless OM_CUDA_EMBED_PDL=0): it waits (a no-op without a PDL predecessor, as the first kernel
+ * of a graph) and then at once lets layer 0's QKV GEMV start its pre-wait weight loads while the
+ * rows are copied (that kernel reads out only after its own wait). */
 template <typename A>
 __global__ void k_embed(A *out, const int32_t *ids, const bf16 *w, int D, int V) {
+    pdl_wait();
+    pdl_trigger();
     int t = blockIdx.x;
     int id = ids[t];
     bool ok = id >= 0 && id < V;
@@ -52,8 +59,13 @@ template <typename A>
 int ek_embed(cudaStream_t s, A *out, const int32_t *ids, const bf16 *w, int T, int D, int V) {
     if (T == 0)
         return 0;
-    k_embed<A><<<T, 256, 0, s>>>(out, ids, w, D, V);
-    CUDA_LAUNCH_CHECK();
+    static const char *env = getenv("OM_CUDA_EMBED_PDL");
+    if (env && !strcmp(env, "0")) { /* the old plain launch (A/B) */
+        k_embed<A><<<T, 256, 0, s>>>(out, ids, w, D, V);
+        CUDA_LAUNCH_CHECK();
+        return 0;
+    }
+    CUDA_CHECK(ek_launch(k_embed<A>, dim3(T), dim3(256), 0, s, out, ids, w, D, V));
     return 0;
 }
 
@@ -827,6 +839,127 @@ __global__ void __launch_bounds__(256)
     }
 }
 
+/* The persistent lm_head GEMV (OM_CUDA_LMH_PERSIST, default on): a grid of about one resident
+ * wave (SM count x resident blocks per SM, at most ceil(N/8) blocks), warp gw of W = 8·gridDim.x
+ * walks rows n = gw, gw + W, ... with the next row's 16-byte weight chunks already in registers
+ * (two rows in flight per warp: double buffer wa / wb) while it reduces the current one. Rows 0
+ * and 1 of each warp are loaded before the PDL wait (weights are constant; x is read only after
+ * it, staged once per block in shared memory). Each row's logit is k_gemv's: per lane the chunks
+ * c = lane·8 + 256·i (c < K) in increasing i, fmaf per element in element order, then warp_sum,
+ * so y holds the same bits as k_gemv / k_gemv_amax. Each warp keeps a running s_amax_merge
+ * (best, lowest row) per token, the block merges its 8 warps and writes ONE partial per token:
+ * pv/pi[t·gridDim.x + block]. s_amax_merge is order-free, so k_argmax_partials over gridDim.x
+ * partials gives k_gemv_amax's ids. Needs K % 8 == 0, K <= 256·EK_LMH_MAXC, 16-byte aligned
+ * x / w, dynamic shared memory NT·K bf16 (checked by the launcher). */
+#define EK_LMH_MAXC 8 /* 16-byte chunks per lane per row: K <= 2048 */
+
+__device__ __forceinline__ void s_lmh_load(uint4 (&r)[EK_LMH_MAXC], const bf16 *wr, int K,
+                                           int lane) {
+#pragma unroll
+    for (int i = 0; i < EK_LMH_MAXC; i++) {
+        const int c = lane * 8 + 256 * i;
+        if (c < K)
+            r[i] = ld_nc_na16(wr + c);
+    }
+}
+
+template <int NT>
+__device__ __forceinline__ void s_lmh_row(float *y, int N, int n, const uint4 (&r)[EK_LMH_MAXC],
+                                          const bf16 *xs, int K, int lane, float (&best)[NT],
+                                          int (&bi)[NT]) {
+    float acc[NT];
+#pragma unroll
+    for (int t = 0; t < NT; t++)
+        acc[t] = 0.0f;
+#pragma unroll
+    for (int i = 0; i < EK_LMH_MAXC; i++) {
+        const int c = lane * 8 + 256 * i; /* s_gemv_dot's chunk order */
+        if (c < K) {
+            float wf[8];
+            bf16x8_f32(r[i], wf);
+#pragma unroll
+            for (int t = 0; t < NT; t++) {
+                float xf[8];
+                ld8(xs + t * K + c, xf);
+#pragma unroll
+                for (int e = 0; e < 8; e++)
+                    acc[t] = fmaf(wf[e], xf[e], acc[t]);
+            }
+        }
+    }
+#pragma unroll
+    for (int t = 0; t < NT; t++) {
+        const float v = warp_sum(acc[t]); /* the same bits on every lane */
+        if (lane == 0)
+            y[(int64_t)t * N + n] = v;
+        s_amax_merge(best[t], bi[t], v, n);
+    }
+}
+
+template <int NT>
+__global__ void __launch_bounds__(256, 2)
+    k_gemv_amax_p(float *y, const bf16 *x, const bf16 *w, int N, int K, float *pv, int *pi) {
+    extern __shared__ uint4 s_lmh_x[]; /* (NT, K) bf16: x */
+    __shared__ float sv[8][NT];
+    __shared__ int si[8][NT];
+    bf16 *xs = reinterpret_cast<bf16 *>(s_lmh_x);
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int W = (int)gridDim.x * 8;
+    int n = blockIdx.x * 8 + warp;
+    uint4 wa[EK_LMH_MAXC], wb[EK_LMH_MAXC];
+#pragma unroll
+    for (int i = 0; i < EK_LMH_MAXC; i++)
+        wa[i] = wb[i] = make_uint4(0u, 0u, 0u, 0u);
+    /* before the wait: weights only (constant) */
+    if (n < N)
+        s_lmh_load(wa, w + (int64_t)n * K, K, lane);
+    if (n + W < N)
+        s_lmh_load(wb, w + (int64_t)(n + W) * K, K, lane);
+    pdl_wait();
+    pdl_trigger();
+    for (int i = threadIdx.x * 8; i < NT * K; i += (int)blockDim.x * 8)
+        *reinterpret_cast<uint4 *>(xs + i) = *reinterpret_cast<const uint4 *>(x + i);
+    __syncthreads();
+    float best[NT];
+    int bi[NT];
+#pragma unroll
+    for (int t = 0; t < NT; t++) {
+        best[t] = -INFINITY;
+        bi[t] = 0x7fffffff;
+    }
+    /* invariant at the top: wa holds row n, wb row n + W (loaded or in flight) */
+    while (n < N) {
+        s_lmh_row<NT>(y, N, n, wa, xs, K, lane, best, bi);
+        if (n + 2 * W < N)
+            s_lmh_load(wa, w + (int64_t)(n + 2 * W) * K, K, lane);
+        n += W;
+        if (n >= N)
+            break;
+        s_lmh_row<NT>(y, N, n, wb, xs, K, lane, best, bi);
+        if (n + 2 * W < N)
+            s_lmh_load(wb, w + (int64_t)(n + 2 * W) * K, K, lane);
+        n += W;
+    }
+    if (lane == 0) {
+#pragma unroll
+        for (int t = 0; t < NT; t++) {
+            sv[warp][t] = best[t];
+            si[warp][t] = bi[t];
+        }
+    }
+    __syncthreads();
+    if (threadIdx.x < NT) {
+        const int t = threadIdx.x;
+        float b = -INFINITY;
+        int ib = 0x7fffffff;
+#pragma unroll
+        for (int q = 0; q < 8; q++)
+            s_amax_merge(b, ib, sv[q][t], si[q][t]);
+        pv[(int64_t)t * gridDim.x + blockIdx.x] = b;
+        pi[(int64_t)t * gridDim.x + blockIdx.x] = ib;
+    }
+}
+
 /* One 1024-thread block per row: the argmax over the row's nbp partials (k_argmax's reduction);
  * ids[r] = 0 when every logit of the row is NaN (as ek_argmax). */
 __global__ void __launch_bounds__(1024)
@@ -861,15 +994,93 @@ __global__ void __launch_bounds__(1024)
 
 int ek_lm_head_argmax_partials(int R, int V) { return R >= 1 && R <= 8 ? (V + 7) / 8 : 0; }
 
+thread_local int ek_lmh_blocks = -1;
+
+/* Resident k_gemv_amax_p blocks per SM with its largest shared memory (K = 2048), cached per
+ * host thread (= per device: TP ranks run one thread each). */
+template <int NT> static int s_lmh_per_sm() {
+    static thread_local int per_sm = 0;
+    if (!per_sm) {
+        int ps = 0;
+        CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+            &ps, k_gemv_amax_p<NT>, 256, (size_t)NT * 256 * EK_LMH_MAXC * 2));
+        per_sm = ps < 1 ? 1 : ps;
+    }
+    return per_sm;
+}
+
+/* Grid of k_gemv_amax_p for R tokens and N rows: 0 when the old k_gemv_amax runs (switched off,
+ * or the shape does not fit the persistent kernel); else at most ceil(N/8) blocks (so the
+ * partials fit ek_lm_head_argmax_partials). Negative: a CUDA error. */
+static int s_lmh_grid(int R, int N, int K, const void *x, const void *w) {
+    static const char *env = getenv("OM_CUDA_LMH_PERSIST");
+    static const char *cap_s = getenv("OM_CUDA_LMH_BLOCKS");
+    const bool on = ek_lmh_blocks >= 0 ? ek_lmh_blocks > 0 : !(env && !strcmp(env, "0"));
+    if (!on || R < 1 || R > 8 || K <= 0 || K % 8 || K > 256 * EK_LMH_MAXC ||
+        ((uintptr_t)x % 16) || ((uintptr_t)w % 16))
+        return 0;
+    static thread_local int sms = 0;
+    if (!sms) {
+        int dev = 0;
+        CUDA_CHECK(cudaGetDevice(&dev));
+        CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+    }
+    int per_sm = 0;
+    switch (R) {
+    case 1: per_sm = s_lmh_per_sm<1>(); break;
+    case 2: per_sm = s_lmh_per_sm<2>(); break;
+    case 3: per_sm = s_lmh_per_sm<3>(); break;
+    case 4: per_sm = s_lmh_per_sm<4>(); break;
+    case 5: per_sm = s_lmh_per_sm<5>(); break;
+    case 6: per_sm = s_lmh_per_sm<6>(); break;
+    case 7: per_sm = s_lmh_per_sm<7>(); break;
+    default: per_sm = s_lmh_per_sm<8>(); break;
+    }
+    if (per_sm < 0)
+        return per_sm;
+    int g = sms * per_sm;
+    /* a fixed grid: the test hook's (ek_lmh_blocks), else OM_CUDA_LMH_BLOCKS=n (tuning) */
+    int cap = 0;
+    if (ek_lmh_blocks > 0 && ek_lmh_blocks != EK_LMH_OCC)
+        cap = ek_lmh_blocks;
+    else if (ek_lmh_blocks < 0 && cap_s)
+        cap = atoi(cap_s);
+    if (cap > 0)
+        g = cap;
+    const int nbp = (N + 7) / 8;
+    return g < nbp ? g : nbp;
+}
+
+int ek_lm_head_argmax_grid(int R, int V, int K, const void *x, const void *w) {
+    return s_lmh_grid(R, V, K, x, w);
+}
+
 int ek_lm_head_argmax(cudaStream_t s, float *logits, int32_t *ids, const bf16 *x, const bf16 *w,
                       int R, int V, int K, float *pv, int *pi) {
     if (R == 0 || V == 0)
         return 0;
     if (R < 0 || R > 8 || V < 0 || K <= 0 || !pv || !pi)
         return -EINVAL;
-    const int nbp = (V + 7) / 8;
-    const bool vec = (K % 8) == 0 && ((uintptr_t)x % 16) == 0 && ((uintptr_t)w % 16) == 0;
+    const int grid = s_lmh_grid(R, V, K, x, w);
+    if (grid < 0)
+        return grid;
     cudaError_t e = cudaSuccess;
+    int nbp = (V + 7) / 8;
+    if (grid > 0) {
+        nbp = grid;
+        const size_t sm = (size_t)R * K * 2;
+#define AMP_CASE(NT_)                                                                              \
+    case NT_:                                                                                      \
+        e = ek_launch(k_gemv_amax_p<NT_>, dim3(grid), dim3(256), sm, s, logits, x, w, V, K, pv,   \
+                      pi);                                                                         \
+        break;
+        switch (R) {
+            AMP_CASE(1) AMP_CASE(2) AMP_CASE(3) AMP_CASE(4) AMP_CASE(5) AMP_CASE(6) AMP_CASE(7)
+            AMP_CASE(8)
+        }
+#undef AMP_CASE
+    } else {
+        const bool vec = (K % 8) == 0 && ((uintptr_t)x % 16) == 0 && ((uintptr_t)w % 16) == 0;
 #define AM_CASE(NT_)                                                                               \
     case NT_:                                                                                      \
         e = vec ? ek_launch(k_gemv_amax<NT_, bf16, true>, dim3(nbp), dim3(256), 0, s, logits, x, w, \
@@ -877,10 +1088,11 @@ int ek_lm_head_argmax(cudaStream_t s, float *logits, int32_t *ids, const bf16 *x
                 : ek_launch(k_gemv_amax<NT_, bf16, false>, dim3(nbp), dim3(256), 0, s, logits, x,  \
                             w, V, K, pv, pi, nbp);                                                 \
         break;
-    switch (R) {
-        AM_CASE(1) AM_CASE(2) AM_CASE(3) AM_CASE(4) AM_CASE(5) AM_CASE(6) AM_CASE(7) AM_CASE(8)
-    }
+        switch (R) {
+            AM_CASE(1) AM_CASE(2) AM_CASE(3) AM_CASE(4) AM_CASE(5) AM_CASE(6) AM_CASE(7) AM_CASE(8)
+        }
 #undef AM_CASE
+    }
     CUDA_CHECK(e);
     CUDA_CHECK(ek_launch(k_argmax_partials, dim3(R), dim3(1024), 0, s, ids, (const float *)pv,
                          (const int *)pi, nbp));

@@ -257,6 +257,18 @@ int ek_add_rmsnorm_rows(cudaStream_t s, bf16 *out, const bf16 *resid, const bf16
 int ek_lm_head_argmax_partials(int R, int V); /* partials per row; 0: R outside 1..8 */
 int ek_lm_head_argmax(cudaStream_t s, float *logits, int32_t *ids, const bf16 *x, const bf16 *w,
                       int R, int V, int K, float *pv, int *pi);
+/* ek_lm_head_argmax's lm_head kernel (the same logits and ids either way): by default
+ * (OM_CUDA_LMH_PERSIST unset or not "0") the persistent k_gemv_amax_p where the shape allows
+ * (K % 8 == 0, K <= 2048, 16-byte aligned x and w): one resident wave of blocks (SM count x
+ * resident blocks per SM, OM_CUDA_LMH_BLOCKS=n instead for tuning, at most ceil(V/8)), each
+ * writing one partial per token; else k_gemv_amax (8 rows per block, ceil(V/8) partials).
+ * ek_lmh_blocks (tests, per host thread): -1 the environment; 0 k_gemv_amax; EK_LMH_OCC the
+ * persistent kernel with its resident-wave grid; n > 0 the persistent kernel with n blocks
+ * (at most ceil(V/8)). ek_lm_head_argmax_grid: the persistent grid the next call would use
+ * (0: k_gemv_amax; < 0: a CUDA error). */
+#define EK_LMH_OCC 0x40000000
+extern thread_local int ek_lmh_blocks;
+int ek_lm_head_argmax_grid(int R, int V, int K, const void *x, const void *w);
 /* Fills n bf16 values with uniform(-scale, scale) + offset from a counter hash (dummy weights). */
 int ek_fill_random(cudaStream_t s, bf16 *p, size_t n, uint64_t seed, float scale, float offset);
 /* out (n) bf16 = round(in (n) f32): the one rounding after an f32 tensor-parallel all-reduce. */

@@ -336,7 +336,9 @@ extern "C" int eng_cuda_test_gemv_ks(int ks, int T, int N, int K, const uint16_t
     return 0;
 }
 
-extern "C" int eng_cuda_test_tail(int fused, int reps, const eng_cuda_test_tail_t *a) {
+/* lmh: ek_lmh_blocks for the fused tail's lm_head kernel (-1: the environment). */
+static int s_test_tail(int fused, int lmh, int reps, const eng_cuda_test_tail_t *a,
+                       int *ret_grid) {
     if (!a || a->T < 1 || a->R < 1 || a->R > 8 || a->D <= 0 || a->V <= 0 || reps < 1 ||
         !a->resid || !a->delta || !a->norm_w || !a->rows || !a->lm_head || !a->ret_xl ||
         !a->ret_logits || !a->ret_ids)
@@ -368,6 +370,12 @@ extern "C" int eng_cuda_test_tail(int fused, int reps, const eng_cuda_test_tail_
     int r = 0;
     {
         pdl_on pg;
+        struct lmh_sel { /* restored on every exit */
+            explicit lmh_sel(int v) { ek_lmh_blocks = v; }
+            ~lmh_sel() { ek_lmh_blocks = -1; }
+        } ls(lmh);
+        if (ret_grid)
+            *ret_grid = fused ? ek_lm_head_argmax_grid(R, V, D, xl, w) : 0;
         for (int i = 0; i < reps && r >= 0; i++) {
             if (i > 0) /* the old path adds delta into resid in place: start each rep afresh */
                 r = cudaMemcpyAsync(resid, a->resid, (size_t)T * D * 2, cudaMemcpyHostToDevice,
@@ -397,5 +405,65 @@ extern "C" int eng_cuda_test_tail(int fused, int reps, const eng_cuda_test_tail_
     CUDA_CHECK(cudaMemcpy(a->ret_xl, xl, (size_t)R * D * 2, cudaMemcpyDeviceToHost));
     CUDA_CHECK(cudaMemcpy(a->ret_logits, logits, (size_t)R * V * 4, cudaMemcpyDeviceToHost));
     CUDA_CHECK(cudaMemcpy(a->ret_ids, ids, (size_t)R * 4, cudaMemcpyDeviceToHost));
+    return 0;
+}
+
+extern "C" int eng_cuda_test_tail(int fused, int reps, const eng_cuda_test_tail_t *a) {
+    return s_test_tail(fused, -1, reps, a, nullptr);
+}
+
+extern "C" int eng_cuda_test_tail_lmh(int lmh, int reps, const eng_cuda_test_tail_t *a,
+                                      int *ret_grid) {
+    if (lmh < -2 || !ret_grid)
+        return -EINVAL;
+    return s_test_tail(1, lmh == -2 ? EK_LMH_OCC : lmh, reps, a, ret_grid);
+}
+
+extern "C" int eng_cuda_test_embed_pdl(int pdl, int T, int D, int V, int N, const uint16_t *x,
+                                       const uint16_t *lm_head, const uint16_t *embed,
+                                       const uint16_t *wq, int32_t *ret_ids, uint16_t *ret_out,
+                                       uint16_t *ret_y) {
+    if (T < 1 || T > 8 || D <= 0 || V <= 0 || N <= 0 || !x || !lm_head || !embed || !wq ||
+        !ret_ids || !ret_out || !ret_y)
+        return -EINVAL;
+    const size_t np = (size_t)T * ek_lm_head_argmax_partials(T, V);
+    dbuf b;
+    bf16 *xd = nullptr, *lw = nullptr, *ew = nullptr, *qw = nullptr, *out = nullptr, *y = nullptr;
+    float *logits = nullptr, *pv = nullptr;
+    int32_t *ids = nullptr;
+    int *pi = nullptr;
+    HCHECK(b.get(&xd, (size_t)T * D, x));
+    HCHECK(b.get(&lw, (size_t)V * D, lm_head));
+    HCHECK(b.get(&ew, (size_t)V * D, embed));
+    HCHECK(b.get(&qw, (size_t)N * D, wq));
+    HCHECK(b.get(&logits, (size_t)T * V, nullptr, 0));
+    HCHECK(b.get(&pv, np, nullptr, 0));
+    HCHECK(b.get(&pi, np, nullptr, 0));
+    HCHECK(b.get(&ids, (size_t)T, nullptr, 0xff)); /* -1: a zero row if read before written */
+    HCHECK(b.get(&out, (size_t)T * D, nullptr, 0xff));
+    HCHECK(b.get(&y, (size_t)T * N, nullptr, 0xff));
+    cudaStream_t s;
+    CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+    ek_ctx c = {};
+    c.stream = s;
+    c.gemv_max_rows = 8;
+    int r;
+    {
+        ek_pdl = pdl != 0;
+        r = ek_lm_head_argmax(s, logits, ids, xd, lw, T, V, D, pv, pi);
+        if (r >= 0)
+            r = ek_embed<bf16>(s, out, ids, ew, T, D, V);
+        if (r >= 0)
+            r = ek_matmul<bf16, bf16>(&c, y, out, qw, T, N, D);
+        ek_pdl = false;
+    }
+    cudaError_t e = cudaStreamSynchronize(s);
+    cudaStreamDestroy(s);
+    if (r < 0)
+        return r;
+    CUDA_CHECK(e);
+    CUDA_CHECK(cudaMemcpy(ret_ids, ids, (size_t)T * 4, cudaMemcpyDeviceToHost));
+    CUDA_CHECK(cudaMemcpy(ret_out, out, (size_t)T * D * 2, cudaMemcpyDeviceToHost));
+    CUDA_CHECK(cudaMemcpy(ret_y, y, (size_t)T * N * 2, cudaMemcpyDeviceToHost));
     return 0;
 }

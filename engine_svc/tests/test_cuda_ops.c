@@ -1041,7 +1041,11 @@ static void t_gemv_ks(int T, int N, int K, int ks) {
  * kind: 0 random; 1 ties (a "big" lm_head row copied to later rows in the same 8-row block and
  * in other blocks; hidden rows positive so it is the maximum); 2 as 1 plus a NaN logit below the
  * maximum, a token whose hidden row is NaN (all logits NaN: id 0) and two +inf logits (tie);
- * 3 a logits row outside [0, T) (zero hidden row: every logit 0, id 0) and repeated rows. */
+ * 3 a logits row outside [0, T) (zero hidden row: every logit 0, id 0) and repeated rows.
+ * The big rows include b0 + 8 and b0 + 56: in the same warp as b0 when the persistent lm_head
+ * kernel (OM_CUDA_LMH_PERSIST) runs 1 or 7 blocks. TAIL_LMH lines: the fused tail with each
+ * lm_head kernel (k_gemv_amax forced; k_gemv_amax_p with its resident-wave grid, 1 block and
+ * 7 blocks) against the old tail, rows, logits and ids bit for bit. */
 static int s_host_argmax(const float *x, int n) {
     int b = -1;
     for (int i = 0; i < n; i++)
@@ -1066,10 +1070,11 @@ static void t_tail(const char *name, int T, int R, int D, int V, int kind) {
         /* big rows: b0 < b1 in one 8-row block, b2 the last row (another block, partial when
            V % 8 != 0): expect b0 */
         const int b0 = (V / 2 / 8) * 8 + 1, b1 = b0 + 5, b2 = V - 1;
-        const int big[3] = {b1, b0, b2};
-        for (int k = 0; k < 3; k++)
-            for (int d = 0; d < D; d++)
-                w[(size_t)big[k] * D + d] = eng_f32_to_bf16(0.5f);
+        const int big[5] = {b1, b0, b2, b0 + 8, b0 + 56};
+        for (int k = 0; k < 5; k++)
+            if (big[k] < V)
+                for (int d = 0; d < D; d++)
+                    w[(size_t)big[k] * D + d] = eng_f32_to_bf16(0.5f);
         expect = b0;
         if (kind == 2) {
             /* a NaN logit at 3 (never wins), +inf at inf0 < inf1 (one block): expect inf0 */
@@ -1096,12 +1101,16 @@ static void t_tail(const char *name, int T, int R, int D, int V, int kind) {
     uint16_t *xl[2];
     float *lg[2];
     int32_t ids[2][8];
+    int grid = -1;
     for (int f = 0; f < 2; f++) {
         xl[f] = malloc((size_t)R * D * 2);
         lg[f] = malloc((size_t)R * V * 4);
         eng_cuda_test_tail_t a = {T, R, D, V, resid, delta, nw, rows, w, 1e-6f,
                                   xl[f], lg[f], ids[f]};
-        s_check(eng_cuda_test_tail(f, f ? 3 : 1, &a), "eng_cuda_test_tail");
+        if (f) /* the default (environment's) lm_head kernel */
+            s_check(eng_cuda_test_tail_lmh(-1, 3, &a, &grid), "eng_cuda_test_tail_lmh");
+        else
+            s_check(eng_cuda_test_tail(0, 1, &a), "eng_cuda_test_tail");
     }
     long dxl = s_bits_differ(xl[0], xl[1], (size_t)R * D), dlg = 0;
     for (size_t i = 0; i < (size_t)R * V; i++)
@@ -1117,15 +1126,107 @@ static void t_tail(const char *name, int T, int R, int D, int V, int kind) {
     }
     int ok = dxl == 0 && dlg == 0 && did == 0 && dhost == 0 && dexp == 0;
     printf("%-4s TAIL %s T=%d R=%d D=%d V=%d: != old tail: rows %ld, logits %ld, ids %d (max 0); "
-           "ids != host argmax %d, != planted id %d (max 0); id[0] %d\n",
-           ok ? "ok" : "FAIL", name, T, R, D, V, dxl, dlg, did, dhost, dexp, ids[1][0]);
+           "ids != host argmax %d, != planted id %d (max 0); id[0] %d; lm_head grid %d (0: "
+           "k_gemv_amax)\n",
+           ok ? "ok" : "FAIL", name, T, R, D, V, dxl, dlg, did, dhost, dexp, ids[1][0], grid);
     if (!ok)
         g_fail++;
+    /* each lm_head kernel of the fused tail against the old tail (f = 0) */
+    static const int sel[4] = {0, -2, 1, 7};
+    static const char *const seln[4] = {"k_gemv_amax", "persistent", "persistent", "persistent"};
+    uint16_t *xp = malloc((size_t)R * D * 2);
+    float *lp = malloc((size_t)R * V * 4);
+    for (int k = 0; k < 4; k++) {
+        g_cases++;
+        int32_t idp[8];
+        int gr = -1;
+        eng_cuda_test_tail_t a = {T, R, D, V, resid, delta, nw, rows, w, 1e-6f, xp, lp, idp};
+        s_check(eng_cuda_test_tail_lmh(sel[k], k == 2 ? 1 : 2, &a, &gr), "eng_cuda_test_tail_lmh");
+        long pxl = s_bits_differ(xl[0], xp, (size_t)R * D), plg = 0;
+        for (size_t i = 0; i < (size_t)R * V; i++)
+            plg += memcmp(&lg[0][i], &lp[i], 4) != 0;
+        int pid = 0;
+        for (int r = 0; r < R; r++)
+            pid += ids[0][r] != idp[r];
+        /* the persistent kernel must run where the shape allows it (K % 8 == 0, K <= 2048) */
+        const int want_p = sel[k] != 0 && D % 8 == 0 && D <= 2048;
+        const int kern_ok = want_p ? gr > 0 : gr == 0;
+        const int okp = pxl == 0 && plg == 0 && pid == 0 && kern_ok;
+        printf("%-4s TAIL_LMH %s T=%d R=%d D=%d V=%d %s (sel %d, grid %d, expected %s): != old "
+               "tail: rows %ld, logits %ld, ids %d (max 0); id[0] %d\n",
+               okp ? "ok" : "FAIL", name, T, R, D, V, seln[k], sel[k], gr,
+               want_p ? "persistent" : "k_gemv_amax", pxl, plg, pid, idp[0]);
+        if (!okp)
+            g_fail++;
+    }
+    free(xp);
+    free(lp);
     for (int f = 0; f < 2; f++) {
         free(xl[f]);
         free(lg[f]);
     }
     free(resid); free(delta); free(nw); free(w);
+}
+
+/* EMBED_PDL: k_embed through ek_launch (OM_CUDA_EMBED_PDL) right after a PDL kernel that writes
+ * its ids (the lm_head tail, whose last kernel triggers before it writes) and before a PDL GEMV
+ * that reads its output: ids, rows and GEMV output with PDL bit for bit against plain launches;
+ * rows against the host lookup embed[ids]; ids against the host argmax of the host logits
+ * where the top two differ by more than 1e-3 (else not counted). */
+static void t_embed_pdl(int T, int D, int V, int N) {
+    g_cases++;
+    uint16_t *x = s_bf_rand((size_t)T * D, 1.0f, 0.0f);
+    uint16_t *lw = s_bf_rand((size_t)V * D, 0.05f, 0.0f);
+    uint16_t *ew = s_bf_rand((size_t)V * D, 1.0f, 0.0f);
+    uint16_t *qw = s_bf_rand((size_t)N * D, 0.05f, 0.0f);
+    int32_t ids[2][8];
+    uint16_t *out[2], *y[2];
+    for (int p = 0; p < 2; p++) {
+        out[p] = malloc((size_t)T * D * 2);
+        y[p] = malloc((size_t)T * N * 2);
+        s_check(eng_cuda_test_embed_pdl(p, T, D, V, N, x, lw, ew, qw, ids[p], out[p], y[p]),
+                "eng_cuda_test_embed_pdl");
+    }
+    int did = 0, dhost = 0;
+    long drow = 0;
+    double *lg = malloc((size_t)V * sizeof(double));
+    for (int t = 0; t < T; t++) {
+        did += ids[0][t] != ids[1][t];
+        for (int v = 0; v < V; v++) {
+            double a = 0;
+            for (int d = 0; d < D; d++)
+                a += (double)eng_bf16_to_f32(x[(size_t)t * D + d]) *
+                     eng_bf16_to_f32(lw[(size_t)v * D + d]);
+            lg[v] = a;
+        }
+        int b = 0, b2 = -1;
+        for (int v = 1; v < V; v++)
+            if (lg[v] > lg[b])
+                b = v;
+        for (int v = 0; v < V; v++)
+            if (v != b && (b2 < 0 || lg[v] > lg[b2]))
+                b2 = v;
+        if ((b2 < 0 || lg[b] - lg[b2] > 1e-3) && ids[1][t] != b)
+            dhost++;
+        const int id = ids[1][t];
+        if (id < 0 || id >= V)
+            drow += D;
+        else
+            drow += s_bits_differ(out[1] + (size_t)t * D, ew + (size_t)id * D, (size_t)D);
+    }
+    long dout = s_bits_differ(out[0], out[1], (size_t)T * D);
+    long dy = s_bits_differ(y[0], y[1], (size_t)T * N);
+    int ok = did == 0 && dhost == 0 && drow == 0 && dout == 0 && dy == 0;
+    printf("%-4s EMBED_PDL T=%d D=%d V=%d N=%d: PDL != plain: ids %d, rows %ld, gemv %ld; rows != "
+           "embed[ids] %ld, ids != host argmax %d (max 0)\n",
+           ok ? "ok" : "FAIL", T, D, V, N, did, dout, dy, drow, dhost);
+    if (!ok)
+        g_fail++;
+    for (int p = 0; p < 2; p++) {
+        free(out[p]);
+        free(y[p]);
+    }
+    free(lg); free(x); free(lw); free(ew); free(qw);
 }
 
 int main(int argc, char **argv) {
@@ -1314,6 +1415,13 @@ int main(int argc, char **argv) {
     t_tail("ties+nan+inf", 5, 5, 264, 8193, 2);
     t_tail("ties+nan+inf", 2, 2, 100, 1001, 2);
     t_tail("rows", 8, 4, 36, 7, 3);
+    t_tail("ties", 2, 2, 264, 8193, 1);
+    t_tail("ties+nan+inf", 3, 3, 64, 23, 2);  /* K < 256: lanes 8..31 idle; 24 warps, 23 rows */
+    t_tail("rows", 8, 8, 64, 7, 3);           /* one block, fewer rows than warps */
+    t_tail("random", 1, 1, 3072, 5000, 0);    /* K > 2048: k_gemv_amax */
+    t_embed_pdl(1, 2048, 152064, 4096);
+    t_embed_pdl(8, 2048, 30011, 512);
+    t_embed_pdl(3, 64, 23, 40);
 
     printf("%d cases, %d failed\n", g_cases, g_fail);
     eng_backend_free(g_gpu);
