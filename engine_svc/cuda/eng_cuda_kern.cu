@@ -795,6 +795,25 @@ int ek_argmax(cudaStream_t s, int32_t *ids, const float *logits, int R, int V, f
 
 /* --- lm_head GEMV with the greedy argmax folded in (decode tail) ------------------------- */
 
+/* The 8 warps' (value, index) per token, sv/si[warp][t], merged after a block barrier into
+ * token t's partial pv/pi[t · stride + blockIdx.x]. Shared by k_gemv_amax and k_gemv_amax_p. */
+template <int NT>
+__device__ __forceinline__ void s_amax_block_partial(const float (&sv)[8][NT], const int (&si)[8][NT],
+                                                     float *pv, int *pi, int stride) {
+    __syncthreads();
+    if (threadIdx.x < NT) {
+        const int t = threadIdx.x;
+        float best = -INFINITY;
+        int bi = 0x7fffffff;
+#pragma unroll
+        for (int q = 0; q < 8; q++)
+            s_amax_merge(best, bi, sv[q][t], si[q][t]);
+        pv[(int64_t)t * stride + blockIdx.x] = best;
+        pi[(int64_t)t * stride + blockIdx.x] = bi;
+    }
+}
+
+
 /* k_gemv (f32 logits, 8 rows per 256-thread block) that also writes, per token t, the block's
  * (largest logit, lowest row on ties, NaN never wins) to pv/pi[t·nbp + block]: the same values
  * the logits hold, merged with s_amax_merge, so the argmax over all partials equals ek_argmax's
@@ -826,17 +845,7 @@ __global__ void __launch_bounds__(256)
             si[warp][t] = ok ? n : 0x7fffffff;
         }
     }
-    __syncthreads();
-    if (threadIdx.x < NT) {
-        const int t = threadIdx.x;
-        float best = -INFINITY;
-        int bi = 0x7fffffff;
-#pragma unroll
-        for (int q = 0; q < 8; q++)
-            s_amax_merge(best, bi, sv[q][t], si[q][t]);
-        pv[(int64_t)t * nbp + blockIdx.x] = best;
-        pi[(int64_t)t * nbp + blockIdx.x] = bi;
-    }
+    s_amax_block_partial<NT>(sv, si, pv, pi, nbp);
 }
 
 /* The persistent lm_head GEMV (OM_CUDA_LMH_PERSIST, default on): a grid of about one resident
@@ -947,17 +956,7 @@ __global__ void __launch_bounds__(256, 2)
             si[warp][t] = bi[t];
         }
     }
-    __syncthreads();
-    if (threadIdx.x < NT) {
-        const int t = threadIdx.x;
-        float b = -INFINITY;
-        int ib = 0x7fffffff;
-#pragma unroll
-        for (int q = 0; q < 8; q++)
-            s_amax_merge(b, ib, sv[q][t], si[q][t]);
-        pv[(int64_t)t * gridDim.x + blockIdx.x] = b;
-        pi[(int64_t)t * gridDim.x + blockIdx.x] = ib;
-    }
+    s_amax_block_partial<NT>(sv, si, pv, pi, gridDim.x);
 }
 
 /* One 1024-thread block per row: the argmax over the row's nbp partials (k_argmax's reduction);
