@@ -282,7 +282,10 @@ static int s_tp_bench(int tp, int steps) {
             s_die(r, "measure_comm");
         printf("TP %d: communication per decode step, batch %d: %.3f ms (%u all-reduces of "
                "(%d, %u) %s, %.1f us each; %.0f%% of the step)\n", tp, cb[k], comm[k],
-               2 * g_info.n_layers, cb[k], g_info.hidden, g_info.tp_reduce_f32 ? "f32" : "bf16",
+               2 * g_info.n_layers, cb[k], g_info.hidden,
+               !g_info.tp_reduce_f32                    ? "bf16 NCCL"
+               : (uint32_t)cb[k] <= g_info.tp_ar_rows ? "f32 one-shot p2p, bf16 out"
+                                                        : "f32 NCCL",
                ar_us[k], step_ms[k] > 0 ? 100 * comm[k] / step_ms[k] : 0);
         fflush(stdout);
     }
@@ -299,7 +302,7 @@ static int s_tp_bench(int tp, int steps) {
                  g_info.expert_parallel ? "expert"
                  : g_info.n_experts > 1 ? "column"
                                         : "dense",
-                 g_info.tp_reduce_f32 ? "" : " bf16");
+                 g_info.tp_reduce_f32 ? (g_info.tp_ar_rows ? " p2p" : " nccl") : " bf16");
     printf("| TP N=%d%s | %.1f | %.2f | %.1f | %.0f | %.0f | %.0f | %.3f / %.3f / %.3f |\n", tp,
            label, b1, 1e3 / b1, ttft * 1e3, agg[0], agg[1], ctx4k, comm[0], comm[1], comm[2]);
     eng_cuda_model_free(g_m);

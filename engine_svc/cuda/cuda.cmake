@@ -11,6 +11,7 @@ if(OM_CUDA)
     ${CMAKE_CURRENT_LIST_DIR}/eng_cuda_model.cu
     ${CMAKE_CURRENT_LIST_DIR}/eng_cuda_sample.cu
     ${CMAKE_CURRENT_LIST_DIR}/eng_cuda_tp.cu
+    ${CMAKE_CURRENT_LIST_DIR}/eng_cuda_ar.cu
     ${CMAKE_CURRENT_LIST_DIR}/eng_cuda_testhook.cu
     ${CMAKE_CURRENT_LIST_DIR}/eng_nccl.c
     ${CMAKE_CURRENT_LIST_DIR}/eng_tp_watch.c)

@@ -115,6 +115,10 @@ typedef struct eng_cuda_model_info {
                                    (moe_parallel expert), 0: unsplit or column-split */
     uint32_t tp_reduce_f32;     /* 1: tensor-parallel partial sums all-reduced in f32 and rounded
                                    to bf16 once (OM_CUDA_TP_REDUCE=fp32), 0: bf16 all-reduce */
+    uint32_t tp_ar_rows;        /* > 0: steps of up to this many tokens sum their f32 partials
+                                   with the one-shot all-reduce over peer memory (eng_cuda_ar.h;
+                                   OM_CUDA_TP_AR=nccl: 0, OM_CUDA_TP_AR_ROWS), larger ones with
+                                   NCCL; 0: NCCL always */
 } eng_cuda_model_info_t;
 
 /* Loads DIR/config.json and, unless opts->dummy, the safetensors in DIR straight to the GPU
@@ -176,7 +180,8 @@ int eng_cuda_moe_range_check(int device, int T, int D, int I, int E, int K, int 
 
 /* Communication cost of a tensor-parallel decode step: a CUDA graph of the 2·n_layers in-place
  * sum all-reduces of (rows, hidden) that a step of `rows` tokens makes (f32 or bf16, as the steps
- * reduce: info.tp_reduce_f32; the f32 -> bf16 rounding kernel is not included), replayed alone on all
+ * reduce: info.tp_reduce_f32; NCCL's f32 -> bf16 rounding kernel is not included; with
+ * rows <= info.tp_ar_rows the one-shot all-reduce kernels, rounding included), replayed alone on all
  * ranks; ret_step_ms = median ms per replay (per step), ret_allreduce_us = that / (2·n_layers).
  * rows <= the reserved max_batch_tokens. A one-GPU model reports 0 and 0. */
 int eng_cuda_model_measure_comm(eng_cuda_model_t *m, uint32_t rows, double *ret_step_ms,

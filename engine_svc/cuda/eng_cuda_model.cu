@@ -34,6 +34,7 @@
 #include "eng_cuda.h"
 #include "eng_cuda_kern.cuh"
 #include "eng_cuda_attn_tc.cuh"
+#include "eng_cuda_ar.h"
 #include "eng_cuda_tp.h"
 #include "eng_nccl.h"
 
@@ -170,6 +171,10 @@ struct eng_cuda_model {
        f32, all-reduced in f32, rounded once into delta */
     bool red32;
     float *delta32;
+    /* TP one-shot all-reduce over peer memory (eng_cuda_ar.h; set by the group, owned by it):
+       with red32 and T·D <= ar->cap, the partials go to ar->buf[0] (o_proj) / buf[1] (MLP/MoE)
+       and k_ar_oneshot sums them into delta; NULL: NCCL */
+    ek_ar *ar;
     /* eng_cuda_model_trace: host (L, T, D) residuals and (L, T, K) routing ids, T <= trace_T */
     float *trace_h;
     int32_t *trace_ids;
@@ -969,6 +974,17 @@ extern "C" void eng_cuda_model_set_tp_async(eng_cuda_model_t *m, bool on) {
         m->tp_async = on;
 }
 
+extern "C" void eng_cuda_model_set_tp_ar(eng_cuda_model_t *m, void *ar) {
+    if (!m || m->tp_n < 2 || !m->red32)
+        return;
+    m->ar = (ek_ar *)ar;
+    m->info.tp_ar_rows = m->ar ? (uint32_t)(m->ar->cap / m->c.D) : 0;
+    /* PDL: on with the one-shot all-reduce (no NCCL kernel in a decode graph; OM_CUDA_TP_PDL=0
+       turns it off), opt-in (OM_CUDA_TP_PDL=1) next to NCCL's */
+    const char *e = getenv("OM_CUDA_TP_PDL");
+    m->pdl = !getenv("OM_CUDA_NOPDL") && (e && *e ? !strcmp(e, "1") : m->ar != nullptr);
+}
+
 extern "C" void eng_cuda_model_get_info(const eng_cuda_model_t *m, eng_cuda_model_info_t *ret) {
     if (m->tp) {
         eng_cuda_tp_get_info(m->tp, ret);
@@ -1091,8 +1107,17 @@ static int s_attn_tc_min_t() {
 }
 
 /* TP: in-place sum of a shard's partial (n) over all ranks, on the shard's stream: bf16 buf,
- * or (red32) the f32 partial in m->delta32, summed in f32 and rounded once into buf. */
-static int s_tp_allreduce(eng_cuda_model *m, bf16 *buf, size_t n, char *err, size_t errlen) {
+ * or (red32) the f32 partial in m->delta32, summed in f32 and rounded once into buf; parity >= 0:
+ * the f32 partial in m->ar->buf[parity], summed by the one-shot all-reduce into buf. */
+static int s_tp_allreduce(eng_cuda_model *m, bf16 *buf, size_t n, int parity, char *err,
+                          size_t errlen) {
+    if (parity >= 0) {
+        int r = ek_ar_sum(m->s, m->ar, parity, buf, n);
+        if (r < 0)
+            snprintf(err, errlen, "tensor parallel rank %d: one-shot all-reduce of %zu: %s",
+                     m->tp_rank, n, r == -EINVAL ? "bad size" : eng_cuda_last_error());
+        return r;
+    }
     int r = m->red32 ? eng_nccl_allreduce_sum(m->comm, m->delta32, n, 1, m->s)
                      : eng_nccl_allreduce_sum(m->comm, buf, n, 0, m->s);
     if (r < 0) {
@@ -1147,6 +1172,10 @@ static int s_run(eng_cuda_model *m, const step &st, char *err, size_t errlen) {
     const float scale = 1.0f / sqrtf((float)c.hd);
     const int e0 = m->ep ? m->e0 : 0, ne = m->ep ? m->ne : 0; /* TP expert mode: local experts */
     const bool red32 = m->tp_n > 1 && m->red32;
+    /* TP: the one-shot all-reduce when the step fits its buffers, else NCCL */
+    const bool car = red32 && m->ar && (size_t)T * c.D <= m->ar->cap && c.D % 4 == 0;
+    float *part_attn = car ? m->ar->buf[0] : m->delta32;
+    float *part_mlp = car ? m->ar->buf[1] : m->delta32;
     const bool trace = m->trace_h && T <= m->trace_T;
     /* decode path (T <= 8): add+RMSNorm fused into the QKV GEMV and into the router (with
        top-k), residual ping-pong between h and h2; otherwise separate norm kernels in place. */
@@ -1237,14 +1266,14 @@ static int s_run(eng_cuda_model *m, const step &st, char *err, size_t errlen) {
         if (sk & ENG_CUDA_SKIP_OPROJ) {
             /* profiling: left out */
         } else if (red32)
-            RCHECK(ek_matmul<bf16, float>(&m->kc, m->delta32, m->attn, w.wo, T, c.D, c.Hq * c.hd));
+            RCHECK(ek_matmul<bf16, float>(&m->kc, part_attn, m->attn, w.wo, T, c.D, c.Hq * c.hd));
         else if (fused && m->oproj_ks > 1 &&
                  ek_gemv_ks_supported(T, c.Hq * c.hd, m->oproj_ks, m->attn, w.wo))
             RCHECK(ek_gemv_ks(s, m->delta, m->attn, w.wo, T, c.D, c.Hq * c.hd, m->oproj_ks));
         else
             RCHECK(ek_matmul<bf16, bf16>(&m->kc, m->delta, m->attn, w.wo, T, c.D, c.Hq * c.hd));
         if (m->tp_n > 1) /* TP: o_proj partial sums of this rank's heads */
-            RCHECK(s_tp_allreduce(m, m->delta, (size_t)T * c.D, err, errlen));
+            RCHECK(s_tp_allreduce(m, m->delta, (size_t)T * c.D, car ? 0 : -1, err, errlen));
         if (fused) {
             int *fcnt = m->fuse_moe ? m->moe_cnt : nullptr;
             /* OM_CUDA_ROUTER_LOCAL: the router writes logits only; k_moe_gu / k_moe_down_wk run
@@ -1265,7 +1294,7 @@ static int s_run(eng_cuda_model *m, const step &st, char *err, size_t errlen) {
             if (sk & ENG_CUDA_SKIP_MOE) {
                 /* profiling: left out */
             } else if (red32)
-                RCHECK(ek_moe_experts<bf16, float>(&m->kc, m->delta32, m->xn, w.gate, w.up,
+                RCHECK(ek_moe_experts<bf16, float>(&m->kc, part_mlp, m->xn, w.gate, w.up,
                                                    w.down, T, c.D, c.I, c.E, c.K, m->o.moe_mode,
                                                    &m->ms, e0, ne, fcnt, rl, c.norm_topk));
             else
@@ -1275,7 +1304,7 @@ static int s_run(eng_cuda_model *m, const step &st, char *err, size_t errlen) {
         } else {
             RCHECK(ek_add_rmsnorm<bf16, bf16>(s, m->xn, cur, m->delta, w.ffn_norm, T, c.D, c.eps));
             if (red32)
-                RCHECK(ek_moe<bf16, float>(&m->kc, m->delta32, m->xn, w.router, w.gate, w.up,
+                RCHECK(ek_moe<bf16, float>(&m->kc, part_mlp, m->xn, w.router, w.gate, w.up,
                                            w.down, T, c.D, c.I, c.E, c.K, c.norm_topk,
                                            m->o.moe_mode, &m->ms, e0, ne));
             else
@@ -1286,7 +1315,7 @@ static int s_run(eng_cuda_model *m, const step &st, char *err, size_t errlen) {
         /* TP: MLP/MoE partial sums (column: this rank's intermediate columns; expert: its
            experts' weighted outputs, zero for tokens routed to none of them) */
         if (m->tp_n > 1)
-            RCHECK(s_tp_allreduce(m, m->delta, (size_t)T * c.D, err, errlen));
+            RCHECK(s_tp_allreduce(m, m->delta, (size_t)T * c.D, car ? 1 : -1, err, errlen));
         if (trace)
             RCHECK(s_trace_layer(m, l, T, cur, err, errlen));
     }

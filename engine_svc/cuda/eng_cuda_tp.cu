@@ -37,6 +37,7 @@
 #include <cuda_runtime.h>
 
 #include "cuda_common.cuh"
+#include "eng_cuda_ar.h"
 #include "eng_cuda_tp.h"
 #include "eng_nccl.h"
 #include "eng_tp_watch.h"
@@ -71,6 +72,9 @@ struct eng_cuda_tp {
     int fault_rank = -1;                  /* OM_CUDA_TP_FAULT */
     uint64_t fault_step = 0;
     int fault_kind = FAULT_ERROR;
+    /* one-shot all-reduce over peer memory (eng_cuda_ar.h): per-rank state, empty when off */
+    std::vector<ek_ar> ar;
+    int *abort_word = nullptr;            /* host-mapped; set by the abort callback */
 };
 
 /* Runs a job, turning an escaping C++ exception into an error. */
@@ -162,6 +166,8 @@ static int s_all(eng_cuda_tp *g, std::function<int(int, char *, size_t)> job, ch
 /* eng_tp_watch abort callback: ncclCommAbort on rank's communicator, on its device. */
 static void s_abort_comm(void *ud, int rank) {
     eng_cuda_tp *g = (eng_cuda_tp *)ud;
+    if (g->abort_word) /* waiting one-shot all-reduce kernels return */
+        __atomic_store_n(g->abort_word, 1, __ATOMIC_SEQ_CST);
     int cur = -1;
     cudaGetDevice(&cur);
     cudaSetDevice(g->dev[rank]);
@@ -225,6 +231,8 @@ extern "C" void eng_cuda_tp_free(eng_cuda_tp_t *g) {
         s_all(g, [g, dead](int r, char *, size_t) {
             if (r < (int)g->sh.size() && g->sh[r])
                 g->sh[r] = eng_cuda_model_free(g->sh[r]);
+            if (r < (int)g->ar.size())
+                ek_ar_free(&g->ar[r]);
             if (!dead)
                 eng_nccl_comm_destroy(g->comm[r]);
             g->comm[r] = nullptr;
@@ -246,6 +254,8 @@ extern "C" void eng_cuda_tp_free(eng_cuda_tp_t *g) {
         for (void *c : g->comm)
             eng_nccl_comm_destroy(c);
     eng_tp_watch_free(g->watch);
+    if (g->abort_word)
+        cudaFreeHost(g->abort_word);
     if (!g->dev.empty())
         cudaSetDevice(g->dev[0]);
     delete g;
@@ -328,6 +338,62 @@ static int s_env(eng_cuda_tp *g, bool *ret_sync, char *err, size_t errlen) {
     return 0;
 }
 
+/* The one-shot all-reduce (eng_cuda_ar.h), for steps of up to OM_CUDA_TP_AR_ROWS tokens (default
+ * 512; two f32 buffers of rows x hidden per GPU): on when the shards reduce in f32, every pair of
+ * GPUs has peer access and OM_CUDA_TP_AR is not "nccl". Off: 0 and a note on stderr saying why. */
+static int s_ar_setup(eng_cuda_tp *g, char *err, size_t errlen) {
+    eng_cuda_model_info_t in;
+    eng_cuda_model_get_info(g->sh[0], &in);
+    const char *e = getenv("OM_CUDA_TP_AR");
+    if (e && *e && strcmp(e, "nccl") != 0 && strcmp(e, "p2p") != 0) {
+        snprintf(err, errlen, "OM_CUDA_TP_AR: '%s' is not 'p2p' (default) or 'nccl'", e);
+        return -EINVAL;
+    }
+    if (!in.tp_reduce_f32 || (e && !strcmp(e, "nccl")))
+        return 0;
+    unsigned long rows = 512;
+    const char *er = getenv("OM_CUDA_TP_AR_ROWS");
+    if (er && *er) {
+        char *end = nullptr;
+        rows = strtoul(er, &end, 10);
+        if (*end || er[0] == '-' || rows < 1 || rows > 65536) {
+            snprintf(err, errlen, "OM_CUDA_TP_AR_ROWS: '%s' is not a row count in [1, 65536]", er);
+            return -EINVAL;
+        }
+    }
+    if (in.hidden % 4 || !ek_ar_peer_ok(g->dev.data(), g->n)) {
+        fprintf(stderr, "engine tensor parallel: one-shot all-reduce off (%s); NCCL all-reduces\n",
+                in.hidden % 4 ? "hidden size not a multiple of 4"
+                : g->n > EK_AR_MAX_RANKS ? "more than 8 GPUs"
+                                         : "no peer access between every pair of GPUs");
+        return 0;
+    }
+    cudaSetDevice(g->dev[0]);
+    cudaError_t ce = cudaHostAlloc((void **)&g->abort_word, sizeof(int),
+                                   cudaHostAllocMapped | cudaHostAllocPortable);
+    if (ce != cudaSuccess) {
+        g->abort_word = nullptr;
+        snprintf(err, errlen, "one-shot all-reduce: pinned abort word: %s", cudaGetErrorString(ce));
+        return -EIO;
+    }
+    *g->abort_word = 0;
+    g->ar.assign(g->n, ek_ar{});
+    const size_t cap = (size_t)rows * in.hidden;
+    int r = s_all(g, [g, cap](int k, char *e2, size_t el) {
+        int rc = ek_ar_enable_peers(g->dev.data(), g->n, k, e2, el);
+        return rc < 0 ? rc : ek_ar_init(&g->ar[k], k, g->n, cap, e2, el);
+    }, err, errlen);
+    if (r < 0)
+        return r; /* eng_cuda_tp_free frees what was allocated */
+    std::vector<ek_ar *> all(g->n);
+    for (int k = 0; k < g->n; k++)
+        all[k] = &g->ar[k];
+    ek_ar_connect(all.data(), g->n, g->abort_word);
+    for (int k = 0; k < g->n; k++)
+        eng_cuda_model_set_tp_ar(g->sh[k], &g->ar[k]);
+    return 0;
+}
+
 extern "C" int eng_cuda_tp_load(const char *dir, const eng_cuda_model_opts_t *opts,
                                 eng_cuda_tp_t **ret, char *err, size_t errlen) {
     int n = opts->tensor_parallel;
@@ -401,6 +467,8 @@ extern "C" int eng_cuda_tp_load(const char *dir, const eng_cuda_model_opts_t *op
     g->sh = sh; /* (n), NULL where a rank failed */
     if (r >= 0 && !opts->weights_only)
         r = s_equal_kv(g, err, errlen);
+    if (r >= 0 && !opts->weights_only)
+        r = s_ar_setup(g, err, errlen);
     if (r < 0) {
         eng_cuda_tp_free(g); /* frees the shards that loaded, each on its thread */
         return r;
@@ -588,6 +656,8 @@ extern "C" int eng_cuda_tp_measure_comm(eng_cuda_tp_t *g, uint32_t rows, double 
     const size_t count = (size_t)rows * g->info.hidden;
     const int dt = g->info.tp_reduce_f32 ? 1 : 0; /* the dtype the steps reduce in */
     const size_t esz = dt ? 4 : 2;
+    /* the path a step of `rows` tokens takes: the one-shot kernels (bf16 out) or NCCL */
+    const bool p2p = !g->ar.empty() && count <= g->ar[0].cap;
     std::vector<double> med(g->n, 0.0);
     if (s_dead(g))
         return s_dead_err(g, err, errlen);
@@ -603,17 +673,19 @@ extern "C" int eng_cuda_tp_measure_comm(eng_cuda_tp_t *g, uint32_t rows, double 
         cudaEvent_t e0 = nullptr, e1 = nullptr;
         std::vector<float> ms;
         int rc = 0;
-        TCHECK(cudaMalloc(&buf, count * esz));
-        TCHECK(cudaMemsetAsync(buf, 0, count * esz, s));
+        TCHECK(cudaMalloc(&buf, count * (p2p ? 2 : esz)));
+        TCHECK(cudaMemsetAsync(buf, 0, count * (p2p ? 2 : esz), s));
         TCHECK(cudaEventCreate(&e0));
         TCHECK(cudaEventCreate(&e1));
         TCHECK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
         for (int i = 0; i < n_ar && rc == 0; i++)
-            rc = eng_nccl_allreduce_sum(g->comm[k], buf, count, dt, s);
+            rc = p2p ? ek_ar_sum(s, &g->ar[k], i & 1, (bf16 *)buf, count)
+                     : eng_nccl_allreduce_sum(g->comm[k], buf, count, dt, s);
         {
             cudaError_t ce = cudaStreamEndCapture(s, &graph);
             if (rc < 0) {
-                snprintf(e, el, "%s", eng_nccl_last_error());
+                snprintf(e, el, "%s", p2p ? "one-shot all-reduce launch failed"
+                                          : eng_nccl_last_error());
                 goto out;
             }
             TCHECK(ce);

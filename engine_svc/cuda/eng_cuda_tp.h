@@ -40,6 +40,10 @@ void *eng_cuda_model_stream(eng_cuda_model_t *m);
  * group then waits with a watchdog); host copies (ret_ids, ret_logits) complete when the stream
  * does. Off (default): the forward returns after cudaStreamSynchronize. */
 void eng_cuda_model_set_tp_async(eng_cuda_model_t *m, bool on);
+/* Hands the shard its rank's one-shot all-reduce state (ek_ar *, eng_cuda_ar.h; owned by the
+ * group, NULL: NCCL only) and turns PDL on for its decode graphs unless OM_CUDA_TP_PDL=0. Before
+ * the first forward. No-op unless the shard reduces in f32. */
+void eng_cuda_model_set_tp_ar(eng_cuda_model_t *m, void *ar);
 
 int eng_cuda_tp_load(const char *dir, const eng_cuda_model_opts_t *opts, eng_cuda_tp_t **ret,
                      char *err, size_t errlen);

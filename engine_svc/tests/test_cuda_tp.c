@@ -15,6 +15,9 @@
  *     the single-GPU one at every step, except where the single-GPU top-2 gap is within twice
  *     the measured logit difference of that row (a bf16 near-tie); prompts with no such step
  *     must match exactly (their free-running greedy sequences are equal);
+ *  3b. the one-shot all-reduce over peer memory (the default) against NCCL (OM_CUDA_TP_AR=nccl):
+ *     bit-identical logits and ids at every step, batched and alone, and with the prefills on NCCL
+ *     and the decode steps on the one-shot kernel (OM_CUDA_TP_AR_ROWS=16);
  *  4. eng_service with OMNIPIPE_TENSOR_PARALLEL=2: the golden prompts alone, then all batched:
  *     greedy tokens alone == batched, and == a single-GPU service's, except at near-ties (top-2
  *     logprob gap < 0.05). One line per check.
@@ -434,6 +437,131 @@ out:
     json_decref(g);
 }
 
+/* --- 3b. the one-shot all-reduce over peer memory against NCCL ---------------------------- */
+
+static int s_load_ar(const char *dir, int mp, const char *ar, const char *rows,
+                     eng_cuda_model_t **m, char *err, size_t errlen) {
+    setenv("OM_CUDA_TP_AR", ar, 1);
+    if (rows)
+        setenv("OM_CUDA_TP_AR_ROWS", rows, 1);
+    int r = s_load(dir, 2, mp, NULL, m, err, errlen);
+    unsetenv("OM_CUDA_TP_AR");
+    unsetenv("OM_CUDA_TP_AR_ROWS");
+    return r;
+}
+
+/* With 2 ranks the one-shot kernel's sum a + b is NCCL's f32 sum, rounded once as before: the
+ * split model's logits must be bit-identical with OM_CUDA_TP_AR=p2p (default) and =nccl, at every
+ * step: all prompts batched (eager prefill, decode graphs at T = n, PDL on with p2p), then prompt
+ * 0 alone (T = 1 graphs). The "rows 16" variant sends the prefills (> 16 rows) through NCCL and
+ * the decode steps through the one-shot kernel: the hand-over between the two paths. */
+static void t_p2p(const char *name, int mp) {
+    char dir[1200], err[512] = "";
+    const char *mode = mp == ENG_CUDA_MOE_PAR_COLUMN ? "column" : "expert";
+    snprintf(dir, sizeof dir, "%s/%s/golden.json", g_fix, name);
+    json_t *g = json_load_file(dir, 0, NULL);
+    snprintf(dir, sizeof dir, "%s/%s", g_fix, name);
+    if (!g) {
+        s_result(0, "%s: cannot read golden.json", name);
+        return;
+    }
+    eng_cuda_model_t *m[3] = {NULL, NULL, NULL}; /* nccl, p2p, p2p with 16 rows */
+    static const char *lab[3] = {"nccl", "p2p", "p2p rows 16"};
+    int r = s_load_ar(dir, mp, "nccl", NULL, &m[0], err, sizeof err);
+    if (r >= 0)
+        r = s_load_ar(dir, mp, "p2p", NULL, &m[1], err, sizeof err);
+    if (r >= 0)
+        r = s_load_ar(dir, mp, "p2p", "16", &m[2], err, sizeof err);
+    if (r < 0) {
+        s_result(0, "%s: TP=2 %s load for the all-reduce A/B: %d %s", name, mode, r, err);
+        goto done;
+    }
+    eng_cuda_model_info_t in[3];
+    for (int k = 0; k < 3; k++)
+        eng_cuda_model_get_info(m[k], &in[k]);
+    s_result(in[0].tp_ar_rows == 0 && in[1].tp_ar_rows == 512 && in[2].tp_ar_rows == 16,
+             "%s: TP=2 %s one-shot all-reduce rows: nccl %u (want 0), p2p %u (512), p2p rows 16 "
+             "%u (16)", name, mode, in[0].tp_ar_rows, in[1].tp_ar_rows, in[2].tp_ar_rows);
+    if (in[1].tp_ar_rows == 0)
+        goto done; /* no peer access: the line above failed and says so */
+    {
+        int V = (int)in[0].vocab, bs = (int)in[0].block_size;
+        json_t *prompts = json_object_get(g, "prompts");
+        int n = (int)json_array_size(prompts);
+        if (n > MAXP)
+            n = MAXP;
+        int32_t *toks[MAXP], *bt[MAXP];
+        int len[MAXP], per = 0;
+        for (int i = 0; i < n; i++) {
+            json_t *p = json_array_get(prompts, i);
+            len[i] = (int)json_array_size(p);
+            toks[i] = malloc((size_t)(len[i] + NSTEP) * 4);
+            for (int j = 0; j < len[i]; j++)
+                toks[i][j] = (int32_t)json_integer_value(json_array_get(p, j));
+            int nb = (len[i] + NSTEP + bs) / bs;
+            per = nb > per ? nb : per;
+        }
+        for (int i = 0; i < n; i++) {
+            bt[i] = malloc((size_t)per * 4);
+            for (int j = 0; j < per; j++)
+                bt[i][j] = i * per + j;
+        }
+        float *lg[3];
+        for (int k = 0; k < 3; k++)
+            lg[k] = malloc((size_t)n * V * 4);
+        int rows = 0, same[3] = {0, 0, 0}, ids_same[3] = {0, 0, 0};
+        eng_batch_seq_t seqs[MAXP];
+        for (int phase = 0; phase < 2 && r >= 0; phase++) {
+            const int nb = phase == 0 ? n : 1; /* all prompts batched, then prompt 0 alone */
+            eng_batch_t b = {seqs, (uint32_t)nb, 0, (uint32_t)nb};
+            for (int i = 0; i < nb; i++) {
+                seqs[i] = (eng_batch_seq_t){toks[i], (uint32_t)len[i], 0, NULL, bt[i],
+                                            (uint32_t)per, true};
+                b.n_tokens += len[i];
+            }
+            for (int s = 0; s < NSTEP && r >= 0; s++) {
+                if (s > 0) {
+                    for (int i = 0; i < nb; i++) {
+                        seqs[i].tokens = toks[i] + len[i] + s - 1;
+                        seqs[i].n_tokens = 1;
+                        seqs[i].n_past = (uint32_t)(len[i] + s - 1);
+                    }
+                    b.n_tokens = (uint32_t)nb;
+                }
+                int32_t id[3][MAXP];
+                for (int k = 0; k < 3 && r >= 0; k++)
+                    if ((r = eng_cuda_model_forward(m[k], &b, lg[k], id[k], err, sizeof err)) < 0)
+                        s_result(0, "%s: TP=2 %s %s phase %d step %d: %d %s", name, mode, lab[k],
+                                 phase, s, r, err);
+                for (int i = 0; i < nb && r >= 0; i++) {
+                    rows++;
+                    for (int k = 1; k < 3; k++) {
+                        same[k] += !memcmp(lg[k] + (size_t)i * V, lg[0] + (size_t)i * V,
+                                           (size_t)V * 4);
+                        ids_same[k] += id[k][i] == id[0][i];
+                    }
+                    toks[i][len[i] + s] = id[0][i];
+                }
+            }
+        }
+        for (int k = 1; k < 3 && r >= 0; k++)
+            s_result(same[k] == rows && ids_same[k] == rows,
+                     "%s: TP=2 %s all-reduce %s vs nccl: bit-identical logits rows %d/%d, equal "
+                     "greedy ids %d/%d (%d prompts batched + prompt 0 alone, %d steps each)", name,
+                     mode, lab[k], same[k], rows, ids_same[k], rows, n, NSTEP);
+        for (int i = 0; i < n; i++) {
+            free(toks[i]);
+            free(bt[i]);
+        }
+        for (int k = 0; k < 3; k++)
+            free(lg[k]);
+    }
+done:
+    for (int k = 0; k < 3; k++)
+        eng_cuda_model_free(m[k]);
+    json_decref(g);
+}
+
 /* --- 4. eng_service level ------------------------------------------------------------------ */
 
 typedef struct t_run {
@@ -603,6 +731,10 @@ int main(void) {
     for (int i = 0; i < 3; i++) {
         t_runner(fx[i], ENG_CUDA_MOE_PAR_EXPERT, NULL);
         t_runner(fx[i], ENG_CUDA_MOE_PAR_COLUMN, NULL);
+    }
+    for (int i = 0; i < 3; i++) {
+        t_p2p(fx[i], ENG_CUDA_MOE_PAR_EXPERT);
+        t_p2p(fx[i], ENG_CUDA_MOE_PAR_COLUMN);
     }
     g_info = 1; /* the bf16 all-reduce (OM_CUDA_TP_REDUCE=bf16): the A/B, not counted */
     for (int i = 0; i < 3; i++) {
