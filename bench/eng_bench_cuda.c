@@ -275,7 +275,7 @@ static int s_tp_bench(int tp, int steps) {
                agg[k], step_ms[k + 1]);
         fflush(stdout);
     }
-    for (int k = 0; k < 3; k++) {
+    for (int k = 0; k < 3 && tp > 1; k++) { /* one GPU: no all-reduce, nothing to time */
         int r = eng_cuda_model_measure_comm(g_m, (uint32_t)cb[k], &comm[k], &ar_us[k], g_err,
                                             sizeof g_err);
         if (r < 0)

@@ -6,6 +6,7 @@
  *                 [--engines 1,2] [--concurrency 64,256] [--prompt-len 512] [--gen-len 128]
  *                 [--clients 16] [--repeat 1] [--heartbeat-ms N] [--deadline-ms 600000]
  *                 [--omnipipe PATH] [--log-level L] [--ready-timeout S] [--json FILE]
+ *                 [--tensor-parallel N]   (each engine split over N GPUs: replicas against a split)
  *   replica_bench --fault --model DIR ... [--fault-concurrency 64] [--kill-engine engine-0]
  *                 [--kill-after N] [--after-rejoin N] [--rejoin-timeout S] [--restart-delay-ms N]
  *
@@ -70,6 +71,7 @@ typedef struct rb_opts {
     const char *threads;         /* CPU engine threads, passed to `up`; NULL = default */
     const char *heartbeat_ms;    /* daemons' --heartbeat-ms; NULL = default */
     const char *restart_delay;   /* fault: up's --restart-delay-ms; NULL = default */
+    const char *tp;              /* up's --tensor-parallel (GPUs per engine); NULL = 1 */
     const char *omnipipe;        /* omnipipe binary; NULL = next to this one */
     const char *log_level;       /* daemons' --log-level */
     const char *json_path;       /* NULL = no JSON */
@@ -239,6 +241,10 @@ static int s_up_start(const rb_opts_t *o, uint32_t engines, bool restart, rb_up_
     if (o->heartbeat_ms) {
         args[n++] = "--heartbeat-ms";
         args[n++] = (char *)o->heartbeat_ms;
+    }
+    if (o->tp) {
+        args[n++] = "--tensor-parallel";
+        args[n++] = (char *)o->tp;
     }
     if (o->log_level) {
         args[n++] = "--log-level";
@@ -585,6 +591,8 @@ static int s_scale(const rb_opts_t *o) {
         s_up_stop(&up);
     }
     /* the table */
+    if (o->tp)
+        printf("# each engine splits the model over %s GPUs (--tensor-parallel %s)\n", o->tp, o->tp);
     printf("# engines |    C |  tok/s (all gen) | x vs 1 | TTFT p50 / p99 ms   | p99 x vs 1 | TPOT ms | "
            "requests per engine\n");
     json_t *rows = json_array();
@@ -973,6 +981,7 @@ static void s_usage(FILE *f) {
                "         [--engines 1,2] [--concurrency 64,256] [--prompt-len P (512)] [--gen-len G (128)]\n"
                "         [--clients K (16)] [--repeat R (1)] [--heartbeat-ms N] [--deadline-ms N]\n"
                "         [--omnipipe PATH] [--log-level L (err)] [--ready-timeout S (600)] [--json FILE]\n"
+               "         [--tensor-parallel N (1): GPUs per engine]\n"
                "       replica_bench --fault --model DIR ... [--engines N (2)] [--fault-concurrency C (64)]\n"
                "         [--kill-engine NAME (engine-0)] [--kill-after N (C)] [--after-rejoin N (4)]\n"
                "         [--rejoin-timeout S (600)] [--restart-delay-ms N]\n");
@@ -982,7 +991,7 @@ int main(int argc, char **argv) {
     enum {
         O_MODEL = 1000, O_BACKEND, O_LF, O_THREADS, O_ENGINES, O_CONC, O_PROMPT, O_GEN, O_CLIENTS, O_REPEAT, O_HB,
         O_DEADLINE, O_OMNIPIPE, O_LOG, O_READY, O_JSON, O_FAULT, O_FCONC, O_KILL, O_KILL_AFTER, O_AFTER_REJOIN,
-        O_REJOIN_TIMEOUT, O_RDELAY, O_HELP,
+        O_REJOIN_TIMEOUT, O_RDELAY, O_TP, O_HELP,
     };
     static const struct option longopts[] = {
         {"model", required_argument, NULL, O_MODEL},
@@ -1008,6 +1017,7 @@ int main(int argc, char **argv) {
         {"after-rejoin", required_argument, NULL, O_AFTER_REJOIN},
         {"rejoin-timeout", required_argument, NULL, O_REJOIN_TIMEOUT},
         {"restart-delay-ms", required_argument, NULL, O_RDELAY},
+        {"tensor-parallel", required_argument, NULL, O_TP},
         {"help", no_argument, NULL, O_HELP},
         {NULL, 0, NULL, 0},
     };
@@ -1092,6 +1102,11 @@ int main(int argc, char **argv) {
             if (bench_parse_u32("replica_bench", "restart-delay-ms", optarg, 0, 30000, &u32) < 0)
                 return 2;
             o.restart_delay = optarg;
+            break;
+        case O_TP:
+            if (bench_parse_u32("replica_bench", "tensor-parallel", optarg, 1, 8, &u32) < 0)
+                return 2;
+            o.tp = optarg;
             break;
         case O_HELP: s_usage(stdout); return 0;
         default: s_usage(stderr); return 2;

@@ -8,13 +8,15 @@
  * every rank, runs rank 0's part inline and waits for the others (a generation counter under a
  * mutex + two condition variables). All ranks therefore issue the same NCCL collectives in the
  * same order; decode steps are replayed from per-bucket CUDA graphs that each rank captures on
- * its own thread at the same step (capture mode thread-local), NCCL kernels included.
+ * its own thread at the same step (capture mode thread-local), all-reduce kernels included (the
+ * one-shot kernel of eng_cuda_ar.h, or NCCL's for large steps / without peer access).
  *
  * No hang on a rank's failure (eng_tp_watch.h): a forward issues each rank's step without the
  * final stream sync (eng_cuda_model_set_tp_async) and then waits for the stream with a bounded
  * poll (cudaStreamQuery, ncclCommGetAsyncError) under a watchdog (OMNIPIPE_TP_WATCHDOG_MS,
  * default 20000; 0 = none). A rank's error, an async NCCL error or the watchdog aborts every
- * rank's communicator (ncclCommAbort: the peers' waiting NCCL kernels return), marks the group
+ * rank's communicator (ncclCommAbort: the peers' waiting NCCL kernels return; the abort word
+ * releases waiting one-shot all-reduce kernels first), marks the group
  * dead for good, sets the process's sticky CUDA error and returns -EHOSTDOWN naming the rank and
  * the reason; engine_svc then fails its requests as UNAVAILABLE (retryable) and exits so the
  * service manager restarts it. OM_CUDA_TP_WAIT=sync restores the old unbounded

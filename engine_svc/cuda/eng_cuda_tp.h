@@ -11,8 +11,9 @@
  * gate/up with the matching down columns (dense MLP: the one "expert"); with moe_parallel expert
  * (the default) an MoE shard instead holds whole experts [r·E/N, (r+1)·E/N) and computes only the
  * (token, k) pairs routed to them. The two partial sums of a layer (after o_proj, after the
- * MLP/MoE) are summed in place by ncclAllReduce ((T, D); f32 then rounded to bf16 once, or bf16
- * with OM_CUDA_TP_REDUCE=bf16) on the shard's stream, inside the decode CUDA graphs. Embedding, norms, router and lm_head are
+ * MLP/MoE) are summed on the shard's stream, inside the decode CUDA graphs: in f32, rounded to bf16
+ * once, by the one-shot kernel over peer memory (eng_cuda_ar.h) for steps of up to
+ * OM_CUDA_TP_AR_ROWS tokens, else by ncclAllReduce ((T, D); or in bf16 with OM_CUDA_TP_REDUCE=bf16). Embedding, norms, router and lm_head are
  * replicated; every rank computes the same logits and argmax; rank 0's are returned.
  *
  * Every call runs on all ranks at once (one step descriptor, the same eng_batch_t, handed to the
