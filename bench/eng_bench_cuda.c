@@ -35,7 +35,8 @@
  * Usage: eng_bench_cuda CONFIG_DIR [--steps N] [--quick] [--profile] [--b1-only] [--service]
  *        [--tensor-parallel N] [--moe-parallel expert|column] [--curve] [--skip LIST]
  * --profile: only runs, inside a profiler range (ncu --profile-from-start off), one batch-1 decode
- * step at ctx 512, one 512-token prefill and one batch-128 decode step (bench/ncu_summary.py). */
+ * step at ctx 512, one 512-token prefill and one batch-128 decode step (bench/ncu_summary.py);
+ * OM_PROFILE_BATCHES="32,64" (env) profiles decode steps at those batches instead of 128. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -445,17 +446,35 @@ int main(int argc, char **argv) {
         s_seq_init(&p, 600, 12);
         s_prefill(&a, 1, 512, 4096);
         s_decode(&a, 1, 4);
-        int n = 128;
+        int nb[8] = {128}, n_nb = 1, n = 0;
+        const char *pb = getenv("OM_PROFILE_BATCHES");
+        if (pb && *pb) {
+            n_nb = 0;
+            for (const char *q = pb; *q && n_nb < 8;) {
+                char *end = NULL;
+                long v = strtol(q, &end, 10);
+                if (end == q || v < 1 || v > 512) {
+                    fprintf(stderr, "OM_PROFILE_BATCHES: '%s' is not a list of batches in [1, 512]\n", pb);
+                    return 2;
+                }
+                nb[n_nb++] = (int)v;
+                q = *end == ',' ? end + 1 : end;
+            }
+        }
+        for (int k = 0; k < n_nb; k++)
+            n = nb[k] > n ? nb[k] : n;
         seq_t *ss = calloc(n, sizeof *ss);
         for (int i = 0; i < n; i++)
             s_seq_init(&ss[i], 600, 100 + i);
         for (int i = 0; i < n; i += 8)
-            s_prefill(ss + i, 8, 512, 512);
-        s_decode(ss, n, 3);
+            s_prefill(ss + i, n - i < 8 ? n - i : 8, 512, 512);
+        for (int k = 0; k < n_nb; k++)
+            s_decode(ss, nb[k], 3);
         eng_cuda_profiler(true);
         s_decode(&a, 1, 1);
         s_prefill(&p, 1, 512, 4096);
-        s_decode(ss, n, 1);
+        for (int k = 0; k < n_nb; k++)
+            s_decode(ss, nb[k], 1);
         eng_cuda_profiler(false);
         eng_cuda_model_free(g_m);
         printf("profile done\n");

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """ncu_summary.py: groups an `ncu --csv --page raw` kernel log of `eng_bench_cuda --profile` into
-phases (a phase ends at each k_argmax kernel: batch-1 decode step, 512-token prefill, batch-128
+phases (a phase ends at each k_argmax, k_argmax_final or k_argmax_partials kernel: batch-1 decode step, 512-token prefill, batch-128
 decode step) and prints, per phase, kernel time and DRAM bytes by kernel name.
-Usage: ncu_summary.py NCU_CSV"""
+Usage: ncu_summary.py NCU_CSV [BATCHES, e.g. 32,64: the decode batches profiled after the prefill]"""
 import csv
 import re
 import sys
@@ -15,7 +15,9 @@ def main():
     hdr = rows[hdr_i]
     kn = hdr.index("Kernel Name")
     tcol = next(i for i, h in enumerate(hdr) if h.startswith("gpu__time_duration"))
-    bcol = next((i for i, h in enumerate(hdr) if h.startswith("dram__bytes_read")), None)
+    # the .sum column exactly: ncu also writes .avg/.max/.min (per DRAM unit), and the first of
+    # those is not the kernel's bytes
+    bcol = next((i for i, h in enumerate(hdr) if h == "dram__bytes_read.sum"), None)
     phases, cur = [], OrderedDict()
     for r in rows[hdr_i + 1:]:
         if len(r) <= tcol:
@@ -31,12 +33,13 @@ def main():
         e[0] += 1
         e[1] += t
         e[2] += b
-        if name in ("k_argmax", "k_argmax_final"):
+        if name in ("k_argmax", "k_argmax_final", "k_argmax_partials"):
             phases.append(cur)
             cur = OrderedDict()
     if cur:
         phases.append(cur)
-    labels = ["batch-1 decode step (ctx 512)", "prefill 512 tokens", "batch-128 decode step"]
+    labels = ["batch-1 decode step (ctx 512)", "prefill 512 tokens"] + [
+        f"batch-{b} decode step" for b in (sys.argv[2].split(",") if len(sys.argv) > 2 else ["128"])]
     for i, ph in enumerate(phases):
         tot = sum(v[1] for v in ph.values())
         byt = sum(v[2] for v in ph.values())
