@@ -13,6 +13,10 @@
  * run: scheduler, KV block manager, the backend's SAMPLE hook), greedy, temperature/top-p, and
  * top-p with penalties, with logprobs, greedy with ignore_eos + min_tokens, all sampled on the
  * GPU; OMNIPIPE_GPU_SAMPLE=0 in the environment samples on the host instead.
+ * --service-ab: instead of --service's rows, ctx 512 only: greedy, top-p, + penalties, + logprobs
+ * with OMNIPIPE_SAMPLE_FUSED=1 (the draw queued behind the unsynchronised step) and =0 (the old
+ * synchronised step, then the draw), alternating, two rounds; then per setting the mean ms/token of
+ * greedy and what each sampled mode costs over it.
  *
  * --tensor-parallel N: the model split over GPUs 0..N-1 (eng_cuda_tp.h; N = 1 is the unsplit
  * runner) and only the split/replicate comparison: batch-1 decode at ctx 512 (tok/s, ms/token),
@@ -33,6 +37,7 @@
  * tokens are wrong; `bench/gpu-run` with SKIPS=1 runs one kernel at a time.
  *
  * Usage: eng_bench_cuda CONFIG_DIR [--steps N] [--quick] [--profile] [--b1-only] [--service]
+ *        [--service-ab]
  *        [--tensor-parallel N] [--moe-parallel expert|column] [--curve] [--skip LIST]
  * --profile: only runs, inside a profiler range (ncu --profile-from-start off), one batch-1 decode
  * step at ctx 512, one 512-token prefill and one batch-128 decode step (bench/ncu_summary.py). */
@@ -345,6 +350,8 @@ int main(int argc, char **argv) {
             b1_only = 1;
         else if (!strcmp(argv[i], "--service"))
             service = 1;
+        else if (!strcmp(argv[i], "--service-ab"))
+            service = 2;
         else if (!strcmp(argv[i], "--curve"))
             curve = 1;
         else if (!strcmp(argv[i], "--skip") && i + 1 < argc) {
@@ -477,6 +484,33 @@ int main(int argc, char **argv) {
         g_m = NULL;
         if (!service)
             return 0;
+        if (service == 2) { /* fused sampling on / off, alternating, ctx 512 */
+            static const int ab_modes[4] = {S_GREEDY, S_TOPP, S_TOPP_PEN, S_TOPP_LP};
+            double ms[2][4] = {{0}}; /* [fused][mode] sum of ms/token */
+            const int rounds = 2;
+            for (int round = 0; round < rounds; round++)
+                for (int f = 1; f >= 0; f--)
+                    for (int k = 0; k < 4; k++) {
+                        setenv("OMNIPIPE_SAMPLE_FUSED", f ? "1" : "0", 1);
+                        double tt = 0;
+                        int timed = 0;
+                        double tps = s_service_b1(argv[1], ctxs[0], steps, ab_modes[k], &tt, &timed);
+                        ms[f][k] += tps > 0 ? 1e3 / tps / rounds : 0;
+                        printf("service-ab round %d, OMNIPIPE_SAMPLE_FUSED=%d, ctx %d, %s: decode "
+                               "%.1f tok/s (%.3f ms/token over %d tokens)\n",
+                               round, f, ctxs[0], s_mode_name[ab_modes[k]], tps,
+                               tps > 0 ? 1e3 / tps : 0, timed);
+                        fflush(stdout);
+                    }
+            unsetenv("OMNIPIPE_SAMPLE_FUSED");
+            for (int f = 1; f >= 0; f--)
+                printf("service-ab summary OMNIPIPE_SAMPLE_FUSED=%d (mean of %d): greedy %.3f "
+                       "ms/token (%.1f tok/s; direct runner %.1f); top-p +%.3f ms, + penalties "
+                       "+%.3f ms, + logprobs +%.3f ms over greedy\n",
+                       f, rounds, ms[f][0], ms[f][0] > 0 ? 1e3 / ms[f][0] : 0, dec1[0],
+                       ms[f][1] - ms[f][0], ms[f][2] - ms[f][0], ms[f][3] - ms[f][0]);
+            return 0;
+        }
         /* the same batch-1 decode through eng_service (fast runner, scheduler, GPU sampling) */
         const char *const *how = s_mode_name;
         for (int c = 0; c < 2; c++)

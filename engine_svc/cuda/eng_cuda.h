@@ -149,6 +149,16 @@ float *eng_cuda_model_logits(eng_cuda_model_t *m);
 int eng_cuda_model_forward(eng_cuda_model_t *m, const eng_batch_t *b, float *ret_logits,
                            int32_t *ret_ids, char *err, size_t errlen);
 
+/* eng_cuda_model_forward without the final host synchronisation (logits stay on the GPU): on one
+ * GPU it returns as soon as the step is queued, with *ret_stream = the runner's stream (a
+ * cudaStream_t): the caller queues its work on the logits (eng_cuda_model_logits) behind the step
+ * there and synchronises that stream (or calls eng_cuda_model_sync) before the next forward and
+ * before reading anything the step wrote. A failure of the step itself shows up at that
+ * synchronisation. Tensor parallel: the step is complete on return and *ret_stream = NULL.
+ * Errors as eng_cuda_model_forward (-EINVAL also for ret_stream NULL). */
+int eng_cuda_model_forward_async(eng_cuda_model_t *m, const eng_batch_t *b, void **ret_stream,
+                                 char *err, size_t errlen);
+
 /* Debug/test hook: while ret_hidden is set, every eager forward writes the final-norm output
  * (T, D) f32 to ret_hidden (layer must be n_layers; other layers are not captured yet). NULL
  * disables. Capture turns CUDA graphs off. */

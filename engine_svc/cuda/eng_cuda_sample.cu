@@ -1269,11 +1269,12 @@ extern "C" int eng_cuda_sample_host(const float *logits, uint32_t V,
     return 0;
 }
 
-/* static workspace (grown, never shrunk): rows, results and edits (device and pinned host),
- * candidates and edited row copies (device) */
-static eng_cuda_sample_row_t *s_rows_dev, *s_rows_host;
+/* static workspace (grown, never shrunk): rows + edits packed in one buffer (device and pinned
+ * host: one upload), results (device and pinned host), candidates and edited row copies (device) */
+static eng_cuda_sample_row_t *s_rows_dev, *s_rows_host;   /* (s_cap) at the start of the pack */
 static eng_cuda_sample_out_t *s_out_dev, *s_out_host;
-static eng_cuda_sample_edit_t *s_edits_dev, *s_edits_host;
+static eng_cuda_sample_edit_t *s_edits_dev, *s_edits_host; /* (s_edit_cap) after the rows */
+static char *s_pack_dev, *s_pack_host;                     /* rows then edits */
 static float *s_cand_l;    /* (s_cand) */
 static int32_t *s_cand_id; /* (s_cand) */
 static float *s_proc;      /* (s_proc_n) edited row copies */
@@ -1282,15 +1283,38 @@ static int32_t *s_bin_id;  /* (s_cap, SS_BCAP) */
 static uint32_t s_cap;     /* rows */
 static size_t s_cand, s_edit_cap, s_proc_n;
 
+/* bytes of the packed rows in front of the edits (16-byte aligned) */
+static size_t s_rows_bytes(uint32_t cap) {
+    return ((size_t)cap * sizeof(eng_cuda_sample_row_t) + 15) & ~(size_t)15;
+}
+
 static int s_reserve(uint32_t n, size_t cand, size_t n_edits, size_t proc) {
+    if (n > s_cap || n_edits > s_edit_cap || !s_pack_dev) {
+        /* the pack (rows + edits): rows and edit capacities only grow */
+        uint32_t cap = n > s_cap ? (n < 64 ? 64 : n) : s_cap;
+        size_t ecap = n_edits > s_edit_cap
+                          ? (n_edits < 4096 ? 4096 : n_edits + n_edits / 2)
+                          : (s_edit_cap ? s_edit_cap : 4096);
+        cudaFree(s_pack_dev);
+        cudaFreeHost(s_pack_host);
+        s_pack_dev = s_pack_host = nullptr;
+        s_rows_dev = s_rows_host = nullptr;
+        s_edits_dev = s_edits_host = nullptr;
+        s_edit_cap = 0;
+        const size_t bytes = s_rows_bytes(cap) + ecap * sizeof(eng_cuda_sample_edit_t);
+        CUDA_CHECK(cudaMalloc(&s_pack_dev, bytes));
+        CUDA_CHECK(cudaMallocHost(&s_pack_host, bytes));
+        s_rows_dev = (eng_cuda_sample_row_t *)s_pack_dev;
+        s_rows_host = (eng_cuda_sample_row_t *)s_pack_host;
+        s_edits_dev = (eng_cuda_sample_edit_t *)(s_pack_dev + s_rows_bytes(cap));
+        s_edits_host = (eng_cuda_sample_edit_t *)(s_pack_host + s_rows_bytes(cap));
+        s_edit_cap = ecap;
+    }
     if (n > s_cap) {
-        cudaFree(s_rows_dev);
         cudaFree(s_out_dev);
-        cudaFreeHost(s_rows_host);
         cudaFreeHost(s_out_host);
         cudaFree(s_bin_l);
         cudaFree(s_bin_id);
-        s_rows_dev = s_rows_host = nullptr;
         s_out_dev = s_out_host = nullptr;
         s_bin_l = nullptr;
         s_bin_id = nullptr;
@@ -1298,9 +1322,7 @@ static int s_reserve(uint32_t n, size_t cand, size_t n_edits, size_t proc) {
         uint32_t cap = n < 64 ? 64 : n;
         CUDA_CHECK(cudaMalloc(&s_bin_l, (size_t)cap * SS_BCAP * sizeof *s_bin_l));
         CUDA_CHECK(cudaMalloc(&s_bin_id, (size_t)cap * SS_BCAP * sizeof *s_bin_id));
-        CUDA_CHECK(cudaMalloc(&s_rows_dev, cap * sizeof *s_rows_dev));
         CUDA_CHECK(cudaMalloc(&s_out_dev, cap * sizeof *s_out_dev));
-        CUDA_CHECK(cudaMallocHost(&s_rows_host, cap * sizeof *s_rows_host));
         CUDA_CHECK(cudaMallocHost(&s_out_host, cap * sizeof *s_out_host));
         s_cap = cap;
     }
@@ -1313,16 +1335,6 @@ static int s_reserve(uint32_t n, size_t cand, size_t n_edits, size_t proc) {
         CUDA_CHECK(cudaMalloc(&s_cand_l, cand * sizeof *s_cand_l));
         CUDA_CHECK(cudaMalloc(&s_cand_id, cand * sizeof *s_cand_id));
         s_cand = cand;
-    }
-    if (n_edits > s_edit_cap) {
-        cudaFree(s_edits_dev);
-        cudaFreeHost(s_edits_host);
-        s_edits_dev = s_edits_host = nullptr;
-        s_edit_cap = 0;
-        size_t cap = n_edits < 4096 ? 4096 : n_edits + n_edits / 2;
-        CUDA_CHECK(cudaMalloc(&s_edits_dev, cap * sizeof *s_edits_dev));
-        CUDA_CHECK(cudaMallocHost(&s_edits_host, cap * sizeof *s_edits_host));
-        s_edit_cap = cap;
     }
     if (proc > s_proc_n) {
         cudaFree(s_proc);
@@ -1398,6 +1410,13 @@ static uint32_t s_sp_nb(uint32_t n_rows, uint32_t V) {
     return nb > 0 ? nb : 1;
 }
 
+/* OMNIPIPE_SAMPLE_FUSED=0: rows and edits go up in two copies, as before the packed upload (A/B;
+ * read on every call). The bytes on the device are the same either way. */
+static bool s_packed_upload(void) {
+    const char *e = getenv("OMNIPIPE_SAMPLE_FUSED");
+    return !(e && strcmp(e, "0") == 0);
+}
+
 /* both entry points; plain: ids only, the rows' edit and logprob fields ignored */
 static int s_sample(void *stream, const float *logits, uint32_t n_rows, uint32_t V,
                     const eng_cuda_sample_row_t *rows, const eng_cuda_sample_edit_t *edits,
@@ -1441,12 +1460,19 @@ static int s_sample(void *stream, const float *logits, uint32_t n_rows, uint32_t
         }
         h->slot = h->n_edit > 0 ? slot++ : 0;
     }
-    CUDA_CHECK(cudaMemcpyAsync(s_rows_dev, s_rows_host, n_rows * sizeof *rows,
-                               cudaMemcpyHostToDevice, s));
-    if (!plain && n_edits > 0) {
+    const bool upload_edits = !plain && n_edits > 0;
+    if (upload_edits)
         memcpy(s_edits_host, edits, n_edits * sizeof *edits);
-        CUDA_CHECK(cudaMemcpyAsync(s_edits_dev, s_edits_host, n_edits * sizeof *edits,
+    if (s_packed_upload()) { /* rows and edits in one copy (the gap between them is not read) */
+        const size_t bytes = upload_edits ? s_rows_bytes(s_cap) + n_edits * sizeof *edits
+                                          : n_rows * sizeof *rows;
+        CUDA_CHECK(cudaMemcpyAsync(s_pack_dev, s_pack_host, bytes, cudaMemcpyHostToDevice, s));
+    } else {
+        CUDA_CHECK(cudaMemcpyAsync(s_rows_dev, s_rows_host, n_rows * sizeof *rows,
                                    cudaMemcpyHostToDevice, s));
+        if (upload_edits)
+            CUDA_CHECK(cudaMemcpyAsync(s_edits_dev, s_edits_host, n_edits * sizeof *edits,
+                                       cudaMemcpyHostToDevice, s));
     }
     if (s_use_split(n_rows)) {
         const uint32_t nb = s_sp_nb(n_rows, V);
