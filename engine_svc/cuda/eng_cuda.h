@@ -260,6 +260,19 @@ int eng_cuda_sample_ex(void *stream, const float *logits, uint32_t n_rows, uint3
 int eng_cuda_sample_host(const float *logits, uint32_t V, const eng_cuda_sample_row_t *row,
                          int32_t *ret_id);
 
+/* Test hook: the split path's choices for one row at batch 1 run on the host (the kernels'
+ * template code, one thread): the prefix compacted into the candidate list (*ret_path 1), else,
+ * with sparse, the sparse bin lists (2: rows without top-k and min-p whose bins fit; 3: the same,
+ * but the draw ended in a bin outside the lists and read the whole row, not expected), else the
+ * whole row (0; greedy also 0). bcap: slots of a select's bin list (0: none, the radix rounds read
+ * their source). The token is the same whichever path runs. 0, -EINVAL or -ENOMEM. */
+int eng_cuda_sample_host_split(const float *logits, uint32_t V, const eng_cuda_sample_row_t *row,
+                               int sparse, int bcap, int32_t *ret_id, int *ret_path);
+
+/* Test hook: rows the split path has drawn from sparse bin lists in this process so far (a device
+ * counter; synchronises). 0 or -EIO. */
+int eng_cuda_sample_sparse_rows(uint64_t *ret);
+
 /* Blocks until the device is idle; 0 or -EIO. */
 int eng_cuda_model_sync(eng_cuda_model_t *m);
 

@@ -23,8 +23,10 @@
  *     requests is printed: bf16 batch kernels may move a draw across a CDF boundary).
  * fused sampling (test_fused_*): the same sampled requests (top-p, top-k, min-p, penalties,
  * logprobs, several seeds; alone and four at a time) with OMNIPIPE_SAMPLE_FUSED=1 (the default: the
- * step left in flight, the draw queued behind it) and =0 (the synchronised step, then the draw):
- * tokens and logprobs identical bit for bit; one "fused sampling" line per case and batch. */
+ * step left in flight, the draw queued behind it), with =0 (the synchronised step, then the draw)
+ * and with =0 plus OM_CUDA_SAMPLE_SPARSE=0 (the sampler's whole-row selects instead of its sparse
+ * bin lists: the path before both changes): tokens and logprobs identical bit for bit; one "fused
+ * sampling" line per case and batch. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -543,8 +545,9 @@ static void s_drain_out(eng_service_t *s, t_out_t *outs, size_t n_outs) {
  * case alone on prompt 0) into one[], then the cases together, four at a time, request i on
  * prompt i % n_prompts, into four[] */
 static void s_run_fused(const char *model, json_t *prompts, const t_samp_t *cases, size_t n_cases,
-                        int fused, t_out_t *one, t_out_t *four) {
+                        int fused, int sparse, t_out_t *one, t_out_t *four) {
     setenv("OMNIPIPE_SAMPLE_FUSED", fused ? "1" : "0", 1);
+    setenv("OM_CUDA_SAMPLE_SPARSE", sparse ? "1" : "0", 1);
     eng_service_t *s = s_new(model, "fast", 0, false);
     int32_t ids[MAXTOK];
     const size_t np = json_array_size(prompts);
@@ -565,6 +568,7 @@ static void s_run_fused(const char *model, json_t *prompts, const t_samp_t *case
     }
     eng_service_free(s);
     unsetenv("OMNIPIPE_SAMPLE_FUSED");
+    unsetenv("OM_CUDA_SAMPLE_SPARSE");
 }
 
 /* differing entries (tokens, logprobs and top logprobs compared bit for bit); *ret_lp counts the
@@ -611,18 +615,22 @@ static void s_check_fused(const char *model) {
         {"greedy + logprobs 4 + ignore_eos", 0.0f, 0, 1.0f, 0, 1, 0, 0, 4, 0, false},
     };
     enum { NC = sizeof cases / sizeof cases[0] };
-    static t_out_t one_f[NC], four_f[NC], one_u[NC], four_u[NC];
-    s_run_fused(model, prompts, cases, NC, 1, one_f, four_f);
-    s_run_fused(model, prompts, cases, NC, 0, one_u, four_u);
+    static t_out_t one_f[NC], four_f[NC], one_u[NC], four_u[NC], one_o[NC], four_o[NC];
+    s_run_fused(model, prompts, cases, NC, 1, 1, one_f, four_f); /* the defaults */
+    s_run_fused(model, prompts, cases, NC, 0, 1, one_u, four_u);
+    s_run_fused(model, prompts, cases, NC, 0, 0, one_o, four_o); /* the path before both */
     uint32_t bad = 0;
     for (int b = 0; b < 2; b++)
         for (size_t c = 0; c < NC; c++) {
-            const t_out_t *f = b ? &four_f[c] : &one_f[c], *u = b ? &four_u[c] : &one_u[c];
-            uint32_t n_lp = 0, d = s_out_diff(f, u, &n_lp);
-            printf("fused sampling %s batch %d, %s: %u tokens, %u logprobs, %u differ from "
-                   "OMNIPIPE_SAMPLE_FUSED=0 (bound 0): %s\n",
-                   model, b ? 4 : 1, cases[c].name, f->n, n_lp, d, d == 0 && f->n >= 1 ? "PASS" : "FAIL");
-            bad += d != 0 || f->n < 1;
+            const t_out_t *f = b ? &four_f[c] : &one_f[c], *u = b ? &four_u[c] : &one_u[c],
+                          *o = b ? &four_o[c] : &one_o[c];
+            uint32_t n_lp = 0, d = s_out_diff(f, u, &n_lp), n_lp2 = 0, d2 = s_out_diff(f, o, &n_lp2);
+            const int ok = d == 0 && d2 == 0 && f->n >= 1;
+            printf("fused sampling %s batch %d, %s: %u tokens, %u logprobs; differ from "
+                   "OMNIPIPE_SAMPLE_FUSED=0: %u, from that + OM_CUDA_SAMPLE_SPARSE=0: %u (bound 0): "
+                   "%s\n",
+                   model, b ? 4 : 1, cases[c].name, f->n, n_lp, d, d2, ok ? "PASS" : "FAIL");
+            bad += !ok;
         }
     fflush(stdout);
     json_decref(g);
