@@ -14,9 +14,11 @@
  * top-p with penalties, with logprobs, greedy with ignore_eos + min_tokens, all sampled on the
  * GPU; OMNIPIPE_GPU_SAMPLE=0 in the environment samples on the host instead.
  * --service-ab: instead of --service's rows, ctx 512 only: greedy, top-p, + penalties, + logprobs
- * with OMNIPIPE_SAMPLE_FUSED=1 (the draw queued behind the unsynchronised step) and =0 (the old
- * synchronised step, then the draw), alternating, two rounds; then per setting the mean ms/token of
- * greedy and what each sampled mode costs over it.
+ * under three settings, alternating, two rounds: the defaults (the draw queued behind the
+ * unsynchronised step, the sampler's sparse bin lists), OMNIPIPE_SAMPLE_FUSED=0 (the synchronised
+ * step, then the draw) and that plus OM_CUDA_SAMPLE_SPARSE=0 (the whole-row selects: the path
+ * before both); then per setting the mean ms/token of greedy and what each sampled mode costs
+ * over it.
  *
  * --tensor-parallel N: the model split over GPUs 0..N-1 (eng_cuda_tp.h; N = 1 is the unsplit
  * runner) and only the split/replicate comparison: batch-1 decode at ctx 512 (tok/s, ms/token),
@@ -484,31 +486,39 @@ int main(int argc, char **argv) {
         g_m = NULL;
         if (!service)
             return 0;
-        if (service == 2) { /* fused sampling on / off, alternating, ctx 512 */
+        if (service == 2) { /* the sampled-step switches, alternating, ctx 512 */
             static const int ab_modes[4] = {S_GREEDY, S_TOPP, S_TOPP_PEN, S_TOPP_LP};
-            double ms[2][4] = {{0}}; /* [fused][mode] sum of ms/token */
+            static const struct {
+                const char *name, *fused, *sparse;
+            } set[3] = {{"default (fused + sparse bins)", "1", "1"},
+                        {"OMNIPIPE_SAMPLE_FUSED=0", "0", "1"},
+                        {"OMNIPIPE_SAMPLE_FUSED=0 OM_CUDA_SAMPLE_SPARSE=0 (old path)", "0", "0"}};
+            double ms[3][4] = {{0}}; /* [setting][mode] mean ms/token */
             const int rounds = 2;
             for (int round = 0; round < rounds; round++)
-                for (int f = 1; f >= 0; f--)
+                for (int f = 0; f < 3; f++)
                     for (int k = 0; k < 4; k++) {
-                        setenv("OMNIPIPE_SAMPLE_FUSED", f ? "1" : "0", 1);
+                        setenv("OMNIPIPE_SAMPLE_FUSED", set[f].fused, 1);
+                        setenv("OM_CUDA_SAMPLE_SPARSE", set[f].sparse, 1);
                         double tt = 0;
                         int timed = 0;
                         double tps = s_service_b1(argv[1], ctxs[0], steps, ab_modes[k], &tt, &timed);
                         ms[f][k] += tps > 0 ? 1e3 / tps / rounds : 0;
-                        printf("service-ab round %d, OMNIPIPE_SAMPLE_FUSED=%d, ctx %d, %s: decode "
-                               "%.1f tok/s (%.3f ms/token over %d tokens)\n",
-                               round, f, ctxs[0], s_mode_name[ab_modes[k]], tps,
+                        printf("service-ab round %d, %s, ctx %d, %s: decode %.1f tok/s (%.3f "
+                               "ms/token over %d tokens)\n",
+                               round, set[f].name, ctxs[0], s_mode_name[ab_modes[k]], tps,
                                tps > 0 ? 1e3 / tps : 0, timed);
                         fflush(stdout);
                     }
             unsetenv("OMNIPIPE_SAMPLE_FUSED");
-            for (int f = 1; f >= 0; f--)
-                printf("service-ab summary OMNIPIPE_SAMPLE_FUSED=%d (mean of %d): greedy %.3f "
-                       "ms/token (%.1f tok/s; direct runner %.1f); top-p +%.3f ms, + penalties "
-                       "+%.3f ms, + logprobs +%.3f ms over greedy\n",
-                       f, rounds, ms[f][0], ms[f][0] > 0 ? 1e3 / ms[f][0] : 0, dec1[0],
-                       ms[f][1] - ms[f][0], ms[f][2] - ms[f][0], ms[f][3] - ms[f][0]);
+            unsetenv("OM_CUDA_SAMPLE_SPARSE");
+            for (int f = 0; f < 3; f++)
+                printf("service-ab summary %s (mean of %d): greedy %.3f ms/token (%.1f tok/s; "
+                       "direct runner %.1f); top-p %.1f tok/s (+%.3f ms), + penalties +%.3f ms, "
+                       "+ logprobs +%.3f ms over greedy\n",
+                       set[f].name, rounds, ms[f][0], ms[f][0] > 0 ? 1e3 / ms[f][0] : 0, dec1[0],
+                       ms[f][1] > 0 ? 1e3 / ms[f][1] : 0, ms[f][1] - ms[f][0], ms[f][2] - ms[f][0],
+                       ms[f][3] - ms[f][0]);
             return 0;
         }
         /* the same batch-1 decode through eng_service (fast runner, scheduler, GPU sampling) */
