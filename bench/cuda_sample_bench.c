@@ -1,11 +1,14 @@
 /* cuda_sample_bench.c: the GPU sampler alone -- the cuda backend's SAMPLE hook (eng_cuda_sample_ex:
  * upload of row parameters and logit edits, one kernel, download of ids and logprobs, stream sync)
- * per call at vocab 152064 and batch 1, 4, 16 and 256, on a peaked (LLM-like) and a flat row. Configs:
+ * per call at vocab 152064 and batch 1, 4, 16 and 256, on a dummy-model-like (Gaussian, sd 0.78), a
+ * peaked (LLM-like) and a flat row. Configs:
  * greedy, temperature 0.8, top-p 0.95, top-k 20 + top-p 0.8, min-p 0.05, top-p 0.95 with penalties
  * (repetition 1.1, presence 0.5, frequency 0.3 over a 512-token history) and with logprobs 5.
  * Prints microseconds per call and per row. At batch 1, 4 and 16 both kernels run in the same process
  * (OM_CUDA_SAMPLE_SPLIT=0: one block per row, k_sample; =1: the split path, one row over many
- * blocks), with "ids ==" when the last call's ids (and logprobs) of the two are identical; batch 256
+ * blocks; "no-sparse": the split path with OM_CUDA_SAMPLE_SPARSE=0, i.e. the whole row from one
+ * block when the prefix does not compact), with "ids ==" when the last call's ids (and logprobs)
+ * are identical to k_sample's; batch 256
  * runs the default choice. Usage: cuda_sample_bench [--iters N] */
 #include <errno.h>
 #include <stdio.h>
@@ -26,7 +29,10 @@ static double s_now(void) {
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-static void s_fill(float *l, int peaked) {
+/* kind 2: the full-size dummy model's logits (Gaussian-like, sd 0.78: top-p 0.95 at temperature
+ * 0.8 keeps ~75% of the row, what eng_bench_cuda --service draws from); 1 peaked; 0 flat */
+static void s_fill(float *l, int kind) {
+    const int peaked = kind == 1;
     uint64_t x = 0x2545f4914f6cdd1dull;
     for (int v = 0; v < BV; v++) {
         double s = 0;
@@ -36,7 +42,7 @@ static void s_fill(float *l, int peaked) {
             x ^= x << 17;
             s += (double)(x >> 11) / 9007199254740992.0;
         }
-        l[v] = peaked ? (float)((s - 2.0) * 3.5) - 2.0f : (float)((s - 2.0) * 4.3);
+        l[v] = peaked ? (float)((s - 2.0) * 3.5) - 2.0f : (float)((s - 2.0) * (kind == 2 ? 1.358 : 4.3));
     }
     if (peaked)
         for (int i = 0; i < 24; i++)
@@ -93,7 +99,8 @@ int main(int argc, char **argv) {
     };
     const int bs[4] = {1, 4, 16, 256};
     printf("cuda_sample_bench: SAMPLE hook per call, vocab %d, %d calls per figure\n", BV, iters);
-    for (int pk = 1; pk >= 0; pk--) {
+    static const char *const kinds[3] = {"flat", "peaked", "dummy"};
+    for (int pk = 2; pk >= 0; pk--) {
         s_fill(row, pk);
         for (int i = 0; r == 0 && i < MAXB; i++)
             r = be->ops->upload(be, &dev, (size_t)i * sizeof row, row, sizeof row);
@@ -121,13 +128,18 @@ int main(int argc, char **argv) {
                 struct eng_sample_batch sb = {.params = params, .steps = steps, .n_rows = (uint32_t)n,
                                               .edits = edits, .edit0 = edit0, .n_edit = n_edit,
                                               .results = res};
-                /* paths: 0 = k_sample, 1 = split; batch 256: the default only (-1) */
-                const int paths[2] = {n <= 16 ? 0 : -1, 1};
-                for (int pi = 0; pi < (n <= 16 ? 2 : 1); pi++) {
+                /* paths: 0 = k_sample, 1 = split, 2 = split without the sparse bin lists
+                   (OM_CUDA_SAMPLE_SPARSE=0); batch 256: the default only (-1) */
+                const int paths[3] = {n <= 16 ? 0 : -1, 1, 2};
+                for (int pi = 0; pi < (n <= 16 ? 3 : 1); pi++) {
                     if (paths[pi] >= 0)
                         setenv("OM_CUDA_SAMPLE_SPLIT", paths[pi] ? "1" : "0", 1);
                     else
                         unsetenv("OM_CUDA_SAMPLE_SPLIT");
+                    if (paths[pi] == 2)
+                        setenv("OM_CUDA_SAMPLE_SPARSE", "0", 1);
+                    else
+                        unsetenv("OM_CUDA_SAMPLE_SPARSE");
                     if ((r = be->ops->sample(be, &dev, &sb, ids)) < 0) { /* warm-up, allocations */
                         fprintf(stderr, "sample: %d\n", r);
                         return 1;
@@ -143,7 +155,7 @@ int main(int argc, char **argv) {
                     if (paths[pi] == 0) {
                         memcpy(ids0, ids, (size_t)n * sizeof *ids);
                         memcpy(res0, res, (size_t)n * sizeof *res);
-                    } else if (paths[pi] == 1) {
+                    } else if (paths[pi] >= 1) {
                         int eq = memcmp(ids0, ids, (size_t)n * sizeof *ids) == 0;
                         for (int i = 0; eq && p.n_logprobs > 0 && i < n; i++)
                             eq = res0[i].logprob == res[i].logprob && res0[i].n_top == res[i].n_top &&
@@ -153,13 +165,17 @@ int main(int argc, char **argv) {
                                          res[i].n_top * sizeof *res[i].top_logprobs);
                         same = eq ? "  ids ==" : "  ids DIFFER";
                     }
-                    printf("%-6s %-26s batch %3d %-7s: %8.1f us/call (%6.2f us/row)%s%s\n",
-                           pk ? "peaked" : "flat", cases[c].name, n,
-                           paths[pi] < 0 ? "default" : paths[pi] ? "split" : "k_sample", dt * 1e6,
-                           dt * 1e6 / n, same, r < 0 ? "  FAILED" : "");
+                    printf("%-6s %-26s batch %3d %-9s: %8.1f us/call (%6.2f us/row)%s%s\n",
+                           kinds[pk], cases[c].name, n,
+                           paths[pi] < 0    ? "default"
+                           : paths[pi] == 2 ? "no-sparse"
+                           : paths[pi]      ? "split"
+                                            : "k_sample",
+                           dt * 1e6, dt * 1e6 / n, same, r < 0 ? "  FAILED" : "");
                     fflush(stdout);
                 }
                 unsetenv("OM_CUDA_SAMPLE_SPLIT");
+                unsetenv("OM_CUDA_SAMPLE_SPARSE");
             }
         }
     }

@@ -13,6 +13,12 @@
  * run: scheduler, KV block manager, the backend's SAMPLE hook), greedy, temperature/top-p, and
  * top-p with penalties, with logprobs, greedy with ignore_eos + min_tokens, all sampled on the
  * GPU; OMNIPIPE_GPU_SAMPLE=0 in the environment samples on the host instead.
+ * --service-ab: instead of --service's rows, ctx 512 only: greedy, top-p, + penalties, + logprobs
+ * under three settings, alternating, two rounds: the defaults (the draw queued behind the
+ * unsynchronised step, the sampler's sparse bin lists), OMNIPIPE_SAMPLE_FUSED=0 (the synchronised
+ * step, then the draw) and that plus OM_CUDA_SAMPLE_SPARSE=0 (the whole-row selects: the path
+ * before both); then per setting the mean ms/token of greedy and what each sampled mode costs
+ * over it.
  *
  * --tensor-parallel N: the model split over GPUs 0..N-1 (eng_cuda_tp.h; N = 1 is the unsplit
  * runner) and only the split/replicate comparison: batch-1 decode at ctx 512 (tok/s, ms/token),
@@ -33,6 +39,7 @@
  * tokens are wrong; `bench/gpu-run` with SKIPS=1 runs one kernel at a time.
  *
  * Usage: eng_bench_cuda CONFIG_DIR [--steps N] [--quick] [--profile] [--b1-only] [--service]
+ *        [--service-ab]
  *        [--tensor-parallel N] [--moe-parallel expert|column] [--curve] [--skip LIST]
  * --profile: only runs, inside a profiler range (ncu --profile-from-start off), one batch-1 decode
  * step at ctx 512, one 512-token prefill and one batch-128 decode step (bench/ncu_summary.py);
@@ -156,19 +163,26 @@ static const char *const s_mode_name[S_N_MODES] = {
     "temperature 0.8, top-p 0.95, rep 1.1 + presence 0.5 + frequency 0.3",
     "temperature 0.8, top-p 0.95, logprobs 5", "greedy, ignore_eos + min_tokens"};
 
-/* One request through eng_service: a ctx-token prompt, then up to steps timed decode tokens (after
- * two warm-up tokens). Without ignore_eos a dummy model may stop early at an eos; the rate is over
- * the tokens actually timed (*ret_timed). Returns decode tok/s; *ret_ttft the seconds until the
- * first token. */
-static double s_service_b1(const char *dir, int ctx, int steps, int mode, double *ret_ttft,
-                           int *ret_timed) {
-    const float temperature = mode == S_GREEDY || mode == S_GREEDY_IGN ? 0.0f : 0.8f;
+/* an eng_service on the dummy model for s_service_req */
+static eng_service_t *s_service_open(const char *dir, int ctx, int steps) {
     eng_service_opts_t o = {.model_dir = dir, .backend = "cuda", .load_format = "dummy",
                             .engine_id = "bench", .max_model_len = (uint32_t)(ctx + steps + 64)};
     eng_service_t *svc = NULL;
     int r = eng_service_new(&o, NULL, NULL, &svc, g_err, sizeof g_err);
     if (r < 0)
         s_die(r, "eng_service_new");
+    return svc;
+}
+
+/* One request through eng_service: a ctx-token prompt, then up to steps timed decode tokens (after
+ * two warm-up tokens). Without ignore_eos a dummy model may stop early at an eos; the rate is over
+ * the tokens actually timed (*ret_timed). Returns decode tok/s; *ret_ttft the seconds until the
+ * first token. A later request with the same prompt on the same service finds it in the prefix
+ * cache (only the decode is timed). */
+static double s_service_req(eng_service_t *svc, int ctx, int steps, int mode, double *ret_ttft,
+                            int *ret_timed) {
+    const float temperature = mode == S_GREEDY || mode == S_GREEDY_IGN ? 0.0f : 0.8f;
+    int r;
     seq_t p;
     s_seq_init(&p, (uint32_t)ctx + 8, 77);
     g_next_block = 0;
@@ -223,11 +237,18 @@ static double s_service_b1(const char *dir, int ctx, int steps, int mode, double
             t_dec = s_now();
     }
     double dt = s_now() - t_dec;
-    eng_service_free(svc);
     s_seq_free(&p);
     *ret_ttft = t_first - t0;
     *ret_timed = got - 3;
     return got > 3 && dt > 0 ? (got - 3) / dt : 0;
+}
+
+static double s_service_b1(const char *dir, int ctx, int steps, int mode, double *ret_ttft,
+                           int *ret_timed) {
+    eng_service_t *svc = s_service_open(dir, ctx, steps);
+    double tps = s_service_req(svc, ctx, steps, mode, ret_ttft, ret_timed);
+    eng_service_free(svc);
+    return tps;
 }
 
 /* n sequences with 512-token prompts (seeds seed0 + i, prefilled 8 at a time), 3 warm-up decode
@@ -349,6 +370,8 @@ int main(int argc, char **argv) {
             b1_only = 1;
         else if (!strcmp(argv[i], "--service"))
             service = 1;
+        else if (!strcmp(argv[i], "--service-ab"))
+            service = 2;
         else if (!strcmp(argv[i], "--curve"))
             curve = 1;
         else if (!strcmp(argv[i], "--skip") && i + 1 < argc) {
@@ -499,6 +522,49 @@ int main(int argc, char **argv) {
         g_m = NULL;
         if (!service)
             return 0;
+        if (service == 2) { /* the sampled-step switches, alternating, ctx 512 */
+            static const int ab_modes[4] = {S_GREEDY, S_TOPP, S_TOPP_PEN, S_TOPP_LP};
+            static const struct {
+                const char *name, *fused, *sparse;
+            } set[3] = {{"default (fused + sparse bins)", "1", "1"},
+                        {"OMNIPIPE_SAMPLE_FUSED=0", "0", "1"},
+                        {"OMNIPIPE_SAMPLE_FUSED=0 OM_CUDA_SAMPLE_SPARSE=0 (old path)", "0", "0"}};
+            double ms[3][4] = {{0}}; /* [setting][mode] mean ms/token */
+            const int rounds = 2;
+            /* one service (one model: two do not fit) per OMNIPIPE_SAMPLE_FUSED value and round
+               (read at creation); OM_CUDA_SAMPLE_SPARSE is read per call */
+            eng_service_t *svc = NULL;
+            for (int round = 0; round < rounds; round++)
+                for (int f = 0; f < 3; f++)
+                    for (int k = 0; k < 4; k++) {
+                        if (k == 0 && f != 2) { /* settings 1 and 2 share the unfused service */
+                            eng_service_free(svc);
+                            setenv("OMNIPIPE_SAMPLE_FUSED", set[f].fused, 1);
+                            svc = s_service_open(argv[1], ctxs[0], steps);
+                        }
+                        setenv("OM_CUDA_SAMPLE_SPARSE", set[f].sparse, 1);
+                        double tt = 0;
+                        int timed = 0;
+                        double tps = s_service_req(svc, ctxs[0], steps, ab_modes[k], &tt, &timed);
+                        ms[f][k] += tps > 0 ? 1e3 / tps / rounds : 0;
+                        printf("service-ab round %d, %s, ctx %d, %s: decode %.1f tok/s (%.3f "
+                               "ms/token over %d tokens)\n",
+                               round, set[f].name, ctxs[0], s_mode_name[ab_modes[k]], tps,
+                               tps > 0 ? 1e3 / tps : 0, timed);
+                        fflush(stdout);
+                    }
+            unsetenv("OMNIPIPE_SAMPLE_FUSED");
+            unsetenv("OM_CUDA_SAMPLE_SPARSE");
+            eng_service_free(svc);
+            for (int f = 0; f < 3; f++)
+                printf("service-ab summary %s (mean of %d): greedy %.3f ms/token (%.1f tok/s; "
+                       "direct runner %.1f); top-p %.1f tok/s (+%.3f ms), + penalties +%.3f ms, "
+                       "+ logprobs +%.3f ms over greedy\n",
+                       set[f].name, rounds, ms[f][0], ms[f][0] > 0 ? 1e3 / ms[f][0] : 0, dec1[0],
+                       ms[f][1] > 0 ? 1e3 / ms[f][1] : 0, ms[f][1] - ms[f][0], ms[f][2] - ms[f][0],
+                       ms[f][3] - ms[f][0]);
+            return 0;
+        }
         /* the same batch-1 decode through eng_service (fast runner, scheduler, GPU sampling) */
         const char *const *how = s_mode_name;
         for (int c = 0; c < 2; c++)

@@ -181,12 +181,20 @@ static int s_cuda_sample(eng_backend_t *b, const eng_tensor_t *logits,
         uint32_t end = req->edit0[i] + req->n_edit[i];
         n_edits = end > n_edits ? end : n_edits;
     }
-    eng_cuda_sample_row_t *rows = malloc(req->n_rows * sizeof *rows);
-    eng_cuda_sample_out_t *outs = malloc(req->n_rows * sizeof *outs);
-    if (!rows || !outs) {
-        free(rows);
-        free(outs);
-        return -ENOMEM;
+    /* host staging, grown and kept (nothing mallocs per token; the sampler is single-threaded) */
+    static eng_cuda_sample_row_t *rows;
+    static eng_cuda_sample_out_t *outs;
+    static uint32_t cap;
+    if (req->n_rows > cap) {
+        eng_cuda_sample_row_t *nr = realloc(rows, req->n_rows * sizeof *rows);
+        if (nr)
+            rows = nr;
+        eng_cuda_sample_out_t *no = realloc(outs, req->n_rows * sizeof *outs);
+        if (no)
+            outs = no;
+        if (!nr || !no)
+            return -ENOMEM;
+        cap = req->n_rows;
     }
     for (uint32_t i = 0; i < req->n_rows; i++) {
         const eng_sampler_params_t *p = &req->params[i];
@@ -196,7 +204,9 @@ static int s_cuda_sample(eng_backend_t *b, const eng_tensor_t *logits,
             .edit0 = has_edits ? req->edit0[i] : 0, .n_edit = has_edits ? req->n_edit[i] : 0,
             .n_logprobs = req->results ? p->n_logprobs : 0};
     }
-    int r = eng_cuda_sample_ex(eng_backend_cuda_stream(b), logits->data, req->n_rows,
+    /* the stream the logits come from (a fused step still in flight there), else the backend's */
+    void *stream = req->stream ? req->stream : eng_backend_cuda_stream(b);
+    int r = eng_cuda_sample_ex(stream, logits->data, req->n_rows,
                                (uint32_t)eng_tensor_cols(logits), rows,
                                (const eng_cuda_sample_edit_t *)req->edits, n_edits, outs);
     for (uint32_t i = 0; r == 0 && i < req->n_rows; i++) {
@@ -211,8 +221,6 @@ static int s_cuda_sample(eng_backend_t *b, const eng_tensor_t *logits,
         memcpy(res->top_ids, outs[i].top_ids, res->n_top * sizeof *res->top_ids);
         memcpy(res->top_logprobs, outs[i].top_logprobs, res->n_top * sizeof *res->top_logprobs);
     }
-    free(rows);
-    free(outs);
     return r;
 }
 #endif

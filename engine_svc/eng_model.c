@@ -100,6 +100,8 @@ struct eng_model {
     eng_cuda_model_t *fast;   /* the fast bf16 runner (cuda backend); NULL = the vtable graph */
 #endif
     eng_tensor_t fast_logits; /* (n_logits, V) f32 view of the runner's device logits */
+    bool in_flight;           /* a fast-runner step was queued without a host synchronisation
+                                 (eng_model_forward_async) and not yet waited for here */
     const char *runner;       /* "vtable" or "cuda-fast" */
     uint32_t cap_tokens;      /* capacity of cap in tokens */
 };
@@ -899,14 +901,27 @@ const char *eng_model_last_error(const eng_model_t *m) {
 }
 
 #ifdef OM_HAVE_CUDA
-/* One step on the fast runner; the logits stay on the GPU behind m->fast_logits. */
+/* One step on the fast runner; the logits stay on the GPU behind m->fast_logits. ret_stream
+ * non-NULL: no host synchronisation, *ret_stream = the stream the step is in flight on (NULL:
+ * complete). */
 static int s_fast_forward(eng_model_t *m, const eng_batch_t *batch, uint32_t max_blocks,
-                          eng_tensor_t **ret_logits) {
-    /* grows the step buffers if the batch is larger than anything reserved (no-op otherwise) */
-    int r = eng_model_reserve(m, batch->n_tokens, batch->n_seqs, max_blocks);
+                          eng_tensor_t **ret_logits, void **ret_stream) {
+    /* a step left in flight by the caller ends before this one touches the runner's buffers */
+    int r = eng_model_wait(m);
     if (r < 0)
         return r;
-    r = eng_cuda_model_forward(m->fast, batch, NULL, NULL, m->last_err, sizeof(m->last_err));
+    /* grows the step buffers if the batch is larger than anything reserved (no-op otherwise) */
+    r = eng_model_reserve(m, batch->n_tokens, batch->n_seqs, max_blocks);
+    if (r < 0)
+        return r;
+    if (ret_stream) {
+        *ret_stream = NULL;
+        r = eng_cuda_model_forward_async(m->fast, batch, ret_stream, m->last_err,
+                                         sizeof(m->last_err));
+        m->in_flight = r == 0 && *ret_stream != NULL;
+    } else {
+        r = eng_cuda_model_forward(m->fast, batch, NULL, NULL, m->last_err, sizeof(m->last_err));
+    }
     if (r < 0)
         return r;
     if (batch->n_logits == 0) {
@@ -922,7 +937,40 @@ static int s_fast_forward(eng_model_t *m, const eng_batch_t *batch, uint32_t max
 }
 #endif
 
+int eng_model_wait(eng_model_t *m) {
+    if (!m)
+        return -EINVAL;
+#ifdef OM_HAVE_CUDA
+    if (m->in_flight) {
+        m->in_flight = false;
+        return eng_cuda_model_sync(m->fast);
+    }
+#endif
+    return 0;
+}
+
+void eng_model_step_synced(eng_model_t *m) {
+    if (m)
+        m->in_flight = false;
+}
+
+static int s_forward(eng_model_t *m, const eng_batch_t *batch, eng_tensor_t **ret_logits,
+                     void **ret_stream);
+
 int eng_model_forward(eng_model_t *m, const eng_batch_t *batch, eng_tensor_t **ret_logits) {
+    return s_forward(m, batch, ret_logits, NULL);
+}
+
+int eng_model_forward_async(eng_model_t *m, const eng_batch_t *batch, eng_tensor_t **ret_logits,
+                            void **ret_stream) {
+    if (!ret_stream)
+        return -EINVAL;
+    *ret_stream = NULL;
+    return s_forward(m, batch, ret_logits, ret_stream);
+}
+
+static int s_forward(eng_model_t *m, const eng_batch_t *batch, eng_tensor_t **ret_logits,
+                     void **ret_stream) {
     if (!m || !ret_logits)
         return -EINVAL;
     /* multimodal rows apply to this forward only, whatever its outcome */
@@ -938,8 +986,9 @@ int eng_model_forward(eng_model_t *m, const eng_batch_t *batch, eng_tensor_t **r
     if (m->fast)
         return n_mm ? s_err(m->last_err, sizeof(m->last_err), -EOPNOTSUPP,
                             "multimodal rows: not supported by the fast CUDA runner")
-                    : s_fast_forward(m, batch, max_blocks, ret_logits);
+                    : s_fast_forward(m, batch, max_blocks, ret_logits, ret_stream);
 #endif
+    (void)ret_stream; /* the vtable graph: its ops are ordered on the backend's stream */
     uint32_t t_n = batch->n_tokens, s_n = batch->n_seqs, r_n = batch->n_logits;
     for (uint32_t i = 0; i < n_mm; i++)
         if (m->mm_rows[i] < 0 || (uint32_t)m->mm_rows[i] >= t_n)

@@ -83,6 +83,20 @@ int eng_model_reserve(eng_model_t *m, uint32_t max_tokens, uint32_t max_seqs,
  * backend tensor: the logits of the last token of every want_logits sequence, in sequence order
  * (NULL when n_logits is 0). Other errors come from the backend (-ENOMEM, -EIO). */
 int eng_model_forward(eng_model_t *m, const eng_batch_t *batch, eng_tensor_t **ret_logits);
+/* eng_model_forward that may return before the step has run: on the fast one-GPU CUDA runner the
+ * step is only queued, *ret_stream is the CUDA stream (cudaStream_t) it is in flight on and
+ * *ret_logits is valid on the device once that stream reaches this point. The caller queues its
+ * work on the logits there (the SAMPLE hook: eng_sample_batch.stream) and synchronises that
+ * stream, then says so with eng_model_step_synced(), or calls eng_model_wait(). Other runners and
+ * backends (and tensor parallel) complete the step as eng_model_forward does and set *ret_stream
+ * = NULL. The next forward waits for a step still in flight first. Errors as eng_model_forward;
+ * a device failure of the step itself shows up at the caller's synchronisation. */
+int eng_model_forward_async(eng_model_t *m, const eng_batch_t *batch, eng_tensor_t **ret_logits,
+                            void **ret_stream);
+/* Waits for a step left in flight by eng_model_forward_async (no-op when none): 0 or -EIO. */
+int eng_model_wait(eng_model_t *m);
+/* The caller synchronised the stream eng_model_forward_async returned: the step is complete. */
+void eng_model_step_synced(eng_model_t *m);
 /* Why the last eng_model_forward failed validation ("" if it did not); valid until the next call. */
 const char *eng_model_last_error(const eng_model_t *m);
 /* Which runner executes the steps: "vtable" (this graph over the backend ops) or "cuda-fast" (the

@@ -96,6 +96,11 @@ struct eng_sample_batch {
     const uint32_t *edit0;              /* (n_rows) row i's edits: edits[edit0[i] ..) or NULL */
     const uint32_t *n_edit;             /* (n_rows) how many, or NULL */
     eng_sampler_result_t *results;      /* (n_rows) or NULL: ids only */
+    void *stream;                       /* SAMPLE hook on a GPU: the CUDA stream the logits are
+                                           produced on, where the draw is queued (the step may
+                                           still be in flight there; eng_model_forward_async);
+                                           NULL: the backend's own stream. Host sampling ignores
+                                           it */
 };
 
 typedef struct eng_sampler eng_sampler_t; /* scratch for one vocab size; one thread */

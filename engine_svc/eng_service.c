@@ -101,6 +101,8 @@ struct eng_service {
     eng_sampler_edit_t *edits;     /* (cap_edits) this step's logit edits, all rows */
     size_t cap_edits;
     s_req_t **logit_reqs;          /* (max_running) request of each logits row */
+    bool fused;                    /* SAMPLE hook steps: the forward is not synchronised, the draw
+                                      is queued behind it (OMNIPIPE_SAMPLE_FUSED=0: off) */
     /* the returned batch */
     Omnipipe__TokenBatch batch;
     Omnipipe__SeqStep **out_ptrs;  /* (cap_out) */
@@ -344,6 +346,8 @@ int eng_service_new(const eng_service_opts_t *opts, eng_progress_fn progress, vo
         r = -ENOMEM;
         goto fail;
     }
+    const char *fu = getenv("OMNIPIPE_SAMPLE_FUSED");
+    s->fused = !(fu && strcmp(fu, "0") == 0);
     omnipipe__token_batch__init(&s->batch);
     *ret = s;
     return 0;
@@ -753,17 +757,27 @@ static int s_run(eng_service_t *s, uint32_t n_items, uint32_t n_step_tokens) {
     eng_batch_t batch = {.seqs = s->bseqs, .n_seqs = n_items, .n_tokens = n_step_tokens,
                          .n_logits = n_logits};
     eng_tensor_t *logits = NULL;
-    int r = eng_model_forward(s->model, &batch, &logits);
-    if (r < 0)
+    eng_backend_t *be = s->backend;
+    /* fused: with a SAMPLE hook the step is only queued (no host synchronisation); the edits are
+     * built and the draw queued behind it on the same stream while the GPU runs the step, and
+     * the hook's one synchronisation brings back the ids */
+    void *stream = NULL;
+    int r = be->ops->sample && s->fused && n_logits > 0
+                ? eng_model_forward_async(s->model, &batch, &logits, &stream)
+                : eng_model_forward(s->model, &batch, &logits);
+    if (r < 0) {
+        eng_model_wait(s->model); /* nothing of a failed step stays in flight */
         return r;
+    }
     for (uint32_t i = 0; i < n_items; i++)
         eng_sched_advance(s->sched, &s->items[i]);
     if (n_logits == 0)
         return 0;
-    if (!logits)
+    if (!logits) {
+        eng_model_wait(s->model);
         return -EIO;
+    }
 
-    eng_backend_t *be = s->backend;
     const size_t row_bytes = (size_t)s->n_vocab * sizeof(float);
     /* a backend with a SAMPLE hook samples every row on the device: penalties and suppression
      * go as per-row logit edits, logprobs come back with the ids; the logits stay there */
@@ -773,16 +787,21 @@ static int s_run(eng_service_t *s, uint32_t n_items, uint32_t n_step_tokens) {
             const s_req_t *q = s->logit_reqs[i];
             s->dev_params[i] = q->params;
             s->dev_steps[i] = q->seq.n_tokens - q->seq.n_prompt;
-            if ((r = s_add_edits(s, q, i, &n_edits)) < 0)
+            if ((r = s_add_edits(s, q, i, &n_edits)) < 0) {
+                eng_model_wait(s->model);
                 return r;
+            }
         }
         struct eng_sample_batch sb = {.params = s->dev_params, .steps = s->dev_steps,
                                       .n_rows = n_logits, .edits = s->edits,
                                       .edit0 = s->dev_edit0, .n_edit = s->dev_nedit,
-                                      .results = s->dev_results};
+                                      .results = s->dev_results, .stream = stream};
         r = be->ops->sample(be, logits, &sb, s->dev_ids);
-        if (r < 0)
-            return r;
+        if (r < 0) { /* the hook may have failed before its synchronisation */
+            int w = eng_model_wait(s->model);
+            return w < 0 ? w : r;
+        }
+        eng_model_step_synced(s->model); /* the hook synchronised the step's stream */
         for (uint32_t i = 0; i < n_logits; i++)
             s_accept(s, s->logit_reqs[i], &s->dev_results[i]);
         return 0;

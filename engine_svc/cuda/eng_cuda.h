@@ -153,6 +153,16 @@ float *eng_cuda_model_logits(eng_cuda_model_t *m);
 int eng_cuda_model_forward(eng_cuda_model_t *m, const eng_batch_t *b, float *ret_logits,
                            int32_t *ret_ids, char *err, size_t errlen);
 
+/* eng_cuda_model_forward without the final host synchronisation (logits stay on the GPU): on one
+ * GPU it returns as soon as the step is queued, with *ret_stream = the runner's stream (a
+ * cudaStream_t): the caller queues its work on the logits (eng_cuda_model_logits) behind the step
+ * there and synchronises that stream (or calls eng_cuda_model_sync) before the next forward and
+ * before reading anything the step wrote. A failure of the step itself shows up at that
+ * synchronisation. Tensor parallel: the step is complete on return and *ret_stream = NULL.
+ * Errors as eng_cuda_model_forward (-EINVAL also for ret_stream NULL). */
+int eng_cuda_model_forward_async(eng_cuda_model_t *m, const eng_batch_t *b, void **ret_stream,
+                                 char *err, size_t errlen);
+
 /* Debug/test hook: while ret_hidden is set, every eager forward writes the final-norm output
  * (T, D) f32 to ret_hidden (layer must be n_layers; other layers are not captured yet). NULL
  * disables. Capture turns CUDA graphs off. */
@@ -254,6 +264,19 @@ int eng_cuda_sample_ex(void *stream, const float *logits, uint32_t n_rows, uint3
  * template code instantiated for one thread. Not thread-safe. */
 int eng_cuda_sample_host(const float *logits, uint32_t V, const eng_cuda_sample_row_t *row,
                          int32_t *ret_id);
+
+/* Test hook: the split path's choices for one row at batch 1 run on the host (the kernels'
+ * template code, one thread): the prefix compacted into the candidate list (*ret_path 1), else,
+ * with sparse, the sparse bin lists (2: rows without top-k and min-p whose bins fit; 3: the same,
+ * but the draw ended in a bin outside the lists and read the whole row, not expected), else the
+ * whole row (0; greedy also 0). bcap: slots of a select's bin list (0: none, the radix rounds read
+ * their source). The token is the same whichever path runs. 0, -EINVAL or -ENOMEM. */
+int eng_cuda_sample_host_split(const float *logits, uint32_t V, const eng_cuda_sample_row_t *row,
+                               int sparse, int bcap, int32_t *ret_id, int *ret_path);
+
+/* Test hook: rows the split path has drawn from sparse bin lists in this process so far (a device
+ * counter; synchronises). 0 or -EIO. */
+int eng_cuda_sample_sparse_rows(uint64_t *ret);
 
 /* Blocks until the device is idle; 0 or -EIO. */
 int eng_cuda_model_sync(eng_cuda_model_t *m);

@@ -1361,8 +1361,9 @@ static int s_bucket(int n) {
     return -1;
 }
 
-extern "C" int eng_cuda_model_forward(eng_cuda_model_t *m, const eng_batch_t *b, float *ret_logits,
-                                      int32_t *ret_ids, char *err, size_t errlen) {
+/* one step; nosync: return with the step in flight on m->s (eng_cuda_model_forward_async) */
+static int s_forward(eng_cuda_model_t *m, const eng_batch_t *b, float *ret_logits,
+                     int32_t *ret_ids, bool nosync, char *err, size_t errlen) {
     if (!m || !b || !b->seqs || b->n_seqs == 0) {
         snprintf(err, errlen, "batch: empty");
         return -EINVAL;
@@ -1566,8 +1567,33 @@ extern "C" int eng_cuda_model_forward(eng_cuda_model_t *m, const eng_batch_t *b,
                                m->s));
     if (m->tp_async) /* TP: the group waits for the stream with its watchdog (eng_cuda_tp.cu) */
         return 0;
+    if (nosync) /* the caller queues its work behind the step and synchronises m->s */
+        return 0;
     MCHECK(cudaStreamSynchronize(m->s));
     return 0;
+}
+
+extern "C" int eng_cuda_model_forward(eng_cuda_model_t *m, const eng_batch_t *b, float *ret_logits,
+                                      int32_t *ret_ids, char *err, size_t errlen) {
+    return s_forward(m, b, ret_logits, ret_ids, false, err, errlen);
+}
+
+extern "C" int eng_cuda_model_forward_async(eng_cuda_model_t *m, const eng_batch_t *b,
+                                            void **ret_stream, char *err, size_t errlen) {
+    if (!ret_stream) {
+        snprintf(err, errlen, "ret_stream: NULL");
+        return -EINVAL;
+    }
+    if (m && m->tp) { /* the group synchronises its ranks itself: the step is complete */
+        int r = s_forward(m, b, nullptr, nullptr, false, err, errlen);
+        if (r == 0)
+            *ret_stream = nullptr;
+        return r;
+    }
+    int r = s_forward(m, b, nullptr, nullptr, true, err, errlen);
+    if (r == 0)
+        *ret_stream = (void *)m->s;
+    return r;
 }
 
 extern "C" int eng_cuda_model_set_moe_mode(eng_cuda_model_t *m, int mode) {

@@ -713,6 +713,143 @@ SS_HD int32_t ss_row(const float *row, int V, const eng_cuda_sample_row_t &rw, f
     return ss_row_sel<NT>(src, V, mx, total_all, rw, u, scr, sm);
 }
 
+/* ---- sparse bin lists: a prefix too long to compact (split path) ---------------------------
+ *
+ * When the truncation keeps most of the row (a flat row under top-p, or a late draw without any
+ * truncation), the compacted prefix would be most of the row and the selects read the whole row
+ * from one block, pass after pass. Without top-k and min-p the selects only ever look at the
+ * elements of a few linear bins, and the row histogram (ss_lhist's) gives everything else:
+ *  - top-p (mass, non-strict) reuses the row histogram as its stage 0 already; its crossing bin
+ *    lb_p follows from the histogram, and its radix rounds read lb_p's elements only;
+ *  - the mass of the top-p set B is the row's mass before lb_p (histogram) plus that of lb_p's
+ *    elements inside B (B ends inside lb_p: every element of an earlier bin has a larger logit,
+ *    every element of a later one a smaller one);
+ *  - the draw's stage 0 over B is the row histogram before lb_p, lb_p's part inside B, zero after;
+ *    the draw's goal u x mass lies between u x (mass before lb_p) and u x (mass through lb_p), so
+ *    its crossing bin lies in [ss_cut(u x lo), ss_cut(u x hi)] or is lb_p;
+ *  - without truncation the draw over the whole row (mass = the row's) crosses at ss_cut(u x
+ *    total), with the row histogram as its stage 0.
+ * So the split path gathers only those bins' elements (sp_k3, all blocks) and sp_k4 runs the same
+ * ss_select calls on them with those histograms: the same sets, the same exact integer sums, the
+ * same token. The row histogram counts only elements with a non-zero fixed-point mass; a select's
+ * own stage 0 counts every eligible element. They agree in bins <= SS_SPARSE_MAXBIN (a zero mass
+ * needs mx - l > 22.8, bin >= 1459), so the plan requires every bin it uses to lie there; a draw
+ * bin outside the gathered ones (not expected) falls back to the whole row, still exact.
+ * OM_CUDA_SAMPLE_SPARSE=0 turns it off (A/B). */
+#define SS_SPARSE_MAXBIN 1400
+
+struct ss_plan {
+    int lb_p;                 /* top-p's crossing bin; -1: no top-p (the draw only) */
+    int lo, hi;               /* the bins the draw can cross in (besides lb_p) */
+    unsigned long long m_lo;  /* fixed-point mass of the bins before lb_p */
+};
+
+/* elements with a non-zero fixed-point mass in bins [lo, hi] or lb */
+struct ss_pred_sparse {
+    float mx;
+    int lo, hi, lb;
+    SS_HD bool operator()(float l, int) const {
+        if (ss_q(expf(l - mx)) == 0)
+            return false;
+        const int d = ss_lbin(l, mx);
+        return (d >= lo && d <= hi) || d == lb;
+    }
+};
+
+/* With ss_lhist's row histogram in sm (left as it is): whether the selects of a row whose prefix
+ * does not compact can run over a few bins' elements (the plan), which must fit cap. Every block
+ * computes the same plan. */
+template <int NT>
+SS_HD bool ss_sparse_plan(ss_smem &sm, const eng_cuda_sample_row_t &rw, int V,
+                          unsigned long long total_all, double u, int cap, ss_plan *pl) {
+    const bool topk = rw.top_k > 0 && rw.top_k < V;
+    if (topk || rw.min_p > 0.0f || cap <= 0)
+        return false;
+    ss_plan p;
+    if (rw.top_p < 1.0f) {
+        unsigned long long before = 0;
+        bool crossed = false;
+        const int lb = ss_pick<NT>(sm, ss_asc(), (double)rw.top_p * (double)total_all, false,
+                                   false, &before, &crossed);
+        if (!crossed || lb < 0 || lb > SS_SPARSE_MAXBIN)
+            return false;
+        const unsigned long long m_hi = before + sm.wbin[lb];
+        const int lo = ss_cut<NT>(sm, false, u * (double)before);
+        const int hi = ss_cut<NT>(sm, false, u * (double)m_hi);
+        p = ss_plan{lb, lo < lb ? lo : lb, hi < lb ? hi : lb, before};
+    } else {
+        const int d = ss_cut<NT>(sm, false, u * (double)total_all);
+        if (d > SS_SPARSE_MAXBIN)
+            return false;
+        p = ss_plan{-1, d, d, 0ull};
+    }
+    constexpr int P = SS_BINS / NT;
+    unsigned long long c = 0;
+    for (int k = 0; k < P; k++) {
+        const int d = P * SS_TID + k;
+        c += (d >= p.lo && d <= p.hi) || d == p.lb_p ? sm.cbin[d] : 0u;
+    }
+    const unsigned long long n = ss_sum<NT>(c, sm);
+    *pl = p;
+    return n <= (unsigned long long)cap;
+}
+
+/* fixed-point mass and count of src's elements in bin lb inside B */
+template <int NT>
+SS_HD void ss_bin_part(const ss_src &src, float mx, ss_bnd B, int lb, ss_smem &sm,
+                       unsigned long long *ret_w, unsigned long long *ret_c) {
+    unsigned long long w = 0, c = 0;
+    for (int i = SS_TID; i < src.n; i += NT) {
+        const float l = ss_val(src, i);
+        if (ss_lbin(l, mx) != lb || !ss_in(ss_key(l), ss_id(src, i), B))
+            continue;
+        w += ss_q(expf(l - mx));
+        c++;
+    }
+    *ret_w = ss_sum<NT>(w, sm);
+    *ret_c = ss_sum<NT>(c, sm);
+}
+
+/* ss_row_sel for a row without top-k and min-p whose prefix did not compact, over list (the
+ * elements of pl's bins) and the row histogram (in sm on entry; also at hw / hc, SS_BINS each, to
+ * build the draw's stage 0): the same id as ss_row_sel over the whole row (whole). */
+template <int NT>
+__noinline__ /* keeps sp_k4's other paths' registers (and spills) as they were */
+SS_HD int32_t ss_row_sel_sparse(const ss_src &list, const ss_src &whole, float mx,
+                                unsigned long long total_all, const eng_cuda_sample_row_t &rw,
+                                double u, const ss_scr &scr, ss_smem &sm, const ss_plan &pl,
+                                const unsigned long long *hw, const uint32_t *hc,
+                                bool *ret_listed) {
+    const ss_bnd all = {0u, INT_MAX};
+    ss_bnd B = all;
+    unsigned long long mass = total_all;
+    if (pl.lb_p >= 0) {
+        /* top-p: ss_row_sel's select, stage 0 the row histogram; lb_p's elements are in list */
+        ss_sel s = {B, false, 0.0f, true, false, (double)rw.top_p * (double)total_all, true};
+        ss_bnd P = ss_select<NT>(list, mx, s, scr, sm);
+        if (P.key > B.key || (P.key == B.key && P.id < B.id))
+            B = P;
+        unsigned long long wq = 0, wc = 0;
+        ss_bin_part<NT>(list, mx, B, pl.lb_p, sm, &wq, &wc);
+        mass = pl.m_lo + wq; /* ss_mass over the whole row */
+        /* the draw's stage 0 over B: the row before lb_p, lb_p's part inside B, nothing after */
+        for (int i = SS_TID; i < SS_BINS; i += NT) {
+            sm.wbin[i] = i < pl.lb_p ? hw[i] : (i == pl.lb_p ? wq : 0ull);
+            sm.cbin[i] = i < pl.lb_p ? hc[i] : (i == pl.lb_p ? (uint32_t)wc : 0u);
+        }
+        SS_SYNC();
+    }
+    /* the draw (mass, strict), stage 0 in sm; without top-p it is the row histogram itself */
+    ss_sel s = {B, false, 0.0f, true, true, u * (double)mass, true};
+    unsigned long long before = 0;
+    bool crossed = false;
+    const int ld = ss_pick<NT>(sm, ss_asc(), s.G, true, false, &before, &crossed);
+    const bool listed = ld >= 0 && ((ld >= pl.lo && ld <= pl.hi) || ld == pl.lb_p);
+    if (ret_listed)
+        *ret_listed = listed;
+    return ss_select<NT>(listed ? list : whole, mx, s, scr, sm).id;
+}
+
 /* The best element (higher logit, then lower id) strictly after (pl, pid) in that order: the
  * greedy argmax from (+inf, -1), the next top logprob from the previous one. Returns its id
  * (INT_MAX: none; NaN never qualifies) and, in every thread, its logit in *ret_l. */
@@ -1114,30 +1251,11 @@ __device__ unsigned long long sp_load_hist(const sp_ws &ws, int r, ss_smem &sm) 
     return ws.total[r];
 }
 
-__global__ void __launch_bounds__(SP_THREADS)
-    sp_k3(const float *logits, int V, int nb, const eng_cuda_sample_row_t *rows,
-          const float *proc, sp_ws ws, float *cand_l, int32_t *cand_id, int cap) {
-    __shared__ ss_smem sm;
-    __shared__ sp_red rd;
-    const int r = blockIdx.y, b = blockIdx.x, t = threadIdx.x;
-    const eng_cuda_sample_row_t rw = rows[r];
-    if (!(rw.temperature > 0.0f))
-        return;
-    const unsigned long long total_all = sp_load_hist<SP_THREADS>(ws, r, sm);
-    const double u = ss_uniform(rw.seed, rw.step);
-    const int D = ss_bound<SP_THREADS>(sm, rw, V, total_all, u);
-    const int n_pre = cap > 0 ? ss_count_to<SP_THREADS>(sm, D) : V;
-    if (!ss_compact(n_pre, cap, V))
-        return;
-    const float *row = sp_row(logits, V, rw, proc, r);
-    const float inv_t = 1.0f / rw.temperature;
-    const float mx = sp_pmax<SP_THREADS>(ws.bmax + (size_t)r * nb, nb, rd);
-    const ss_pred_prefix pred = {mx, D};
-    float *ol = cand_l + (size_t)r * cap;
-    int32_t *oid = cand_id + (size_t)r * cap;
-    int lo, hi;
-    sp_chunk(V, nb, b, &lo, &hi);
-    const int lane = t & 31;
+/* the chunk [lo, hi) of row's scaled logits with pred into the row's candidate list */
+template <typename P>
+__device__ void sp_gather(const float *row, float inv_t, int lo, int hi, P pred, float *ol,
+                          int32_t *oid, int *ncand) {
+    const int t = threadIdx.x, lane = t & 31;
     for (int base = lo; base < hi; base += SP_THREADS) { /* every lane runs every iteration */
         const int v = base + t;
         float l = 0.0f;
@@ -1149,7 +1267,7 @@ __global__ void __launch_bounds__(SP_THREADS)
         const unsigned m = __ballot_sync(0xffffffffu, take);
         int at = 0;
         if (lane == 0 && m)
-            at = atomicAdd(&ws.ncand[r], __popc(m));
+            at = atomicAdd(ncand, __popc(m));
         at = __shfl_sync(0xffffffffu, at, 0);
         if (take) {
             at += __popc(m & ((1u << lane) - 1u));
@@ -1159,10 +1277,44 @@ __global__ void __launch_bounds__(SP_THREADS)
     }
 }
 
+__global__ void __launch_bounds__(SP_THREADS)
+    sp_k3(const float *logits, int V, int nb, const eng_cuda_sample_row_t *rows,
+          const float *proc, sp_ws ws, float *cand_l, int32_t *cand_id, int cap, bool sparse) {
+    __shared__ ss_smem sm;
+    __shared__ sp_red rd;
+    const int r = blockIdx.y, b = blockIdx.x;
+    const eng_cuda_sample_row_t rw = rows[r];
+    if (!(rw.temperature > 0.0f))
+        return;
+    const unsigned long long total_all = sp_load_hist<SP_THREADS>(ws, r, sm);
+    const double u = ss_uniform(rw.seed, rw.step);
+    const int D = ss_bound<SP_THREADS>(sm, rw, V, total_all, u);
+    const int n_pre = cap > 0 ? ss_count_to<SP_THREADS>(sm, D) : V;
+    ss_plan pl = {-1, 0, -1, 0ull};
+    const bool compact = ss_compact(n_pre, cap, V);
+    if (!compact && !(sparse && ss_sparse_plan<SP_THREADS>(sm, rw, V, total_all, u, cap, &pl)))
+        return; /* sp_k4 reads the whole row */
+    const float *row = sp_row(logits, V, rw, proc, r);
+    const float inv_t = 1.0f / rw.temperature;
+    const float mx = sp_pmax<SP_THREADS>(ws.bmax + (size_t)r * nb, nb, rd);
+    float *ol = cand_l + (size_t)r * cap;
+    int32_t *oid = cand_id + (size_t)r * cap;
+    int lo, hi;
+    sp_chunk(V, nb, b, &lo, &hi);
+    if (compact)
+        sp_gather(row, inv_t, lo, hi, ss_pred_prefix{mx, D}, ol, oid, &ws.ncand[r]);
+    else /* sparse bin lists: the plan's bins only (they fit cap) */
+        sp_gather(row, inv_t, lo, hi, ss_pred_sparse{mx, pl.lo, pl.hi, pl.lb_p}, ol, oid,
+                  &ws.ncand[r]);
+}
+
+/* rows sp_k4 drew from sparse bin lists (test hook eng_cuda_sample_sparse_rows) */
+__device__ unsigned long long g_sp_sparse_rows;
+
 __global__ void __launch_bounds__(SS_THREADS, 1)
     sp_k4(const float *logits, int V, int nb, const eng_cuda_sample_row_t *rows,
           eng_cuda_sample_out_t *out, const float *proc, sp_ws ws, float *cand_l,
-          int32_t *cand_id, int cap, float *bin_l, int32_t *bin_id) {
+          int32_t *cand_id, int cap, float *bin_l, int32_t *bin_id, bool sparse) {
     __shared__ ss_smem sm;
     __shared__ sp_red rd;
     const int r = blockIdx.x, t = threadIdx.x;
@@ -1177,13 +1329,21 @@ __global__ void __launch_bounds__(SS_THREADS, 1)
         const double u = ss_uniform(rw.seed, rw.step);
         const int D = ss_bound<SS_THREADS>(sm, rw, V, total_all, u);
         const int n_pre = cap > 0 ? ss_count_to<SS_THREADS>(sm, D) : V;
-        ss_src src = {row, nullptr, V, inv_t};
-        if (ss_compact(n_pre, cap, V))
-            src = ss_src{cand_l + (size_t)r * cap, cand_id + (size_t)r * cap, ws.ncand[r], 1.0f};
-        id = ss_row_sel<SS_THREADS>(src, V, mx, total_all, rw, u,
-                                    ss_scr{bin_l + (size_t)r * SS_BCAP,
-                                           bin_id + (size_t)r * SS_BCAP, SS_BCAP},
-                                    sm);
+        const ss_src whole = {row, nullptr, V, inv_t};
+        const ss_src list = {cand_l + (size_t)r * cap, cand_id + (size_t)r * cap, ws.ncand[r],
+                             1.0f};
+        const ss_scr scr = {bin_l + (size_t)r * SS_BCAP, bin_id + (size_t)r * SS_BCAP, SS_BCAP};
+        ss_plan pl;
+        const bool compact = ss_compact(n_pre, cap, V);
+        if (!compact && sparse && ss_sparse_plan<SS_THREADS>(sm, rw, V, total_all, u, cap, &pl)) {
+            id = ss_row_sel_sparse<SS_THREADS>(list, whole, mx, total_all, rw, u, scr, sm, pl,
+                                               ws.wbin + (size_t)r * SS_BINS,
+                                               ws.cbin + (size_t)r * SS_BINS, nullptr);
+            if (t == 0)
+                atomicAdd(&g_sp_sparse_rows, 1ull);
+        } else {
+            id = ss_row_sel<SS_THREADS>(compact ? list : whole, V, mx, total_all, rw, u, scr, sm);
+        }
     } else {
         float bl;
         id = sp_best<SS_THREADS>(ws.bmax + (size_t)r * nb, ws.bid + (size_t)r * nb, 0, nb,
@@ -1269,11 +1429,80 @@ extern "C" int eng_cuda_sample_host(const float *logits, uint32_t V,
     return 0;
 }
 
-/* static workspace (grown, never shrunk): rows, results and edits (device and pinned host),
- * candidates and edited row copies (device) */
-static eng_cuda_sample_row_t *s_rows_dev, *s_rows_host;
+extern "C" int eng_cuda_sample_host_split(const float *logits, uint32_t V,
+                                          const eng_cuda_sample_row_t *row, int sparse, int bcap,
+                                          int32_t *ret_id, int *ret_path) {
+    if (!logits || !row || !ret_id || !ret_path || V == 0 || V >= (1u << 22) || bcap < 0)
+        return -EINVAL;
+    if (!(row->temperature > 0.0f)) {
+        *ret_path = 0;
+        return eng_cuda_sample_host(logits, V, row, ret_id);
+    }
+    static ss_smem sm; /* one thread; see the file comment */
+    static unsigned long long hw[SS_BINS];
+    static uint32_t hc[SS_BINS];
+    float *cl = (float *)malloc((size_t)V * sizeof *cl);
+    int32_t *cid = (int32_t *)malloc((size_t)V * sizeof *cid);
+    float *bl = (float *)malloc((size_t)(bcap > 0 ? bcap : 1) * sizeof *bl);
+    int32_t *bid = (int32_t *)malloc((size_t)(bcap > 0 ? bcap : 1) * sizeof *bid);
+    if (!cl || !cid || !bl || !bid) {
+        free(cl);
+        free(cid);
+        free(bl);
+        free(bid);
+        return -ENOMEM;
+    }
+    const eng_cuda_sample_row_t &rw = *row;
+    const int cap = (int)V; /* the split path's list at batch 1 holds the whole row */
+    const float inv_t = 1.0f / rw.temperature;
+    const float mx = ss_max<1>(logits, (int)V, inv_t, sm);
+    const unsigned long long total_all = ss_lhist<1>(logits, (int)V, inv_t, mx, sm);
+    const double u = ss_uniform(rw.seed, rw.step);
+    const int D = ss_bound<1>(sm, rw, (int)V, total_all, u);
+    const int n_pre = ss_count_to<1>(sm, D);
+    const ss_src whole = {logits, nullptr, (int)V, inv_t};
+    const ss_scr scr = {bl, bid, bcap};
+    ss_plan pl;
+    if (ss_compact(n_pre, cap, (int)V)) {
+        const int n = ss_gather<1>(whole, ss_pred_prefix{mx, D}, cl, cid, sm);
+        *ret_id = ss_row_sel<1>(ss_src{cl, cid, n, 1.0f}, (int)V, mx, total_all, rw, u, scr, sm);
+        *ret_path = 1;
+    } else if (sparse && ss_sparse_plan<1>(sm, rw, (int)V, total_all, u, cap, &pl)) {
+        memcpy(hw, sm.wbin, sizeof hw);
+        memcpy(hc, sm.cbin, sizeof hc);
+        const int n = ss_gather<1>(whole, ss_pred_sparse{mx, pl.lo, pl.hi, pl.lb_p}, cl, cid, sm);
+        bool listed = false;
+        *ret_id = ss_row_sel_sparse<1>(ss_src{cl, cid, n, 1.0f}, whole, mx, total_all, rw, u, scr,
+                                       sm, pl, hw, hc, &listed);
+        *ret_path = listed ? 2 : 3;
+    } else {
+        *ret_id = ss_row_sel<1>(whole, (int)V, mx, total_all, rw, u, scr, sm);
+        *ret_path = 0;
+    }
+    free(cl);
+    free(cid);
+    free(bl);
+    free(bid);
+    return 0;
+}
+
+extern "C" int eng_cuda_sample_sparse_rows(uint64_t *ret) {
+    if (!ret)
+        return -EINVAL;
+    unsigned long long v = 0;
+    cudaError_t e = cudaMemcpyFromSymbol(&v, g_sp_sparse_rows, sizeof v);
+    if (e != cudaSuccess)
+        return -EIO;
+    *ret = v;
+    return 0;
+}
+
+/* static workspace (grown, never shrunk): rows + edits packed in one buffer (device and pinned
+ * host: one upload), results (device and pinned host), candidates and edited row copies (device) */
+static eng_cuda_sample_row_t *s_rows_dev, *s_rows_host;   /* (s_cap) at the start of the pack */
 static eng_cuda_sample_out_t *s_out_dev, *s_out_host;
-static eng_cuda_sample_edit_t *s_edits_dev, *s_edits_host;
+static eng_cuda_sample_edit_t *s_edits_dev, *s_edits_host; /* (s_edit_cap) after the rows */
+static char *s_pack_dev, *s_pack_host;                     /* rows then edits */
 static float *s_cand_l;    /* (s_cand) */
 static int32_t *s_cand_id; /* (s_cand) */
 static float *s_proc;      /* (s_proc_n) edited row copies */
@@ -1282,15 +1511,38 @@ static int32_t *s_bin_id;  /* (s_cap, SS_BCAP) */
 static uint32_t s_cap;     /* rows */
 static size_t s_cand, s_edit_cap, s_proc_n;
 
+/* bytes of the packed rows in front of the edits (16-byte aligned) */
+static size_t s_rows_bytes(uint32_t cap) {
+    return ((size_t)cap * sizeof(eng_cuda_sample_row_t) + 15) & ~(size_t)15;
+}
+
 static int s_reserve(uint32_t n, size_t cand, size_t n_edits, size_t proc) {
+    if (n > s_cap || n_edits > s_edit_cap || !s_pack_dev) {
+        /* the pack (rows + edits): rows and edit capacities only grow */
+        uint32_t cap = n > s_cap ? (n < 64 ? 64 : n) : s_cap;
+        size_t ecap = n_edits > s_edit_cap
+                          ? (n_edits < 4096 ? 4096 : n_edits + n_edits / 2)
+                          : (s_edit_cap ? s_edit_cap : 4096);
+        cudaFree(s_pack_dev);
+        cudaFreeHost(s_pack_host);
+        s_pack_dev = s_pack_host = nullptr;
+        s_rows_dev = s_rows_host = nullptr;
+        s_edits_dev = s_edits_host = nullptr;
+        s_edit_cap = 0;
+        const size_t bytes = s_rows_bytes(cap) + ecap * sizeof(eng_cuda_sample_edit_t);
+        CUDA_CHECK(cudaMalloc(&s_pack_dev, bytes));
+        CUDA_CHECK(cudaMallocHost(&s_pack_host, bytes));
+        s_rows_dev = (eng_cuda_sample_row_t *)s_pack_dev;
+        s_rows_host = (eng_cuda_sample_row_t *)s_pack_host;
+        s_edits_dev = (eng_cuda_sample_edit_t *)(s_pack_dev + s_rows_bytes(cap));
+        s_edits_host = (eng_cuda_sample_edit_t *)(s_pack_host + s_rows_bytes(cap));
+        s_edit_cap = ecap;
+    }
     if (n > s_cap) {
-        cudaFree(s_rows_dev);
         cudaFree(s_out_dev);
-        cudaFreeHost(s_rows_host);
         cudaFreeHost(s_out_host);
         cudaFree(s_bin_l);
         cudaFree(s_bin_id);
-        s_rows_dev = s_rows_host = nullptr;
         s_out_dev = s_out_host = nullptr;
         s_bin_l = nullptr;
         s_bin_id = nullptr;
@@ -1298,9 +1550,7 @@ static int s_reserve(uint32_t n, size_t cand, size_t n_edits, size_t proc) {
         uint32_t cap = n < 64 ? 64 : n;
         CUDA_CHECK(cudaMalloc(&s_bin_l, (size_t)cap * SS_BCAP * sizeof *s_bin_l));
         CUDA_CHECK(cudaMalloc(&s_bin_id, (size_t)cap * SS_BCAP * sizeof *s_bin_id));
-        CUDA_CHECK(cudaMalloc(&s_rows_dev, cap * sizeof *s_rows_dev));
         CUDA_CHECK(cudaMalloc(&s_out_dev, cap * sizeof *s_out_dev));
-        CUDA_CHECK(cudaMallocHost(&s_rows_host, cap * sizeof *s_rows_host));
         CUDA_CHECK(cudaMallocHost(&s_out_host, cap * sizeof *s_out_host));
         s_cap = cap;
     }
@@ -1313,16 +1563,6 @@ static int s_reserve(uint32_t n, size_t cand, size_t n_edits, size_t proc) {
         CUDA_CHECK(cudaMalloc(&s_cand_l, cand * sizeof *s_cand_l));
         CUDA_CHECK(cudaMalloc(&s_cand_id, cand * sizeof *s_cand_id));
         s_cand = cand;
-    }
-    if (n_edits > s_edit_cap) {
-        cudaFree(s_edits_dev);
-        cudaFreeHost(s_edits_host);
-        s_edits_dev = s_edits_host = nullptr;
-        s_edit_cap = 0;
-        size_t cap = n_edits < 4096 ? 4096 : n_edits + n_edits / 2;
-        CUDA_CHECK(cudaMalloc(&s_edits_dev, cap * sizeof *s_edits_dev));
-        CUDA_CHECK(cudaMallocHost(&s_edits_host, cap * sizeof *s_edits_host));
-        s_edit_cap = cap;
     }
     if (proc > s_proc_n) {
         cudaFree(s_proc);
@@ -1389,6 +1629,13 @@ static bool s_use_split(uint32_t n_rows) {
     return n_rows < SP_AUTO_ROWS;
 }
 
+/* OM_CUDA_SAMPLE_SPARSE=0: the split path reads the whole row when the prefix does not compact,
+ * as before the sparse bin lists (A/B; read on every call). */
+static bool s_use_sparse(void) {
+    const char *e = getenv("OM_CUDA_SAMPLE_SPARSE");
+    return !(e && strcmp(e, "0") == 0);
+}
+
 /* blocks per row: chunks of >= SP_MIN_CHUNK elements, ~SP_TARGET_BLOCKS over all rows */
 static uint32_t s_sp_nb(uint32_t n_rows, uint32_t V) {
     uint32_t nb = (V + SP_MIN_CHUNK - 1) / SP_MIN_CHUNK;
@@ -1396,6 +1643,13 @@ static uint32_t s_sp_nb(uint32_t n_rows, uint32_t V) {
     nb = by_rows < nb ? by_rows : nb;
     nb = nb < SP_MAXNB ? nb : SP_MAXNB;
     return nb > 0 ? nb : 1;
+}
+
+/* OMNIPIPE_SAMPLE_FUSED=0: rows and edits go up in two copies, as before the packed upload (A/B;
+ * read on every call). The bytes on the device are the same either way. */
+static bool s_packed_upload(void) {
+    const char *e = getenv("OMNIPIPE_SAMPLE_FUSED");
+    return !(e && strcmp(e, "0") == 0);
 }
 
 /* both entry points; plain: ids only, the rows' edit and logprob fields ignored */
@@ -1441,14 +1695,22 @@ static int s_sample(void *stream, const float *logits, uint32_t n_rows, uint32_t
         }
         h->slot = h->n_edit > 0 ? slot++ : 0;
     }
-    CUDA_CHECK(cudaMemcpyAsync(s_rows_dev, s_rows_host, n_rows * sizeof *rows,
-                               cudaMemcpyHostToDevice, s));
-    if (!plain && n_edits > 0) {
+    const bool upload_edits = !plain && n_edits > 0;
+    if (upload_edits)
         memcpy(s_edits_host, edits, n_edits * sizeof *edits);
-        CUDA_CHECK(cudaMemcpyAsync(s_edits_dev, s_edits_host, n_edits * sizeof *edits,
+    if (s_packed_upload()) { /* rows and edits in one copy (the gap between them is not read) */
+        const size_t bytes = upload_edits ? s_rows_bytes(s_cap) + n_edits * sizeof *edits
+                                          : n_rows * sizeof *rows;
+        CUDA_CHECK(cudaMemcpyAsync(s_pack_dev, s_pack_host, bytes, cudaMemcpyHostToDevice, s));
+    } else {
+        CUDA_CHECK(cudaMemcpyAsync(s_rows_dev, s_rows_host, n_rows * sizeof *rows,
                                    cudaMemcpyHostToDevice, s));
+        if (upload_edits)
+            CUDA_CHECK(cudaMemcpyAsync(s_edits_dev, s_edits_host, n_edits * sizeof *edits,
+                                       cudaMemcpyHostToDevice, s));
     }
     if (s_use_split(n_rows)) {
+        const bool sparse = s_use_sparse();
         const uint32_t nb = s_sp_nb(n_rows, V);
         r = s_sp_reserve(n_rows, nb);
         if (r < 0)
@@ -1468,12 +1730,13 @@ static int s_sample(void *stream, const float *logits, uint32_t n_rows, uint32_t
         }
         if (any_t) {
             sp_k3<<<dim3(nb, n_rows), SP_THREADS, 0, s>>>(logits, (int)V, (int)nb, s_rows_dev,
-                                                          s_proc, s_sp, s_cand_l, s_cand_id, cap);
+                                                          s_proc, s_sp, s_cand_l, s_cand_id, cap,
+                                                          sparse);
             CUDA_LAUNCH_CHECK();
         }
         sp_k4<<<n_rows, SS_THREADS, 0, s>>>(logits, (int)V, (int)nb, s_rows_dev, s_out_dev,
                                             s_proc, s_sp, s_cand_l, s_cand_id, cap, s_bin_l,
-                                            s_bin_id);
+                                            s_bin_id, sparse);
         CUDA_LAUNCH_CHECK();
     } else {
         k_sample<<<n_rows, SS_THREADS, 0, s>>>(logits, (int)V, s_rows_dev, s_out_dev, s_cand_l,

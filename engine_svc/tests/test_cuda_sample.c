@@ -26,7 +26,11 @@
  * sampler, one line per case: vocab 1, 7, 1000, 152064, 151949; rows normal, all-equal, with -inf
  * entries; greedy, temperature, top-k + top-p, top-k > vocab, top-p 1.0, top-p 1e-6, min-p,
  * penalties, logprobs 5. Tokens and logprobs must be identical bit for bit between the two kernels,
- * and the CPU sampler must agree on >= n - 1 of the n draws (logprobs within 1e-4).
+ * and the CPU sampler must agree on >= n - 1 of the n draws (logprobs within 1e-4). Each case also
+ * runs the split path with OM_CUDA_SAMPLE_SPARSE=0 (no sparse bin lists: the whole row when the
+ * prefix does not compact), bit for bit against the default; a fourth row kind, "dummy-like sd
+ * 0.78" (the full-size dummy model's logits), makes top-p rows take the sparse bin lists, and a
+ * last line checks (device counter) that some rows did.
  * Exit 77 without a CUDA device. */
 #include <errno.h>
 #include <math.h>
@@ -36,6 +40,7 @@
 #include <string.h>
 
 #include "eng_backend.h"
+#include "eng_cuda.h"
 #include "eng_sampler.h"
 
 #define V 5000
@@ -402,8 +407,8 @@ static void s_parity(eng_backend_t *be, eng_tensor_t *dev, const float *logits, 
                      const char *dname, const char *pname, eng_sampler_params_t p, int B) {
     static eng_sampler_params_t params[PMAXB];
     static uint32_t steps[PMAXB], edit0[PMAXB], n_edit[PMAXB];
-    static int32_t ida[PMAXB], idb[PMAXB];
-    static eng_sampler_result_t ra[PMAXB], rb[PMAXB];
+    static int32_t ida[PMAXB], idb[PMAXB], idc[PMAXB];
+    static eng_sampler_result_t ra[PMAXB], rb[PMAXB], rc[PMAXB];
     static eng_sampler_edit_t edits[64];
     static float row[BV];
     char name[160];
@@ -421,7 +426,7 @@ static void s_parity(eng_backend_t *be, eng_tensor_t *dev, const float *logits, 
         return;
     }
     const int ne = eng_sampler_edits(cs, &p, &sq, edits, 64);
-    int n = 0, same = 0, agree = 0, lp_bits = 1, fails = 0;
+    int n = 0, same = 0, agree = 0, lp_bits = 1, fails = 0, same_ns = 0;
     double lp_diff = 0, lp_cpu = 0;
     for (int c = 0; c < PCALLS && ne >= 0; c++) {
         for (int i = 0; i < B; i++) {
@@ -439,14 +444,23 @@ static void s_parity(eng_backend_t *be, eng_tensor_t *dev, const float *logits, 
         sb.results = rb;
         setenv("OM_CUDA_SAMPLE_SPLIT", "1", 1);
         int r2 = be->ops->sample(be, dev, &sb, idb);
+        sb.results = rc; /* the split path without the sparse bin lists */
+        setenv("OM_CUDA_SAMPLE_SPARSE", "0", 1);
+        int r3 = be->ops->sample(be, dev, &sb, idc);
+        unsetenv("OM_CUDA_SAMPLE_SPARSE");
         unsetenv("OM_CUDA_SAMPLE_SPLIT");
-        if (r1 < 0 || r2 < 0) {
+        if (r1 < 0 || r2 < 0 || r3 < 0) {
             fails++;
             continue;
         }
         for (int i = 0; i < B; i++) {
             n++;
             same += ida[i] == idb[i];
+            same_ns += idc[i] == idb[i] && rc[i].n_top == rb[i].n_top &&
+                       !memcmp(&rc[i].logprob, &rb[i].logprob, sizeof rb[i].logprob) &&
+                       !memcmp(rc[i].top_ids, rb[i].top_ids, rb[i].n_top * sizeof *rb[i].top_ids) &&
+                       !memcmp(rc[i].top_logprobs, rb[i].top_logprobs,
+                               rb[i].n_top * sizeof *rb[i].top_logprobs);
             if (p.n_logprobs > 0) {
                 if (ra[i].n_top != rb[i].n_top ||
                     memcmp(&ra[i].logprob, &rb[i].logprob, sizeof ra[i].logprob) ||
@@ -487,7 +501,7 @@ static void s_parity(eng_backend_t *be, eng_tensor_t *dev, const float *logits, 
     }
     eng_sampler_free(cs);
     const int want = PCALLS * B;
-    int ok = ne >= 0 && fails == 0 && n == want && same == n && agree >= n - 1;
+    int ok = ne >= 0 && fails == 0 && n == want && same == n && same_ns == n && agree >= n - 1;
     char lp[120] = "";
     if (p.n_logprobs > 0) {
         ok = ok && lp_bits && lp_cpu < 1e-4;
@@ -495,15 +509,16 @@ static void s_parity(eng_backend_t *be, eng_tensor_t *dev, const float *logits, 
                  lp_bits ? "bit-identical" : "DIFFER", lp_diff, lp_cpu);
     }
     s_result(ok, name,
-             "split == k_sample on %d of %d tokens (bound all); CPU sampler agrees on %d (bound >= "
-             "%d)%s%s",
-             same, n, agree, n - 1, lp, ne < 0 || fails ? " (errors)" : "");
+             "split == k_sample on %d of %d tokens (bound all); OM_CUDA_SAMPLE_SPARSE=0 == split "
+             "on %d, tokens and logprobs bit for bit (bound all); CPU sampler agrees on %d (bound "
+             ">= %d)%s%s",
+             same, n, same_ns, agree, n - 1, lp, ne < 0 || fails ? " (errors)" : "");
 }
 
 static void s_parity_all(eng_backend_t *be) {
     static float l[BV];
     const int vocabs[5] = {1, 7, 1000, BV, 151936 + 13};
-    const char *dnames[3] = {"normal", "all-equal", "-inf entries"};
+    const char *dnames[4] = {"normal", "all-equal", "-inf entries", "dummy-like sd 0.78"};
     const struct {
         const char *name;
         eng_sampler_params_t p;
@@ -531,7 +546,7 @@ static void s_parity_all(eng_backend_t *be) {
             s_result(0, "parity", "device logits (vocab %d): %d", nv, r);
             continue;
         }
-        for (int d = 0; d < 3; d++) {
+        for (int d = 0; d < 4; d++) {
             uint64_t x = 0x9e3779b97f4a7c15ull ^ (uint64_t)nv;
             for (int v = 0; v < nv; v++) {
                 double s = 0;
@@ -541,7 +556,9 @@ static void s_parity_all(eng_backend_t *be) {
                     x ^= x << 17;
                     s += (double)(x >> 11) / 9007199254740992.0;
                 }
-                l[v] = d == 1 ? 1.5f : (float)((s - 2.0) * 4.3);
+                /* d 3: the full-size dummy model's logits (sd 0.78: top-p 0.95 keeps ~75% of
+                   the row, the prefix does not compact: the sparse bin lists) */
+                l[v] = d == 1 ? 1.5f : (float)((s - 2.0) * (d == 3 ? 1.358 : 4.3));
                 if (d == 2 && v % 3 == 1)
                     l[v] = -INFINITY; /* entry 0 stays finite */
             }
@@ -615,7 +632,13 @@ int main(void) {
     }
     unsetenv("OM_CUDA_SAMPLE_SPLIT");
     g_tag = "";
+    uint64_t sp0 = 0, sp1 = 0;
+    int rs0 = eng_cuda_sample_sparse_rows(&sp0);
     s_parity_all(be);
+    int rs1 = eng_cuda_sample_sparse_rows(&sp1);
+    s_result(rs0 == 0 && rs1 == 0 && sp1 > sp0, "sparse bin lists",
+             "%llu rows of the parity cases drawn from sparse bin lists (bound > 0)",
+             (unsigned long long)(sp1 - sp0));
     eng_backend_free(be);
     printf("%s\n", g_fail ? "FAILED" : "all passed");
     return g_fail ? 1 : 0;

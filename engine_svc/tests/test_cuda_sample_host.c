@@ -165,6 +165,72 @@ static void test_vocab_sizes(void **state) {
     free(big);
 }
 
+/* The split path's sparse bin lists (eng_cuda_sample_host_split, sparse 1) against the same
+ * selects over the whole row (sparse 0) and the one-block kernel's host run (eng_cuda_sample_host,
+ * compaction cap V/2): the same token for every draw, bit for bit. Rows: the full-size dummy
+ * model's logits (Gaussian, sd 0.78: top-p 0.95 keeps ~75% of the row, so nothing compacts), the
+ * flat test row, quantised logits (tie runs at every bin), an all-equal row and a tiny vocabulary.
+ * One line per row and parameter set; the sparse path must have run for the dummy-like rows. */
+static uint32_t s_sparse_case(const char *rname, const float *l, uint32_t V, float temp, float top_p,
+                              uint32_t n, uint32_t *ret_sparse) {
+    uint32_t same = 0, sparse = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        eng_cuda_sample_row_t rw = {.temperature = temp, .top_p = top_p, .seed = 77 + i, .step = i};
+        int32_t a = -1, b = -2, c = -3, d = -4;
+        int pa = -1, pb = -1, pd = -1;
+        assert_int_equal(eng_cuda_sample_host_split(l, V, &rw, 1, 8192, &a, &pa), 0);
+        assert_int_equal(eng_cuda_sample_host_split(l, V, &rw, 0, 8192, &b, &pb), 0);
+        assert_int_equal(eng_cuda_sample_host_split(l, V, &rw, 1, 64, &d, &pd), 0);
+        assert_int_equal(eng_cuda_sample_host(l, V, &rw, &c), 0);
+        same += a == b && a == c && a == d;
+        sparse += pa == 2;
+        assert_int_equal(pa, pd);
+        assert_int_not_equal(pa, 3); /* the draw's bin is always among the gathered ones */
+    }
+    printf("sparse bin lists, %s, T %.2f top-p %.2f: %u/%u draws identical to the whole row and "
+           "the one-block kernel (bound all), sparse path on %u: %s\n",
+           rname, (double)temp, (double)top_p, same, n, sparse, same == n ? "PASS" : "FAIL");
+    *ret_sparse += sparse;
+    return n - same;
+}
+
+static void test_sparse(void **state) {
+    (void)state;
+    enum { VQ = 152064 };
+    float *g = malloc(VQ * sizeof *g), *f = malloc(VQ * sizeof *f), *q = malloc(VQ * sizeof *q);
+    assert_true(g && f && q);
+    s_fill(g, VQ, 3); /* Irwin-Hall sd 2.48: rescaled to the dummy model's 0.78 */
+    for (uint32_t v = 0; v < VQ; v++)
+        g[v] *= 0.784f / 2.4826f;
+    s_fill(f, VQ, 4);
+    for (uint32_t v = 0; v < VQ; v++)
+        q[v] = roundf(g[v] * 16.0f) / 16.0f; /* ties everywhere */
+    static float eq[5000];
+    for (int v = 0; v < 5000; v++)
+        eq[v] = 0.25f;
+    const float tiny[7] = {0.5f, -1.0f, 2.0f, 2.0f, -3.0f, 0.0f, -0.0f};
+    const struct {
+        float t, p;
+    } ps[] = {{0.8f, 0.95f}, {0.8f, 0.9f}, {0.8f, 0.5f}, {1.3f, 0.99f}, {0.8f, 1.0f}, {1.5f, 1.0f}};
+    uint32_t bad = 0, sp_dummy = 0, sp_other = 0;
+    for (size_t i = 0; i < sizeof ps / sizeof ps[0]; i++) {
+        bad += s_sparse_case("dummy-like V 152064", g, VQ, ps[i].t, ps[i].p, 12, &sp_dummy);
+        bad += s_sparse_case("quantised V 152064", q, VQ, ps[i].t, ps[i].p, 6, &sp_other);
+        bad += s_sparse_case("all-equal V 5000", eq, 5000, ps[i].t, ps[i].p, 6, &sp_other);
+        bad += s_sparse_case("V 7", tiny, 7, ps[i].t, ps[i].p, 16, &sp_other);
+    }
+    bad += s_sparse_case("flat sd 2.5 V 152064", f, VQ, 4.0f, 0.99f, 8, &sp_other);
+    bad += s_sparse_case("flat sd 2.5 V 152064", f, VQ, 0.8f, 0.95f, 8, &sp_other);
+    printf("sparse bin lists: %u draws differ (bound 0); sparse path on %u dummy-like draws (bound "
+           "> 0), %u others: %s\n",
+           bad, sp_dummy, sp_other, bad == 0 && sp_dummy > 0 ? "PASS" : "FAIL");
+    assert_int_equal(bad, 0);
+    assert_true(sp_dummy > 0);
+    free(g);
+    free(f);
+    free(q);
+}
+
 static void test_bad_args(void **state) {
     (void)state;
     float l[4] = {0};
@@ -179,7 +245,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_cases),       cmocka_unit_test(test_tie_run),
         cmocka_unit_test(test_flat),        cmocka_unit_test(test_vocab_sizes),
-        cmocka_unit_test(test_bad_args),
+        cmocka_unit_test(test_bad_args),    cmocka_unit_test(test_sparse),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -20,7 +20,13 @@
  *  4. GPU sampling: greedy without logprobs == greedy with logprobs and ignore_eos (also on the
  *     device, through the hook's logit edits and logprobs) except at near-ties; temperature/top-k/top-p with one seed
  *     gives the same tokens twice, another seed changes them (same seed batched with other
- *     requests is printed: bf16 batch kernels may move a draw across a CDF boundary). */
+ *     requests is printed: bf16 batch kernels may move a draw across a CDF boundary).
+ * fused sampling (test_fused_*): the same sampled requests (top-p, top-k, min-p, penalties,
+ * logprobs, several seeds; alone and four at a time) with OMNIPIPE_SAMPLE_FUSED=1 (the default: the
+ * step left in flight, the draw queued behind it), with =0 (the synchronised step, then the draw)
+ * and with =0 plus OM_CUDA_SAMPLE_SPARSE=0 (the sampler's whole-row selects instead of its sparse
+ * bin lists: the path before both changes): tokens and logprobs identical bit for bit; one "fused
+ * sampling" line per case and batch. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -440,6 +446,206 @@ static void s_check_fast(const char *model) {
     json_decref(g);
 }
 
+/* --- fused sampling (OMNIPIPE_SAMPLE_FUSED) ------------------------------------------------- */
+
+/* one sampled request of the fused A/B check */
+typedef struct t_samp {
+    const char *name;
+    float temperature;    /* 0: greedy */
+    int32_t top_k;
+    float top_p, min_p;
+    float rep, presence, frequency;
+    uint32_t logprobs;
+    uint64_t seed;
+    bool ignore_eos;
+} t_samp_t;
+
+/* what came back for one request: tokens, and per token the logprob and the top ids/logprobs */
+typedef struct t_out {
+    int32_t tokens[NSTEP];
+    float lp[NSTEP];
+    uint32_t n_top[NSTEP];
+    int32_t top_ids[NSTEP][8];
+    float top_lp[NSTEP][8];
+    uint32_t n;
+    int finish;
+} t_out_t;
+
+static void s_submit_samp(eng_service_t *s, uint64_t id, const int32_t *ids, size_t n,
+                          const t_samp_t *q) {
+    Omnipipe__Header h = OMNIPIPE__HEADER__INIT;
+    h.has_request_id = true;
+    h.request_id = id;
+    Omnipipe__SamplingParams sp = OMNIPIPE__SAMPLING_PARAMS__INIT;
+    sp.has_max_tokens = sp.has_ignore_eos = sp.has_temperature = sp.has_seed = true;
+    sp.max_tokens = NSTEP;
+    sp.ignore_eos = q->ignore_eos;
+    sp.temperature = q->temperature;
+    sp.seed = q->seed;
+    if (q->top_k > 0) {
+        sp.has_top_k = true;
+        sp.top_k = q->top_k;
+    }
+    if (q->top_p < 1.0f) {
+        sp.has_top_p = true;
+        sp.top_p = q->top_p;
+    }
+    if (q->min_p > 0.0f) {
+        sp.has_min_p = true;
+        sp.min_p = q->min_p;
+    }
+    if (q->rep != 1.0f || q->presence != 0.0f || q->frequency != 0.0f) {
+        sp.has_repetition_penalty = sp.has_presence_penalty = sp.has_frequency_penalty = true;
+        sp.repetition_penalty = q->rep;
+        sp.presence_penalty = q->presence;
+        sp.frequency_penalty = q->frequency;
+    }
+    if (q->logprobs) {
+        sp.has_logprobs = true;
+        sp.logprobs = q->logprobs;
+    }
+    Omnipipe__PreparedRequest pr = OMNIPIPE__PREPARED_REQUEST__INIT;
+    pr.ids = (int32_t *)ids;
+    pr.n_ids = n;
+    pr.sampling = &sp;
+    assert_int_equal(eng_service_submit(s, &h, &pr, 1), 0);
+}
+
+static void s_drain_out(eng_service_t *s, t_out_t *outs, size_t n_outs) {
+    for (int guard = 0; eng_service_has_work(s); guard++) {
+        assert_true(guard < 100000);
+        const Omnipipe__TokenBatch *b = NULL;
+        assert_int_equal(eng_service_step(s, 1, &b), 0);
+        for (size_t i = 0; b && i < b->n_seqs; i++) {
+            const Omnipipe__SeqStep *st = b->seqs[i];
+            assert_true(st->request_id < n_outs);
+            t_out_t *o = &outs[st->request_id];
+            for (size_t j = 0; j < st->n_token_ids && o->n < NSTEP; j++) {
+                o->tokens[o->n] = st->token_ids[j];
+                if (j < st->n_logprobs) {
+                    const Omnipipe__TokenLogprobs *l = st->logprobs[j];
+                    o->lp[o->n] = l->logprob;
+                    o->n_top[o->n] = l->n_top < 8 ? (uint32_t)l->n_top : 8;
+                    for (uint32_t k = 0; k < o->n_top[o->n]; k++) {
+                        o->top_ids[o->n][k] = l->top[k]->token_id;
+                        o->top_lp[o->n][k] = l->top[k]->logprob;
+                    }
+                }
+                o->n++;
+            }
+            if (st->has_finish && st->finish) {
+                o->finish = st->finish;
+                assert_int_not_equal(st->finish, OMNIPIPE__FINISH_REASON__FINISH_ERROR);
+            }
+        }
+    }
+}
+
+/* runs the cases on a fresh fast-runner service with OMNIPIPE_SAMPLE_FUSED=fused: batch 1 (each
+ * case alone on prompt 0) into one[], then the cases together, four at a time, request i on
+ * prompt i % n_prompts, into four[] */
+static void s_run_fused(const char *model, json_t *prompts, const t_samp_t *cases, size_t n_cases,
+                        int fused, int sparse, t_out_t *one, t_out_t *four) {
+    setenv("OMNIPIPE_SAMPLE_FUSED", fused ? "1" : "0", 1);
+    setenv("OM_CUDA_SAMPLE_SPARSE", sparse ? "1" : "0", 1);
+    eng_service_t *s = s_new(model, "fast", 0, false);
+    int32_t ids[MAXTOK];
+    const size_t np = json_array_size(prompts);
+    memset(one, 0, n_cases * sizeof *one);
+    memset(four, 0, n_cases * sizeof *four);
+    for (size_t c = 0; c < n_cases; c++) {
+        size_t k = s_json_ids(json_array_get(prompts, 0), ids, MAXTOK);
+        s_submit_samp(s, 0, ids, k, &cases[c]);
+        s_drain_out(s, &one[c], 1);
+    }
+    for (size_t c0 = 0; c0 < n_cases; c0 += 4) {
+        size_t nb = n_cases - c0 < 4 ? n_cases - c0 : 4;
+        for (size_t i = 0; i < nb; i++) {
+            size_t k = s_json_ids(json_array_get(prompts, (c0 + i) % np), ids, MAXTOK);
+            s_submit_samp(s, i, ids, k, &cases[c0 + i]);
+        }
+        s_drain_out(s, &four[c0], nb);
+    }
+    eng_service_free(s);
+    unsetenv("OMNIPIPE_SAMPLE_FUSED");
+    unsetenv("OM_CUDA_SAMPLE_SPARSE");
+}
+
+/* differing entries (tokens, logprobs and top logprobs compared bit for bit); *ret_lp counts the
+ * logprob values compared */
+static uint32_t s_out_diff(const t_out_t *a, const t_out_t *b, uint32_t *ret_lp) {
+    uint32_t d = a->n != b->n || a->finish != b->finish;
+    uint32_t n = a->n < b->n ? a->n : b->n;
+    for (uint32_t j = 0; j < n; j++) {
+        d += a->tokens[j] != b->tokens[j];
+        d += memcmp(&a->lp[j], &b->lp[j], sizeof(float)) != 0;
+        d += a->n_top[j] != b->n_top[j];
+        *ret_lp += 1 + a->n_top[j];
+        for (uint32_t k = 0; k < a->n_top[j] && k < b->n_top[j]; k++) {
+            d += a->top_ids[j][k] != b->top_ids[j][k];
+            d += memcmp(&a->top_lp[j][k], &b->top_lp[j][k], sizeof(float)) != 0;
+        }
+    }
+    return d;
+}
+
+/* The fused step (OMNIPIPE_SAMPLE_FUSED=1, the default: the forward left in flight, the draw queued
+ * behind it on the runner's stream, rows + edits in one upload) against the old synchronised step
+ * (=0): the same sampled requests give the same tokens and logprobs, bit for bit, alone and four
+ * at a time. One line per case and batch. */
+static void s_check_fused(const char *model) {
+    char path[1024];
+    snprintf(path, sizeof path, "%s/fixtures/%s/golden.json", s_shared(), model);
+    json_t *g = json_load_file(path, 0, NULL);
+    assert_non_null(g);
+    json_t *prompts = json_object_get(g, "prompts");
+    assert_true(json_array_size(prompts) >= 1);
+    static const t_samp_t cases[] = {
+        {"top-p 0.9, T 0.8, seed 1", 0.8f, 0, 0.9f, 0, 1, 0, 0, 0, 1, true},
+        {"top-p 0.9, T 0.8, seed 2", 0.8f, 0, 0.9f, 0, 1, 0, 0, 0, 2, true},
+        {"top-k 20 + top-p 0.95, T 1.0, seed 3", 1.0f, 20, 0.95f, 0, 1, 0, 0, 0, 3, true},
+        {"top-k 5, T 0.7, seed 4", 0.7f, 5, 1.0f, 0, 1, 0, 0, 0, 4, false},
+        {"top-p 0.95 + rep 1.1 + presence 0.5 + frequency 0.3, seed 5", 0.8f, 0, 0.95f, 0, 1.1f,
+         0.5f, 0.3f, 0, 5, false},
+        {"top-p 0.95 + logprobs 5, seed 6", 0.8f, 0, 0.95f, 0, 1, 0, 0, 5, 6, false},
+        {"temperature 1.3 (no truncation) + logprobs 2, seed 7", 1.3f, 0, 1.0f, 0, 1, 0, 0, 2, 7,
+         false},
+        {"min-p 0.05 + penalties + logprobs 3, seed 8", 0.9f, 0, 1.0f, 0.05f, 1.05f, 0.2f, 0.1f, 3,
+         8, true},
+        {"greedy + logprobs 4 + ignore_eos", 0.0f, 0, 1.0f, 0, 1, 0, 0, 4, 0, false},
+    };
+    enum { NC = sizeof cases / sizeof cases[0] };
+    static t_out_t one_f[NC], four_f[NC], one_u[NC], four_u[NC], one_o[NC], four_o[NC];
+    s_run_fused(model, prompts, cases, NC, 1, 1, one_f, four_f); /* the defaults */
+    s_run_fused(model, prompts, cases, NC, 0, 1, one_u, four_u);
+    s_run_fused(model, prompts, cases, NC, 0, 0, one_o, four_o); /* the path before both */
+    uint32_t bad = 0;
+    for (int b = 0; b < 2; b++)
+        for (size_t c = 0; c < NC; c++) {
+            const t_out_t *f = b ? &four_f[c] : &one_f[c], *u = b ? &four_u[c] : &one_u[c],
+                          *o = b ? &four_o[c] : &one_o[c];
+            uint32_t n_lp = 0, d = s_out_diff(f, u, &n_lp), n_lp2 = 0, d2 = s_out_diff(f, o, &n_lp2);
+            const int ok = d == 0 && d2 == 0 && f->n >= 1;
+            printf("fused sampling %s batch %d, %s: %u tokens, %u logprobs; differ from "
+                   "OMNIPIPE_SAMPLE_FUSED=0: %u, from that + OM_CUDA_SAMPLE_SPARSE=0: %u (bound 0): "
+                   "%s\n",
+                   model, b ? 4 : 1, cases[c].name, f->n, n_lp, d, d2, ok ? "PASS" : "FAIL");
+            bad += !ok;
+        }
+    fflush(stdout);
+    json_decref(g);
+    assert_int_equal(bad, 0);
+}
+
+static void test_fused_qwen3_moe(void **state) {
+    (void)state;
+    s_check_fused("tiny-qwen3-moe");
+}
+static void test_fused_omni(void **state) {
+    (void)state;
+    s_check_fused("tiny-omni");
+}
+
 static void test_vtable_qwen3(void **state) {
     (void)state;
     s_check_vtable("tiny-qwen3");
@@ -476,6 +682,7 @@ int main(void) {
         cmocka_unit_test(test_vtable_qwen3), cmocka_unit_test(test_vtable_qwen3_moe),
         cmocka_unit_test(test_vtable_omni),  cmocka_unit_test(test_fast_qwen3),
         cmocka_unit_test(test_fast_qwen3_moe), cmocka_unit_test(test_fast_omni),
+        cmocka_unit_test(test_fused_qwen3_moe), cmocka_unit_test(test_fused_omni),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
