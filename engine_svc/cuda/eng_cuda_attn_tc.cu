@@ -11,7 +11,13 @@
  *    of the KV head are the rows of the 16-row A tile (rows >= G are zero), so the cache is read
  *    once per KV head; warp w takes keys 16w..16w+15 of each chunk; the 4 warps' (m, l, O) are
  *    merged through shared memory; with n_splits > 1 the last block of a (token, KV head)
- *    merges the splits' partials (self-resetting counter, graph-safe).
+ *    merges the splits' partials (self-resetting counter, graph-safe). The splits a token uses
+ *    are set in the kernel from its own length: min(n_splits, ceil(len / min_keys)); the launch's
+ *    other split blocks return at once. So a captured graph, launched with the splits for an
+ *    unknown length, no longer spreads a 512-key context over 17 splits of which 9 are empty
+ *    (batch 16: 46 us a layer, most of it block overhead and the 17-way merge); eager steps
+ *    (launched with the splits for their longest sequence) and graphs get the same split of each
+ *    sequence, so the same bits.
  *  - k_attn_prefill_tc: one block per (query head, 64-query tile); warp w owns 16 query rows and
  *    skips key chunks past its last position (causal). */
 #include <cmath>
@@ -140,8 +146,8 @@ template <typename Q, typename O>
 __global__ void __launch_bounds__(128, 3)
     k_attn_dec_tc(O *out, const Q *q, const bf16 *kpool, const bf16 *vpool,
                   const int32_t *tok_seq, const int32_t *tok_pos, const int32_t *bt, int Hq,
-                  int Hk, int max_blocks, int bs, float scale_log2, int n_splits, float *partial,
-                  int q_stride, int *counters) {
+                  int Hk, int max_blocks, int bs, float scale_log2, int n_launch, float *partial,
+                  int q_stride, int *counters, int min_keys) {
     extern __shared__ __align__(128) unsigned char smem[];
     bf16 *sb = reinterpret_cast<bf16 *>(smem);
     const int split = blockIdx.x, kvh = blockIdx.y, t = blockIdx.z;
@@ -150,6 +156,11 @@ __global__ void __launch_bounds__(128, 3)
     pdl_wait();
     pdl_trigger();
     const int len = tok_pos[t] + 1, sq = tok_seq[t];
+    /* this token's splits (min_keys 0: all of the launch's); partials keep the launch's stride */
+    const int n_splits =
+        min_keys > 0 ? max(1, min(n_launch, (len + min_keys - 1) / min_keys)) : n_launch;
+    if (split >= n_splits)
+        return;
     int chunk = (len + n_splits - 1) / n_splits;
     chunk = (chunk + TC_CH - 1) / TC_CH * TC_CH;
     const int k0 = split * chunk;
@@ -269,7 +280,7 @@ __global__ void __launch_bounds__(128, 3)
         if (n_splits == 1) {
             st(&out[((int64_t)t * Hq + h) * TC_HD + d], L > 0.0f ? acc / L : 0.0f);
         } else {
-            float *pp = partial + (((int64_t)t * Hq + h) * n_splits + split) * (TC_HD + 2);
+            float *pp = partial + (((int64_t)t * Hq + h) * n_launch + split) * (TC_HD + 2);
             pp[d] = acc;
             if (d == 0) {
                 pp[TC_HD] = M;
@@ -291,7 +302,7 @@ __global__ void __launch_bounds__(128, 3)
     __threadfence();
     for (int idx = tid; idx < G * TC_HD; idx += 128) {
         const int row = idx >> 7, d = idx & (TC_HD - 1), h = kvh * G + row;
-        const float *pb = partial + ((int64_t)t * Hq + h) * n_splits * (TC_HD + 2);
+        const float *pb = partial + ((int64_t)t * Hq + h) * n_launch * (TC_HD + 2);
         float M = -INFINITY;
         for (int sp = 0; sp < n_splits; sp++)
             M = fmaxf(M, __ldcg(&pb[sp * (TC_HD + 2) + TC_HD]));
@@ -363,9 +374,17 @@ int ek_attention_tc(cudaStream_t s, O *out, const Q *q, const bf16 *kpool, const
     if (attr < 0)
         return attr;
     const float scale_log2 = scale * 1.4426950408889634f;
+    /* OM_CUDA_ATTN_TC_MINKEYS: keys per split at least (default 128, the eager split rule of
+       ek_attention_tc_splits); 0 = every launched split works (the kernel before) */
+    static const int min_keys = [] {
+        const char *e = getenv("OM_CUDA_ATTN_TC_MINKEYS");
+        const int v = e && *e ? atoi(e) : 128;
+        return v < 0 ? 0 : v;
+    }();
     CUDA_CHECK(ek_launch(k_attn_dec_tc<Q, O>, dim3(n_splits, Hk, T), dim3(128), TC_SMEM, s, out,
                          q, kpool, vpool, tok_seq, tok_pos, block_tables, Hq, Hk, max_blocks,
-                         block_size, scale_log2, n_splits, partial, q_stride, counters));
+                         block_size, scale_log2, n_splits, partial, q_stride, counters,
+                         min_keys));
     CUDA_LAUNCH_CHECK();
     return 0;
 }
