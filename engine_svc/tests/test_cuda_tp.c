@@ -258,6 +258,46 @@ static void s_trace(const char *name, const char *tag, eng_cuda_model_t *one,
     free(lg);
 }
 
+/* A fixture's golden prompts (at most MAXP), each with room for NSTEP generated tokens, and a
+ * block table of `per` blocks each (per = the most any prompt needs): sequence i owns blocks
+ * i·per .. i·per+per-1, listed in reverse (exercises the indirection) or in order. */
+typedef struct {
+    int n, per;
+    int len[MAXP];
+    int32_t *toks[MAXP], *bt[MAXP];
+} t_prompts_t;
+
+static void s_prompts(json_t *g, int bs, int reversed, t_prompts_t *p) {
+    json_t *prompts = json_object_get(g, "prompts");
+    p->n = (int)json_array_size(prompts);
+    if (p->n > MAXP)
+        p->n = MAXP;
+    p->per = 0;
+    for (int i = 0; i < p->n; i++) {
+        json_t *a = json_array_get(prompts, i);
+        p->len[i] = (int)json_array_size(a);
+        p->toks[i] = malloc((size_t)(p->len[i] + NSTEP) * 4);
+        for (int j = 0; j < p->len[i]; j++)
+            p->toks[i][j] = (int32_t)json_integer_value(json_array_get(a, j));
+        int nb = (p->len[i] + NSTEP + bs) / bs;
+        if (nb > p->per)
+            p->per = nb;
+    }
+    for (int i = 0; i < p->n; i++) {
+        p->bt[i] = malloc((size_t)p->per * 4);
+        for (int j = 0; j < p->per; j++)
+            p->bt[i][j] = i * p->per + (reversed ? p->per - 1 - j : j);
+    }
+}
+
+static void s_prompts_free(t_prompts_t *p) {
+    for (int i = 0; i < p->n; i++) {
+        free(p->toks[i]);
+        free(p->bt[i]);
+    }
+    p->n = 0;
+}
+
 static void t_runner(const char *name, int mp, const char *red) {
     char dir[1200], path[1300], err[512] = "";
     char tag[64]; /* "TP=2 expert/fp32" */
@@ -299,28 +339,12 @@ static void t_runner(const char *name, int mp, const char *red) {
              (unsigned long long)kb2, (unsigned long long)kb1, i2.weight_bytes / 1048576.0,
              i1.weight_bytes / 1048576.0);
 
-    int V = (int)i1.vocab, bs = (int)i1.block_size;
-    json_t *prompts = json_object_get(g, "prompts");
-    int n = (int)json_array_size(prompts);
-    if (n > MAXP)
-        n = MAXP;
-    int32_t *toks[MAXP], *bt[MAXP];
-    int len[MAXP], per = 0;
-    for (int i = 0; i < n; i++) {
-        json_t *p = json_array_get(prompts, i);
-        len[i] = (int)json_array_size(p);
-        toks[i] = malloc((size_t)(len[i] + NSTEP) * 4);
-        for (int j = 0; j < len[i]; j++)
-            toks[i][j] = (int32_t)json_integer_value(json_array_get(p, j));
-        int nb = (len[i] + NSTEP + bs) / bs;
-        if (nb > per)
-            per = nb;
-    }
-    for (int i = 0; i < n; i++) {
-        bt[i] = malloc((size_t)per * 4);
-        for (int j = 0; j < per; j++)
-            bt[i][j] = i * per + (per - 1 - j); /* reversed: exercises the indirection */
-    }
+    int V = (int)i1.vocab;
+    t_prompts_t P;
+    s_prompts(g, (int)i1.block_size, 1, &P);
+    const int n = P.n, per = P.per;
+    int32_t **toks = P.toks, **bt = P.bt;
+    const int *len = P.len;
     float *l1 = malloc((size_t)n * V * 4), *l2 = malloc((size_t)n * V * 4);
     int32_t id1[MAXP], id2[MAXP];
     eng_batch_seq_t seqs[MAXP];
@@ -426,10 +450,7 @@ static void t_runner(const char *name, int mp, const char *red) {
                 s_trace(name, tag, one, two, &b, i, off, len[i]);
     }
 out:
-    for (int i = 0; i < n; i++) {
-        free(toks[i]);
-        free(bt[i]);
-    }
+    s_prompts_free(&P);
     free(l1);
     free(l2);
     eng_cuda_model_free(two);
@@ -485,27 +506,12 @@ static void t_p2p(const char *name, int mp) {
     if (in[1].tp_ar_rows == 0)
         goto done; /* no peer access: the line above failed and says so */
     {
-        int V = (int)in[0].vocab, bs = (int)in[0].block_size;
-        json_t *prompts = json_object_get(g, "prompts");
-        int n = (int)json_array_size(prompts);
-        if (n > MAXP)
-            n = MAXP;
-        int32_t *toks[MAXP], *bt[MAXP];
-        int len[MAXP], per = 0;
-        for (int i = 0; i < n; i++) {
-            json_t *p = json_array_get(prompts, i);
-            len[i] = (int)json_array_size(p);
-            toks[i] = malloc((size_t)(len[i] + NSTEP) * 4);
-            for (int j = 0; j < len[i]; j++)
-                toks[i][j] = (int32_t)json_integer_value(json_array_get(p, j));
-            int nb = (len[i] + NSTEP + bs) / bs;
-            per = nb > per ? nb : per;
-        }
-        for (int i = 0; i < n; i++) {
-            bt[i] = malloc((size_t)per * 4);
-            for (int j = 0; j < per; j++)
-                bt[i][j] = i * per + j;
-        }
+        int V = (int)in[0].vocab;
+        t_prompts_t P;
+        s_prompts(g, (int)in[0].block_size, 0, &P);
+        const int n = P.n, per = P.per;
+        int32_t **toks = P.toks, **bt = P.bt;
+        const int *len = P.len;
         float *lg[3];
         for (int k = 0; k < 3; k++)
             lg[k] = malloc((size_t)n * V * 4);
@@ -549,10 +555,7 @@ static void t_p2p(const char *name, int mp) {
                      "%s: TP=2 %s all-reduce %s vs nccl: bit-identical logits rows %d/%d, equal "
                      "greedy ids %d/%d (%d prompts batched + prompt 0 alone, %d steps each)", name,
                      mode, lab[k], same[k], rows, ids_same[k], rows, n, NSTEP);
-        for (int i = 0; i < n; i++) {
-            free(toks[i]);
-            free(bt[i]);
-        }
+        s_prompts_free(&P);
         for (int k = 0; k < 3; k++)
             free(lg[k]);
     }

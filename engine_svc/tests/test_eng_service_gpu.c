@@ -91,11 +91,21 @@ static eng_service_t *s_new(const char *model, const char *runner, uint32_t max_
     return s;
 }
 
-static void s_submit_ids(eng_service_t *s, uint64_t id, const int32_t *ids, size_t n,
-                         const t_req_t *q) {
+/* submits request `id`: the prompt ids with the sampling parameters sp */
+static void s_submit_pr(eng_service_t *s, uint64_t id, const int32_t *ids, size_t n,
+                        Omnipipe__SamplingParams *sp) {
     Omnipipe__Header h = OMNIPIPE__HEADER__INIT;
     h.has_request_id = true;
     h.request_id = id;
+    Omnipipe__PreparedRequest pr = OMNIPIPE__PREPARED_REQUEST__INIT;
+    pr.ids = (int32_t *)ids;
+    pr.n_ids = n;
+    pr.sampling = sp;
+    assert_int_equal(eng_service_submit(s, &h, &pr, 1), 0);
+}
+
+static void s_submit_ids(eng_service_t *s, uint64_t id, const int32_t *ids, size_t n,
+                         const t_req_t *q) {
     Omnipipe__SamplingParams sp = OMNIPIPE__SAMPLING_PARAMS__INIT;
     sp.has_max_tokens = sp.has_ignore_eos = true;
     sp.max_tokens = q->max_tokens;
@@ -111,11 +121,7 @@ static void s_submit_ids(eng_service_t *s, uint64_t id, const int32_t *ids, size
         sp.top_p = q->top_p;
         sp.seed = q->seed;
     }
-    Omnipipe__PreparedRequest pr = OMNIPIPE__PREPARED_REQUEST__INIT;
-    pr.ids = (int32_t *)ids;
-    pr.n_ids = n;
-    pr.sampling = &sp;
-    assert_int_equal(eng_service_submit(s, &h, &pr, 1), 0);
+    s_submit_pr(s, id, ids, n, &sp);
 }
 
 static size_t s_json_ids(json_t *arr, int32_t *ids, size_t cap) {
@@ -126,30 +132,48 @@ static size_t s_json_ids(json_t *arr, int32_t *ids, size_t cap) {
     return n;
 }
 
-static void s_drain(eng_service_t *s, t_run_t *runs, size_t n_runs) {
+/* Steps the service until it has no work; every SeqStep goes to on_seq (request ids < n). */
+static void s_drain_each(eng_service_t *s, size_t n,
+                         void (*on_seq)(const Omnipipe__SeqStep *st, void *ud), void *ud) {
     for (int guard = 0; eng_service_has_work(s); guard++) {
         assert_true(guard < 100000);
         const Omnipipe__TokenBatch *b = NULL;
         assert_int_equal(eng_service_step(s, 1, &b), 0);
         for (size_t i = 0; b && i < b->n_seqs; i++) {
-            const Omnipipe__SeqStep *st = b->seqs[i];
-            assert_true(st->request_id < n_runs);
-            t_run_t *r = &runs[st->request_id];
-            if (st->has_cached_tokens)
-                r->cached = st->cached_tokens;
-            for (size_t j = 0; j < st->n_token_ids && r->n < NSTEP; j++) {
-                r->tokens[r->n] = st->token_ids[j];
-                r->gap[r->n] = 0;
-                if (j < st->n_logprobs && st->logprobs[j]->n_top >= 2)
-                    r->gap[r->n] = st->logprobs[j]->top[0]->logprob - st->logprobs[j]->top[1]->logprob;
-                r->n++;
-            }
-            if (st->has_finish && st->finish) {
-                r->finish = st->finish;
-                assert_int_not_equal(st->finish, OMNIPIPE__FINISH_REASON__FINISH_ERROR);
-            }
+            assert_true(b->seqs[i]->request_id < n);
+            on_seq(b->seqs[i], ud);
         }
     }
+}
+
+static void s_on_run(const Omnipipe__SeqStep *st, void *ud) {
+    t_run_t *r = &((t_run_t *)ud)[st->request_id];
+    if (st->has_cached_tokens)
+        r->cached = st->cached_tokens;
+    for (size_t j = 0; j < st->n_token_ids && r->n < NSTEP; j++) {
+        r->tokens[r->n] = st->token_ids[j];
+        r->gap[r->n] = 0;
+        if (j < st->n_logprobs && st->logprobs[j]->n_top >= 2)
+            r->gap[r->n] = st->logprobs[j]->top[0]->logprob - st->logprobs[j]->top[1]->logprob;
+        r->n++;
+    }
+    if (st->has_finish && st->finish) {
+        r->finish = st->finish;
+        assert_int_not_equal(st->finish, OMNIPIPE__FINISH_REASON__FINISH_ERROR);
+    }
+}
+
+static void s_drain(eng_service_t *s, t_run_t *runs, size_t n_runs) {
+    s_drain_each(s, n_runs, s_on_run, runs);
+}
+
+/* the fixture's golden.json (prompts, runs); the caller decrefs */
+static json_t *s_golden(const char *model) {
+    char path[1024];
+    snprintf(path, sizeof path, "%s/fixtures/%s/golden.json", s_shared(), model);
+    json_t *g = json_load_file(path, 0, NULL);
+    assert_non_null(g);
+    return g;
 }
 
 /* first step where a and b differ (n if none) */
@@ -163,10 +187,7 @@ static uint32_t s_diverge(const int32_t *a, const int32_t *b, uint32_t n) {
 /* --- vtable runner: fp32 goldens ------------------------------------------------------------ */
 
 static void s_check_vtable(const char *model) {
-    char path[1024];
-    snprintf(path, sizeof path, "%s/fixtures/%s/golden.json", s_shared(), model);
-    json_t *g = json_load_file(path, 0, NULL);
-    assert_non_null(g);
+    json_t *g = s_golden(model);
     json_t *prompts = json_object_get(g, "prompts");
     json_t *runs = json_object_get(json_object_get(g, "runs"), "fp32");
     size_t n = json_array_size(prompts);
@@ -298,10 +319,7 @@ static double s_fast_teacher_forced(const char *model, json_t *prompts, json_t *
 }
 
 static void s_check_fast(const char *model) {
-    char path[1024];
-    snprintf(path, sizeof path, "%s/fixtures/%s/golden.json", s_shared(), model);
-    json_t *g = json_load_file(path, 0, NULL);
-    assert_non_null(g);
+    json_t *g = s_golden(model);
     json_t *prompts = json_object_get(g, "prompts");
     json_t *runs = json_object_get(json_object_get(g, "runs"), "bf16");
     size_t n = json_array_size(prompts);
@@ -473,9 +491,6 @@ typedef struct t_out {
 
 static void s_submit_samp(eng_service_t *s, uint64_t id, const int32_t *ids, size_t n,
                           const t_samp_t *q) {
-    Omnipipe__Header h = OMNIPIPE__HEADER__INIT;
-    h.has_request_id = true;
-    h.request_id = id;
     Omnipipe__SamplingParams sp = OMNIPIPE__SAMPLING_PARAMS__INIT;
     sp.has_max_tokens = sp.has_ignore_eos = sp.has_temperature = sp.has_seed = true;
     sp.max_tokens = NSTEP;
@@ -504,41 +519,32 @@ static void s_submit_samp(eng_service_t *s, uint64_t id, const int32_t *ids, siz
         sp.has_logprobs = true;
         sp.logprobs = q->logprobs;
     }
-    Omnipipe__PreparedRequest pr = OMNIPIPE__PREPARED_REQUEST__INIT;
-    pr.ids = (int32_t *)ids;
-    pr.n_ids = n;
-    pr.sampling = &sp;
-    assert_int_equal(eng_service_submit(s, &h, &pr, 1), 0);
+    s_submit_pr(s, id, ids, n, &sp);
+}
+
+static void s_on_out(const Omnipipe__SeqStep *st, void *ud) {
+    t_out_t *o = &((t_out_t *)ud)[st->request_id];
+    for (size_t j = 0; j < st->n_token_ids && o->n < NSTEP; j++) {
+        o->tokens[o->n] = st->token_ids[j];
+        if (j < st->n_logprobs) {
+            const Omnipipe__TokenLogprobs *l = st->logprobs[j];
+            o->lp[o->n] = l->logprob;
+            o->n_top[o->n] = l->n_top < 8 ? (uint32_t)l->n_top : 8;
+            for (uint32_t k = 0; k < o->n_top[o->n]; k++) {
+                o->top_ids[o->n][k] = l->top[k]->token_id;
+                o->top_lp[o->n][k] = l->top[k]->logprob;
+            }
+        }
+        o->n++;
+    }
+    if (st->has_finish && st->finish) {
+        o->finish = st->finish;
+        assert_int_not_equal(st->finish, OMNIPIPE__FINISH_REASON__FINISH_ERROR);
+    }
 }
 
 static void s_drain_out(eng_service_t *s, t_out_t *outs, size_t n_outs) {
-    for (int guard = 0; eng_service_has_work(s); guard++) {
-        assert_true(guard < 100000);
-        const Omnipipe__TokenBatch *b = NULL;
-        assert_int_equal(eng_service_step(s, 1, &b), 0);
-        for (size_t i = 0; b && i < b->n_seqs; i++) {
-            const Omnipipe__SeqStep *st = b->seqs[i];
-            assert_true(st->request_id < n_outs);
-            t_out_t *o = &outs[st->request_id];
-            for (size_t j = 0; j < st->n_token_ids && o->n < NSTEP; j++) {
-                o->tokens[o->n] = st->token_ids[j];
-                if (j < st->n_logprobs) {
-                    const Omnipipe__TokenLogprobs *l = st->logprobs[j];
-                    o->lp[o->n] = l->logprob;
-                    o->n_top[o->n] = l->n_top < 8 ? (uint32_t)l->n_top : 8;
-                    for (uint32_t k = 0; k < o->n_top[o->n]; k++) {
-                        o->top_ids[o->n][k] = l->top[k]->token_id;
-                        o->top_lp[o->n][k] = l->top[k]->logprob;
-                    }
-                }
-                o->n++;
-            }
-            if (st->has_finish && st->finish) {
-                o->finish = st->finish;
-                assert_int_not_equal(st->finish, OMNIPIPE__FINISH_REASON__FINISH_ERROR);
-            }
-        }
-    }
+    s_drain_each(s, n_outs, s_on_out, outs);
 }
 
 /* runs the cases on a fresh fast-runner service with OMNIPIPE_SAMPLE_FUSED=fused: batch 1 (each
@@ -594,10 +600,7 @@ static uint32_t s_out_diff(const t_out_t *a, const t_out_t *b, uint32_t *ret_lp)
  * (=0): the same sampled requests give the same tokens and logprobs, bit for bit, alone and four
  * at a time. One line per case and batch. */
 static void s_check_fused(const char *model) {
-    char path[1024];
-    snprintf(path, sizeof path, "%s/fixtures/%s/golden.json", s_shared(), model);
-    json_t *g = json_load_file(path, 0, NULL);
-    assert_non_null(g);
+    json_t *g = s_golden(model);
     json_t *prompts = json_object_get(g, "prompts");
     assert_true(json_array_size(prompts) >= 1);
     static const t_samp_t cases[] = {
