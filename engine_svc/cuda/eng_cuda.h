@@ -303,7 +303,8 @@ typedef struct eng_cuda_test_qkv {
     uint16_t *ret_h_out;           /* (T, D) new residual */
     uint16_t *ret_kpool, *ret_vpool; /* (n_slots, Hk·hd) */
 } eng_cuda_test_qkv_t;
-/* fused: k_gemv_norm_rope; else k_gemv_norm + k_qk_norm_rope. */
+/* fused 1: k_gemv_norm_rope; 0: k_gemv_norm + k_qk_norm_rope; 2: as 0 with the cos/sin from
+ * ek_rope_table (the unfused path's table). */
 int eng_cuda_test_qkv_rope(int fused, int reps, const eng_cuda_test_qkv_t *a);
 
 typedef struct eng_cuda_test_attn {
@@ -400,6 +401,10 @@ int eng_cuda_test_tail_lmh(int lmh, int reps, const eng_cuda_test_tail_t *a, int
 int eng_cuda_test_embed_pdl(int pdl, int T, int D, int V, int N, const uint16_t *x,
                             const uint16_t *lm_head, const uint16_t *embed, const uint16_t *wq,
                             int32_t *ret_ids, uint16_t *ret_out, uint16_t *ret_y);
+
+/* The grouped MoE GEMM's tile height on the calling thread (32, 64, 128; 0: OM_CUDA_MOE_BM or the
+ * mean rows per expert); tests. -EINVAL for another value. */
+int eng_cuda_test_set_moe_bm(int bm);
 
 #ifdef __cplusplus
 }

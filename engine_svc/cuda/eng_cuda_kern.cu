@@ -414,14 +414,25 @@ template <bool CG, typename A, typename KV>
 __device__ __forceinline__ void s_qk_apply(A *p, const float *nwv, const float *ifv, int pt,
                                            int ph, int pw, int hd, float eps, int sec1, int sec2,
                                            float *buf, KV *kdst, KV *vdst, const A *vsrc,
-                                           int lane) {
-    float xv[8], outv[8];
+                                           int lane, const float *tcs = nullptr,
+                                           const float *tsn = nullptr) {
+    float xv[8], outv[8], csv[8], snv[8];
 #pragma unroll
     for (int i = 0; i < 8; i++) {
         const int d = lane + 32 * i;
         xv[i] = d < hd ? (CG ? s_ld_cg(&p[d]) : ld(&p[d])) : 0.0f;
     }
-    ek_qk_row<A>(xv, outv, nwv, ifv, pt, ph, pw, hd, eps, sec1, sec2, buf, lane);
+    if (tcs) { /* this token's row of the step's table (ek_rope_table): the same values */
+#pragma unroll
+        for (int i = 0; i < 8; i++) {
+            const int d = lane + 32 * i;
+            csv[i] = d < hd ? tcs[d] : 0.0f;
+            snv[i] = d < hd ? tsn[d] : 0.0f;
+        }
+    } else {
+        ek_qk_cossin<A>(csv, snv, ifv, pt, ph, pw, hd, sec1, sec2, lane);
+    }
+    ek_qk_rot<A>(xv, outv, nwv, csv, snv, hd, eps, buf, lane);
 #pragma unroll
     for (int i = 0; i < 8; i++) {
         const int d = lane + 32 * i;
@@ -441,7 +452,7 @@ template <typename A, typename W, typename KV>
 __global__ void k_qk_norm_rope(A *q, int q_stride, A *k, int k_stride, const W *qn, const W *kn,
                                const int32_t *pos, const float *inv_freq, int T, int Hq, int Hk,
                                int hd, float eps, int sec1, int sec2, KV *kpool, KV *vpool,
-                               const A *v, int v_stride, const int32_t *slots) {
+                               const A *v, int v_stride, const int32_t *slots, const float *tab) {
     extern __shared__ float sh[];
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int64_t row = (int64_t)blockIdx.x * (blockDim.x >> 5) + warp;
@@ -471,14 +482,15 @@ __global__ void k_qk_norm_rope(A *q, int q_stride, A *k, int k_stride, const W *
         vs = v + (int64_t)t * v_stride + (int64_t)(h - Hq) * hd;
     }
     s_qk_apply<false, A, KV>(p, nwv, ifv, pt, ph, pw, hd, eps, sec1, sec2, sh + warp * hd, kd, vd,
-                             vs, lane);
+                             vs, lane, tab ? tab + (int64_t)t * hd : nullptr,
+                             tab ? tab + ((int64_t)T + t) * hd : nullptr);
 }
 
 template <typename A, typename W, typename KV>
 int ek_qk_norm_rope(cudaStream_t s, A *q, int q_stride, A *k, int k_stride, const W *qn,
                     const W *kn, const int32_t *pos, const float *inv_freq, int T, int Hq, int Hk,
                     int hd, float eps, int sec1, int sec2, KV *kpool, KV *vpool, const A *v,
-                    int v_stride, const int32_t *slots) {
+                    int v_stride, const int32_t *slots, const float *tab) {
     if (T == 0)
         return 0;
     if (hd > 256 || hd % 2)
@@ -489,9 +501,47 @@ int ek_qk_norm_rope(cudaStream_t s, A *q, int q_stride, A *k, int k_stride, cons
     CUDA_CHECK(ek_launch(k_qk_norm_rope<A, W, KV>, dim3(blocks), dim3(wpb * 32),
                          wpb * hd * sizeof(float), s, q, q_stride, k, k_stride, qn, kn, pos,
                          inv_freq, T, Hq, Hk, hd, eps, sec1, sec2, kpool, vpool, v, v_stride,
-                         slots));
+                         slots, tab));
     return 0;
 }
+
+template <typename A>
+__global__ void k_rope_table(float *tab, const int32_t *pos, const float *inv_freq, int T, int hd,
+                             int sec1, int sec2) {
+    const int64_t n = (int64_t)T * hd;
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
+         i += (int64_t)gridDim.x * blockDim.x) {
+        const int t = (int)(i / hd), d = (int)(i % hd), half = hd / 2;
+        const int j = d < half ? d : d - half;
+        /* ek_qk_cossin's position choice and arithmetic, element for element */
+        int pr = pos[t];
+        if (j % 3 == 1 && j < 3 * sec1)
+            pr = pos[T + t];
+        else if (j % 3 == 2 && j < 3 * sec2)
+            pr = pos[2 * T + t];
+        const float f = (float)pr * inv_freq[j];
+        tab[i] = rnd<A>(cosf(f));
+        tab[n + i] = rnd<A>(sinf(f));
+    }
+}
+
+template <typename A>
+int ek_rope_table(cudaStream_t s, float *tab, const int32_t *pos, const float *inv_freq, int T,
+                  int hd, int sec1, int sec2) {
+    if (T == 0)
+        return 0;
+    if (hd > 256 || hd % 2 || !tab)
+        return -EINVAL;
+    const int64_t n = (int64_t)T * hd;
+    const int blocks = (int)((n + 255) / 256 < 2048 ? (n + 255) / 256 : 2048);
+    k_rope_table<A><<<blocks, 256, 0, s>>>(tab, pos, inv_freq, T, hd, sec1, sec2);
+    CUDA_LAUNCH_CHECK();
+    return 0;
+}
+template int ek_rope_table<bf16>(cudaStream_t, float *, const int32_t *, const float *, int, int,
+                                 int, int);
+template int ek_rope_table<float>(cudaStream_t, float *, const int32_t *, const float *, int, int,
+                                  int, int);
 
 /* --- QKV GEMV + QK-norm + RoPE + KV write, fused (decode path) ---------------------------- */
 
@@ -1166,7 +1216,7 @@ EK_INST_A(bf16)
     template int ek_qk_norm_rope<A, W, KV>(cudaStream_t, A *, int, A *, int, const W *, const W *, \
                                            const int32_t *, const float *, int, int, int, int,    \
                                            float, int, int, KV *, KV *, const A *, int,           \
-                                           const int32_t *);
+                                           const int32_t *, const float *);
 EK_INST_ROPE(float, bf16, float)
 EK_INST_ROPE(float, float, float)
 EK_INST_ROPE(bf16, bf16, bf16)

@@ -134,11 +134,19 @@ bool ek_gemv_ks_supported(int T, int K, int ks, const void *x, const void *w);
  * (token, head) row of hd values. pos (3,T) i32 rows T,H,W; inv_freq (hd/2) f32.
  * sec1/sec2: M-RoPE H/W section sizes (0 = plain RoPE). If kpool != NULL, the rotated k and the
  * v rows (v, v_stride) are also written to the paged pools (n_slots, Hk·hd) at slots[t]. */
+/* tab != NULL: the step's cos/sin table of ek_rope_table (same T, pos, hd, sections) instead of
+ * computing them per (token, head) row: the same values, once per step instead of per layer. */
 template <typename A, typename W, typename KV>
 int ek_qk_norm_rope(cudaStream_t s, A *q, int q_stride, A *k, int k_stride, const W *qn,
                     const W *kn, const int32_t *pos, const float *inv_freq, int T, int Hq, int Hk,
                     int hd, float eps, int sec1, int sec2, KV *kpool, KV *vpool, const A *v,
-                    int v_stride, const int32_t *slots);
+                    int v_stride, const int32_t *slots, const float *tab = nullptr);
+
+/* The rounded RoPE / M-RoPE cos and sin of every (token, dim) of a step, as ek_qk_cossin<A>
+ * computes them: tab (2, T, hd) f32, cos then sin. hd <= 256, even. */
+template <typename A>
+int ek_rope_table(cudaStream_t s, float *tab, const int32_t *pos, const float *inv_freq, int T,
+                  int hd, int sec1, int sec2);
 
 /* k_pool/v_pool (n_slots, Hk·hd)[slots[t]] = k/v (T, Hk·hd). */
 template <typename A, typename KV>
@@ -413,6 +421,9 @@ extern thread_local int ek_moe_fused_cap; /* > 0: at most this many k_moe_fused 
 /* The unfused decode down projection (tests; -1: OM_CUDA_MOE_DOWN, default 1): 0 k_moe_down,
  * 1 k_moe_down_wk, 2 k_moe_down_wk with two rows per warp. */
 extern thread_local int ek_moe_down_sel;
+/* The grouped expert GEMM's tile height (tests; 0: OM_CUDA_MOE_BM, else from the mean rows per
+ * expert): 32, 64 or 128 rows. */
+extern thread_local int ek_moe_bm_sel;
 /* Local routing (route_local): how many k_moe_down_wk blocks run the top-k before the PDL wait
  * (tests; -1: OM_CUDA_ROUTER_LOCAL_EARLY, default one resident wave); the rest read k_moe_gu's
  * ids / wts after it. */

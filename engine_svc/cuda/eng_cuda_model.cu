@@ -108,6 +108,9 @@ struct eng_cuda_model {
     bf16 *embed, *final_norm, *lm_head;
     std::vector<layer_w> lw;
     float *inv_freq;          /* (hd/2) */
+    float *rope_tab;          /* (2, max_batch_tokens, hd) a step's cos/sin (ek_rope_table) */
+    bool rope_tab_on;         /* steps with T > 8: the table once per step instead of the
+                                 cos/sin per (token, head) per layer (OM_CUDA_ROPE_TAB=0: off) */
     bf16 *kv;                 /* (2, L, n_slots, Hk·hd); NULL until s_kv_init */
     int64_t n_slots;          /* (n_blocks + 1) · block_size */
     int n_blocks;             /* usable blocks; block n_blocks is the trash block */
@@ -504,6 +507,7 @@ static void s_scratch_free(eng_cuda_model *m) {
     m->meta_dev = nullptr;
     m->h = m->h2 = m->xn = m->qkv = m->attn = m->delta = m->xl = nullptr;
     m->delta32 = nullptr;
+    m->rope_tab = nullptr;
     m->attn_cnt = m->router_cnt = m->rope_cnt = m->moe_cnt = nullptr;
     m->logits = nullptr;
     m->ids_dev = nullptr;
@@ -571,6 +575,8 @@ static int s_scratch_init(eng_cuda_model *m, char *err, size_t errlen) {
     RCHECK(s_alloc_in(sl, (void **)&m->attn, (size_t)T * c.Hq * c.hd * 2, "scratch: attn", err,
                       errlen));
     RCHECK(s_alloc_in(sl, (void **)&m->delta, (size_t)T * c.D * 2, "scratch: delta", err, errlen));
+    RCHECK(s_alloc_in(sl, (void **)&m->rope_tab, (size_t)2 * T * c.hd * 4, "scratch: rope table",
+                      err, errlen));
     if (m->red32)
         RCHECK(s_alloc_in(sl, (void **)&m->delta32, (size_t)T * c.D * 4, "scratch: f32 delta",
                           err, errlen));
@@ -823,6 +829,7 @@ static int s_model_init(eng_cuda_model *m, const char *dir, char *err, size_t er
     in.block_size = o.block_size;
     m->cap_layer = -2;
     m->fuse = !getenv("OM_CUDA_NOFUSE");
+    m->rope_tab_on = !(getenv("OM_CUDA_ROPE_TAB") && !strcmp(getenv("OM_CUDA_ROPE_TAB"), "0"));
     m->pdl = !getenv("OM_CUDA_NOPDL");
     {   /* default on: bit-identical to the old tail by construction (test_cuda_ops TAIL lines,
            test_cuda_model "decode tail" lines); "0" restores it for A/B */
@@ -1192,6 +1199,13 @@ static int s_run(eng_cuda_model *m, const step &st, char *err, size_t errlen) {
     /* profiling only: kernels left out of decode steps (eng_cuda_model_opts_t.profile_skip) */
     const unsigned sk = fused && st.decode ? m->o.profile_skip : 0;
     bf16 *cur = m->h, *oth = m->h2;
+    /* steps on the unfused path (T > 8: prefill, large batches): the cos/sin table once */
+    const float *rtab = !fused && m->rope_tab_on && m->rope_tab && !(sk & ENG_CUDA_SKIP_ROPE)
+                            ? m->rope_tab
+                            : nullptr;
+    if (rtab)
+        RCHECK(ek_rope_table<bf16>(s, m->rope_tab, md + mo.pos3, m->inv_freq, T, c.hd, c.sec[1],
+                                   c.sec[2]));
     struct pdl_guard {
         explicit pdl_guard(bool on) { ek_pdl = on; }
         ~pdl_guard() { ek_pdl = false; }
@@ -1224,7 +1238,7 @@ static int s_run(eng_cuda_model *m, const step &st, char *err, size_t errlen) {
             RCHECK(ek_qk_norm_rope<bf16, bf16, bf16>(
                 s, m->qkv, Nqkv, m->qkv + c.Hq * c.hd, Nqkv, w.q_norm, w.k_norm, md + mo.pos3,
                 m->inv_freq, T, c.Hq, c.Hk, c.hd, c.eps, c.sec[1], c.sec[2], kp, vp,
-                m->qkv + (c.Hq + c.Hk) * c.hd, Nqkv, md + mo.slots));
+                m->qkv + (c.Hq + c.Hk) * c.hd, Nqkv, md + mo.slots, rtab));
         if (sk & ENG_CUDA_SKIP_ATTN) {
             /* profiling: left out */
         } else if (st.n_tiles > 0 && s_attn_tc_min_t() > 0 &&

@@ -73,21 +73,26 @@ extern "C" int eng_cuda_test_qkv_rope(int fused, int reps, const eng_cuda_test_q
     HCHECK(b.get(&slots, (size_t)T, a->slots));
     HCHECK(b.get(&inv, invh.size(), invh.data()));
     HCHECK(b.get(&cnt, (size_t)a->Hq + Hk + 16, nullptr, 0));
+    float *tab = nullptr;
+    if (fused == 2)
+        HCHECK(b.get(&tab, (size_t)2 * T * hd, nullptr, 0));
     cudaStream_t s;
     CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
     int r = 0;
     {
         pdl_on pg;
         for (int i = 0; i < reps && r >= 0; i++) {
-            if (fused) {
+            if (fused == 1) {
                 r = ek_gemv_norm_rope(s, qkv, w, T, D, h_in, delta, h_out, nw, a->eps, a->Hq, Hk,
                                       hd, qn, kn, pos, inv, a->sec1, a->sec2, kp, vp, slots, cnt);
             } else {
                 r = ek_gemv_norm(s, qkv, w, T, N, D, h_in, delta, h_out, nw, a->eps);
+                if (r >= 0 && tab) /* the step's cos/sin table (the unfused path at T > 8) */
+                    r = ek_rope_table<bf16>(s, tab, pos, inv, T, hd, a->sec1, a->sec2);
                 if (r >= 0)
                     r = ek_qk_norm_rope<bf16, bf16, bf16>(
                         s, qkv, N, qkv + a->Hq * hd, N, qn, kn, pos, inv, T, a->Hq, Hk, hd, a->eps,
-                        a->sec1, a->sec2, kp, vp, qkv + (a->Hq + Hk) * hd, N, slots);
+                        a->sec1, a->sec2, kp, vp, qkv + (a->Hq + Hk) * hd, N, slots, tab);
             }
         }
     }
@@ -465,5 +470,12 @@ extern "C" int eng_cuda_test_embed_pdl(int pdl, int T, int D, int V, int N, cons
     CUDA_CHECK(cudaMemcpy(ret_ids, ids, (size_t)T * 4, cudaMemcpyDeviceToHost));
     CUDA_CHECK(cudaMemcpy(ret_out, out, (size_t)T * D * 2, cudaMemcpyDeviceToHost));
     CUDA_CHECK(cudaMemcpy(ret_y, y, (size_t)T * N * 2, cudaMemcpyDeviceToHost));
+    return 0;
+}
+
+extern "C" int eng_cuda_test_set_moe_bm(int bm) {
+    if (bm != 0 && bm != 32 && bm != 64 && bm != 128)
+        return -EINVAL;
+    ek_moe_bm_sel = bm;
     return 0;
 }
