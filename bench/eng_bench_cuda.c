@@ -43,7 +43,8 @@
  *        [--tensor-parallel N] [--moe-parallel expert|column] [--curve] [--skip LIST]
  * --profile: only runs, inside a profiler range (ncu --profile-from-start off), one batch-1 decode
  * step at ctx 512, one 512-token prefill and one batch-128 decode step (bench/ncu_summary.py);
- * OM_PROFILE_BATCHES="32,64" (env) profiles decode steps at those batches instead of 128. */
+ * OM_PROFILE_BATCHES="32,64" (env) profiles decode steps at those batches instead of 128,
+ * OM_PROFILE_PREFILL=4096 a prefill of that length instead of 512. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -466,7 +467,10 @@ int main(int argc, char **argv) {
     if (profile) {
         seq_t a, p;
         s_seq_init(&a, 600, 11);
-        s_seq_init(&p, 600, 12);
+        /* OM_PROFILE_PREFILL: the profiled prefill's length (default 512, at most 4096) */
+        const char *pp = getenv("OM_PROFILE_PREFILL");
+        const int plen = pp && atoi(pp) >= 1 && atoi(pp) <= 4096 ? atoi(pp) : 512;
+        s_seq_init(&p, plen + 88, 12);
         s_prefill(&a, 1, 512, 4096);
         s_decode(&a, 1, 4);
         int nb[8] = {128}, n_nb = 1, n = 0;
@@ -495,7 +499,7 @@ int main(int argc, char **argv) {
             s_decode(ss, nb[k], 3);
         eng_cuda_profiler(true);
         s_decode(&a, 1, 1);
-        s_prefill(&p, 1, 512, 4096);
+        s_prefill(&p, 1, (uint32_t)plen, 4096);
         for (int k = 0; k < n_nb; k++)
             s_decode(ss, nb[k], 1);
         eng_cuda_profiler(false);

@@ -774,18 +774,24 @@ __global__ void __launch_bounds__(BM * 2)
     const bf16 *w1 = DUAL ? W1 + ((int64_t)e * N + n0) * K : nullptr;
     const int nk = K / GB_K;
 
+    /* one loop over the taller of the X and W tiles, X row r and W row r in the same iteration
+       (for BM = GB_N exactly the loop of the 64-row kernel before: splitting it into an X loop
+       and a W loop cost ~4 % of TTFT on an H100) */
+    constexpr int LR = BM > GB_N ? BM : GB_N;
     auto load = [&](int kt, int stg) {
-        for (int idx = tid; idx < BM * (GB_K / 8); idx += NT) {
+        for (int idx = tid; idx < LR * (GB_K / 8); idx += NT) {
             int r = idx >> 3, c = (idx & 7) * 8;
-            int rr = r < rows ? r : rows - 1;
-            s_cp16(Xs + (stg * BM + r) * GB_LD + c, X + (int64_t)(row0 + rr) * K + kt * GB_K + c,
-                   r < rows ? 16 : 0);
-        }
-        for (int idx = tid; idx < GB_N * (GB_K / 8); idx += NT) {
-            int r = idx >> 3, c = (idx & 7) * 8;
-            s_cp16(W0s + (stg * GB_N + r) * GB_LD + c, w0 + (int64_t)r * K + kt * GB_K + c, 16);
-            if (DUAL)
-                s_cp16(W1s + (stg * GB_N + r) * GB_LD + c, w1 + (int64_t)r * K + kt * GB_K + c, 16);
+            if (BM >= GB_N || r < BM) {
+                int rr = r < rows ? r : rows - 1;
+                s_cp16(Xs + (stg * BM + r) * GB_LD + c,
+                       X + (int64_t)(row0 + rr) * K + kt * GB_K + c, r < rows ? 16 : 0);
+            }
+            if (GB_N >= BM || r < GB_N) {
+                s_cp16(W0s + (stg * GB_N + r) * GB_LD + c, w0 + (int64_t)r * K + kt * GB_K + c, 16);
+                if (DUAL)
+                    s_cp16(W1s + (stg * GB_N + r) * GB_LD + c, w1 + (int64_t)r * K + kt * GB_K + c,
+                           16);
+            }
         }
     };
 
