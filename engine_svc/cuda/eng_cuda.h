@@ -402,9 +402,10 @@ int eng_cuda_test_embed_pdl(int pdl, int T, int D, int V, int N, const uint16_t 
                             const uint16_t *lm_head, const uint16_t *embed, const uint16_t *wq,
                             int32_t *ret_ids, uint16_t *ret_out, uint16_t *ret_y);
 
-/* The grouped MoE GEMM's tile height on the calling thread (32, 64, 128; 0: OM_CUDA_MOE_BM or the
- * mean rows per expert); tests. -EINVAL for another value. */
-int eng_cuda_test_set_moe_bm(int bm);
+/* The grouped MoE path on the calling thread (tests): the GEMM's tile height bm (32, 64, 128; 0:
+ * OM_CUDA_MOE_BM or the mean rows per expert) and the permute / un-permute with 16-byte rows
+ * (vec 1, 0 scalar; -1: OM_CUDA_MOE_VEC). -EINVAL for another value. */
+int eng_cuda_test_set_moe_bm(int bm, int vec);
 
 #ifdef __cplusplus
 }

@@ -424,6 +424,9 @@ extern thread_local int ek_moe_down_sel;
 /* The grouped expert GEMM's tile height (tests; 0: OM_CUDA_MOE_BM, else from the mean rows per
  * expert): 32, 64 or 128 rows. */
 extern thread_local int ek_moe_bm_sel;
+/* The grouped path's permute / un-permute with 16-byte rows (tests; -1: OM_CUDA_MOE_VEC, default
+ * on; 0 off, 1 on). */
+extern thread_local int ek_moe_vec_sel;
 /* Local routing (route_local): how many k_moe_down_wk blocks run the top-k before the PDL wait
  * (tests; -1: OM_CUDA_ROUTER_LOCAL_EARLY, default one resident wave); the rest read k_moe_gu's
  * ids / wts after it. */

@@ -25,6 +25,7 @@
  * zero for a token with none). ne = 0 means all E. Output type O: A, or float for the f32
  * tensor-parallel reduction (the weighted sum is then not rounded). */
 #include <cstdlib>
+#include <cstring>
 #include <mma.h>
 
 #include "eng_cuda_kern.cuh"
@@ -684,7 +685,9 @@ __global__ void k_moe_scan(const int32_t *counts, int32_t *offsets, int32_t *cur
     }
 }
 
-template <typename A>
+/* VEC (bf16 x, D % 8 == 0): 16-byte copies; a bf16 -> f32 -> bf16 round trip is the identity, so
+ * the rows are the same bits as the scalar loop's (4096-token prefill: 138 us a layer scalar) */
+template <typename A, bool VEC>
 __global__ void k_moe_permute(bf16 *xp, int32_t *pos, int32_t *cursor, const A *x,
                               const int32_t *ids, int K, int D, int e0, int ne) {
     __shared__ int sp;
@@ -701,24 +704,54 @@ __global__ void k_moe_permute(bf16 *xp, int32_t *pos, int32_t *cursor, const A *
     }
     __syncthreads();
     int t = a / K;
-    for (int d = threadIdx.x; d < D; d += blockDim.x)
-        xp[(int64_t)sp * D + d] = __float2bfloat16(ld(&x[(int64_t)t * D + d]));
+    if constexpr (VEC) {
+        const uint4 *src = reinterpret_cast<const uint4 *>(x + (int64_t)t * D);
+        uint4 *dst = reinterpret_cast<uint4 *>(xp + (int64_t)sp * D);
+        for (int d8 = threadIdx.x; d8 < D / 8; d8 += blockDim.x)
+            dst[d8] = src[d8];
+    } else {
+        for (int d = threadIdx.x; d < D; d += blockDim.x)
+            xp[(int64_t)sp * D + d] = __float2bfloat16(ld(&x[(int64_t)t * D + d]));
+    }
 }
 
-template <typename A, typename O>
+/* VEC (D % 8 == 0): each thread sums 8 consecutive elements from 16-byte loads of the K rows, in
+ * the same k order and with the same roundings per element as the scalar loop: the same bits */
+template <typename A, typename O, bool VEC>
 __global__ void k_moe_unpermute(O *out, const bf16 *y, const int32_t *pos, const float *wts, int K,
                                 int D) {
     int t = blockIdx.x;
-    for (int d = threadIdx.x; d < D; d += blockDim.x) {
-        float acc = 0.0f;
-        for (int k = 0; k < K; k++) {
-            int a = t * K + k;
-            int p = pos[a];
-            if (p < 0) /* another rank's expert */
-                continue;
-            acc += rnd<A>(__bfloat162float(y[(int64_t)p * D + d]) * wts[a]);
+    if constexpr (VEC) {
+        for (int d8 = threadIdx.x; d8 < D / 8; d8 += blockDim.x) {
+            float acc[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+            for (int k = 0; k < K; k++) {
+                const int a = t * K + k;
+                const int p = pos[a];
+                if (p < 0) /* another rank's expert */
+                    continue;
+                const float w = wts[a];
+                float f[8];
+                ld8(y + (int64_t)p * D + 8 * d8, f);
+#pragma unroll
+                for (int i = 0; i < 8; i++)
+                    acc[i] += rnd<A>(f[i] * w);
+            }
+#pragma unroll
+            for (int i = 0; i < 8; i++)
+                st(&out[(int64_t)t * D + 8 * d8 + i], acc[i]);
         }
-        st(&out[(int64_t)t * D + d], acc);
+    } else {
+        for (int d = threadIdx.x; d < D; d += blockDim.x) {
+            float acc = 0.0f;
+            for (int k = 0; k < K; k++) {
+                int a = t * K + k;
+                int p = pos[a];
+                if (p < 0) /* another rank's expert */
+                    continue;
+                acc += rnd<A>(__bfloat162float(y[(int64_t)p * D + d]) * wts[a]);
+            }
+            st(&out[(int64_t)t * D + d], acc);
+        }
     }
 }
 
@@ -902,6 +935,7 @@ static int s_moe_gemm(cudaStream_t s, int bm, bf16 *Y, const bf16 *X, const bf16
 }
 
 thread_local int ek_moe_bm_sel = 0;
+thread_local int ek_moe_vec_sel = -1;
 
 /* The grouped GEMM's tile height for TK routed pairs over ne local experts: ek_moe_bm_sel
  * (tests), else OM_CUDA_MOE_BM (32, 64, 128), else from the mean rows per expert: <= 16 (decode
@@ -1129,7 +1163,14 @@ int ek_moe_experts(const ek_ctx *c, O *out, const A *x, const bf16 *gate, const 
     CUDA_LAUNCH_CHECK();
     k_moe_scan<<<1, 128, 0, s>>>(m->counts, m->offsets, m->cursor, m->tiles, m->n_tiles, ne, bm);
     CUDA_LAUNCH_CHECK();
-    k_moe_permute<A><<<TK, 256, 0, s>>>(m->xp, m->pos, m->cursor, x, m->ids, K, D, e0, ne);
+    /* 16-byte rows (OM_CUDA_MOE_VEC=0: the scalar loops, for A/B) */
+    static const bool vec_env = !(getenv("OM_CUDA_MOE_VEC") && !strcmp(getenv("OM_CUDA_MOE_VEC"), "0"));
+    const bool vec = (ek_moe_vec_sel >= 0 ? ek_moe_vec_sel != 0 : vec_env) && D % 8 == 0;
+    if (vec && sizeof(A) == 2)
+        k_moe_permute<A, true><<<TK, 256, 0, s>>>(m->xp, m->pos, m->cursor, x, m->ids, K, D, e0, ne);
+    else
+        k_moe_permute<A, false><<<TK, 256, 0, s>>>(m->xp, m->pos, m->cursor, x, m->ids, K, D, e0,
+                                                   ne);
     CUDA_LAUNCH_CHECK();
     bf16 *h = (bf16 *)m->h;
     r = s_moe_gemm<true>(s, bm, h, m->xp, gate, up, m->offsets, m->tiles, m->n_tiles, max_tiles,
@@ -1140,7 +1181,10 @@ int ek_moe_experts(const ek_ctx *c, O *out, const A *x, const bf16 *gate, const 
                           max_tiles, D, I);
     if (r < 0)
         return r;
-    k_moe_unpermute<A, O><<<T, 256, 0, s>>>(out, m->y, m->pos, m->wts, K, D);
+    if (vec)
+        k_moe_unpermute<A, O, true><<<T, 256, 0, s>>>(out, m->y, m->pos, m->wts, K, D);
+    else
+        k_moe_unpermute<A, O, false><<<T, 256, 0, s>>>(out, m->y, m->pos, m->wts, K, D);
     CUDA_LAUNCH_CHECK();
     return 0;
 }

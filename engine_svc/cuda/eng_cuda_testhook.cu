@@ -473,9 +473,10 @@ extern "C" int eng_cuda_test_embed_pdl(int pdl, int T, int D, int V, int N, cons
     return 0;
 }
 
-extern "C" int eng_cuda_test_set_moe_bm(int bm) {
-    if (bm != 0 && bm != 32 && bm != 64 && bm != 128)
+extern "C" int eng_cuda_test_set_moe_bm(int bm, int vec) {
+    if ((bm != 0 && bm != 32 && bm != 64 && bm != 128) || vec < -1 || vec > 1)
         return -EINVAL;
     ek_moe_bm_sel = bm;
+    ek_moe_vec_sel = vec;
     return 0;
 }

@@ -406,21 +406,22 @@ static void t_moe(int64_t T, int64_t D, int64_t I, int E, int K, int mode, int s
     if (mode == 2) { /* every tile height gives the same bits (each output is one MMA chain) */
         size_t n = (size_t)T * D;
         float *ref = malloc(n * 4), *got = malloc(n * 4);
-        int bad[3] = {0, 0, 0};
-        static const int bms[3] = {64, 32, 128};
-        for (int b = 0; b < 3; b++) {
-            s_check(eng_cuda_test_set_moe_bm(bms[b]), "moe bm");
+        int bad[4] = {0, 0, 0, 0};
+        static const int bms[4] = {64, 32, 128, 64}, vecs[4] = {1, 1, 1, 0};
+        for (int b = 0; b < 4; b++) {
+            s_check(eng_cuda_test_set_moe_bm(bms[b], vecs[b]), "moe bm");
             s_check(g_gpu->ops->moe(g_gpu, &out.g, &x.g, &wg, &p), "gpu moe (bm)");
             s_check(g_gpu->ops->download(g_gpu, b == 0 ? ref : got, &out.g, 0, n * 4), "download");
             for (size_t i = 0; b > 0 && i < n; i++)
                 bad[b] += memcmp(&ref[i], &got[i], 4) != 0;
         }
-        eng_cuda_test_set_moe_bm(0);
-        int ok = bad[1] == 0 && bad[2] == 0;
+        eng_cuda_test_set_moe_bm(0, -1);
+        int ok = bad[1] == 0 && bad[2] == 0 && bad[3] == 0;
         g_fail += !ok;
-        printf("%-4s MOE_BM T=%lld D=%lld I=%lld E=%d K=%d%s: 32-row tiles %d, 128-row tiles %d "
-               "values differ from 64-row tiles (bound 0)\n", ok ? "ok" : "FAIL", (long long)T,
-               (long long)D, (long long)I, E, K, skew ? " skewed" : "", bad[1], bad[2]);
+        printf("%-4s MOE_BM T=%lld D=%lld I=%lld E=%d K=%d%s: 32-row tiles %d, 128-row tiles %d, "
+               "scalar permute / un-permute %d values differ from 64-row tiles with 16-byte rows "
+               "(bound 0)\n", ok ? "ok" : "FAIL", (long long)T, (long long)D, (long long)I, E, K,
+               skew ? " skewed" : "", bad[1], bad[2], bad[3]);
         free(ref);
         free(got);
     }
